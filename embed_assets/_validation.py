@@ -1,0 +1,147 @@
+"""Checks applied before anything is written, so a refused write changes nothing."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._errors import ValidationError
+
+MAX_TABLE_NAME_LENGTH = 128
+MAX_TAG_LENGTH = 128
+# Letters, digits, '_', '-', '.' only: names become directory names and SQL view names,
+# and '@' is reserved for "name@version" views.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+def _describe(s: str, limit: int = 40) -> str:
+    shown = s if len(s) <= limit else s[:limit] + "..."
+    return repr(shown)
+
+
+def validate_table_name(name: Any) -> str:
+    """Return ``name`` if it is a safe table name, else raise ValidationError."""
+    if not isinstance(name, str):
+        raise ValidationError(f"table name must be a string, got {type(name).__name__}")
+    if not name:
+        raise ValidationError("table name is empty")
+    if len(name) > MAX_TABLE_NAME_LENGTH:
+        raise ValidationError(
+            f"table name {_describe(name)} is {len(name)} characters; "
+            f"the limit is {MAX_TABLE_NAME_LENGTH}"
+        )
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise ValidationError(f"table name {_describe(name)} contains control characters")
+    if "/" in name or "\\" in name:
+        raise ValidationError(f"table name {_describe(name)} contains a path separator")
+    if ".." in name:
+        raise ValidationError(f"table name {_describe(name)} contains '..'")
+    if name.endswith(".lance"):
+        raise ValidationError(f"table name {_describe(name)} must not end in '.lance'")
+    if not _NAME_RE.match(name):
+        raise ValidationError(
+            f"table name {_describe(name)} may only contain letters, digits, '_', '-' and '.' "
+            "and must not start with '.' or '-'"
+        )
+    return name
+
+
+def validate_tag(tag: Any) -> str:
+    """Return ``tag`` if it is a usable tag name (not all digits, so it never reads as a version)."""
+    if not isinstance(tag, str) or not tag:
+        raise ValidationError("tag must be a non-empty string")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise ValidationError(f"tag {_describe(tag)} is longer than {MAX_TAG_LENGTH} characters")
+    if not _TAG_RE.match(tag):
+        raise ValidationError(
+            f"tag {_describe(tag)} must start with a letter or '_' and contain only "
+            "letters, digits, '_', '-' and '.'"
+        )
+    return tag
+
+
+def _sample(values: Sequence[Any], n: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:n])
+    more = f" (and {len(values) - n} more)" if len(values) > n else ""
+    return shown + more
+
+
+def validate_keys(table: pa.Table, key: str) -> None:
+    """Keys must exist, be non-null and be unique within one write."""
+    if key not in table.column_names:
+        raise ValidationError(
+            f"key column {key!r} not found; columns are {', '.join(table.column_names)}"
+        )
+    col = table.column(key)
+    if col.null_count:
+        raise ValidationError(f"key column {key!r} has {col.null_count} null value(s)")
+    if table.num_rows == 0:
+        return
+    counts = pc.value_counts(col.combine_chunks())
+    dup_mask = pc.greater(counts.field("counts"), 1)
+    dups = counts.field("values").filter(dup_mask).to_pylist()
+    if dups:
+        raise ValidationError(
+            f"key column {key!r} has {len(dups)} duplicated key(s) in this write: {_sample(dups)}"
+        )
+
+
+def to_vector_array(values: Any, *, column: str = "vector") -> pa.FixedSizeListArray:
+    """Convert lists, numpy matrices or Arrow list arrays to ``FixedSizeList<float32>``.
+
+    Ragged input, nulls, non-numeric values and non-finite numbers are refused.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.list_(pa.float32()))
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        mat = values
+    elif isinstance(values, pa.FixedSizeListArray):
+        if values.null_count:
+            raise ValidationError(f"column {column!r} has {values.null_count} null vector(s)")
+        dim = values.type.list_size
+        flat = values.flatten()
+        if flat.null_count:
+            raise ValidationError(f"column {column!r} has vectors with null elements")
+        mat = flat.to_numpy(zero_copy_only=False).reshape(-1, dim) if dim else np.zeros((len(values), 0))
+    else:
+        if isinstance(values, pa.Array):
+            if values.null_count:
+                raise ValidationError(f"column {column!r} has {values.null_count} null vector(s)")
+            values = values.to_pylist()
+        rows = list(values)
+        if not rows:
+            raise ValidationError(f"column {column!r} is empty; cannot infer a dimension")
+        lengths = set()
+        for i, r in enumerate(rows):
+            if r is None:
+                raise ValidationError(f"column {column!r} has a null vector at row {i}")
+            lengths.add(len(r))
+        if len(lengths) > 1:
+            raise ValidationError(
+                f"column {column!r} has vectors of different lengths: {sorted(lengths)}"
+            )
+        try:
+            mat = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"column {column!r} holds non-numeric values: {exc}") from None
+    if mat.dtype.kind not in "fiu":
+        raise ValidationError(f"column {column!r} must hold numbers, got dtype {mat.dtype}")
+    if mat.ndim != 2 or mat.shape[1] == 0:
+        raise ValidationError(f"column {column!r} must hold non-empty vectors")
+    mat32 = mat.astype(np.float32, copy=False)
+    finite = np.isfinite(mat32).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValidationError(
+            f"column {column!r} has {bad.size} vector(s) with NaN or infinite values "
+            f"(rows {_sample(bad.tolist())})"
+        )
+    flat = pa.array(np.ascontiguousarray(mat32).reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, mat32.shape[1])
