@@ -207,7 +207,14 @@ class HashEmbedder:
 
     dimension: int = 64
     seed: int = 0
-    name: str = "hash-bow"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dimension < 1:
+            raise ValidationError(f"dimension must be >= 1, got {self.dimension}")
+        # The name round-trips through default_embedder(), so a stored table can rebuild
+        # its query embedder from its metadata alone.
+        self.name = self.name or f"hash-bow:{self.dimension}"
 
     @property
     def revision(self) -> str:

@@ -86,7 +86,8 @@ def embed_table(
     mode : {"upsert", "sync", "overwrite", "append", "replace_partition"}
         ``upsert`` inserts new keys and updates changed ones; ``sync`` also deletes keys
         missing from ``data`` (the table mirrors the source); ``replace_partition`` does
-        the same within the rows where ``partition[0] == partition[1]``; ``overwrite``
+        the same within the rows where ``partition[0] == partition[1]`` (or, when
+        ``partition[1]`` is a list, where ``partition[0]`` is one of its values); ``overwrite``
         re-embeds everything; ``append`` requires new keys.
     columns : sequence of str, optional
         Source columns to keep beside key and vector (default: all source columns).
@@ -276,9 +277,12 @@ def _existing_state(store: Store, name: str, key: str, keep: list[str],
             *[c for c in keep if c in schema_names]]
     where = None
     if partition is not None:
-        from ._sqlexpr import eq
+        from ._sqlexpr import eq, in_list
 
-        where = eq(partition[0], partition[1])
+        # A list of values scopes the write to several partitions at once (a Dagster
+        # partition range materialised in one run), still as one commit.
+        col, val = partition
+        where = in_list(col, val) if isinstance(val, list | tuple) else eq(col, val)
     tbl = t.read(columns=list(dict.fromkeys(cols)), where=where)
     frame = pl.from_arrow(tbl)
     assert isinstance(frame, pl.DataFrame)

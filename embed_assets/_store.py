@@ -554,7 +554,7 @@ class EmbeddingTable:
         except Exception:
             return {}
         raw = getattr(txn, "transaction_properties", None) or {}
-        props = {k[len(PROP_PREFIX):]: v for k, v in raw.items() if k.startswith(PROP_PREFIX)}
+        props = {k[len(PROP_PREFIX):]: v for k, v in sorted(raw.items()) if k.startswith(PROP_PREFIX)}
         if txn is not None and "operation" not in props:
             props["operation"] = type(txn.operation).__name__
         return props
@@ -769,9 +769,10 @@ class EmbeddingTable:
 
 
 def _vector_index_type(ds: lance.LanceDataset) -> str | None:
-    for idx in ds.list_indices():
-        if VECTOR_COLUMN in idx.get("fields", []) and str(idx.get("type", "")).startswith(("IVF", "HNSW")):
-            return str(idx["type"])
+    """The type of the vector column's ANN index (``"IVF_PQ"``...), or None."""
+    for idx in ds.describe_indices():
+        if VECTOR_COLUMN in idx.field_names and "Vector" in idx.type_url:
+            return str(idx.index_type)
     return None
 
 

@@ -135,7 +135,8 @@ def to_vector_array(values: Any, *, column: str = "vector") -> pa.FixedSizeListA
         raise ValidationError(f"column {column!r} must hold numbers, got dtype {mat.dtype}")
     if mat.ndim != 2 or mat.shape[1] == 0:
         raise ValidationError(f"column {column!r} must hold non-empty vectors")
-    mat32 = mat.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf, refused below
+        mat32 = mat.astype(np.float32, copy=False)
     finite = np.isfinite(mat32).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)

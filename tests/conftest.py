@@ -1,0 +1,55 @@
+"""Shared fixtures: real Lance stores in temporary folders, the shipped Debian slice."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LANCE_LOG", "error")
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from embed_assets import HashEmbedder, SentenceTransformerEmbedder, Store
+from embed_assets._demo import demo_source
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def debian() -> pl.DataFrame:
+    """The shipped Debian slice, as users would load it."""
+    return demo_source()
+
+
+@pytest.fixture
+def hash_embedder() -> HashEmbedder:
+    return HashEmbedder(dimension=32)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SentenceTransformerEmbedder:
+    """The real default model, loaded once per session."""
+    return SentenceTransformerEmbedder(show_progress=False)
+
+
+def vectors_table(keys: list[Any], dim: int = 4, seed: int = 0, **cols: list[Any]) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    mat = rng.normal(size=(len(keys), dim)).astype(np.float32)
+    return pa.table({"id": keys, **cols,
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), dim)})
+
+
+def snapshot(store: Store, name: str) -> tuple[list[tuple[int, int, list[str]]], list[dict]]:
+    """Everything observable about a table: its versions, tags and latest content."""
+    t = store.table(name)
+    versions = [(v.version, v.rows, v.tags) for v in t.versions()]
+    rows = t.read().sort_by(t.meta.key).to_pylist()
+    return versions, rows
