@@ -31,7 +31,7 @@ from ._errors import (
     ValidationError,
     VersionNotFoundError,
 )
-from ._index import build_vector_index
+from ._index import IndexReport, build_index, freshness, refresh_index
 from ._pipeline import EmbedResult, embed_table
 from ._store import (
     CleanupReport,
@@ -53,6 +53,7 @@ __all__ = [
     "Embedder",
     "EmbeddingTable",
     "HashEmbedder",
+    "IndexReport",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
     "Store",
@@ -63,9 +64,11 @@ __all__ = [
     "VersionNotFoundError",
     "WriteResult",
     "__version__",
-    "build_vector_index",
+    "build_index",
     "content_hash",
     "default_embedder",
     "default_store_uri",
     "embed_table",
+    "freshness",
+    "refresh_index",
 ]

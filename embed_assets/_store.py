@@ -665,20 +665,72 @@ class EmbeddingTable:
         version: VersionRef = None,
         columns: Sequence[str] | None = None,
         embedder: Any = None,
-        use_index: bool = False,
+        use_index: bool | None = None,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
         metric: str | None = None,
     ) -> pa.Table:
         """Nearest neighbours of a vector (or a text, embedded with the table's model).
 
-        Returns the table's columns plus ``distance`` (per the table's metric; cosine
-        distance is ``1 - cosine similarity``) and ``rank`` (1 = nearest).
+        Parameters
+        ----------
+        use_index : bool, optional
+            ``None`` (default) follows the table's index policy: the tuned ANN index and its
+            stored ``nprobes``/``refine_factor`` when :func:`build_index` chose one, exact
+            search otherwise. ``False`` forces exact search; ``True`` forces the index.
+        nprobes, refine_factor : int, optional
+            Override the stored search parameters.
+        where : str, optional
+            A SQL filter, applied before the search (prefilter); scalar indexes on the key
+            and partition columns make it a true sub-index query.
+
+        Returns
+        -------
+        pyarrow.Table
+            The table's columns plus ``distance`` (the table's metric: cosine ``1 - cos``,
+            dot ``1 - dot``, l2 squared Euclidean) and ``rank`` (1 = nearest).
         """
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
         meta = self.meta
         metric = metric or meta.metric
         if metric not in METRICS:
             raise ValidationError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        q = self._query_vector(query, embedder)
+        ds = self.dataset(version)
+        from ._index import has_vector_index, search_defaults
+
+        defaults = search_defaults(ds) if use_index is not False else None
+        ann = use_index is True or (use_index is None and defaults is not None)
+        if ann and not has_vector_index(ds):
+            if use_index is True:
+                raise ValidationError(
+                    f"table {self.name!r} has no vector index at this version; "
+                    "build one with build_index() or `embed-assets index`")
+            ann = False
+        cols = list(columns) if columns else None
+        if not ann and where is None and metric == meta.metric:
+            res = self._exact_cached(ds, q, k, metric, cols)
+            if res is not None:
+                return res
+        nearest: dict[str, Any] = {"column": VECTOR_COLUMN, "q": q, "k": k, "metric": metric,
+                                   "use_index": ann}
+        if ann:
+            nearest.update(defaults or {})
+            if nprobes is not None:
+                nearest["nprobes"] = nprobes
+            if refine_factor is not None:
+                nearest["refine_factor"] = refine_factor
+        try:
+            res = ds.to_table(nearest=nearest, filter=where, prefilter=True, columns=cols)
+        except (ValueError, OSError) as exc:
+            raise ValidationError(f"search on {self.name!r} failed: {_first_line(exc)}") from None
+        res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
+        res = res.sort_by([("distance", "ascending")])
+        return res.append_column("rank", pa.array(np.arange(1, res.num_rows + 1), pa.int32()))
+
+    def _query_vector(self, query: Any, embedder: Any) -> np.ndarray:
+        meta = self.meta
         if isinstance(query, str):
             if not query.strip():
                 raise ValidationError("search text is empty")
@@ -693,24 +745,29 @@ class EmbeddingTable:
                 )
             q = embedder.embed([query])[0]
         else:
-            q = np.asarray(query, dtype=np.float32).reshape(-1)
+            try:
+                q = np.asarray(query, dtype=np.float32).reshape(-1)
+            except (TypeError, ValueError):
+                raise ValidationError("query must be a text or a numeric vector") from None
         if q.shape[0] != meta.dimension:
             raise ValidationError(
                 f"query vector has dimension {q.shape[0]}; table {self.name!r} has {meta.dimension}"
             )
         if not np.isfinite(q).all():
             raise ValidationError("query vector has NaN or infinite values")
-        ds = self.dataset(version)
-        nearest = {"column": VECTOR_COLUMN, "q": q, "k": k, "metric": metric,
-                   "use_index": use_index}
-        try:
-            res = ds.to_table(nearest=nearest, filter=where, prefilter=True,
-                              columns=list(columns) if columns else None)
-        except (ValueError, OSError) as exc:
-            raise ValidationError(f"search on {self.name!r} failed: {_first_line(exc)}") from None
-        res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
-        res = res.sort_by([("distance", "ascending")])
-        return res.append_column("rank", pa.array(np.arange(1, res.num_rows + 1), pa.int32()))
+        return q
+
+    def _exact_cached(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str,
+                      cols: list[str] | None) -> pa.Table | None:
+        from ._cache import CACHE, exact_topk
+
+        mat = CACHE.matrix(self.uri, ds, metric)
+        if mat is None:
+            return None
+        idx, dist = exact_topk(mat, q, k, metric)
+        rows = ds.take(idx.tolist(), columns=cols)
+        rows = rows.append_column("distance", pa.array(dist, pa.float32()))
+        return rows.append_column("rank", pa.array(np.arange(1, len(idx) + 1), pa.int32()))
 
     # -- rollback and retention ----------------------------------------------------------
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
@@ -723,6 +780,7 @@ class EmbeddingTable:
         target = self.resolve(to)
         latest = self.refresh()._ds
         had_index = _vector_index_type(latest)
+        had_scalar = any("Vector" not in i.type_url for i in latest.describe_indices())
         txn = lance.Transaction(read_version=latest.version,
                                 operation=LanceOperation.Restore(target))
         txn.transaction_properties = {
@@ -734,9 +792,16 @@ class EmbeddingTable:
         }
         ds = lance.LanceDataset.commit(latest, txn)
         if had_index and not _vector_index_type(ds):
-            from ._index import build_vector_index
+            from ._index import build_index, index_config
 
-            build_vector_index(self.refresh(), index_type=had_index)
+            cfg = index_config(latest) or {}
+            build_index(self.refresh(), recall=cfg.get("target_recall", 0.95),
+                        index_type=cfg.get("index_type") or had_index, k=cfg.get("k", 10),
+                        force_ann=True)
+        elif had_scalar:
+            from ._index import ensure_scalar_indexes
+
+            ensure_scalar_indexes(self.refresh())
         return self.version
 
     def cleanup(self, *, keep_last: int | None = None,

@@ -211,15 +211,23 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ._index import build_vector_index
+    from ._index import build_index, freshness, refresh_index
 
     t = _store(args).table(args.name)
-    info = build_vector_index(t, index_type=args.type)
+    if args.refresh:
+        out = refresh_index(t)
+        out["freshness"] = freshness(t)
+        if args.json:
+            _dump(out)
+        else:
+            print(f"{args.name}: {out['action']} ({out['reason']}); "
+                  f"{out['freshness']['unindexed_rows']} row(s) unindexed")
+        return 0
+    rep = build_index(t, recall=args.recall, index_type=args.type, force_ann=args.force)
     if args.json:
-        _dump(info)
+        _dump(rep.to_dict())
     else:
-        print(f"built {info['index_type']} on {args.name} in {info['build_seconds']:.2f}s "
-              f"with {info['params']}")
+        print(rep.summary())
     return 0
 
 
@@ -289,9 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--keep-last", type=int, default=None)
     sp.add_argument("--older-than", default=None, metavar="DUR", help="e.g. 7d, 12h, 30m")
-    sp = verb("index", cmd_index, "build the table's vector index", True)
+    sp = verb("index", cmd_index, "build a vector index tuned to a recall target", True)
     sp.add_argument("name")
+    sp.add_argument("--recall", type=float, default=0.95, help="target recall@10 (default 0.95)")
     sp.add_argument("--type", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
+    sp.add_argument("--force", action="store_true",
+                    help="build an ANN index even below the exact-search threshold")
+    sp.add_argument("--refresh", action="store_true",
+                    help="fold unindexed rows in (or retrain when the data drifted)")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     return p
 

@@ -16,7 +16,7 @@ from embed_assets import (
     TableNotFoundError,
     ValidationError,
     VersionNotFoundError,
-    build_vector_index,
+    build_index,
 )
 
 from .conftest import vectors_table
@@ -168,13 +168,14 @@ def test_rollback_to_before_an_index_keeps_an_index(store):
     store.write("t", data.slice(0, 300), key="id")
     store.write("t", data.slice(300), key="id", mode="append")
     t = store.table("t")
-    build_vector_index(t)
+    build_index(t, force_ann=True)
     assert t.dataset().describe_indices()
     t.rollback(1)
     ds = t.dataset()
     assert ds.count_rows() == 300
-    indices = ds.describe_indices()
-    assert indices and indices[0].index_type.startswith("IVF")
+    vec_idx = [i for i in ds.describe_indices() if i.field_names == ["vector"]]
+    assert vec_idx and vec_idx[0].index_type.startswith("IVF")
+    assert [i for i in ds.describe_indices() if i.field_names == ["id"]]  # key index too
     hits = t.search(mat[5], k=1, use_index=True)
     assert hits.column("id").to_pylist() == [5]
 
