@@ -1,0 +1,12 @@
+"""The demo with embeddings partitioned by Debian section (12 static partitions).
+
+Each partition run embeds that section's packages and replaces exactly those rows of the
+table in one Lance commit. From the CLI, one run for all sections::
+
+    dagster asset materialize -m dagster_project.by_section --select '*' \\
+        --partition-range admin...web
+"""
+
+from .demo import build_demo_definitions
+
+defs = build_demo_definitions("debian_by_section", partitioned=True)

@@ -1,0 +1,165 @@
+"""The demo pipeline on the shipped Debian slice, built once for both code locations.
+
+descriptions (2,040 real package synopses, 12 sections)
+  -> embeddings (incremental by content hash; optionally one Dagster partition per section)
+  -> section_centroids (mean vector per section)
+  -> semantic_search (example queries: nearest packages and nearest section)
+"""
+
+# No `from __future__ import annotations`: Dagster reads the Config and context
+# annotations of the decorated functions at definition time.
+import os
+from typing import Any
+
+import numpy as np
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    BackfillPolicy,
+    Config,
+    Definitions,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+    in_process_executor,
+)
+from dagster._core.definitions.metadata.metadata_set import TableMetadataSet
+from pydantic import Field
+
+from embed_assets._demo import demo_source
+from embed_assets.dagster import (
+    EmbedderResource,
+    EmbedStoreResource,
+    LanceDBIOManager,
+    build_embedding_asset,
+    build_embedding_checks,
+    build_version_jobs,
+)
+from embed_assets.dagster.metadata import column_schema, preview_markdown
+
+# Set to "hash-bow" for a fast run with no model weights (tests, smoke checks); unset uses
+# the shipped all-MiniLM-L6-v2.
+ENV_MODEL = "EMBED_ASSETS_MODEL"
+SOURCE_COLUMNS = ["package", "section", "priority", "installed_size_kb", "version", "description"]
+DEFAULT_QUERIES = [
+    "edit source code with syntax highlighting",
+    "play chess against the computer",
+    "convert audio files to mp3",
+    "monitor network traffic",
+]
+
+
+def sections() -> list[str]:
+    """The Debian sections in the shipped slice: the static partitions."""
+    return sorted(demo_source()["section"].unique().to_list())
+
+
+class DescriptionsConfig(Config):
+    """Where the package descriptions come from."""
+
+    path: str = Field(default="", description="a parquet file with the slice's columns; "
+                      "empty: the slice shipped in embed_assets/data")
+
+
+class SearchConfig(Config):
+    queries: list[str] = Field(default=DEFAULT_QUERIES, description="texts to search for")
+    k: int = Field(default=5, description="neighbours per query")
+
+
+def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False) -> Definitions:
+    """The demo's assets, checks, jobs and resources under asset key prefix ``prefix``."""
+    group = prefix
+    # The CLI runs a partition range in one run only if every selected asset says so.
+    policy = BackfillPolicy.single_run() if partitioned else None
+    descriptions_key = AssetKey([prefix, "descriptions"])
+    embeddings_key = AssetKey([prefix, "embeddings"])
+    centroids_key = AssetKey([prefix, "section_centroids"])
+
+    @asset(key=descriptions_key, group_name=group, kinds={"polars"}, backfill_policy=policy,
+           description="Debian bookworm packages: name, section, priority, size, one-line description.")
+    def descriptions(context: AssetExecutionContext, config: DescriptionsConfig) -> pl.DataFrame:
+        df = pl.read_parquet(config.path) if config.path else demo_source()
+        df = df.select(SOURCE_COLUMNS)
+        context.add_output_metadata({
+            **dict(TableMetadataSet(row_count=df.height, column_schema=column_schema(df.to_arrow().schema))),
+            "sections": MetadataValue.int(df["section"].n_unique()),
+            "preview": MetadataValue.md(preview_markdown(df.head(8).to_arrow())),
+        })
+        return df
+
+    partitions = StaticPartitionsDefinition(sections()) if partitioned else None
+    embeddings = build_embedding_asset(
+        embeddings_key,
+        source=descriptions_key,
+        key_column="package",
+        text_column="description",
+        columns=["section", "priority", "version", "installed_size_kb", "description"],
+        partitions_def=partitions,
+        partition_expr="section" if partitioned else None,
+        group_name=group,
+        label_column="section",
+    )
+    checks = build_embedding_checks(embeddings_key)
+
+    @asset(key=centroids_key, group_name=group, io_manager_key="lance_io_manager", backfill_policy=policy,
+           kinds={"lancedb", "polars"},
+           ins={"embeddings": AssetIn(key=embeddings_key, metadata={"columns": ["section", "vector"]})},
+           metadata={"key": "section", "write_mode": "overwrite"},
+           description="The mean (re-normalised) embedding of each Debian section.")
+    def section_centroids(embeddings: pl.DataFrame) -> pl.DataFrame:
+        rows = []
+        for (section,), part in embeddings.group_by(["section"], maintain_order=True):
+            mat = np.stack(part["vector"].to_list()).astype(np.float32)
+            c = mat.mean(axis=0)
+            n = float(np.linalg.norm(c))
+            rows.append({"section": section, "packages": part.height,
+                         "vector": (c / n if n else c).tolist()})
+        return pl.DataFrame(rows).sort("section")
+
+    @asset(key=AssetKey([prefix, "semantic_search"]), group_name=group, backfill_policy=policy,
+           deps=[embeddings_key, centroids_key], required_resource_keys={"embed_store", "embedder"},
+           kinds={"lancedb"},
+           description="Example semantic searches: nearest packages and the nearest section centroid.")
+    def semantic_search(context: AssetExecutionContext, config: SearchConfig) -> MaterializeResult:
+        store = context.resources.embed_store.get_store()
+        embedder = context.resources.embedder.get_embedder()
+        table = store.table("_".join(embeddings_key.path))
+        cents = store.table("_".join(centroids_key.path))
+        qv = embedder.embed(config.queries)
+        lines = []
+        results: list[dict[str, Any]] = []
+        for q, v in zip(config.queries, qv, strict=True):
+            hits = table.search(v, k=config.k, columns=["package", "section", "description"])
+            near = cents.search(v, k=1, columns=["section"]).column("section")[0].as_py()
+            lines.append(f"**{q}** (nearest section: `{near}`)\n")
+            for r in hits.to_pylist():
+                results.append({"query": q, **{k: r[k] for k in ("rank", "package", "section",
+                                                                  "distance")}})
+                lines.append(f"{r['rank']}. `{r['package']}` ({r['section']}, "
+                             f"{r['distance']:.3f}): {r['description']}")
+            lines.append("")
+        return MaterializeResult(metadata={
+            "results": MetadataValue.md("\n".join(lines)),
+            "hits": MetadataValue.json(results),
+            "searched_version": MetadataValue.int(table.version),
+            "model": MetadataValue.text(embedder.name),
+        })
+
+    model = os.environ.get(ENV_MODEL) or None
+    return Definitions(
+        # Four small steps: starting a process per step (the default) costs more than the
+        # work itself on a 2-core CI machine, and the model would load once per process.
+        executor=in_process_executor,
+        assets=[descriptions, embeddings, section_centroids, semantic_search],
+        asset_checks=[checks],
+        jobs=build_version_jobs(tables={"_".join(embeddings_key.path): embeddings_key,
+                                        "_".join(centroids_key.path): centroids_key}),
+        resources={
+            "embed_store": EmbedStoreResource(),
+            "embedder": EmbedderResource(model=model),
+            "lance_io_manager": LanceDBIOManager(),
+        },
+    )

@@ -1,0 +1,68 @@
+"""Dagster integration for embed_assets: resources, an IO manager, an embedding-asset
+factory, asset checks and rollback/tag jobs.
+
+This is the only part of embed_assets that imports Dagster; the store does not.
+
+Examples
+--------
+.. code-block:: python
+
+    from dagster import Definitions, asset
+    from embed_assets.dagster import (EmbedderResource, EmbedStoreResource, LanceDBIOManager,
+                                      build_embedding_asset, build_embedding_checks)
+
+    embeddings = build_embedding_asset("doc_vectors", source="docs", key_column="id",
+                                       text_column="body")
+    defs = Definitions(
+        assets=[docs, embeddings],
+        asset_checks=[build_embedding_checks(embeddings.key)],
+        resources={"embed_store": EmbedStoreResource(), "embedder": EmbedderResource(),
+                   "lance_io_manager": LanceDBIOManager()},
+    )
+"""
+
+from .assets import EmbedConfig, build_embedding_asset
+from .checks import INTEGRITY_CHECKS, WARN_CHECKS, build_embedding_checks
+from .io_manager import (
+    LanceArrowTypeHandler,
+    LanceDbClient,
+    LanceDBIOManager,
+    LancePandasTypeHandler,
+    LancePolarsTypeHandler,
+)
+from .jobs import RollbackConfig, TagConfig, build_version_jobs
+from .metadata import (
+    PROJECTION_KEY,
+    RUN_TAG_PREFIX,
+    VERSION_KEY,
+    lance_table_name,
+    run_for_version,
+    table_metadata,
+    versions_for_run,
+)
+from .resources import EmbedderResource, EmbedStoreResource
+
+__all__ = [
+    "INTEGRITY_CHECKS",
+    "PROJECTION_KEY",
+    "RUN_TAG_PREFIX",
+    "VERSION_KEY",
+    "WARN_CHECKS",
+    "EmbedConfig",
+    "EmbedStoreResource",
+    "EmbedderResource",
+    "LanceArrowTypeHandler",
+    "LanceDBIOManager",
+    "LanceDbClient",
+    "LancePandasTypeHandler",
+    "LancePolarsTypeHandler",
+    "RollbackConfig",
+    "TagConfig",
+    "build_embedding_asset",
+    "build_embedding_checks",
+    "build_version_jobs",
+    "lance_table_name",
+    "run_for_version",
+    "table_metadata",
+    "versions_for_run",
+]

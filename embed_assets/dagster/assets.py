@@ -1,0 +1,177 @@
+"""The embedding-asset factory: a source asset (key + text + columns) -> an embedding table.
+
+The asset is incremental by content hash (:func:`embed_assets.embed_table`): only new or
+changed texts reach the model, rows deleted upstream are removed, and a run with no
+change writes no version and says "embedded 0 row(s)". It writes to the store itself
+(so it can reuse stored vectors) and returns a ``MaterializeResult``; downstream assets
+load it through the ``LanceDBIOManager`` under ``io_manager_key``.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the Config and context
+# annotations of the decorated functions at definition time.
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PartitionsDefinition,
+    asset,
+)
+from dagster._core.definitions.asset_key import CoercibleToAssetKey
+from pydantic import Field
+
+from .. import _sqlexpr as sqlx
+from .._embedders import EmptyTextPolicy
+from .._pipeline import embed_table
+from .._store import as_arrow
+from .metadata import SUMMARY_KEY, lance_table_name, record_run_version, table_metadata
+
+
+class EmbedConfig(Config):
+    """Run config of an embedding asset (Launchpad: ``ops: <asset>: config:``)."""
+
+    overwrite: bool = Field(
+        default=False,
+        description=(
+            "Re-embed everything and replace the table. Needed when the model's dimension "
+            "changes; on a partitioned asset it drops the other partitions' rows."
+        ),
+    )
+
+
+def build_embedding_asset(
+    key: CoercibleToAssetKey,
+    *,
+    source: CoercibleToAssetKey,
+    key_column: str,
+    text_column: str,
+    columns: Sequence[str] | None = None,
+    partitions_def: PartitionsDefinition | None = None,
+    partition_expr: str | None = None,
+    table: str | None = None,
+    on_empty: EmptyTextPolicy = "error",
+    group_name: str | None = None,
+    description: str | None = None,
+    io_manager_key: str = "lance_io_manager",
+    store_key: str = "embed_store",
+    embedder_key: str = "embedder",
+    label_column: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> AssetsDefinition:
+    """An asset embedding ``source[text_column]`` keyed by ``source[key_column]``.
+
+    Parameters
+    ----------
+    source : asset key
+        The upstream asset (loaded by its own IO manager) holding key, text and columns.
+    columns : sequence of str, optional
+        Source columns kept beside key, vector and provenance (default: all).
+    partitions_def, partition_expr
+        Partition the embedding table: each run embeds the source rows whose
+        ``partition_expr`` column is one of the run's partition keys and replaces exactly
+        those rows of the table, in one commit. A partition range runs as one run.
+    table : str, optional
+        Store table name (default: the asset key path joined with ``_``).
+
+    A model change with the same dimension re-embeds everything (unpartitioned assets);
+    a dimension change, or a model change on a partitioned asset, needs run config
+    ``overwrite: true`` or a new ``table``: a table never mixes models.
+    """
+    asset_key = AssetKey.from_coercible(key)
+    source_key = AssetKey.from_coercible(source)
+    name = table or lance_table_name(asset_key)
+    if (partitions_def is None) != (partition_expr is None):
+        raise ValueError("pass partitions_def and partition_expr together (or neither)")
+    def_md: dict[str, Any] = {"key": key_column, "table": name, "text_column": text_column,
+                              **(metadata or {})}
+    if partition_expr:
+        def_md["partition_expr"] = partition_expr
+
+    @asset(
+        key=asset_key,
+        ins={"source": AssetIn(key=source_key)},
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run() if partitions_def is not None else None,
+        io_manager_key=io_manager_key,
+        required_resource_keys={store_key, embedder_key},
+        metadata=def_md,
+        group_name=group_name,
+        kinds={"lancedb", "python"},
+        description=description or (
+            f"Embeddings of `{source_key.to_user_string()}`.{text_column}, keyed by {key_column}, "
+            f"in store table `{name}`; only new or changed rows are embedded."
+        ),
+    )
+    def _embedding_asset(context: AssetExecutionContext, config: EmbedConfig,
+                         source: Any) -> MaterializeResult:
+        store = getattr(context.resources, store_key).get_store()
+        embedder = getattr(context.resources, embedder_key).get_embedder()
+        src = as_arrow(source)
+        partition: tuple[str, Any] | None = None
+        mode = "sync"
+        if partitions_def is not None:
+            assert partition_expr is not None
+            keys = list(context.partition_keys)
+            if partition_expr not in src.column_names:
+                raise Failure(f"source {source_key.to_user_string()} has no column "
+                              f"{partition_expr!r} (partition_expr)")
+            col = src.column(partition_expr)
+            src = src.filter(pc.is_in(col, value_set=pa.array(keys).cast(col.type)))
+            partition = (partition_expr, keys[0] if len(keys) == 1 else keys)
+            mode = "replace_partition"
+            context.log.info(f"partition(s) {', '.join(keys)}: {src.num_rows} source rows")
+
+        if store.exists(name):
+            meta = store.table(name).meta
+            if meta.model and meta.model != embedder.name and not config.overwrite:
+                if partitions_def is not None or meta.dimension != embedder.dimension:
+                    raise Failure(
+                        f"table {name!r} holds {meta.dimension}-d vectors from {meta.model!r}; the "
+                        f"embedder is {embedder.name!r} ({embedder.dimension}-d). A table never "
+                        "mixes models: launch with config overwrite: true (then re-materialise "
+                        "every partition) or give the asset a new table."
+                    )
+                context.log.warning(f"model changed {meta.model!r} -> {embedder.name!r}: "
+                                    "re-embedding every row")
+                mode = "overwrite"
+        if config.overwrite:
+            mode = "overwrite"
+
+        res = embed_table(
+            store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
+            columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
+            properties={"dagster_asset": asset_key.to_user_string(),
+                        **({"dagster_partition": ",".join(context.partition_keys)}
+                           if partitions_def is not None else {})},
+        )
+        context.log.info(res.summary())
+        record_run_version(context, name, res.version)
+        t = store.table(name)
+        extra: dict[str, Any] = {
+            SUMMARY_KEY: MetadataValue.text(res.summary()),
+            "rows_embedded": MetadataValue.int(res.rows_embedded),
+            "rows_reused": MetadataValue.int(res.rows_reused),
+            "rows_unchanged": MetadataValue.int(res.rows_unchanged),
+            "rows_skipped_empty": MetadataValue.int(res.rows_skipped_empty),
+            "seconds": MetadataValue.float(round(res.seconds, 3)),
+            "embed_mode": MetadataValue.text(mode),
+        }
+        if partition is not None:
+            vals = partition[1] if isinstance(partition[1], list) else [partition[1]]
+            extra["dagster/partition_row_count"] = MetadataValue.int(
+                t.dataset(res.version).count_rows(filter=sqlx.in_list(partition[0], vals)))
+        md = table_metadata(t, version=res.version, write=res.write, extra=extra,
+                            label_column=label_column or partition_expr)
+        return MaterializeResult(metadata=md)
+
+    return _embedding_asset

@@ -1,0 +1,197 @@
+"""Asset checks for embedding tables.
+
+Integrity checks (finite vectors, expected dimension, no zero vectors, unique keys) are
+*blocking* and fail with ERROR, so a run stops before downstream assets consume a broken
+table. Index freshness and drift against the previous version are WARN: worth a look,
+not worth stopping a pipeline.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the Config and context
+# annotations of the decorated functions at definition time.
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    MetadataValue,
+    multi_asset_check,
+)
+from dagster._core.definitions.asset_key import CoercibleToAssetKey
+
+from .._store import VECTOR_COLUMN, EmbeddingTable
+from .metadata import VERSION_KEY, lance_table_name
+
+INTEGRITY_CHECKS = ("vectors_finite", "vector_dimension", "no_zero_vectors", "unique_keys")
+WARN_CHECKS = ("index_freshness", "drift")
+
+
+def _matrix(tbl: pa.Table) -> np.ndarray:
+    col = tbl.column(VECTOR_COLUMN).combine_chunks()
+    dim = col.type.list_size
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n == 0, 1, n)
+
+
+def neighbour_overlap(a_keys: list[Any], a: np.ndarray, b_keys: list[Any], b: np.ndarray, *,
+                      k: int = 10, sample: int = 100, metric: str = "cosine") -> tuple[float, int]:
+    """Mean share of the k nearest neighbours kept between two versions, on a fixed sample.
+
+    The sample is the keys present in both versions, evenly spaced in sorted order, so the
+    same two versions always give the same number. Returns ``(overlap, sample size)``.
+    """
+    ia = {key: i for i, key in enumerate(a_keys)}
+    ib = {key: i for i, key in enumerate(b_keys)}
+    common = sorted(set(ia) & set(ib), key=str)
+    if len(common) <= k:
+        return 1.0, 0
+    pick = [common[i] for i in np.linspace(0, len(common) - 1, min(sample, len(common))).astype(int)]
+
+    def topk(keys: list[Any], mat: np.ndarray, idx: dict[Any, int]) -> list[set[Any]]:
+        q = mat[[idx[p] for p in pick]]
+        if metric == "l2":
+            d = ((q[:, None, :] - mat[None, :, :]) ** 2).sum(-1)
+        else:
+            m = _normalise(mat) if metric == "cosine" else mat
+            d = -(_normalise(q) if metric == "cosine" else q) @ m.T
+        for r, p in enumerate(pick):  # a row is not its own neighbour
+            d[r, idx[p]] = np.inf
+        nn = np.argpartition(d, k, axis=1)[:, :k]
+        return [{keys[j] for j in row} for row in nn]
+
+    na, nb = topk(a_keys, a, ia), topk(b_keys, b, ib)
+    return float(np.mean([len(x & y) / k for x, y in zip(na, nb, strict=True)])), len(pick)
+
+
+def centroid_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine distance between the mean vectors of two versions (0 = same direction)."""
+    ca, cb = a.mean(axis=0), b.mean(axis=0)
+    na, nb = float(np.linalg.norm(ca)), float(np.linalg.norm(cb))
+    if na == 0 or nb == 0:
+        return 0.0 if na == nb else 1.0
+    return float(1.0 - ca @ cb / (na * nb))
+
+
+def build_embedding_checks(
+    asset: CoercibleToAssetKey,
+    *,
+    table: str | None = None,
+    store_key: str = "embed_store",
+    expected_dimension: int | None = None,
+    max_centroid_shift: float = 0.05,
+    min_neighbour_overlap: float = 0.8,
+    drift_sample: int = 100,
+    max_unindexed_share: float = 0.1,
+    name: str | None = None,
+) -> AssetChecksDefinition:
+    """Checks on the latest version of the table behind ``asset``.
+
+    ``expected_dimension`` defaults to the dimension recorded when the table was created.
+    """
+    asset_key = AssetKey.from_coercible(asset)
+    tname = table or lance_table_name(asset_key)
+    descriptions = {
+        "vectors_finite": "every vector is finite (no NaN or infinity)",
+        "vector_dimension": "vectors have the expected dimension",
+        "no_zero_vectors": "no vector is all zeros (cosine distance is undefined for it)",
+        "unique_keys": "keys are unique and not null",
+        "index_freshness": f"at most {max_unindexed_share:.0%} of rows are outside the ANN index",
+        "drift": (f"vs the previous version: centroid shift <= {max_centroid_shift} and "
+                  f"neighbour overlap@10 >= {min_neighbour_overlap} on {drift_sample} fixed keys"),
+    }
+    specs = [AssetCheckSpec(n, asset=asset_key, blocking=n in INTEGRITY_CHECKS,
+                            description=descriptions[n]) for n in (*INTEGRITY_CHECKS, *WARN_CHECKS)]
+
+    @multi_asset_check(specs=specs, name=name or f"{tname}_checks",
+                       required_resource_keys={store_key})
+    def _checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
+        store = getattr(context.resources, store_key).get_store()
+        t = store.table(tname)
+        version = t.version
+        meta = t.meta
+        tbl = t.read(version, columns=[meta.key, VECTOR_COLUMN])
+        mat = _matrix(tbl)
+        base = {VERSION_KEY: MetadataValue.int(version)}
+
+        def result(check: str, passed: bool, severity: AssetCheckSeverity,
+                   **md: Any) -> AssetCheckResult:
+            return AssetCheckResult(check_name=check, asset_key=asset_key, passed=bool(passed),
+                                    severity=severity, metadata={**base, **md})
+
+        err = AssetCheckSeverity.ERROR
+        finite = np.isfinite(mat).all(axis=1)
+        bad_keys = tbl.column(meta.key).filter(pa.array(~finite)).to_pylist()[:10]
+        yield result("vectors_finite", finite.all(), err,
+                     non_finite_rows=int((~finite).sum()), examples=MetadataValue.json(
+                         [str(k) for k in bad_keys]))
+        want = expected_dimension or meta.dimension
+        yield result("vector_dimension", mat.shape[1] == want, err,
+                     dimension=int(mat.shape[1]), expected=int(want))
+        zero = ~np.any(mat != 0, axis=1)
+        yield result("no_zero_vectors", not zero.any(), err, zero_vectors=int(zero.sum()))
+        keys = tbl.column(meta.key)
+        dups = int(tbl.num_rows - len(pc.unique(keys)))
+        yield result("unique_keys", dups == 0 and keys.null_count == 0, err,
+                     duplicate_keys=dups, null_keys=int(keys.null_count))
+        yield _index_freshness(t, version, result, max_unindexed_share)
+        yield _drift(t, version, tbl, mat, finite, result, max_centroid_shift,
+                     min_neighbour_overlap, drift_sample)
+
+    return _checks
+
+
+def _index_freshness(t: EmbeddingTable, version: int, result: Any, max_share: float) -> AssetCheckResult:
+    warn = AssetCheckSeverity.WARN
+    ds = t.dataset(version)
+    with warnings.catch_warnings():  # list_indices is deprecated in pylance 14, still the
+        warnings.simplefilter("ignore", DeprecationWarning)  # form the store itself uses
+        idx = [i for i in ds.list_indices() if VECTOR_COLUMN in i.get("fields", [])]
+    if not idx:
+        return result("index_freshness", True, warn,
+                      note="no ANN index yet: searches scan exactly, nothing can be stale")
+    stats = ds.stats.index_stats(idx[0]["name"])
+    unindexed = int(stats.get("num_unindexed_rows", 0))
+    total = max(int(ds.count_rows()), 1)
+    share = unindexed / total
+    return result("index_freshness", share <= max_share, warn, index=str(idx[0]["name"]),
+                  unindexed_rows=unindexed, unindexed_share=MetadataValue.float(round(share, 4)))
+
+
+def _drift(t: EmbeddingTable, version: int, tbl: pa.Table, mat: np.ndarray, finite: np.ndarray,
+           result: Any, max_shift: float, min_overlap: float, sample: int) -> AssetCheckResult:
+    warn = AssetCheckSeverity.WARN
+    earlier = [v.version for v in t.versions(with_properties=False) if v.version < version]
+    if not earlier:
+        return result("drift", True, warn, note="first version: nothing to compare with")
+    prev = max(earlier)
+    meta = t.meta
+    ptbl = t.read(prev, columns=[meta.key, VECTOR_COLUMN])
+    if ptbl.num_rows == 0 or tbl.num_rows == 0:
+        return result("drift", True, warn, previous_version=prev, note="an empty version")
+    pmat = _matrix(ptbl)
+    if pmat.shape[1] != mat.shape[1]:
+        return result("drift", False, warn, previous_version=prev,
+                      note=f"dimension changed {pmat.shape[1]} -> {mat.shape[1]}")
+    pfin = np.isfinite(pmat).all(axis=1)
+    keys = [k for k, ok in zip(tbl.column(meta.key).to_pylist(), finite, strict=True) if ok]
+    pkeys = [k for k, ok in zip(ptbl.column(meta.key).to_pylist(), pfin, strict=True) if ok]
+    cur, old = mat[finite], pmat[pfin]
+    shift = centroid_shift(old, cur)
+    overlap, n = neighbour_overlap(pkeys, old, keys, cur, sample=sample, metric=meta.metric)
+    passed = shift <= max_shift and overlap >= min_overlap
+    return result("drift", passed, warn, previous_version=prev,
+                  centroid_shift=MetadataValue.float(round(shift, 6)),
+                  neighbour_overlap_at_10=MetadataValue.float(round(overlap, 4)),
+                  sample_keys=n)

@@ -1,0 +1,239 @@
+"""Materialisation metadata and run <-> Lance version traceability.
+
+Every materialisation of an embedding table carries the same entries, whoever wrote it
+(the IO manager or the embedding-asset factory): the Lance version and tags, the standard
+``dagster/row_count``, ``dagster/column_schema`` and ``dagster/table_name`` keys, the
+model and dimension, the incremental counts, a preview and a 2-D PCA picture.
+
+Dagster 1.13 has no image metadata type; the picture is a PNG inside a markdown
+``data:`` URI (``MetadataValue.md``), which the UI renders inline and which needs no
+file server or shared disk between the run worker and the webserver.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from dagster import (
+    AssetKey,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
+from dagster._core.definitions.metadata.metadata_set import TableMetadataSet
+
+from .._store import VECTOR_COLUMN, EmbeddingTable, Store, WriteResult
+
+# Metadata keys, named once so assets, checks, tests and the browser test agree.
+VERSION_KEY = "lance/version"
+PREVIOUS_VERSION_KEY = "lance/previous_version"
+COMMITTED_KEY = "lance/committed"
+TAGS_KEY = "lance/tags"
+WRITER_RUN_KEY = "lance/written_by_run"
+PROJECTION_KEY = "projection"
+PREVIEW_KEY = "preview"
+SUMMARY_KEY = "summary"
+# Run tag prefix: ``embed_assets/version/<table>`` = the version a run wrote (run -> version).
+RUN_TAG_PREFIX = "embed_assets/version/"
+# Points drawn in the projection; more only slows the PNG down and hides nothing.
+MAX_PLOT_POINTS = 2000
+PREVIEW_ROWS = 8
+
+
+def lance_table_name(asset_key: AssetKey, definition_metadata: Mapping[str, Any] | None = None) -> str:
+    """The store table behind an asset: metadata ``table``, else the key path joined by ``_``.
+
+    ``debian/embeddings`` -> ``debian_embeddings``: one flat namespace, so the SQL layer's
+    view names stay plain identifiers.
+    """
+    md = definition_metadata or {}
+    name = md.get("table")
+    return str(name) if name else "_".join(asset_key.path)
+
+
+def column_schema(schema: pa.Schema) -> TableSchema:
+    """A Dagster ``TableSchema`` from an Arrow schema (vector columns show their dimension)."""
+    cols = []
+    for f in schema:
+        typ = f"FLOAT[{f.type.list_size}]" if pa.types.is_fixed_size_list(f.type) else str(f.type)
+        desc = None
+        if f.name == VECTOR_COLUMN:
+            desc = "embedding vector"
+        elif f.name.startswith("_"):
+            desc = "provenance"
+        cols.append(TableColumn(name=f.name, type=typ, description=desc))
+    return TableSchema(columns=cols)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        head = ", ".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in v[:3])
+        return f"[{head}, … ({len(v)})]"
+    s = "" if v is None else str(v)
+    s = s.replace("|", "\\|").replace("\n", " ")
+    return s if len(s) <= 60 else s[:57] + "…"
+
+
+def preview_markdown(tbl: pa.Table, rows: int = PREVIEW_ROWS) -> str:
+    """A small markdown table of the first rows (vectors shortened)."""
+    head = tbl.slice(0, rows).to_pylist()
+    cols = tbl.column_names
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in head]
+    return "\n".join(lines)
+
+
+def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    """Project rows onto their first two principal components (SVD of the centred data)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], 2))
+    x = x - x.mean(axis=0, keepdims=True)
+    _u, _s, vt = np.linalg.svd(x, full_matrices=False)
+    comps = vt[:2] if vt.shape[0] >= 2 else np.vstack([vt, np.zeros_like(vt)])
+    return x @ comps.T
+
+
+def projection_png(vectors: np.ndarray, labels: Sequence[Any] | None = None, *,
+                   title: str = "") -> bytes:
+    """A PNG scatter of the 2-D PCA projection, coloured by ``labels`` when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on run workers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    xy = pca_2d(vectors)
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=72)
+    try:
+        if labels is not None and len(set(labels)) <= 20:
+            lab = np.asarray([str(v) for v in labels])
+            for name in sorted(set(lab.tolist())):
+                m = lab == name
+                ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, label=name)
+            ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2, frameon=False)
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def projection_markdown(png: bytes, alt: str = "2-D PCA projection") -> MetadataValue:
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _label_column(tbl: pa.Table, key: str, preferred: str | None) -> str | None:
+    if preferred and preferred in tbl.column_names:
+        return preferred
+    for name in tbl.column_names:
+        if name in (key, VECTOR_COLUMN) or name.startswith("_"):
+            continue
+        col = tbl.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            distinct = len(pa.compute.unique(col))
+            if 1 < distinct <= 20:
+                return name
+    return None
+
+
+def table_metadata(
+    table: EmbeddingTable,
+    *,
+    version: int | None = None,
+    write: WriteResult | None = None,
+    extra: Mapping[str, Any] | None = None,
+    label_column: str | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """The metadata of a materialisation that left ``table`` at ``version`` (latest by default)."""
+    version = table.version if version is None else version
+    ds = table.dataset(version)
+    meta = table.meta
+    tags = sorted(t for t, v in table.tags().items() if v == version)
+    props = table._properties(version)  # the run that wrote this version, its mode, counts
+    rows = ds.count_rows()
+    out: dict[str, Any] = {
+        VERSION_KEY: MetadataValue.int(version),
+        TAGS_KEY: MetadataValue.text(", ".join(tags) if tags else "(none)"),
+        WRITER_RUN_KEY: MetadataValue.text(props.get("run_id", "")),
+        **dict(TableMetadataSet(
+            row_count=rows,
+            column_schema=column_schema(ds.schema),
+            table_name=table.uri,
+        )),
+        "dimension": MetadataValue.int(int(meta.dimension)),
+        "model": MetadataValue.text(meta.model or "(not recorded)"),
+        "metric": MetadataValue.text(meta.metric),
+    }
+    if write is not None:
+        out[COMMITTED_KEY] = MetadataValue.bool(write.committed)
+        if write.previous_version is not None:
+            out[PREVIOUS_VERSION_KEY] = MetadataValue.int(write.previous_version)
+        out["rows_inserted"] = MetadataValue.int(write.rows_inserted)
+        out["rows_updated"] = MetadataValue.int(write.rows_updated)
+        out["rows_deleted"] = MetadataValue.int(write.rows_deleted)
+    out.update(extra or {})
+    if rows:
+        # One bounded read feeds both the preview and the picture.
+        sample = ds.take(_sample_indices(rows, MAX_PLOT_POINTS))
+        visible = [c for c in sample.column_names if c != VECTOR_COLUMN] + (
+            [VECTOR_COLUMN] if VECTOR_COLUMN in sample.column_names else [])
+        out[PREVIEW_KEY] = MetadataValue.md(preview_markdown(sample.select(visible)))
+        if plot and VECTOR_COLUMN in sample.column_names and sample.num_rows >= 2:
+            vecs = np.asarray(sample.column(VECTOR_COLUMN).combine_chunks().flatten()
+                              .to_numpy(zero_copy_only=False)).reshape(sample.num_rows, -1)
+            if np.isfinite(vecs).all():
+                lab_col = _label_column(sample, meta.key, label_column)
+                labels = sample.column(lab_col).to_pylist() if lab_col else None
+                png = projection_png(vecs, labels,
+                                     title=f"{table.name} v{version} ({sample.num_rows} of {rows} rows)")
+                out[PROJECTION_KEY] = projection_markdown(png)
+    return out
+
+
+def _sample_indices(rows: int, limit: int) -> list[int]:
+    # Evenly spaced, deterministic: the same version always gives the same picture.
+    if rows <= limit:
+        return list(range(rows))
+    return np.linspace(0, rows - 1, limit).astype(int).tolist()
+
+
+def record_run_version(context: Any, table: str, version: int) -> None:
+    """Tag the run with the version it left the table at (run -> version, searchable in the UI)."""
+    instance = getattr(context, "instance", None)
+    run = getattr(context, "run", None)
+    run_id = run.run_id if run is not None else getattr(context, "run_id", None)
+    if instance is None or not run_id:
+        return
+    try:
+        instance.add_run_tags(run_id, {f"{RUN_TAG_PREFIX}{table}": str(version)})
+    except Exception as exc:  # tags are a convenience; never fail a write over them
+        context.log.warning(f"could not tag run with the Lance version: {exc}")
+
+
+def versions_for_run(store: Store, run_id: str) -> dict[str, list[int]]:
+    """Version -> run, reversed: every (table, version) a run wrote, from the store alone."""
+    found: dict[str, list[int]] = {}
+    for name in store.table_names():
+        for v in store.table(name).versions():
+            if v.properties.get("run_id") == run_id:
+                found.setdefault(name, []).append(v.version)
+    return found
+
+
+def run_for_version(store: Store, table: str, version: int | str) -> str | None:
+    """The run id recorded with a version (or tag) of a table, if any."""
+    t = store.table(table)
+    return t._properties(t.resolve(version)).get("run_id")

@@ -1,0 +1,80 @@
+"""Dagster resources: the store (where tables live) and the embedder (which model).
+
+Both are ``ConfigurableResource`` so the UI's Launchpad and the Deployment view show
+their settings, and tests swap them (a temp store, the fast ``hash-bow`` embedder).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from .._embedders import DEFAULT_MODEL, Embedder, HashEmbedder, SentenceTransformerEmbedder
+from .._errors import ValidationError
+from .._store import Store, default_store_uri
+
+BACKENDS = ("sentence-transformers", "hash")
+
+
+class EmbedStoreResource(ConfigurableResource):
+    """Where embedding tables live: a local directory or an object-store prefix.
+
+    ``uri`` left empty means ``$EMBED_ASSETS_STORE``, else ``./.embed_store``, resolved
+    when a run starts (so one definition serves every environment).
+    """
+
+    uri: str | None = Field(
+        default=None,
+        description="Store URI (path or s3://bucket/prefix); empty: $EMBED_ASSETS_STORE or ./.embed_store",
+    )
+    storage_options: dict[str, str] | None = Field(
+        default=None, description="Object-store options passed to Lance (endpoint, region, ...)"
+    )
+
+    @property
+    def resolved_uri(self) -> str:
+        return self.uri or default_store_uri()
+
+    def get_store(self) -> Store:
+        """A :class:`~embed_assets.Store` on the configured URI."""
+        return Store(self.resolved_uri, storage_options=self.storage_options)
+
+
+class EmbedderResource(ConfigurableResource):
+    """Which model turns texts into vectors, and how it runs.
+
+    ``backend="hash"`` (or ``model="hash-bow[:DIM]"``) gives the deterministic
+    feature-hashing embedder, for tests and quick demos with no weights.
+    """
+
+    model: str | None = Field(
+        default=None,
+        description=f"sentence-transformers name or path; empty: {DEFAULT_MODEL} (shipped offline)",
+    )
+    backend: str = Field(default="sentence-transformers", description="sentence-transformers | hash")
+    device: str | None = Field(default=None, description="cpu, cuda, mps...; empty: automatic")
+    batch_size: int = Field(default=64, description="texts per forward pass")
+    dimension: int = Field(default=64, description="vector size of the hash backend only")
+
+    # The model is loaded once per process, not once per asset that asks for it.
+    _embedder: Any = PrivateAttr(default=None)
+
+    def get_embedder(self) -> Embedder:
+        """The configured embedder (cached for the life of the resource)."""
+        if self._embedder is None:
+            self._embedder = self._build()
+        return self._embedder
+
+    def _build(self) -> Embedder:
+        if self.backend not in BACKENDS:
+            raise ValidationError(
+                f"unknown embedder backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        if self.backend == "hash" or (self.model or "").startswith("hash-bow"):
+            model = self.model or ""
+            dim = int(model.split(":", 1)[1]) if ":" in model else self.dimension
+            return HashEmbedder(dimension=dim)
+        return SentenceTransformerEmbedder(model=self.model, device=self.device,
+                                           batch_size=self.batch_size)

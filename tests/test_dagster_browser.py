@@ -1,0 +1,106 @@
+"""The Dagster UI in headless Chromium: `dagster dev` (workspace.yaml) serves the demo, a
+click on "Materialize all" launches a run, and the asset page then shows the new Lance
+version in the materialisation metadata.
+
+Needs Debian's chromium and npm playwright-core: ``scripts/install_browser_deps.sh``.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from embed_assets import Store
+from embed_assets.dagster import run_for_version
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER_DIR = ROOT / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM} (run scripts/install_browser_deps.sh)"
+    if shutil.which("node") is None:
+        return "node is not installed (run scripts/install_browser_deps.sh)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "npm playwright-core is not installed in tests/browser (run scripts/install_browser_deps.sh)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"dagster dev did not answer on {url} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    # dagster dev starts a webserver, a daemon and code servers in its own session:
+    # signal the whole group (ours alone), then make sure.
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_materialise_from_the_ui_shows_the_new_lance_version(tmp_path: Path) -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    home = tmp_path / "home"
+    home.mkdir()
+    store_dir = tmp_path / "store"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBED_ASSETS_STORE": str(store_dir),
+           # The UI flow is under test here, not the model: the hash embedder keeps it fast.
+           "EMBED_ASSETS_MODEL": "hash-bow"}
+    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_up(url, proc)
+        out = subprocess.run(
+            ["node", str(BROWSER_DIR / "materialize_and_read_version.js"), url],
+            cwd=BROWSER_DIR, capture_output=True, text=True, timeout=420,
+            env={**os.environ, "CHROMIUM": CHROMIUM, "SCREENSHOT": str(tmp_path / "failure.png")})
+        dev_log = (tmp_path / "dagster_dev.log").read_text()[-3000:]
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{dev_log}"
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        store = Store(str(store_dir))
+        table = store.table("debian_embeddings")
+        assert seen["version"] == table.version == 1
+        # the run launched from the page is the run recorded with that version
+        assert seen["runId"] == run_for_version(store, "debian_embeddings", seen["version"])
+    finally:
+        _stop(proc)
+        log.close()
