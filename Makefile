@@ -1,11 +1,14 @@
 # Two entry points: `make demo` and `make test`. Each creates .venv and installs into it.
 VENV    := .venv
 PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export LANCE_LOG := error
+export EMBED_ASSETS_STORE ?= $(CURDIR)/.embed_store
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test lint bench ui
+.PHONY: install demo test ui lint bench browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,11 +17,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo pipeline (Dagster, real model, real Debian text) into the default store,
+# then a query on what it wrote.
 demo: $(STAMP)
-	$(VENV)/bin/embed-assets demo
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster asset materialize -m dagster_project --select '*'
+	$(BIN)/embed-assets versions debian_embeddings
+	$(BIN)/embed-assets search debian_embeddings "edit source code with syntax highlighting" -k 5
+	@echo
+	@echo "Browse it: make ui   (dagster dev on http://127.0.0.1:3000)"
 
-test: $(STAMP)
+ui: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+# Chromium + playwright-core for the browser test; the test skips (with a reason) without them.
+browser-deps:
+	scripts/install_browser_deps.sh || echo "browser test dependencies unavailable: that test will skip"
+
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/run.py
