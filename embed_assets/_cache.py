@@ -11,44 +11,68 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import lance
 import numpy as np
 
-MAX_BYTES = int(os.environ.get("EMBED_ASSETS_CACHE_BYTES", str(2 << 30)))
+MAX_BYTES = int(os.environ.get("EMBED_ASSETS_CACHE_BYTES", str(4 << 30)))
 
 
 class MatrixCache:
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
 
-    def matrix(self, uri: str, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
-        """Row-aligned matrix for ``ds`` (normalised for cosine), or None if it cannot fit."""
-        key = (uri, ds.version, metric)
+    def _get_or_build(self, key: tuple[str, int, str], size: int,
+                      build: Callable[[], Any]) -> Any | None:
         with self._lock:
-            m = self._items.get(key)
-            if m is not None:
+            item = self._items.get(key)
+            if item is not None:
                 self._items.move_to_end(key)
-                return m
-        rows = ds.count_rows()
-        dim = ds.schema.field("vector").type.list_size
-        if rows * dim * 4 > self.max_bytes:
+                return item
+        if size > self.max_bytes:
             return None
-        col = ds.to_table(columns=["vector"]).column("vector").combine_chunks()
-        m = col.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim).astype(np.float32)
-        if metric == "cosine":
-            m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-30)
-        m = np.ascontiguousarray(m)
+        item = build()
         with self._lock:
-            self._items[key] = m
-            self._bytes += m.nbytes
+            self._items[key] = item
+            self._bytes += item.nbytes
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
-        return m
+        return item
+
+    def matrix(self, uri: str, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
+        """Row-aligned matrix for ``ds`` (normalised for cosine), or None if it cannot fit."""
+        size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
+        return self._get_or_build((uri, ds.version, metric), size,
+                                  lambda: load_matrix(ds, metric))
+
+    def probe(self, uri: str, ds: lance.LanceDataset, metric: str,
+              centroids: Callable[[], np.ndarray | None]) -> Any | None:
+        """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
+        from ._ivf import IvfProbe
+
+        size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
+
+        def build() -> IvfProbe | None:
+            cents = centroids()
+            if cents is None:
+                return None
+            return IvfProbe.build(load_matrix(ds, metric), cents, metric)
+
+        with self._lock:
+            cached = self._items.get((uri, ds.version, metric + "/ivf"))
+        if cached is not None:
+            return cached
+        if size > self.max_bytes:
+            return None
+        item = build()
+        return None if item is None else self._get_or_build(
+            (uri, ds.version, metric + "/ivf"), size, lambda: item)
 
     def clear(self) -> None:
         with self._lock:
@@ -57,6 +81,16 @@ class MatrixCache:
 
 
 CACHE = MatrixCache()
+
+
+def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
+    rows = ds.count_rows()
+    dim = ds.schema.field("vector").type.list_size
+    col = ds.to_table(columns=["vector"]).column("vector").combine_chunks()
+    m = col.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim).astype(np.float32)
+    if metric == "cosine":
+        m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-30)
+    return np.ascontiguousarray(m)
 
 
 def exact_topk(mat: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

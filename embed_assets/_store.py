@@ -701,7 +701,7 @@ class EmbeddingTable:
         from ._index import has_vector_index, search_defaults
 
         defaults = search_defaults(ds) if use_index is not False else None
-        ann = use_index is True or (use_index is None and defaults is not None)
+        ann = use_index is True or (use_index is None and bool(defaults))
         if ann and not has_vector_index(ds):
             if use_index is True:
                 raise ValidationError(
@@ -709,14 +709,23 @@ class EmbeddingTable:
                     "build one with build_index() or `embed-assets index`")
             ann = False
         cols = list(columns) if columns else None
-        if not ann and where is None and metric == meta.metric:
+        defaults = defaults or {}
+        plain = where is None and metric == meta.metric
+        if ann and plain and nprobes is None and refine_factor is None and "probe_nprobes" in defaults:
+            res = self._probe(ds, q, k, metric, int(defaults["probe_nprobes"]), cols)
+            if res is not None:
+                return res
+        lance_params = {key: v for key, v in defaults.items() if key != "probe_nprobes"}
+        if ann and use_index is None and not lance_params and nprobes is None:
+            ann = False  # the tuner found no Lance setting meeting the target: stay exact
+        if not ann and plain:
             res = self._exact_cached(ds, q, k, metric, cols)
             if res is not None:
                 return res
         nearest: dict[str, Any] = {"column": VECTOR_COLUMN, "q": q, "k": k, "metric": metric,
                                    "use_index": ann}
         if ann:
-            nearest.update(defaults or {})
+            nearest.update(lance_params)
             if nprobes is not None:
                 nearest["nprobes"] = nprobes
             if refine_factor is not None:
@@ -765,6 +774,22 @@ class EmbeddingTable:
         if mat is None:
             return None
         idx, dist = exact_topk(mat, q, k, metric)
+        return self._rows_at(ds, idx, dist, cols)
+
+    def _probe(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str, nprobes: int,
+               cols: list[str] | None) -> pa.Table | None:
+        from ._cache import CACHE
+        from ._index import _centroids
+
+        probe = CACHE.probe(self.uri, ds, metric, lambda: _centroids(ds))
+        if probe is None:
+            return None
+        idx, dist = probe.search(q, k, nprobes)
+        return self._rows_at(ds, idx, dist, cols)
+
+    @staticmethod
+    def _rows_at(ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
+                 cols: list[str] | None) -> pa.Table:
         rows = ds.take(idx.tolist(), columns=cols)
         rows = rows.append_column("distance", pa.array(dist, pa.float32()))
         return rows.append_column("rank", pa.array(np.arange(1, len(idx) + 1), pa.int32()))

@@ -53,7 +53,9 @@ def test_built_index_meets_target_and_agrees_with_an_independent_check(indexed):
     assert rep.kind == "ann" and rep.recall >= 0.9
     assert rep.index_bytes > 0 and rep.build_seconds > 0 and rep.params["nprobes"] >= 1
     t = store.table("t")
-    assert search_defaults(t.dataset()) == {k: rep.params[k] for k in ("nprobes", "refine_factor")}
+    defaults = search_defaults(t.dataset())
+    assert defaults == {k: rep.params[k] for k in ("nprobes", "refine_factor", "probe_nprobes")}
+    assert rep.lance_recall is not None and rep.lance_recall >= 0.9
     # Independent check: fresh queries (not rows of the table), default search path.
     queries = clustered(100, seed=99)
     hits = 0
@@ -67,6 +69,13 @@ def test_built_index_meets_target_and_agrees_with_an_independent_check(indexed):
     assert v.properties["index.kind"] == "ann"
     assert float(v.properties["index.recall"]) == pytest.approx(rep.recall, abs=1e-4)
     assert json.loads(v.properties["index.params"])["nprobes"] == rep.params["nprobes"]
+    # The Lance path (used with filters) is checked independently too.
+    hits = 0
+    for q in queries:
+        truth = set(np.argsort(-(mat @ q))[:10].tolist())
+        got = set(t.search(q, k=10, columns=["id"], where="id >= 0").column("id").to_pylist())
+        hits += len(truth & got)
+    assert abs(hits / (10 * len(queries)) - rep.lance_recall) <= 0.06
 
 
 def test_unreachable_target_stays_exact(store):
