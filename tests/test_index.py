@@ -179,3 +179,25 @@ def test_bad_index_requests(store):
         build_index(t, index_type="FLAT")
     with pytest.raises(ValidationError, match="no vector index"):
         t.search(clustered(1)[0], use_index=True)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_ivf_probe_two_stage_scan_matches_exact(metric):
+    from embed_assets._cache import exact_topk
+    from embed_assets._ivf import IvfProbe
+
+    mat = clustered(3000, dim=192, clusters=20)
+    if metric != "cosine":
+        mat = mat * np.random.default_rng(2).uniform(0.5, 2.0, size=(3000, 1)).astype(np.float32)
+    cents = mat[np.random.default_rng(0).choice(3000, 16, replace=False)]
+    probe = IvfProbe.build(mat, cents, metric)
+    assert probe.low is not None and probe.low.shape == (3000, 64)  # d/3 pre-scan in use
+    hits = 0
+    for q in clustered(40, dim=192, clusters=20, seed=9):
+        want, wd = exact_topk(mat, q, 10, metric)
+        got, gd = probe.search(q, 10, nprobes=16)  # all partitions: only the pre-scan can miss
+        hits += len(set(want.tolist()) & set(got.tolist()))
+        common = np.intersect1d(want, got)
+        assert np.allclose(np.sort(gd)[: len(common)], np.sort(wd)[: len(common)], atol=1e-3) \
+            or len(common) < 10
+    assert hits / 400 >= 0.98
