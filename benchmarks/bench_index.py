@@ -238,7 +238,7 @@ def main() -> None:
         return
     out: list[str] = []
     if args.only in (None, "real"):
-        allv = datasets.real_vectors(args.real_rows + args.queries)
+        allv = datasets.real_vectors(args.real_rows)  # queries are set aside from these
         perm = np.random.default_rng(0).permutation(len(allv))
         out += bench(f"real MiniLM {args.real_rows // 1000}k", allv[perm[args.queries:]],
                      allv[perm[:args.queries]])
