@@ -33,6 +33,7 @@ from ._errors import (
 )
 from ._index import IndexReport, build_index, freshness, refresh_index
 from ._pipeline import EmbedResult, embed_table
+from ._sql import SQLConnection, connect, run_sql
 from ._store import (
     CleanupReport,
     EmbeddingTable,
@@ -54,6 +55,7 @@ __all__ = [
     "EmbeddingTable",
     "HashEmbedder",
     "IndexReport",
+    "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
     "Store",
@@ -65,10 +67,12 @@ __all__ = [
     "WriteResult",
     "__version__",
     "build_index",
+    "connect",
     "content_hash",
     "default_embedder",
     "default_store_uri",
     "embed_table",
     "freshness",
     "refresh_index",
+    "run_sql",
 ]

@@ -141,21 +141,39 @@ class CleanupReport:
         return asdict(self)
 
 
+def _small_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_small_type(t.value_type))
+    return t
+
+
+def normalize_types(tbl: pa.Table) -> pa.Table:
+    """Large string/binary/list types (Polars' defaults) become their 32-bit-offset forms:
+    Lance's filter pushdown from DuckDB cannot convert predicates on large types."""
+    fields = [pa.field(f.name, _small_type(f.type), f.nullable, f.metadata) for f in tbl.schema]
+    schema = pa.schema(fields, metadata=tbl.schema.metadata)
+    return tbl if schema.equals(tbl.schema, check_metadata=True) else tbl.cast(schema)
+
+
 def as_arrow(data: Any) -> pa.Table:
     """Accept an Arrow table/batch, a Polars or pandas DataFrame, or a dict of columns."""
     if isinstance(data, pa.Table):
-        return data
+        return normalize_types(data)
     if isinstance(data, pa.RecordBatch):
-        return pa.Table.from_batches([data])
+        return normalize_types(pa.Table.from_batches([data]))
     if isinstance(data, pa.RecordBatchReader):
-        return data.read_all()
+        return normalize_types(data.read_all())
     mod = type(data).__module__
     if mod.startswith("polars"):
-        return data.to_arrow()
+        return normalize_types(data.to_arrow())
     if mod.startswith("pandas"):
-        return pa.Table.from_pandas(data, preserve_index=False)
+        return normalize_types(pa.Table.from_pandas(data, preserve_index=False))
     if isinstance(data, Mapping):
-        return pa.table(dict(data))
+        return normalize_types(pa.table(dict(data)))
     raise ValidationError(
         f"cannot write data of type {type(data).__name__}; "
         "pass a pyarrow Table, a polars or pandas DataFrame, or a dict of columns"
@@ -548,6 +566,10 @@ class EmbeddingTable:
             ))
         return out
 
+    def properties(self, version: VersionRef = None) -> dict[str, str]:
+        """Provenance of one version: run id, mode, model, row counts (transaction properties)."""
+        return self._properties(self.resolve(version))
+
     def _properties(self, version: int) -> dict[str, str]:
         try:
             txn = self._ds.read_transaction(version)
@@ -688,7 +710,7 @@ class EmbeddingTable:
         -------
         pyarrow.Table
             The table's columns plus ``distance`` (the table's metric: cosine ``1 - cos``,
-            dot ``1 - dot``, l2 squared Euclidean) and ``rank`` (1 = nearest).
+            dot ``1 - dot``, l2 Euclidean, as in the SQL macros) and ``rank`` (1 = nearest).
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
@@ -736,6 +758,10 @@ class EmbeddingTable:
             raise ValidationError(f"search on {self.name!r} failed: {_first_line(exc)}") from None
         res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
         res = res.sort_by([("distance", "ascending")])
+        if metric == "l2":  # Lance reports squared L2; the product speaks Euclidean everywhere
+            i = res.column_names.index("distance")
+            d = np.sqrt(np.maximum(res.column(i).to_numpy(zero_copy_only=False), 0))
+            res = res.set_column(i, "distance", pa.array(d, pa.float32()))
         return res.append_column("rank", pa.array(np.arange(1, res.num_rows + 1), pa.int32()))
 
     def _query_vector(self, query: Any, embedder: Any) -> np.ndarray:
@@ -774,7 +800,7 @@ class EmbeddingTable:
         if mat is None:
             return None
         idx, dist = exact_topk(mat, q, k, metric)
-        return self._rows_at(ds, idx, dist, cols)
+        return self._rows_at(ds, idx, dist, cols, metric)
 
     def _probe(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str, nprobes: int,
                cols: list[str] | None) -> pa.Table | None:
@@ -785,12 +811,14 @@ class EmbeddingTable:
         if probe is None:
             return None
         idx, dist = probe.search(q, k, nprobes)
-        return self._rows_at(ds, idx, dist, cols)
+        return self._rows_at(ds, idx, dist, cols, metric)
 
     @staticmethod
     def _rows_at(ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
-                 cols: list[str] | None) -> pa.Table:
+                 cols: list[str] | None, metric: str) -> pa.Table:
         rows = ds.take(idx.tolist(), columns=cols)
+        if metric == "l2":
+            dist = np.sqrt(np.maximum(dist, 0))
         rows = rows.append_column("distance", pa.array(dist, pa.float32()))
         return rows.append_column("rank", pa.array(np.arange(1, len(idx) + 1), pa.int32()))
 

@@ -231,6 +231,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    from ._sql import format_result, run_sql
+
+    print(format_result(run_sql(args.store or None, args.query), as_json=args.json))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -305,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="build an ANN index even below the exact-search threshold")
     sp.add_argument("--refresh", action="store_true",
                     help="fold unindexed rows in (or retrain when the data drifted)")
+    sp = verb("sql", cmd_sql, 'run DuckDB SQL over the store (views NAME, "NAME@N", "NAME@TAG", '
+              "vec_* macros, knn, similarity_join)", True)
+    sp.add_argument("query")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     return p
 

@@ -162,7 +162,7 @@ def table_metadata(
     ds = table.dataset(version)
     meta = table.meta
     tags = sorted(t for t, v in table.tags().items() if v == version)
-    props = table._properties(version)  # the run that wrote this version, its mode, counts
+    props = table.properties(version)  # the run that wrote this version, its mode, counts
     rows = ds.count_rows()
     out: dict[str, Any] = {
         VERSION_KEY: MetadataValue.int(version),
@@ -236,4 +236,4 @@ def versions_for_run(store: Store, run_id: str) -> dict[str, list[int]]:
 def run_for_version(store: Store, table: str, version: int | str) -> str | None:
     """The run id recorded with a version (or tag) of a table, if any."""
     t = store.table(table)
-    return t._properties(t.resolve(version)).get("run_id")
+    return t.properties(version).get("run_id")

@@ -1,0 +1,120 @@
+-- embed_assets: store-aware replacements for macros of vectors.sql.
+--
+-- Loaded by embed_assets.connect() AFTER vectors.sql. Needs the Python functions
+-- _ea_* that connect() registers, so it does not load into a plain DuckDB.
+-- Same results as vectors.sql (the tests compare both to a numpy oracle); faster paths:
+--   * list_vec_mean / list_vec_sum (hence vec_mean / vec_sum): one numpy reduction per
+--     list instead of a fold of list_zip lambdas;
+--   * similarity_join: blocked GEMM + argpartition; a store view on the right side is read
+--     from Lance directly (cached per immutable version) instead of list()-ing it in SQL;
+--     approximate := true probes the right table's ANN index in batches;
+--   * knn on a store view: Lance finds the k candidate keys (ANN index when the table has
+--     one and the metric matches, else Lance's exact scan), DuckDB's join filter pushes
+--     those keys into the scan, and the distances are recomputed exactly in SQL.
+--
+-- Metadata per registered view comes from getvariable(): connect() keeps
+--   __ea_key     view name -> key column
+--   __ea_keykind view name -> 'i' (integer key), 's' (string key), 'o' (other)
+--   __ea_metric  view name -> the table's metric
+-- getvariable() is folded to a constant while binding, so each branch guarded by it is
+-- pruned before execution: only one of the UNION ALL arms below ever scans.
+
+-- typeof() is folded while binding, so only one branch runs: FLOAT vectors go to numpy
+-- without a widening copy, anything else (DOUBLE, INTEGER...) as DOUBLE.
+CREATE OR REPLACE MACRO __ea_list_vec_agg(vs, how) AS
+    CASE WHEN typeof(vs) LIKE 'FLOAT%' THEN _ea_list_vec_agg_f(CAST(vs AS FLOAT[][]), how)
+         ELSE _ea_list_vec_agg_d(CAST(vs AS DOUBLE[][]), how) END;
+CREATE OR REPLACE MACRO list_vec_mean(vs) AS __ea_list_vec_agg(vs, 'mean');
+CREATE OR REPLACE MACRO list_vec_sum(vs) AS __ea_list_vec_agg(vs, 'sum');
+CREATE OR REPLACE MACRO list_vec_covariance(vs) AS _ea_list_vec_cov(CAST(vs AS DOUBLE[][]));
+CREATE OR REPLACE MACRO vec_covariance(v) AS _ea_list_vec_cov(CAST(list(v) AS DOUBLE[][]));
+CREATE OR REPLACE MACRO mat_inverse(m) AS _ea_mat_inverse(m);
+
+CREATE OR REPLACE MACRO __ea_kind(t) AS coalesce(getvariable('__ea_keykind')[t], 'x');
+CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
+    lower(coalesce(metric, getvariable('__ea_metric')[t], 'cosine'));
+
+-- The query vector is bound once (__q): a scalar-subquery argument pasted into every
+-- distance expression would otherwise be re-planned as one cross product per use.
+-- Candidates are ordered by DuckDB's one-pass list distance, and only the k winners get
+-- the exact, NULL-aware vec_distance that is reported.
+-- Ranking distance: same order as vec_distance, one pass of a built-in list function.
+CREATE OR REPLACE MACRO __ea_rank_distance(v, q, metric, inv_cov) AS
+    CASE WHEN len(v) <> len(q) THEN __ea_dim_error('knn', v, q)
+         WHEN metric = 'cosine' THEN list_cosine_distance(v, q)
+         WHEN metric = 'dot' THEN list_negative_inner_product(v, q)
+         WHEN metric = 'l2' THEN list_distance(v, q)
+         ELSE vec_distance(v, q, metric, inv_cov) END;
+
+CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
+                            inv_cov := NULL, use_index := true) AS TABLE
+    WITH __q AS MATERIALIZED (SELECT query_vector AS __qv),
+    __cand AS (
+        -- store view, integer key: Lance picks candidates, the join filter fetches them
+        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+                       FROM query_table(table_name))
+        WHERE __ea_kind(table_name) = 'i' AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
+          AND vector = 'vector'
+          AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 'i'
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END)
+              IN (SELECT CAST(unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q), k,
+                                                  __ea_metric_of(table_name, metric), use_index)) AS BIGINT))
+        UNION ALL
+        -- store view, string key
+        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+                       FROM query_table(table_name))
+        WHERE __ea_kind(table_name) = 's' AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
+          AND vector = 'vector'
+          AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END)
+              IN (SELECT unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q), k,
+                                             __ea_metric_of(table_name, metric), use_index)))
+        UNION ALL
+        -- anything else: exact scan in SQL
+        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+                       FROM query_table(table_name))
+        WHERE NOT (__ea_kind(table_name) IN ('i', 's')
+                   AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
+                   AND vector = 'vector')),
+    __top AS (
+        SELECT *, __ea_rank_distance(COLUMNS(c -> c = vector), __qv, __ea_metric_of(table_name, metric),
+                                     inv_cov) AS __fd
+        FROM __cand, __q
+        WHERE COLUMNS(c -> c = vector) IS NOT NULL
+        ORDER BY __fd
+        LIMIT k)
+    SELECT * EXCLUDE (__ea_ki, __ea_ks, __qv, __fd),
+           vec_distance(COLUMNS(c -> c = vector), __qv, __ea_metric_of(table_name, metric), inv_cov) AS distance,
+           CAST(row_number() OVER (ORDER BY __fd) AS INTEGER) AS rank
+    FROM __top
+    ORDER BY rank;
+
+CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
+                                        left_key := NULL, right_key := NULL, metric := NULL,
+                                        inv_cov := NULL, approximate := false) AS TABLE
+    WITH __l AS (
+        SELECT list(__k) AS __k, list(CAST(__v AS FLOAT[])) AS __v
+        FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
+              FROM query_table(left_table))
+        WHERE __v IS NOT NULL),
+    __rk AS (
+        SELECT list(__k) AS __k, list(CAST(__k AS VARCHAR)) AS __ks
+        FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
+              FROM query_table(right_table))
+        WHERE __v IS NOT NULL),
+    -- Only for tables that are not store views (pruned otherwise): the vectors via SQL.
+    __rv AS (
+        SELECT list(CAST(__v AS FLOAT[])) AS __v
+        FROM (SELECT COLUMNS(c -> c = vector) AS __v FROM query_table(right_table))
+        WHERE __v IS NOT NULL AND NOT (__ea_kind(right_table) <> 'x' AND vector = 'vector')),
+    __h AS (
+        SELECT unnest(CASE WHEN __ea_kind(right_table) <> 'x' AND vector = 'vector'
+                           THEN _ea_topk_store(__l.__v, right_table, __rk.__ks, k,
+                                               __ea_metric_of(right_table, metric), inv_cov, approximate)
+                           ELSE _ea_topk(__l.__v, __rv.__v, k, __ea_metric_of(right_table, metric),
+                                         inv_cov, approximate) END) AS __hit
+        FROM __l, __rk, __rv)
+    SELECT __l.__k[__hit.l] AS left_key, __rk.__k[__hit.r] AS right_key,
+           __hit.distance AS distance, __hit.rank AS rank
+    FROM __h, __l, __rk
+    ORDER BY 1, 4;

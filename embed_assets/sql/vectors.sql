@@ -1,0 +1,155 @@
+-- embed_assets vector macros for DuckDB (plain SQL, no extension needed).
+--
+-- Load into any DuckDB:   .read sql/vectors.sql      (CLI)
+--                         con.execute(open("sql/vectors.sql").read())   (Python)
+-- embed_assets.connect() loads this file and then sql/store.sql, which swaps a few
+-- macros for faster Python-backed versions with the same results.
+--
+-- Vectors are LISTs (FLOAT[]/DOUBLE[]) or ARRAYs (FLOAT[n], what store tables hold).
+-- Element-wise results are LISTs; cast back with ::FLOAT[n] where a fixed size is needed.
+--
+-- Conventions
+-- * Dimensions must match: vec_add([1,2,3], [1,2]) raises
+--   "vec_add: dimension mismatch (3 vs 2)". Nothing is ever truncated or padded.
+-- * NULL vector argument -> NULL result (every scalar macro).
+-- * NULL element inside a vector: element-wise macros (vec_add, vec_sub, vec_scale,
+--   vec_normalize) give NULL at that position; reductions (vec_dot, vec_norm, vec_cosine,
+--   vec_l2) raise DuckDB's "... can not contain NULL values" error. vec_mean / vec_sum /
+--   list_vec_mean / list_vec_sum skip NULL vectors (like avg/sum skip NULL rows), give
+--   NULL for a group or list with no vector, and give NULL at a position where any
+--   vector has a NULL element.
+-- * vec_cosine of a zero vector is NULL (undefined), and vec_normalize of a zero vector is
+--   NULL too (DuckDB's list_cosine_similarity returns -1 there, which would mislead).
+-- * Distances (knn, similarity_join, vec_distance): cosine = 1 - cosine similarity;
+--   dot = 1 - dot product (Lance's convention, so equal to cosine distance on unit
+--   vectors); l2 = Euclidean distance (not squared); mahalanobis needs an inverse
+--   covariance matrix (see vec_mahalanobis).
+--
+-- Scalar subqueries: DuckDB refuses a subquery inside a lambda ("subqueries in lambda
+-- expressions are not supported"). No argument of these macros is ever placed inside a
+-- lambda body: the second operand travels through list_zip (and a scalar through
+-- list_resize), so vec_add(v, (SELECT direction FROM dirs WHERE name = 'dev')) works.
+
+-- -- helpers --------------------------------------------------------------------------------
+CREATE OR REPLACE MACRO __ea_dim_error(fn, a, b) AS
+    error(fn || ': dimension mismatch (' || len(a) || ' vs ' || len(b) || ')');
+
+-- -- element-wise ------------------------------------------------------------------------------
+CREATE OR REPLACE MACRO vec_add(a, b) AS
+    CASE WHEN a IS NULL OR b IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_add', a, b)
+         ELSE list_transform(list_zip(a, b), x -> x[1] + x[2]) END;
+
+CREATE OR REPLACE MACRO vec_sub(a, b) AS
+    CASE WHEN a IS NULL OR b IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_sub', a, b)
+         ELSE list_transform(list_zip(a, b), x -> x[1] - x[2]) END;
+
+CREATE OR REPLACE MACRO vec_scale(a, s) AS
+    CASE WHEN a IS NULL OR s IS NULL THEN NULL
+         ELSE list_transform(list_zip(a, list_resize([s], len(a), s)), x -> x[1] * x[2]) END;
+
+-- -- reductions --------------------------------------------------------------------------------
+CREATE OR REPLACE MACRO vec_dot(a, b) AS
+    CASE WHEN a IS NULL OR b IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_dot', a, b)
+         ELSE list_inner_product(a, b) END;
+
+CREATE OR REPLACE MACRO vec_norm(a) AS sqrt(list_inner_product(a, a));
+
+CREATE OR REPLACE MACRO vec_normalize(a) AS
+    CASE WHEN a IS NULL OR vec_norm(a) = 0 THEN NULL
+         ELSE list_transform(list_zip(a, list_resize([1.0 / vec_norm(a)], len(a), 1.0 / vec_norm(a))),
+                             x -> x[1] * x[2]) END;
+
+CREATE OR REPLACE MACRO vec_cosine(a, b) AS
+    CASE WHEN a IS NULL OR b IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_cosine', a, b)
+         ELSE list_inner_product(a, b)
+              / NULLIF(sqrt(list_inner_product(a, a)) * sqrt(list_inner_product(b, b)), 0) END;
+
+CREATE OR REPLACE MACRO vec_l2(a, b) AS
+    CASE WHEN a IS NULL OR b IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_l2', a, b)
+         ELSE list_distance(a, b) END;
+
+-- Matrix-vector product: m is a list of rows (DOUBLE[][]), v a vector of len(m[1]).
+CREATE OR REPLACE MACRO mat_vec(m, v) AS
+    CASE WHEN m IS NULL OR v IS NULL THEN NULL
+         WHEN len(m[1]) <> len(v) THEN __ea_dim_error('mat_vec', m[1], v)
+         ELSE list_transform(list_zip(m, list_resize([v], len(m), v)), r -> list_inner_product(r[1], r[2])) END;
+
+-- Mahalanobis distance sqrt((a-b)' S^-1 (a-b)) given the inverse covariance S^-1
+-- (vec_covariance + mat_inverse in a connect()ed session, or any d x d list of rows).
+CREATE OR REPLACE MACRO vec_mahalanobis(a, b, inv_cov) AS
+    CASE WHEN a IS NULL OR b IS NULL OR inv_cov IS NULL THEN NULL
+         WHEN len(a) <> len(b) THEN __ea_dim_error('vec_mahalanobis', a, b)
+         WHEN len(inv_cov) <> len(a) THEN __ea_dim_error('vec_mahalanobis', inv_cov, a)
+         ELSE sqrt(greatest(list_inner_product(vec_sub(a, b), mat_vec(inv_cov, vec_sub(a, b))), 0)) END;
+
+-- Distance under a named metric (what knn and similarity_join rank by).
+CREATE OR REPLACE MACRO vec_distance(a, b, metric := 'cosine', inv_cov := NULL) AS
+    CASE lower(metric)
+         WHEN 'cosine' THEN 1 - vec_cosine(a, b)
+         WHEN 'dot' THEN 1 - vec_dot(a, b)
+         WHEN 'l2' THEN vec_l2(a, b)
+         WHEN 'mahalanobis' THEN vec_mahalanobis(a, b, inv_cov)
+         ELSE error('unknown metric ''' || metric || '''; choose cosine, dot, l2 or mahalanobis') END;
+
+-- -- aggregates ---------------------------------------------------------------------------------
+-- list_vec_sum / list_vec_mean take a list of vectors; vec_sum / vec_mean are aggregates
+-- (GROUP BY, or OVER a window). For "mean of the last 5 items":
+--   list_vec_mean(list(v) OVER (PARTITION BY user ORDER BY ts ROWS BETWEEN 4 PRECEDING AND CURRENT ROW))
+-- Pure SQL, lambda-only (a subquery here would refuse window arguments: "correlated
+-- columns in window functions not supported"): drop NULL rows, check that every vector
+-- has the same length, fold with vec_add in DOUBLE.
+CREATE OR REPLACE MACRO __ea_list_vec_sum(vs, fn) AS
+    CASE WHEN vs IS NULL OR len(list_filter(vs, v -> v IS NOT NULL)) = 0 THEN NULL
+         WHEN len(list_distinct(list_transform(list_filter(vs, v -> v IS NOT NULL), v -> len(v)))) > 1
+             THEN error(fn || ': dimension mismatch (vectors of '
+                        || array_to_string(list_sort(list_distinct(list_transform(
+                               list_filter(vs, v -> v IS NOT NULL), v -> len(v)))), ', ')
+                        || ' elements)')
+         ELSE list_reduce(list_transform(list_filter(vs, v -> v IS NOT NULL), v -> CAST(v AS DOUBLE[])),
+                          (acc, v) -> list_transform(list_zip(acc, v), x -> x[1] + x[2])) END;
+
+CREATE OR REPLACE MACRO list_vec_sum(vs) AS __ea_list_vec_sum(vs, 'vec_sum');
+CREATE OR REPLACE MACRO list_vec_mean(vs) AS
+    vec_scale(__ea_list_vec_sum(vs, 'vec_mean'), 1.0 / len(list_filter(vs, v -> v IS NOT NULL)));
+CREATE OR REPLACE MACRO vec_mean(v) AS list_vec_mean(list(v));
+CREATE OR REPLACE MACRO vec_sum(v) AS list_vec_sum(list(v));
+
+-- -- table macros (exact, pure SQL) --------------------------------------------------------------
+-- knn('table', query_vector, k): the table's columns plus distance and rank (1 = nearest).
+-- Works on any table or view with a vector column. connect() replaces it with a version
+-- that reads store tables through Lance (using the table's ANN index when it has one)
+-- and takes the metric from the table's metadata.
+CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := 'cosine', vector := 'vector',
+                            inv_cov := NULL) AS TABLE
+    SELECT *, CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
+    FROM (SELECT *, vec_distance(COLUMNS(c -> c = vector), query_vector, metric, inv_cov) AS distance
+          FROM query_table(table_name)
+          ORDER BY distance
+          LIMIT k)
+    ORDER BY rank;
+
+-- similarity_join('left', 'right', k): for every left row its k nearest right rows, as
+-- (left_key, right_key, distance, rank). O(|left| x |right|) in SQL: fine for small
+-- tables; connect() replaces it with a blocked GEMM + partial sort that keeps pace with numpy.
+CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
+                                        left_key := NULL, right_key := NULL, metric := 'cosine',
+                                        inv_cov := NULL, approximate := false) AS TABLE
+    -- left_key/right_key are also parameter names, so inner columns use other names.
+    SELECT __lk AS left_key, __rk AS right_key, distance, rank FROM (
+        SELECT *, CAST(row_number() OVER (PARTITION BY __lk ORDER BY distance) AS INTEGER) AS rank
+        FROM (SELECT __l.__k AS __lk, __r.__k AS __rk,
+                     vec_distance(__l.__v, __r.__v, metric, inv_cov) AS distance
+              FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k,
+                           COLUMNS(c -> c = vector) AS __v
+                    FROM query_table(left_table)) __l,
+                   (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k,
+                           COLUMNS(c -> c = vector) AS __v
+                    FROM query_table(right_table)) __r
+              WHERE __l.__v IS NOT NULL AND __r.__v IS NOT NULL))
+    WHERE rank <= k
+    ORDER BY 1, 4;
