@@ -79,7 +79,7 @@ def _row(name: str, recall: float | None, p50: float, p99: float | None, base_p5
 
 
 def bench(label: str, mat: np.ndarray, queries: np.ndarray, *, peers: bool = True,
-          hnsw: bool = True) -> list[str]:
+          hnsw: bool = True, index_type: str = "IVF_PQ") -> list[str]:
     n, d = mat.shape
     print(f"\n## {label}: {n:,} x {d}, {len(queries)} held-out queries", flush=True)
     root = STORES / label.replace(" ", "_")
@@ -90,15 +90,16 @@ def bench(label: str, mat: np.ndarray, queries: np.ndarray, *, peers: bool = Tru
     write_s = time.perf_counter() - t0
     t = store.table("t")
     t0 = time.perf_counter()
-    rep = build_index(t, recall=0.95, force_ann=True)
+    rep = build_index(t, recall=0.95, force_ann=True, index_type=index_type)
     total_build = time.perf_counter() - t0
     print(rep.summary(), flush=True)
     truth = _truth(mat, queries)
 
     lines = [f"### {label}: {n:,} x {d}",
              "",
-             f"write {write_s:.1f}s; `build_index(recall=0.95)` {total_build:.1f}s in all "
-             f"(Lance IVF-PQ build {rep.build_seconds:.1f}s, tuning {rep.tune_seconds:.1f}s), "
+             f"write {write_s:.1f}s; `build_index(recall=0.95, index_type={index_type!r})` "
+             f"{total_build:.1f}s in all (Lance index build {rep.build_seconds:.1f}s, "
+             f"tuning {rep.tune_seconds:.1f}s), "
              f"index {rep.index_bytes / 1e6:.1f} MB, params `{rep.params}`, recall measured "
              f"at build {rep.recall:.3f} (Lance path {rep.lance_recall})",
              "",
@@ -120,7 +121,7 @@ def bench(label: str, mat: np.ndarray, queries: np.ndarray, *, peers: bool = Tru
     qps = _qps(ours, queries)
     lines.append(_row("embed_assets `search()` (default: IVF probe)", _recall(found, truth), p50,
                       p99, np_p50, f"QPS 2 threads {qps:.0f}"))
-    if rep.lance_recall is not None:
+    if rep.lance_recall is not None and "probe_nprobes" in rep.params:
         def lance_path(q):
             return t.search(q, k=K, columns=["id"], nprobes=rep.params["nprobes"]).column(
                 "id").to_pylist()
@@ -128,7 +129,7 @@ def bench(label: str, mat: np.ndarray, queries: np.ndarray, *, peers: bool = Tru
         found, p50, p99 = _lat(lance_path, queries[:100])
         lines.append(_row("embed_assets via Lance IVF-PQ (filter path)",
                           _recall(found, truth[:100]), p50, p99, np_p50,
-                          f"nprobes {rep.params['nprobes']}, refine {rep.params['refine_factor']}"))
+                          f"nprobes {rep.params['nprobes']}, refine {rep.params.get('refine_factor')}"))
 
     def exact_cached(q):
         return t.search(q, k=K, columns=["id"], use_index=False).column("id").to_pylist()
@@ -232,6 +233,8 @@ def main() -> None:
     ap.add_argument("--real-rows", type=int, default=120_000)
     ap.add_argument("--synth-rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--type", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
+    ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
     if not datasets.available():
         print("benchmarks need ../shared/data (absent on a fresh clone): skipped")
@@ -240,13 +243,13 @@ def main() -> None:
     if args.only in (None, "real"):
         allv = datasets.real_vectors(args.real_rows)  # queries are set aside from these
         perm = np.random.default_rng(0).permutation(len(allv))
-        out += bench(f"real MiniLM {args.real_rows // 1000}k", allv[perm[args.queries:]],
-                     allv[perm[:args.queries]])
+        out += bench(f"real MiniLM {args.real_rows // 1000}k {args.type}", allv[perm[args.queries:]],
+                     allv[perm[:args.queries]], index_type=args.type, peers=not args.no_peers)
     if args.only in (None, "synth"):
         n = args.synth_rows
         allv = datasets.clustered_vectors(n + args.queries)
-        out += bench(f"synthetic {n // 1000}k", allv[args.queries:], allv[:args.queries],
-                     hnsw=n <= 200_000)
+        out += bench(f"synthetic {n // 1000}k {args.type}", allv[args.queries:], allv[:args.queries],
+                     hnsw=n <= 200_000, index_type=args.type, peers=not args.no_peers)
     if args.only in (None, "threshold"):
         out += threshold()
     print("\n\n" + "\n".join(out))

@@ -234,7 +234,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from ._sql import format_result, run_sql
 
-    print(format_result(run_sql(args.store or None, args.query), as_json=args.json))
+    print(format_result(run_sql(_store(args), args.query), as_json=args.json))
     return 0
 
 

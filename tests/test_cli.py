@@ -152,3 +152,16 @@ def test_embed_bad_files_and_columns(small_store, tmp_path):
               "description", "--model", "hash-bow", "--skip-empty")
     assert "skipped 1 empty" in out.stdout
     assert "t2" in run(small_store, "tables").stdout
+
+
+def test_sql_verb_uses_the_default_store_from_the_environment(small_store, tmp_path):
+    cmd = [EXE] if EXE else [sys.executable, "-m", "embed_assets.cli"]
+    proc = subprocess.run([*cmd, "sql", "SELECT count(*) AS n FROM t", "--json"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "EMBED_ASSETS_STORE": str(small_store)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{"n": 30}]
+    out = run(small_store, "sql", "SELECT package, rank FROM knn('t', (SELECT vector FROM t "
+              "WHERE package = (SELECT min(package) FROM t)), 1)", "--json")
+    assert json.loads(out.stdout)[0]["rank"] == 1
+    fails(small_store, "sql", "SELECT * FROM nope", pattern="nope")

@@ -54,7 +54,8 @@ def test_built_index_meets_target_and_agrees_with_an_independent_check(indexed):
     assert rep.index_bytes > 0 and rep.build_seconds > 0 and rep.params["nprobes"] >= 1
     t = store.table("t")
     defaults = search_defaults(t.dataset())
-    assert defaults == {k: rep.params[k] for k in ("nprobes", "refine_factor", "probe_nprobes")}
+    assert defaults == {k: rep.params[k] for k in ("nprobes", "refine_factor", "probe_nprobes")
+                        if k in rep.params}
     assert rep.lance_recall is not None and rep.lance_recall >= 0.9
     # Independent check: fresh queries (not rows of the table), default search path.
     queries = clustered(100, seed=99)
@@ -201,3 +202,18 @@ def test_ivf_probe_two_stage_scan_matches_exact(metric):
         assert np.allclose(np.sort(gd)[: len(common)], np.sort(wd)[: len(common)], atol=1e-3) \
             or len(common) < 10
     assert hits / 400 >= 0.98
+
+
+def test_hnsw_option_meets_target_through_lance(store):
+    mat = clustered(3000)
+    store.write("t", table_of(mat), key="id")
+    t = store.table("t")
+    rep = build_index(t, recall=0.9, index_type="IVF_HNSW_SQ", force_ann=True)
+    assert rep.kind == "ann" and rep.index_type == "IVF_HNSW_SQ" and rep.recall >= 0.9
+    assert "ef" in rep.params and rep.lance_recall is not None
+    hits = 0
+    queries = clustered(50, seed=77)
+    for q in queries:
+        truth = set(np.argsort(-(mat @ q))[:10].tolist())
+        hits += len(truth & set(t.search(q, k=10, columns=["id"]).column("id").to_pylist()))
+    assert hits / 500 >= rep.recall - 0.08
