@@ -74,10 +74,50 @@ class MatrixCache:
         return None if item is None else self._get_or_build(
             (uri, ds.version, metric + "/ivf"), size, lambda: item)
 
+    def key_index(self, uri: str, ds: lance.LanceDataset, key: str) -> KeyIndex | None:
+        """Sorted keys and their row offsets for ``ds`` (one scan of the key column)."""
+        size = ds.count_rows() * 16
+        return self._get_or_build((uri, ds.version, "key:" + key), size,
+                                  lambda: KeyIndex.build(ds, key))
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+
+
+class KeyIndex:
+    """Key -> row offset of one immutable version, by binary search over sorted keys.
+
+    A Lance BTREE lookup through the scanner plans a query each time (milliseconds); the
+    "fetch these ids now" case wants a take() of known offsets instead.
+    """
+
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+        self.keys = keys
+        self.offsets = offsets
+        self.nbytes = int(keys.nbytes + offsets.nbytes) if keys.dtype != object else \
+            int(offsets.nbytes * 8)
+
+    @classmethod
+    def build(cls, ds: lance.LanceDataset, key: str) -> KeyIndex:
+        col = ds.to_table(columns=[key]).column(key).combine_chunks()
+        arr = col.to_numpy(zero_copy_only=False)
+        order = np.argsort(arr, kind="stable")
+        return cls(arr[order], order.astype(np.int64))
+
+    def lookup(self, wanted: list[Any]) -> np.ndarray:
+        """Row offsets of the wanted keys that exist, in the order asked."""
+        if not wanted or not len(self.keys):
+            return np.zeros(0, np.int64)
+        try:
+            w = np.asarray(wanted, dtype=self.keys.dtype)
+        except (TypeError, ValueError):
+            return np.zeros(0, np.int64)
+        pos = np.searchsorted(self.keys, w)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        hit = self.keys[pos] == w
+        return self.offsets[pos[hit]]
 
 
 CACHE = MatrixCache()

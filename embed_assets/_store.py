@@ -669,11 +669,20 @@ class EmbeddingTable:
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
             columns: Sequence[str] | None = None) -> pa.Table:
-        """Fetch rows by key (any version)."""
+        """Fetch rows by key at any version, in the order asked; missing keys are skipped.
+
+        Served by an in-memory key index of the (immutable) version, built from one scan
+        of the key column on first use, then a Lance ``take`` of the row offsets.
+        """
+        from ._cache import CACHE
+
         keys = list(keys)
         ds = self.dataset(version)
-        parts = [ds.to_table(columns=list(columns) if columns else None,
-                             filter=sqlx.in_list(self.meta.key, keys[i:i + 5000]))
+        idx = CACHE.key_index(self.uri, ds, self.meta.key)
+        cols = list(columns) if columns else None
+        if idx is not None:
+            return ds.take(idx.lookup(keys).tolist(), columns=cols)
+        parts = [ds.to_table(columns=cols, filter=sqlx.in_list(self.meta.key, keys[i:i + 5000]))
                  for i in range(0, max(len(keys), 1), 5000)]
         return pa.concat_tables(parts)
 
