@@ -514,6 +514,7 @@ class EmbeddingTable:
         self.store = store
         self.name = name
         self._ds = ds
+        self._versions_open: dict[int, lance.LanceDataset] = {}
 
     def __repr__(self) -> str:
         return f"EmbeddingTable({self.name!r}, version={self.version})"
@@ -585,37 +586,49 @@ class EmbeddingTable:
         """Turn ``None`` (latest), a version number or a tag into a version number."""
         if ref is None:
             return self.version
-        self.refresh()
-        numbers = [int(v["version"]) for v in self._ds.versions()]
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            n = int(ref)
-            if n in numbers:
-                return n
-            raise VersionNotFoundError(
-                f"table {self.name!r} has no version {n}; versions: {_ranges(numbers)}"
-                + self._tags_hint()
-            )
-        if isinstance(ref, str):
+        return self._at(ref).version
+
+    def _at(self, ref: int | str) -> lance.LanceDataset:
+        """The dataset at a version number or tag. Versions are immutable, so handles are
+        kept; listing every version (one manifest read each) happens only for the error."""
+        if isinstance(ref, bool) or not isinstance(ref, int | str):
+            raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
+        if isinstance(ref, str) and not ref.isdigit():
             tags = self.tags()
-            if ref in tags:
-                return tags[ref]
-            raise VersionNotFoundError(
-                f"table {self.name!r} has no tag {ref!r}; "
-                + (f"tags: {', '.join(sorted(tags))}" if tags else "it has no tags")
-                + f"; versions: {_ranges(numbers)}"
-            )
-        raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
+            if ref not in tags:
+                numbers = [int(v["version"]) for v in self._ds.versions()]
+                raise VersionNotFoundError(
+                    f"table {self.name!r} has no tag {ref!r}; "
+                    + (f"tags: {', '.join(sorted(tags))}" if tags else "it has no tags")
+                    + f"; versions: {_ranges(numbers)}"
+                )
+            n = tags[ref]
+        else:
+            n = int(ref)
+        ds = self._versions_open.get(n)
+        if ds is None:
+            try:
+                ds = lance.dataset(self.uri, version=n, storage_options=self.store.storage_options)
+            except Exception:
+                numbers = [int(v["version"]) for v in self.refresh()._ds.versions()]
+                raise VersionNotFoundError(
+                    f"table {self.name!r} has no version {n}; versions: {_ranges(numbers)}"
+                    + self._tags_hint()
+                ) from None
+            if len(self._versions_open) > 64:
+                self._versions_open.clear()
+            self._versions_open[n] = ds
+        return ds
 
     def _tags_hint(self) -> str:
         tags = self.tags()
         return f"; tags: {', '.join(f'{t}={v}' for t, v in sorted(tags.items()))}" if tags else ""
 
     def dataset(self, version: VersionRef = None) -> lance.LanceDataset:
-        """The Lance dataset at a version (latest by default)."""
+        """The Lance dataset at a version or tag (latest by default)."""
         if version is None:
             return self.refresh()._ds
-        return lance.dataset(self.uri, version=self.resolve(version),
-                             storage_options=self.store.storage_options)
+        return self._at(version)
 
     def tag(self, tag: str, version: VersionRef = None) -> int:
         """Tag a version (latest by default); moving an existing tag is explicit via ``retag``."""
@@ -762,7 +775,10 @@ class EmbeddingTable:
             if refine_factor is not None:
                 nearest["refine_factor"] = refine_factor
         try:
-            res = ds.to_table(nearest=nearest, filter=where, prefilter=True, columns=cols)
+            # prefilter=True costs ~5 ms per query even with no filter (measured with
+            # IVF_HNSW_SQ at 120k rows), so ask for it only when there is a filter.
+            res = ds.to_table(nearest=nearest, filter=where, prefilter=where is not None,
+                              columns=cols)
         except (ValueError, OSError) as exc:
             raise ValidationError(f"search on {self.name!r} failed: {_first_line(exc)}") from None
         res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
@@ -876,6 +892,7 @@ class EmbeddingTable:
             raise ValidationError("cleanup needs keep_last and/or older_than")
         if keep_last is not None and keep_last < 1:
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
+        self._versions_open.clear()  # handles on removed versions would point at deleted files
         before = [int(v["version"]) for v in self.refresh()._ds.versions()]
         stats = self._ds.cleanup_old_versions(
             older_than=older_than if older_than is not None else dt.timedelta(0),
