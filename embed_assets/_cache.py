@@ -52,7 +52,7 @@ class MatrixCache:
                                   lambda: load_matrix(ds, metric))
 
     def probe(self, uri: str, ds: lance.LanceDataset, metric: str,
-              centroids: Callable[[], np.ndarray | None]) -> Any | None:
+              centroids: Callable[[], np.ndarray | None], two_stage: bool = True) -> Any | None:
         """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
         from ._ivf import IvfProbe
 
@@ -62,17 +62,22 @@ class MatrixCache:
             cents = centroids()
             if cents is None:
                 return None
-            return IvfProbe.build(load_matrix(ds, metric), cents, metric)
+            return IvfProbe.build(load_matrix(ds, metric), cents, metric, two_stage)
 
+        key = (uri, ds.version, f"{metric}/ivf/{int(two_stage)}")
         with self._lock:
-            cached = self._items.get((uri, ds.version, metric + "/ivf"))
+            cached = self._items.get(key)
         if cached is not None:
             return cached
         if size > self.max_bytes:
             return None
         item = build()
-        return None if item is None else self._get_or_build(
-            (uri, ds.version, metric + "/ivf"), size, lambda: item)
+        return None if item is None else self._get_or_build(key, size, lambda: item)
+
+    def put(self, uri: str, version: int, metric: str, two_stage: bool, probe: Any) -> None:
+        """Seed the cache with a probe built elsewhere (the index tuner)."""
+        self._get_or_build((uri, version, f"{metric}/ivf/{int(two_stage)}"), probe.nbytes,
+                           lambda: probe)
 
     def key_index(self, uri: str, ds: lance.LanceDataset, key: str) -> KeyIndex | None:
         """Sorted keys and their row offsets for ``ds`` (one scan of the key column)."""

@@ -271,14 +271,23 @@ def build_index(
     # wins with IVF-PQ (Lance's per-query overhead dominates), Lance's own HNSW graph
     # search can win with IVF_HNSW_SQ (few partitions make the probe a full scan).
     if probe_best is not None and (lance_best is None or probe_best[0] <= lance_best[0]):
-        p50, npb, r = probe_best
+        p50, npb, r, tuned_probe = probe_best
         report.params["probe_nprobes"] = npb
+        report.params["probe_two_stage"] = tuned_probe.low is not None
         report.recall, report.p50_ms = r, p50
     else:
         report.recall, report.p50_ms = report.lance_recall or 0.0, report.lance_p50_ms
     report.index_bytes = _index_bytes(table.dataset())
     report.centroid_distance = _mean_centroid_distance(table.dataset(), queries)
-    return _record(table, report)
+    report = _record(table, report)
+    if probe_best is not None and "probe_nprobes" in report.params:
+        # The probe tuned above is exactly what the first search would rebuild (same rows,
+        # same centroids): hand it to the cache under the version just committed.
+        from ._cache import CACHE
+
+        CACHE.put(table.uri, report.version or 0, meta.metric, report.params["probe_two_stage"],
+                  probe_best[3])
+    return report
 
 
 def _ladder(partitions: int) -> list[int]:
@@ -318,42 +327,49 @@ def _tune_lance(ds: lance.LanceDataset, queries: np.ndarray, q_idx: np.ndarray,
 
 def _tune_probe(mat: np.ndarray, cents: np.ndarray, queries: np.ndarray, q_idx: np.ndarray,
                 truth: np.ndarray, k: int, metric: str, recall: float,
-                ) -> tuple[tuple[float, int, float] | None, float]:
-    """Smallest nprobes of the in-memory probe (:mod:`._ivf`) meeting ``recall``."""
+                ) -> tuple[tuple[float, int, float, Any] | None, float]:
+    """Smallest nprobes of the in-memory probe (:mod:`._ivf`) meeting ``recall``: first with
+    the two-stage (projected) scan, then, if the projection loses too much (isotropic
+    noise, say), with full-precision scans."""
     from ._ivf import IvfProbe
 
     m = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-30) \
         if metric == "cosine" else mat
-    probe = IvfProbe.build(np.ascontiguousarray(m, dtype=np.float32), cents, metric)
+    m = np.ascontiguousarray(m, dtype=np.float32)
     truth_sets = [set(t.tolist()) for t in truth]
+    top = 0.0
+    for two_stage in (True, False):
+        probe = IvfProbe.build(m, cents, metric, two_stage=two_stage)
 
-    def rec(npb: int) -> float:
-        total = 0.0
-        for i, q in enumerate(queries):
-            got, _ = probe.search(q, k + 1, npb)
-            got = [g for g in got.tolist() if g != q_idx[i]][:k]
-            total += len(truth_sets[i] & set(got)) / k
-        return total / len(queries)
+        def rec(npb: int, probe: IvfProbe = probe) -> float:
+            total = 0.0
+            for i, q in enumerate(queries):
+                got, _ = probe.search(q, k + 1, npb)
+                got = [g for g in got.tolist() if g != q_idx[i]][:k]
+                total += len(truth_sets[i] & set(got)) / k
+            return total / len(queries)
 
-    probes = _ladder(len(cents))
-    lo, hi, found, top = 0, len(probes) - 1, None, 0.0
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        r = rec(probes[mid])
-        top = max(top, r)
-        if r >= recall:
-            found, hi = (probes[mid], r), mid - 1
-        else:
-            lo = mid + 1
-    if found is None:
-        return None, top
-    npb, r = found
-    times = []
-    for q in queries[:50]:
-        t0 = time.perf_counter()
-        probe.search(q, k, npb)
-        times.append(time.perf_counter() - t0)
-    return (float(np.median(times) * 1e3), npb, r), top
+        probes = _ladder(len(cents))
+        lo, hi, found = 0, len(probes) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            r = rec(probes[mid])
+            top = max(top, r)
+            if r >= recall:
+                found, hi = (probes[mid], r), mid - 1
+            else:
+                lo = mid + 1
+        if found is not None:
+            npb, r = found
+            times = []
+            for q in queries[:50]:
+                t0 = time.perf_counter()
+                probe.search(q, k, npb)
+                times.append(time.perf_counter() - t0)
+            return (float(np.median(times) * 1e3), npb, r, probe), top
+        if probe.low is None:  # the projection was not in use: nothing else to try
+            break
+    return None, top
 
 
 def _drop_vector_index(ds: lance.LanceDataset) -> None:
@@ -432,7 +448,8 @@ def search_defaults(ds: lance.LanceDataset) -> dict[str, Any] | None:
     if not cfg or cfg.get("kind") != "ann" or not has_vector_index(ds):
         return None
     p = cfg.get("params", {})
-    return {key: p[key] for key in ("nprobes", "refine_factor", "ef", "probe_nprobes") if key in p}
+    keys = ("nprobes", "refine_factor", "ef", "probe_nprobes", "probe_two_stage")
+    return {key: p[key] for key in keys if key in p}
 
 
 def ensure_scalar_indexes(table: EmbeddingTable) -> list[str]:

@@ -36,7 +36,8 @@ class IvfProbe:
         return self.block.nbytes + self.order.nbytes + self.centroids.nbytes + low
 
     @classmethod
-    def build(cls, mat: np.ndarray, centroids: np.ndarray, metric: str) -> IvfProbe:
+    def build(cls, mat: np.ndarray, centroids: np.ndarray, metric: str,
+              two_stage: bool = True) -> IvfProbe:
         """Assign every row of ``mat`` (already normalised for cosine) to its nearest centroid."""
         cents = np.asarray(centroids, dtype=np.float32)
         if metric == "cosine":
@@ -55,7 +56,7 @@ class IvfProbe:
         sq = (block * block).sum(1) if metric == "l2" else None
         basis = low = None
         d = block.shape[1]
-        if d >= 128 and len(block) >= 4 * d:
+        if two_stage and d >= 128 and len(block) >= 4 * d:
             # The scan is memory-bound: score candidates on a d/3-dimensional projection
             # that preserves inner products best (top right singular vectors of a sample),
             # then re-rank a short list with the exact vectors.

@@ -756,10 +756,11 @@ class EmbeddingTable:
         defaults = defaults or {}
         plain = where is None and metric == meta.metric
         if ann and plain and nprobes is None and refine_factor is None and "probe_nprobes" in defaults:
-            res = self._probe(ds, q, k, metric, int(defaults["probe_nprobes"]), cols)
+            res = self._probe(ds, q, k, metric, int(defaults["probe_nprobes"]), cols,
+                              bool(defaults.get("probe_two_stage", True)))
             if res is not None:
                 return res
-        lance_params = {key: v for key, v in defaults.items() if key != "probe_nprobes"}
+        lance_params = {key: v for key, v in defaults.items() if not key.startswith("probe_")}
         if ann and use_index is None and not lance_params and nprobes is None:
             ann = False  # the tuner found no Lance setting meeting the target: stay exact
         if not ann and plain:
@@ -828,11 +829,11 @@ class EmbeddingTable:
         return self._rows_at(ds, idx, dist, cols, metric)
 
     def _probe(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str, nprobes: int,
-               cols: list[str] | None) -> pa.Table | None:
+               cols: list[str] | None, two_stage: bool = True) -> pa.Table | None:
         from ._cache import CACHE
         from ._index import _centroids
 
-        probe = CACHE.probe(self.uri, ds, metric, lambda: _centroids(ds))
+        probe = CACHE.probe(self.uri, ds, metric, lambda: _centroids(ds), two_stage)
         if probe is None:
             return None
         idx, dist = probe.search(q, k, nprobes)
