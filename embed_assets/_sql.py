@@ -136,6 +136,7 @@ class SQLConnection:
         self.store = store
         self.cache_bytes = cache_bytes
         self._views: dict[str, _View] = {}
+        self._handles: dict[str, Any] = {}
         self._tables: dict[str, TableMeta] = {}
         self._lock = threading.RLock()
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, pa.Array, np.ndarray]] = OrderedDict()
@@ -337,7 +338,9 @@ class SQLConnection:
         if metric not in ("cosine", "dot", "l2"):
             raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
         assert self.store is not None
-        table = self.store.table(info.table)
+        table = self._handles.get(info.table)
+        if table is None:  # one handle per table keeps its opened versions between queries
+            table = self._handles[info.table] = self.store.table(info.table)
         meta = self._meta(info.table)
         res = table.search(q, k=int(k) + 8, version=info.version, columns=[meta.key],
                            metric=metric,
@@ -436,7 +439,7 @@ class SQLConnection:
             metrics, idx = _combine(metric), _combine(use_index)
             out: list[list[str]] = []
             for i in range(len(views)):
-                if not qs[i].is_valid:
+                if not qs[i].is_valid or not ks[i].is_valid or ks[i].as_py() <= 0:
                     out.append([])
                     continue
                 name = views[i].as_py()

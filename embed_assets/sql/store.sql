@@ -57,7 +57,10 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
           AND vector = 'vector'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 'i'
                                     THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END)
-              IN (SELECT CAST(unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q), k,
+              IN (SELECT CAST(unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
+                                                  -- k = 0 on the branch that does not apply:
+                                                  -- DuckDB evaluates both branches' subqueries
+                                                  CASE WHEN __ea_kind(table_name) = 'i' THEN k ELSE 0 END,
                                                   __ea_metric_of(table_name, metric), use_index)) AS BIGINT))
         UNION ALL
         -- store view, string key
@@ -67,7 +70,8 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
           AND vector = 'vector'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
                                     THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END)
-              IN (SELECT unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q), k,
+              IN (SELECT unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
+                                             CASE WHEN __ea_kind(table_name) = 's' THEN k ELSE 0 END,
                                              __ea_metric_of(table_name, metric), use_index)))
         UNION ALL
         -- anything else: exact scan in SQL
