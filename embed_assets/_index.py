@@ -116,18 +116,17 @@ def _metric(meta_metric: str) -> str:
 
 def _exact_topk(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int,
                 metric: str) -> np.ndarray:
-    """Exact top-k row offsets for each query, its own row excluded."""
-    if metric == "cosine":
-        dn = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-30)
-        qn = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
-        scores = qn @ dn.T
-    elif metric == "dot":
-        scores = queries @ data.T
-    else:
-        scores = -((queries**2).sum(1)[:, None] - 2 * queries @ data.T + (data**2).sum(1)[None, :])
-    scores[np.arange(len(queries)), exclude] = -np.inf
-    part = np.argpartition(-scores, k, axis=1)[:, :k]
-    return part
+    """Exact top-k row offsets for each query, its own row excluded (``data`` and
+    ``queries`` already normalised for cosine)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for i in range(0, len(queries), 50):  # bounded (50 x rows) score blocks
+        q = queries[i:i + 50]
+        scores = q @ data.T
+        if metric == "l2":
+            scores = 2 * scores - (data**2).sum(1)[None, :]
+        scores[np.arange(len(q)), exclude[i:i + 50]] = -np.inf
+        out[i:i + 50] = np.argpartition(-scores, k, axis=1)[:, :k]
+    return out
 
 
 def _ann_recall(ds: lance.LanceDataset, queries: np.ndarray, exclude: np.ndarray,
@@ -225,6 +224,9 @@ def build_index(
 
     data = ds.to_table(columns=["vector"]).column("vector").combine_chunks()
     mat = data.flatten().to_numpy(zero_copy_only=False).reshape(rows, meta.dimension)
+    if metric == "cosine":  # once, for the exact truth and the probe alike
+        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-30)
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
     rng = np.random.default_rng(seed)
     # Exact truth for the held-out queries is a (queries x rows) GEMM plus a partial sort;
     # above 500k rows half the queries keep the build inside its time budget.
@@ -335,9 +337,7 @@ def _tune_probe(mat: np.ndarray, cents: np.ndarray, queries: np.ndarray, q_idx: 
     noise, say), with full-precision scans."""
     from ._ivf import IvfProbe
 
-    m = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-30) \
-        if metric == "cosine" else mat
-    m = np.ascontiguousarray(m, dtype=np.float32)
+    m = mat  # normalised by the caller for cosine
     truth_sets = [set(t.tolist()) for t in truth]
     top = 0.0
     # One partitioning serves both attempts: the fallback only stops using the projection.
@@ -504,6 +504,8 @@ def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:
             new = ds.to_table(columns=["vector"], limit=2000,
                               offset=max(0, rows - fresh["unindexed_rows"]))
             vecs = np.stack(new.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+            if table.meta.metric == "cosine":  # the baseline was measured on unit vectors
+                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
             cur = _mean_centroid_distance(ds, vecs)
             if cur is not None and cur > 1.25 * base:
                 return True, f"new rows sit {cur / base:.2f}x farther from the IVF centroids"
@@ -532,10 +534,3 @@ def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
         table.refresh()
     return {"action": "optimized" if before else "none", "reason": why,
             "rows_folded_in": before}
-
-
-def build_vector_index(table: EmbeddingTable, *, index_type: str = "IVF_PQ",
-                       **overrides: Any) -> dict[str, Any]:
-    """Build an ANN index now, whatever the row count (used by rollback to restore one)."""
-    rep = build_index(table, index_type=index_type, force_ann=True, **overrides)
-    return rep.to_dict()
