@@ -42,6 +42,10 @@ ENV_STORE = "EMBED_ASSETS_STORE"
 DEFAULT_STORE = "./.embed_store"
 # Keys of the per-version provenance stored as Lance transaction properties.
 PROP_PREFIX = "embed_assets."
+# Rows per data file. Lance decodes fragments in parallel: 100k x 384 read back in 185 ms
+# as one file and 74 ms as four (benchmarks/RESULTS.md), and old versions keep whatever
+# layout their first write had, so the first write decides how fast time travel reads.
+MAX_ROWS_PER_FILE = 32_768
 
 VersionRef = int | str | None
 
@@ -378,7 +382,7 @@ class Store:
             tbl = tbl.replace_schema_metadata(schema.metadata)
             ds = lance.write_dataset(
                 tbl, uri, mode="create" if existing is None else "overwrite",
-                storage_options=self.storage_options,
+                storage_options=self.storage_options, max_rows_per_file=MAX_ROWS_PER_FILE,
                 transaction_properties={**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)},
             )
             return WriteResult(name, ds.version, prev, mode, rows_inserted=tbl.num_rows,
@@ -397,6 +401,7 @@ class Store:
                 )
             ds = lance.write_dataset(
                 tbl, uri, mode="append", storage_options=self.storage_options,
+                max_rows_per_file=MAX_ROWS_PER_FILE,
                 transaction_properties={**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)},
             )
             return WriteResult(name, ds.version, prev, mode, rows_inserted=tbl.num_rows,
