@@ -8,6 +8,7 @@ formulation (see benchmarks/RESULTS.md, "SQL layer").
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -62,15 +63,8 @@ def list_vec_agg(vs: pa.Array, how: str) -> pa.Array:
     vs = _combine(vs)
     out: list[list[float | None] | None] = []
     fn = "vec_mean" if how == "mean" else "vec_sum"
-    for i in range(len(vs)):
-        cell = vs[i]
-        if not cell.is_valid:
-            out.append(None)
-            continue
-        inner = cell.values
-        if inner.null_count:
-            inner = inner.filter(inner.is_valid())
-        if len(inner) == 0:
+    for inner in _vector_lists(vs, min_vectors=1):
+        if inner is None:
             out.append(None)
             continue
         lens = pc.list_value_length(inner).to_numpy(zero_copy_only=False)
@@ -94,19 +88,26 @@ def list_vec_agg(vs: pa.Array, how: str) -> pa.Array:
     return pa.array(out, pa.list_(pa.float64()))
 
 
-def list_vec_cov(vs: pa.Array) -> pa.Array:
-    """Sample covariance matrix (rows of DOUBLE) of every list of vectors in ``vs``."""
-    vs = _combine(vs)
-    out: list[Any] = []
+def _vector_lists(vs: pa.Array, min_vectors: int) -> Iterator[pa.Array | None]:
+    """The non-NULL vectors of each list cell, or None for a NULL cell or one with fewer
+    than ``min_vectors`` vectors (NULL vectors are skipped, as aggregates skip NULL rows)."""
     for i in range(len(vs)):
         cell = vs[i]
         if not cell.is_valid:
-            out.append(None)
+            yield None
             continue
         inner = cell.values
         if inner.null_count:
             inner = inner.filter(inner.is_valid())
-        if len(inner) < 2:
+        yield inner if len(inner) >= min_vectors else None
+
+
+def list_vec_cov(vs: pa.Array) -> pa.Array:
+    """Sample covariance matrix (rows of DOUBLE) of every list of vectors in ``vs``."""
+    vs = _combine(vs)
+    out: list[Any] = []
+    for inner in _vector_lists(vs, min_vectors=2):
+        if inner is None:
             out.append(None)
             continue
         m = vectors_matrix(inner, "vec_covariance", np.float64)
