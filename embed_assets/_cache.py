@@ -47,43 +47,60 @@ class MatrixCache:
 
     def matrix(self, uri: str, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
         """Row-aligned matrix for ``ds`` (normalised for cosine), or None if it cannot fit."""
+        key = (uri, ds.version, metric)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
         size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
-        return self._get_or_build((uri, ds.version, metric), size,
-                                  lambda: load_matrix(ds, metric))
+        return self._get_or_build(key, size, lambda: load_matrix(ds, metric))
 
     def probe(self, uri: str, ds: lance.LanceDataset, metric: str,
-              centroids: Callable[[], np.ndarray | None], two_stage: bool = True) -> Any | None:
+              centroids: Callable[[], np.ndarray | None], rank: int, candidates: int,
+              ) -> Any | None:
         """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
         from ._ivf import IvfProbe
 
+        key = (uri, ds.version, f"{metric}/ivf/{rank}/{candidates}")
+        with self._lock:
+            cached = self._items.get(key)
+        if cached is not None:
+            self._items.move_to_end(key)
+            return cached
         size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
 
         def build() -> IvfProbe | None:
             cents = centroids()
             if cents is None:
                 return None
-            return IvfProbe.build(load_matrix(ds, metric), cents, metric, two_stage)
+            return IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=rank,
+                                  candidates=candidates)
 
-        key = (uri, ds.version, f"{metric}/ivf/{int(two_stage)}")
-        with self._lock:
-            cached = self._items.get(key)
-        if cached is not None:
-            return cached
         if size > self.max_bytes:
             return None
         item = build()
         return None if item is None else self._get_or_build(key, size, lambda: item)
 
-    def put(self, uri: str, version: int, metric: str, two_stage: bool, probe: Any) -> None:
+    def put(self, uri: str, version: int, metric: str, probe: Any) -> None:
         """Seed the cache with a probe built elsewhere (the index tuner)."""
-        self._get_or_build((uri, version, f"{metric}/ivf/{int(two_stage)}"), probe.nbytes,
-                           lambda: probe)
+        self._get_or_build((uri, version, f"{metric}/ivf/{probe.rank}/{probe.candidates}"),
+                           probe.nbytes, lambda: probe)
 
     def key_index(self, uri: str, ds: lance.LanceDataset, key: str) -> KeyIndex | None:
         """Sorted keys and their row offsets for ``ds`` (one scan of the key column)."""
-        size = ds.count_rows() * 16
-        return self._get_or_build((uri, ds.version, "key:" + key), size,
-                                  lambda: KeyIndex.build(ds, key))
+        ck = (uri, ds.version, "key:" + key)
+        with self._lock:
+            if ck in self._items:
+                self._items.move_to_end(ck)
+                return self._items[ck]
+        return self._get_or_build(ck, ds.count_rows() * 16, lambda: KeyIndex.build(ds, key))
+
+    def forget(self, uri: str) -> None:
+        """Drop every entry of one table (it was deleted: a new table of the same name
+        starts again at version 1)."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == uri]:
+                self._bytes -= self._items.pop(key).nbytes
 
     def clear(self) -> None:
         with self._lock:

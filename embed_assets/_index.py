@@ -10,9 +10,13 @@ How a build works
    defaults gave recall@10 ~0.56 on MiniLM vectors, 4 dimensions per code was what worked).
 3. Held-out queries (sampled rows, their own row excluded from the truth) are searched
    exactly with numpy and through the index over a ladder of ``nprobes`` x ``refine_factor``
-   (``ef`` for HNSW); the fastest setting whose measured recall@k meets the target wins.
-   If none does, the index is dropped and the table stays exact: a promise of recall is
-   never silently broken.
+   (``ef`` for HNSW), and through the in-memory probe (:mod:`._ivf`) over ``nprobes`` x
+   projection x shortlist; the fastest setting whose measured recall@k meets the target
+   with two standard errors to spare wins. The recall recorded is then measured on a
+   second, disjoint set of queries, so choosing the setting does not flatter it. Recall
+   counts ties: a found row is a hit when it is as near as the k-th exact neighbour.
+   If no setting meets the target, the index is dropped and the table stays exact: a
+   promise of recall is never silently broken.
 4. The result (recall achieved, parameters, build seconds, index bytes) is written into the
    table's Lance config in a commit that carries the same facts as transaction properties,
    so ``versions`` shows it and every later search uses it by default.
@@ -114,30 +118,77 @@ def _metric(meta_metric: str) -> str:
     return {"cosine": "cosine", "dot": "dot", "l2": "l2"}[meta_metric]
 
 
-def _exact_topk(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int,
-                metric: str) -> np.ndarray:
-    """Exact top-k row offsets for each query, its own row excluded (``data`` and
-    ``queries`` already normalised for cosine)."""
-    out = np.empty((len(queries), k), dtype=np.int64)
+# Similarity ties: a returned row counts as a true neighbour when it is as near as the
+# k-th exact neighbour (ann-benchmarks' definition). Real text tables hold exact duplicates
+# (Debian "-dev"/"-doc" descriptions), and counting ids alone turns their arbitrary order
+# into recall noise: it made the build-time figure 0.02 lower than held-out queries gave.
+TIE_EPS = 1e-5
+
+
+@dataclass
+class _Truth:
+    """Exact neighbours of the held-out queries, and a tie-aware recall of found rows."""
+
+    mat: np.ndarray  # the table's vectors (normalised for cosine)
+    queries: np.ndarray
+    exclude: np.ndarray  # each query's own row
+    ids: np.ndarray  # (queries, k) exact top-k row offsets
+    kth: np.ndarray  # (queries,) similarity of the k-th exact neighbour
+    metric: str
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def _sim(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        s = rows @ q
+        return 2 * s - (rows * rows).sum(1) if self.metric == "l2" else s
+
+    def hits(self, i: int, got: list[int] | np.ndarray) -> float:
+        got = [g for g in list(got) if g != self.exclude[i]][: self.k]
+        if not got:
+            return 0.0
+        s = self._sim(self.mat[got], self.queries[i])
+        return min(self.k, int((s >= self.kth[i] - TIE_EPS).sum())) / self.k
+
+    def recall(self, found: list[list[int]] | list[np.ndarray]) -> float:
+        return float(np.mean([self.hits(i, f) for i, f in enumerate(found)]))
+
+    def meets(self, found: list[list[int]] | list[np.ndarray], target: float) -> tuple[bool, float]:
+        """Whether the recall of ``found`` meets ``target`` with two standard errors to
+        spare (the tuner keeps the cheapest setting that passes, which would otherwise
+        favour settings that were lucky on these queries), and the recall."""
+        h = np.array([self.hits(i, f) for i, f in enumerate(found)])
+        se = float(h.std() / np.sqrt(len(h))) if len(h) > 1 else 0.0
+        return float(h.mean()) - 2 * se >= target - 1e-9, float(h.mean())
+
+    def __getitem__(self, sl: slice) -> _Truth:
+        return _Truth(self.mat, self.queries[sl], self.exclude[sl], self.ids[sl], self.kth[sl],
+                      self.metric)
+
+
+def _exact_truth(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int,
+                 metric: str) -> _Truth:
+    """Exact top-k for each query, its own row excluded (``data`` and ``queries`` already
+    normalised for cosine)."""
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    kth = np.empty(len(queries), dtype=np.float32)
+    sq = (data * data).sum(1) if metric == "l2" else None
     for i in range(0, len(queries), 50):  # bounded (50 x rows) score blocks
         q = queries[i:i + 50]
         scores = q @ data.T
-        if metric == "l2":
-            scores = 2 * scores - (data**2).sum(1)[None, :]
+        if sq is not None:
+            scores = 2 * scores - sq[None, :]
         scores[np.arange(len(q)), exclude[i:i + 50]] = -np.inf
-        out[i:i + 50] = np.argpartition(-scores, k, axis=1)[:, :k]
-    return out
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        ids[i:i + 50] = top
+        kth[i:i + 50] = np.take_along_axis(scores, top, axis=1).min(1)
+    return _Truth(data, queries, exclude, ids, kth, metric)
 
 
-def _ann_recall(ds: lance.LanceDataset, queries: np.ndarray, exclude: np.ndarray,
-                truth: np.ndarray, k: int, metric: str, **search: Any) -> float:
+def _ann_recall(ds: lance.LanceDataset, truth: _Truth, metric: str, **search: Any) -> float:
     """Mean recall@k of the index over the held-out queries (one batched Lance query)."""
-    hits = _ann_offsets(ds, queries, k + 1, metric, **search)
-    total = 0.0
-    for i, got in enumerate(hits):
-        got = [g for g in got if g != exclude[i]][:k]
-        total += len(set(got) & set(truth[i].tolist())) / k
-    return total / len(queries)
+    return truth.recall(_ann_offsets(ds, truth.queries, truth.k + 1, metric, **search))
 
 
 def _ann_offsets(ds: lance.LanceDataset, queries: np.ndarray, k: int, metric: str,
@@ -230,10 +281,13 @@ def build_index(
     rng = np.random.default_rng(seed)
     # Exact truth for the held-out queries is a (queries x rows) GEMM plus a partial sort;
     # above 500k rows half the queries keep the build inside its time budget.
-    nq = min(sample_queries if rows < 500_000 else sample_queries // 2, max(10, rows // 20))
-    q_idx = rng.choice(rows, size=nq, replace=False)
+    nq = min(sample_queries if rows < 500_000 else sample_queries // 2, max(10, rows // 40))
+    # Two disjoint query sets: one to choose the search settings, one to report the recall
+    # they reach (choosing and reporting on the same queries overstates it).
+    q_idx = rng.choice(rows, size=2 * nq, replace=False)
     queries = mat[q_idx].astype(np.float32)
-    truth = _exact_topk(mat, queries, q_idx, k, metric)
+    both = _exact_truth(mat, queries, q_idx, k, metric)
+    truth, check = both[:nq], both[nq:]
 
     params = {**default_params(rows, meta.dimension, index_type), **overrides}
     t0 = time.perf_counter()
@@ -248,15 +302,14 @@ def build_index(
     cents = _centroids(ds)
     probe_best, probe_top = (None, 0.0)
     if cents is not None:
-        probe_best, probe_top = _tune_probe(mat, cents, queries, q_idx, truth, k, meta.metric,
-                                            recall)
+        probe_best, probe_top = _tune_probe(cents, truth, meta.metric, recall)
     # When the in-memory probe already serves unfiltered queries, Lance's own path only
     # serves filtered ones: tune it on fewer queries and one refine level (batched Lance
     # queries dominated build time at 300k+ rows otherwise).
     quick = probe_best is not None and index_type == "IVF_PQ"
-    nl = min(len(queries), 50) if quick else len(queries)
-    lance_best, lance_top = _tune_lance(ds, queries[:nl], q_idx[:nl], truth[:nl], k, metric,
-                                        recall, index_type, int(params.get("num_partitions", 1)),
+    nl = min(nq, 50) if quick else nq
+    lance_best, lance_top = _tune_lance(ds, truth[:nl], metric, recall, index_type,
+                                        int(params.get("num_partitions", 1)),
                                         inner=(10,) if quick else None)
     report.tune_seconds = time.perf_counter() - t1
     if lance_best is None and probe_best is None:
@@ -268,16 +321,19 @@ def build_index(
     report.kind = "ann"
     report.params = dict(params)
     if lance_best is not None:
-        p50, sp, r = lance_best
+        p50, sp, _ = lance_best
         report.params.update(sp)
-        report.lance_recall, report.lance_p50_ms = r, p50
+        report.lance_recall = _ann_recall(ds, check[:nl], metric, **sp)
+        report.lance_p50_ms = p50
     # Unfiltered searches take whichever path met the target faster: the in-memory probe
     # wins with IVF-PQ (Lance's per-query overhead dominates), Lance's own HNSW graph
     # search can win with IVF_HNSW_SQ (few partitions make the probe a full scan).
     if probe_best is not None and (lance_best is None or probe_best[0] <= lance_best[0]):
-        p50, npb, r, tuned_probe = probe_best
+        p50, npb, _, tuned_probe = probe_best
+        r = check.recall([tuned_probe.search(q, k + 1, npb)[0] for q in check.queries])
         report.params["probe_nprobes"] = npb
-        report.params["probe_two_stage"] = tuned_probe.low is not None
+        report.params["probe_rank"] = tuned_probe.rank
+        report.params["probe_candidates"] = tuned_probe.candidates
         report.recall, report.p50_ms = r, p50
     else:
         report.recall, report.p50_ms = report.lance_recall or 0.0, report.lance_p50_ms
@@ -289,8 +345,7 @@ def build_index(
         # same centroids): hand it to the cache under the version just committed.
         from ._cache import CACHE
 
-        CACHE.put(table.uri, report.version or 0, meta.metric, report.params["probe_two_stage"],
-                  probe_best[3])
+        CACHE.put(table.uri, report.version or 0, meta.metric, probe_best[3])
     return report
 
 
@@ -298,13 +353,13 @@ def _ladder(partitions: int) -> list[int]:
     return [p for p in _NPROBES_LADDER if p < partitions] + [partitions]
 
 
-def _tune_lance(ds: lance.LanceDataset, queries: np.ndarray, q_idx: np.ndarray,
-                truth: np.ndarray, k: int, metric: str, recall: float, index_type: str,
-                partitions: int, inner: tuple[int, ...] | None = None,
+def _tune_lance(ds: lance.LanceDataset, truth: _Truth, metric: str, recall: float,
+                index_type: str, partitions: int, inner: tuple[int, ...] | None = None,
                 ) -> tuple[tuple[float, dict[str, Any], float] | None, float]:
     """Fastest (nprobes, refine_factor | ef) of Lance's own search meeting ``recall``."""
     best: tuple[float, dict[str, Any], float] | None = None
     top = 0.0
+    k = truth.k
     probes = _ladder(partitions)
     inner = inner or (_REFINE_LADDER if index_type == "IVF_PQ" else _EF_LADDER)
     inner_key = "refine_factor" if index_type == "IVF_PQ" else "ef"
@@ -314,68 +369,74 @@ def _tune_lance(ds: lance.LanceDataset, queries: np.ndarray, q_idx: np.ndarray,
         while lo <= hi:
             mid = (lo + hi) // 2
             sp = {"nprobes": probes[mid], inner_key: max(val, k) if inner_key == "ef" else val}
-            r = _ann_recall(ds, queries, q_idx, truth, k, metric, **sp)
+            ok, r = truth.meets(_ann_offsets(ds, truth.queries, k + 1, metric, **sp), recall)
             top = max(top, r)
-            if r >= recall:
+            if ok:
                 found, hi = (sp, r), mid - 1
             else:
                 lo = mid + 1
         if found is not None:
             sp, r = found
-            p50 = _single_query_p50(ds, queries, k, metric, **sp)
+            p50 = _single_query_p50(ds, truth.queries, k, metric, **sp)
             if best is None or p50 < best[0]:
                 best = (p50, sp, r)
             probes = probes[: probes.index(sp["nprobes"]) + 1]  # never need more from here on
     return best, top
 
 
-def _tune_probe(mat: np.ndarray, cents: np.ndarray, queries: np.ndarray, q_idx: np.ndarray,
-                truth: np.ndarray, k: int, metric: str, recall: float,
+# The in-memory probe's pre-scan settings tried at build time: projection sizes as
+# fractions of the dimension, shortlist sizes as multiples of k. 0 = full precision.
+_RANK_DIVISORS = (6, 4, 3)
+_SHORTLIST_LADDER = (20, 50, 200)
+
+
+def _tune_probe(cents: np.ndarray, truth: _Truth, metric: str, recall: float,
                 ) -> tuple[tuple[float, int, float, Any] | None, float]:
-    """Smallest nprobes of the in-memory probe (:mod:`._ivf`) meeting ``recall``: first with
-    the two-stage (projected) scan, then, if the projection loses too much (isotropic
-    noise, say), with full-precision scans."""
+    """Fastest setting of the in-memory probe (:mod:`._ivf`) meeting ``recall``: for each
+    (projection, shortlist) pair the smallest ``nprobes`` that meets it, timed on single
+    queries; full-precision scans (no projection) are one of the pairs, which is what wins
+    on data whose inner products do not concentrate in a few directions (isotropic noise).
+    """
     from ._ivf import IvfProbe
 
-    m = mat  # normalised by the caller for cosine
-    truth_sets = [set(t.tolist()) for t in truth]
+    k = truth.k
+    d = truth.mat.shape[1]
+    ranks = sorted({max(16, d // r) for r in _RANK_DIVISORS})
+    built = IvfProbe.build(truth.mat, cents, metric, rank=ranks[-1])
+    options: list[tuple[int, int]] = [(0, 0)]
+    if built.low is not None:
+        options += [(r, c * k) for r in ranks for c in _SHORTLIST_LADDER]
+    best: tuple[float, int, float, Any] | None = None
     top = 0.0
-    # One partitioning serves both attempts: the fallback only stops using the projection.
-    built = IvfProbe.build(m, cents, metric, two_stage=True)
-    for two_stage in (True, False):
-        probe = built
-        if not two_stage:
-            probe.low = probe.basis = None
+    # From a quarter of the partitions on, the probe scans every row (see _ivf).
+    ladder = [p for p in _ladder(len(cents)) if 4 * p < len(cents)] + [len(cents)]
+    for rank, cand in options:
+        probe = built.with_settings(rank, cand)
 
-        def rec(npb: int, probe: IvfProbe = probe) -> float:
-            total = 0.0
-            for i, q in enumerate(queries):
-                got, _ = probe.search(q, k + 1, npb)
-                got = [g for g in got.tolist() if g != q_idx[i]][:k]
-                total += len(truth_sets[i] & set(got)) / k
-            return total / len(queries)
+        def rec(npb: int, probe: IvfProbe = probe) -> tuple[bool, float]:
+            return truth.meets([probe.search(q, k + 1, npb)[0] for q in truth.queries], recall)
 
-        probes = _ladder(len(cents))
-        lo, hi, found = 0, len(probes) - 1, None
+        lo, hi, found = 0, len(ladder) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            r = rec(probes[mid])
+            ok, r = rec(ladder[mid])
             top = max(top, r)
-            if r >= recall:
-                found, hi = (probes[mid], r), mid - 1
+            if ok:
+                found, hi = (ladder[mid], r), mid - 1
             else:
                 lo = mid + 1
-        if found is not None:
-            npb, r = found
-            times = []
-            for q in queries[:50]:
-                t0 = time.perf_counter()
-                probe.search(q, k, npb)
-                times.append(time.perf_counter() - t0)
-            return (float(np.median(times) * 1e3), npb, r, probe), top
-        if probe.low is None:  # the projection was not in use: nothing else to try
-            break
-    return None, top
+        if found is None:
+            continue
+        npb, r = found
+        times = []
+        for q in truth.queries[:50]:
+            t0 = time.perf_counter()
+            probe.search(q, k, npb)
+            times.append(time.perf_counter() - t0)
+        p50 = float(np.median(times) * 1e3)
+        if best is None or p50 < best[0]:
+            best = (p50, npb, r, probe)
+    return best, top
 
 
 def _drop_vector_index(ds: lance.LanceDataset) -> None:
@@ -438,14 +499,38 @@ def _record(table: EmbeddingTable, report: IndexReport) -> IndexReport:
     return report
 
 
+# Versions are immutable, so what a version says about its indexes never changes: keep it
+# (describe_indices and config() cost ~0.1 ms each, on every search otherwise).
+_FACTS: dict[tuple[str, int], tuple[dict[str, Any] | None, bool]] = {}
+
+
+def _facts(ds: lance.LanceDataset) -> tuple[dict[str, Any] | None, bool]:
+    key = (ds.uri, ds.version)
+    got = _FACTS.get(key)
+    if got is None:
+        raw = ds.config().get(CONFIG_KEY) if callable(getattr(ds, "config", None)) else None
+        has = any(i.name == VECTOR_INDEX_NAME or "Vector" in i.type_url
+                  for i in ds.describe_indices())
+        got = (json.loads(raw) if raw else None, has)
+        if len(_FACTS) > 4096:
+            _FACTS.clear()
+        _FACTS[key] = got
+    return got
+
+
+def forget_facts(uri: str) -> None:
+    for key in [k for k in _FACTS if k[0] == uri]:
+        _FACTS.pop(key, None)
+
+
 def index_config(ds: lance.LanceDataset) -> dict[str, Any] | None:
     """The stored index report of a dataset version, if any."""
-    raw = ds.config().get(CONFIG_KEY) if callable(getattr(ds, "config", None)) else None
-    return json.loads(raw) if raw else None
+    cfg = _facts(ds)[0]
+    return dict(cfg) if cfg else None
 
 
 def has_vector_index(ds: lance.LanceDataset) -> bool:
-    return any(i.name == VECTOR_INDEX_NAME or "Vector" in i.type_url for i in ds.describe_indices())
+    return _facts(ds)[1]
 
 
 def search_defaults(ds: lance.LanceDataset) -> dict[str, Any] | None:
@@ -454,7 +539,8 @@ def search_defaults(ds: lance.LanceDataset) -> dict[str, Any] | None:
     if not cfg or cfg.get("kind") != "ann" or not has_vector_index(ds):
         return None
     p = cfg.get("params", {})
-    keys = ("nprobes", "refine_factor", "ef", "probe_nprobes", "probe_two_stage")
+    keys = ("nprobes", "refine_factor", "ef", "probe_nprobes", "probe_rank", "probe_candidates",
+            "probe_two_stage")
     return {key: p[key] for key in keys if key in p}
 
 

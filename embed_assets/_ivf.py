@@ -5,8 +5,22 @@ Why: on this machine a Lance ANN query spends most of its time in per-query over
 benchmarks/RESULTS.md. The Lance IVF-PQ index stays the persistent, shareable index
 (LanceDB and DuckDB's ``lance_vector_search`` use it), and its trained centroids are the
 coarse quantiser here: the vectors of one *immutable* version are grouped by nearest
-centroid into one contiguous float32 block, so a query is ``nprobes`` small GEMVs over
-exact vectors (no PQ error, so no refine step) and one argpartition.
+centroid into one contiguous float32 block.
+
+A query then costs, for the ``nprobes`` nearest partitions (a quarter of them or more is
+one contiguous scan of all rows):
+
+1. a pre-scan on a ``rank``-dimensional projection (the top principal components of the
+   vectors), in int8 for full scans: the scan is memory-bound, and real text embeddings
+   keep most of their inner-product structure in a sixth to a third of their dimensions;
+2. a shortlist of about ``candidates`` rows, chosen by a threshold estimated on a strided
+   sample of the scores (an exact ``argpartition`` over 100k+ scores costs ~1 ms here,
+   the threshold ~0.1 ms);
+3. an exact re-rank of the shortlist on the full-precision vectors.
+
+``rank=0`` skips the projection (full-precision scans of the probed partitions). The
+index tuner (:func:`._index.build_index`) picks ``nprobes``, ``rank`` and ``candidates``
+from measured recall and latency.
 
 Every row of the version is assigned, including rows appended after the index was
 trained, so this path has no "unindexed rows".
@@ -14,9 +28,54 @@ trained, so this path has no "unindexed rows".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+class Int8Rows:
+    """A row-quantised int8 copy of a matrix (one scale per row) whose product with a
+    float vector runs in fbgemm's int8 GEMV: ~4x less memory traffic than float32, which
+    is what a memory-bound scan costs (0.17 vs 0.70 ms for 120k x 64 on this machine).
+    Used for the pre-scan only: its scores pick a shortlist that is re-ranked exactly."""
+
+    def __init__(self, mat: np.ndarray) -> None:
+        import torch
+
+        scale = np.maximum(np.abs(mat).max(1), 1e-30) / 127.0
+        with warnings.catch_warnings():  # torch flags its quantised tensors as deprecated
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(torch.from_numpy(np.ascontiguousarray(mat)),
+                                            torch.from_numpy(scale.astype(np.float64)),
+                                            torch.zeros(len(mat), dtype=torch.long), 0,
+                                            torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+        self._torch = torch
+        self.nbytes = int(mat.size + 8 * len(mat))
+
+    @classmethod
+    def try_build(cls, mat: np.ndarray) -> Int8Rows | None:
+        """None where this torch build has no fbgemm/onednn int8 kernels."""
+        try:
+            rows = cls(mat)
+            got = rows @ np.ones(mat.shape[1], np.float32)
+            want = mat.sum(1)
+            if not np.allclose(got, want, atol=0.05 * (1 + np.abs(want).max())):
+                return None
+            return rows
+        except Exception:  # noqa: BLE001 - any missing kernel means: scan in float32
+            return None
+
+    def __matmul__(self, v: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
+        return self._torch.ops.quantized.linear_dynamic(x, self._packed)[0].numpy()
+
+
+def default_rank(dim: int) -> int:
+    """The projection used when a stored index predates per-table ranks."""
+    return max(16, dim // 3)
 
 
 @dataclass
@@ -27,18 +86,30 @@ class IvfProbe:
     block: np.ndarray  # (n, d) vectors in partition order (normalised for cosine)
     sq_norms: np.ndarray | None  # (n,) squared norms, l2 only
     metric: str
-    basis: np.ndarray | None = None  # (r, d) projection for the low-dimensional pre-scan
-    low: np.ndarray | None = None  # (n, r) = block @ basis.T
+    basis: np.ndarray | None = None  # (rank, d) principal directions for the pre-scan
+    center: np.ndarray | None = None  # (d,) the mean the directions were found around
+    low: np.ndarray | None = None  # (n, rank) = (block - center) @ basis.T
+    candidates: int = 0  # shortlist size for the exact re-rank (0: 40 * k)
+    low8: Int8Rows | None = field(default=None, repr=False)  # ``low`` in int8, full scans
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.basis is None else int(self.basis.shape[0])
 
     @property
     def nbytes(self) -> int:
         low = self.low.nbytes if self.low is not None else 0
+        low += self.low8.nbytes if self.low8 is not None else 0
         return self.block.nbytes + self.order.nbytes + self.centroids.nbytes + low
 
     @classmethod
     def build(cls, mat: np.ndarray, centroids: np.ndarray, metric: str,
-              two_stage: bool = True) -> IvfProbe:
-        """Assign every row of ``mat`` (already normalised for cosine) to its nearest centroid."""
+              rank: int | None = None, candidates: int = 0) -> IvfProbe:
+        """Assign every row of ``mat`` (already normalised for cosine) to its nearest centroid.
+
+        ``rank`` is the pre-scan's projection size: None picks ``dim / 3``, 0 disables it
+        (it is also disabled for small or low-dimensional data, where it saves nothing).
+        """
         cents = np.asarray(centroids, dtype=np.float32)
         if metric == "cosine":
             cents = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-30)
@@ -54,18 +125,38 @@ class IvfProbe:
         bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         block = np.ascontiguousarray(mat[order])
         sq = (block * block).sum(1) if metric == "l2" else None
-        basis = low = None
+        probe = cls(cents, order, bounds, block, sq, metric, candidates=candidates)
         d = block.shape[1]
-        if two_stage and d >= 128 and len(block) >= 4 * d:
-            # The scan is memory-bound: score candidates on a d/3-dimensional projection
-            # that preserves inner products best (top right singular vectors of a sample),
-            # then re-rank a short list with the exact vectors.
-            rng = np.random.default_rng(0)
-            sample = block[rng.choice(len(block), size=min(len(block), 20_000), replace=False)]
-            _, _, vt = np.linalg.svd(sample, full_matrices=False)
-            basis = np.ascontiguousarray(vt[: max(16, d // 3)], dtype=np.float32)
-            low = np.ascontiguousarray(block @ basis.T)
-        return cls(cents, order, bounds, block, sq, metric, basis, low)
+        rank = default_rank(d) if rank is None else rank
+        if rank and d >= 64 and len(block) >= 4 * d:
+            probe._project(min(rank, d))
+        return probe
+
+    def _project(self, rank: int) -> None:
+        rng = np.random.default_rng(0)
+        n = len(self.block)
+        sample = self.block[rng.choice(n, size=min(n, 20_000), replace=False)]
+        center = sample.mean(0)
+        _, _, vt = np.linalg.svd(sample - center, full_matrices=False)
+        self.center = center.astype(np.float32)
+        self.basis = np.ascontiguousarray(vt[:rank], dtype=np.float32)
+        low = np.empty((n, rank), dtype=np.float32)
+        for i in range(0, n, 65_536):
+            low[i : i + 65_536] = (self.block[i : i + 65_536] - self.center) @ self.basis.T
+        self.low = low
+        self.low8 = Int8Rows.try_build(low)
+
+    def with_settings(self, rank: int, candidates: int) -> IvfProbe:
+        """The same partitioning with a smaller projection (a prefix of the components) or
+        none; shares the full-precision block."""
+        if rank and (self.low is None or rank > self.rank):
+            raise ValueError(f"rank {rank} exceeds the probe's projection ({self.rank})")
+        low = np.ascontiguousarray(self.low[:, :rank]) if rank and self.low is not None else None
+        basis = self.basis[:rank] if rank and self.basis is not None else None
+        low8 = self.low8 if rank == self.rank else (
+            Int8Rows.try_build(low) if low is not None and self.low8 is not None else None)
+        return IvfProbe(self.centroids, self.order, self.bounds, self.block, self.sq_norms,
+                        self.metric, basis, self.center if rank else None, low, candidates, low8)
 
     def search(self, q: np.ndarray, k: int, nprobes: int) -> tuple[np.ndarray, np.ndarray]:
         """Offsets and distances (Lance conventions) of the k nearest rows among the probed
@@ -73,66 +164,93 @@ class IvfProbe:
         q = np.asarray(q, dtype=np.float32)
         if self.metric == "cosine":
             q = q / max(float(np.linalg.norm(q)), 1e-30)
-        cents = self.centroids
-        cd = (cents * cents).sum(1) - 2 * (cents @ q)
-        nprobes = min(nprobes, len(cents))
-        probes = np.argpartition(cd, nprobes - 1)[:nprobes] if nprobes < len(cents) else \
-            np.arange(len(cents))
-        starts, ends = self.bounds[probes], self.bounds[probes + 1]
-        if self.low is not None and self.basis is not None:
-            return self._search_two_stage(q, k, starts, ends)
-        if self.metric == "l2":
-            sq = self.sq_norms
-            assert sq is not None
-            parts = [sq[s:e] - 2 * (self.block[s:e] @ q) for s, e in zip(starts, ends, strict=True)]
-        else:
-            parts = [-(self.block[s:e] @ q) for s, e in zip(starts, ends, strict=True)]
-        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        k = min(k, len(scores))
-        if k == 0:
+        if k < 1 or not len(self.block):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        top = np.argpartition(scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(scores[top], kind="stable")]
-        # Map positions in the concatenated scores back to positions in the block.
-        seg_start = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
-        seg = np.searchsorted(seg_start, top, side="right") - 1
-        pos = starts[seg] + (top - seg_start[seg])
-        s = scores[top]
-        if self.metric == "cosine":
-            dist = 1.0 + s  # s = -cos
-        elif self.metric == "dot":
-            dist = 1.0 + s  # s = -dot
+        spans = self._spans(q, nprobes)
+        if self.low is not None and self.basis is not None and self.center is not None:
+            lq = self.basis @ q
+            low = self.low8 if spans is None and self.low8 is not None else self.low
+            lowscore = self._scores(low, lq, spans, float(self.center @ q))
+            pos = self._positions(spans, self._shortlist(lowscore, max(self.candidates, 40 * k)))
+            s = self._exact_scores(pos, q)  # larger is nearer
         else:
-            dist = s + float(q @ q)
+            s = self._scores(self.block, q, spans, 0.0)
+            pos = None
+        k = min(k, len(s))
+        top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+        top = top[np.argsort(-s[top], kind="stable")]
+        if pos is None:
+            pos = self._positions(spans, top)
+        else:
+            pos = pos[top]
+        best = s[top]
+        # Lance conventions: cosine 1 - cos, dot 1 - dot, l2 squared Euclidean.
+        dist = float(q @ q) - 2 * best if self.metric == "l2" else 1.0 - best
         return self.order[pos], dist.astype(np.float32)
 
-    def _search_two_stage(self, q: np.ndarray, k: int, starts: np.ndarray,
-                          ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.low is not None and self.basis is not None
-        lq = self.basis @ q
-        sq = self.sq_norms
+    def _spans(self, q: np.ndarray, nprobes: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(starts, ends) of the probed partitions, or None for all of them (one scan)."""
+        cents = self.centroids
+        if 4 * nprobes >= len(cents):
+            # A quarter of the partitions or more: one contiguous scan of every row is
+            # cheaper than that many small scans (and can only find more).
+            return None
+        cd = (cents * cents).sum(1) - 2 * (cents @ q)
+        probes = np.argpartition(cd, max(nprobes, 1) - 1)[: max(nprobes, 1)]
+        return self.bounds[probes], self.bounds[probes + 1]
+
+    def _scores(self, mat: Any, v: np.ndarray, spans: tuple[np.ndarray, np.ndarray] | None,
+                offset: float) -> np.ndarray:
+        """Similarity (larger is nearer) of the spanned rows of ``mat`` to ``v``: the inner
+        product, or ``x.q - |x|^2 / 2`` (same order as -L2) for l2."""
+        if spans is None:
+            s = mat @ v
+            if offset:
+                s += offset
+            if self.metric == "l2":
+                assert self.sq_norms is not None
+                s -= 0.5 * self.sq_norms
+            return s
+        parts = [mat[a:b] @ v for a, b in zip(*spans, strict=True)]
+        s = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if offset:
+            s += offset
         if self.metric == "l2":
-            assert sq is not None
-            parts = [sq[s:e] - 2 * (self.low[s:e] @ lq) for s, e in zip(starts, ends, strict=True)]
-        else:
-            parts = [-(self.low[s:e] @ lq) for s, e in zip(starts, ends, strict=True)]
-        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if not len(scores):
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        c = min(len(scores), max(40 * k, 256))
-        cand = np.argpartition(scores, c - 1)[:c] if c < len(scores) else np.arange(len(scores))
+            assert self.sq_norms is not None
+            s -= 0.5 * np.concatenate([self.sq_norms[a:b] for a, b in zip(*spans, strict=True)])
+        return s
+
+    def _exact_scores(self, pos: np.ndarray, q: np.ndarray) -> np.ndarray:
+        s = self.block[pos] @ q
+        if self.metric == "l2":
+            assert self.sq_norms is not None
+            s -= 0.5 * self.sq_norms[pos]
+        return s
+
+    @staticmethod
+    def _positions(spans: tuple[np.ndarray, np.ndarray] | None, idx: np.ndarray) -> np.ndarray:
+        """Map indexes into the concatenated spans back to positions in the block."""
+        if spans is None:
+            return idx
+        starts, ends = spans
         seg_start = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
-        seg = np.searchsorted(seg_start, cand, side="right") - 1
-        pos = starts[seg] + (cand - seg_start[seg])
-        exact = self.block[pos] @ q
-        if self.metric == "l2":
-            assert sq is not None
-            full = sq[pos] - 2 * exact
-        else:
-            full = -exact
-        k = min(k, len(full))
-        top = np.argpartition(full, k - 1)[:k] if k < len(full) else np.arange(len(full))
-        top = top[np.argsort(full[top], kind="stable")]
-        s = full[top]
-        dist = s + float(q @ q) if self.metric == "l2" else 1.0 + s
-        return self.order[pos[top]], dist.astype(np.float32)
+        seg = np.searchsorted(seg_start, idx, side="right") - 1
+        return starts[seg] + (idx - seg_start[seg])
+
+    @staticmethod
+    def _shortlist(s: np.ndarray, c: int) -> np.ndarray:
+        """Indexes of about the ``c`` largest scores (at least ``c`` when possible)."""
+        n = len(s)
+        if c >= n:
+            return np.arange(n)
+        step = c // 32
+        if step >= 2:
+            # Threshold at the c/n quantile of a strided sample (~32 samples above it),
+            # then keep everything above: a compare and a nonzero, no selection.
+            sample = s[::step]
+            j = max(1, (c * len(sample)) // n)
+            thr = np.partition(sample, len(sample) - j)[len(sample) - j]
+            idx = np.flatnonzero(s >= thr)
+            if len(idx) >= c // 2:
+                return idx
+        return np.argpartition(-s, c - 1)[:c]
