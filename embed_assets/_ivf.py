@@ -65,7 +65,7 @@ class Int8Rows:
             if not np.allclose(got, want, atol=0.05 * (1 + np.abs(want).max())):
                 return None
             return rows
-        except Exception:  # noqa: BLE001 - any missing kernel means: scan in float32
+        except Exception:  # any missing kernel means: scan in float32
             return None
 
     def __matmul__(self, v: np.ndarray) -> np.ndarray:
@@ -179,10 +179,7 @@ class IvfProbe:
         k = min(k, len(s))
         top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
         top = top[np.argsort(-s[top], kind="stable")]
-        if pos is None:
-            pos = self._positions(spans, top)
-        else:
-            pos = pos[top]
+        pos = self._positions(spans, top) if pos is None else pos[top]
         best = s[top]
         # Lance conventions: cosine 1 - cos, dot 1 - dot, l2 squared Euclidean.
         dist = float(q @ q) - 2 * best if self.metric == "l2" else 1.0 - best

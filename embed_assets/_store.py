@@ -540,7 +540,7 @@ class EmbeddingTable:
         try:
             if self._ds.latest_version == self._ds.version:
                 return self
-        except Exception:  # noqa: BLE001 - e.g. the table was dropped: reopen says so
+        except Exception:  # e.g. the table was dropped: reopening says so
             pass
         self._ds = lance.dataset(self.uri, storage_options=self.store.storage_options)
         return self
