@@ -16,7 +16,9 @@ from typing import Any
 
 import lance
 import numpy as np
+import pyarrow as pa
 
+VECTOR = "vector"
 MAX_BYTES = int(os.environ.get("EMBED_ASSETS_CACHE_BYTES", str(4 << 30)))
 
 
@@ -95,6 +97,17 @@ class MatrixCache:
                 return self._items[ck]
         return self._get_or_build(ck, ds.count_rows() * 16, lambda: KeyIndex.build(ds, key))
 
+    def scalars(self, uri: str, ds: lance.LanceDataset) -> pa.Table | None:
+        """Every column but the vector of ``ds``, in memory (None if it cannot fit)."""
+        ck = (uri, ds.version, "scalars")
+        with self._lock:
+            if ck in self._items:
+                self._items.move_to_end(ck)
+                return self._items[ck]
+        names = [n for n in ds.schema.names if n != VECTOR]
+        return self._get_or_build(ck, ds.count_rows() * 32 * max(1, len(names)),
+                                  lambda: ds.to_table(columns=names).combine_chunks())
+
     def forget(self, uri: str) -> None:
         """Drop every entry of one table (it was deleted: a new table of the same name
         starts again at version 1)."""
@@ -143,6 +156,32 @@ class KeyIndex:
 
 
 CACHE = MatrixCache()
+
+
+def take_rows(uri: str, ds: lance.LanceDataset, offsets: np.ndarray,
+              columns: list[str] | None) -> pa.Table:
+    """The rows at ``offsets`` of one version, in that order.
+
+    A Lance ``take`` of k random rows costs ~0.8 ms here (a page read and decode per row);
+    the version's scalar columns are kept in memory instead (:meth:`MatrixCache.scalars`),
+    so a search that does not ask for the vector column never goes back to Lance.
+    """
+    names = list(columns) if columns else ds.schema.names
+    unknown = [c for c in names if c not in ds.schema.names]
+    if unknown:
+        from ._errors import ValidationError
+
+        raise ValidationError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
+                              f"columns: {', '.join(ds.schema.names)}")
+    small = [c for c in names if c != VECTOR]
+    mem = CACHE.scalars(uri, ds) if small else None
+    if small and mem is None:
+        return ds.take(offsets.tolist(), columns=names)
+    idx = pa.array(np.asarray(offsets, dtype=np.int64))
+    got = mem.select(small).take(idx) if mem is not None else None
+    vec = ds.take(offsets.tolist(), columns=[VECTOR]) if VECTOR in names else None
+    arrays = [(vec if c == VECTOR else got).column(c) for c in names]  # type: ignore[union-attr]
+    return pa.Table.from_arrays(arrays, schema=pa.schema([ds.schema.field(c) for c in names]))
 
 
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:

@@ -703,16 +703,17 @@ class EmbeddingTable:
         """Fetch rows by key at any version, in the order asked; missing keys are skipped.
 
         Served by an in-memory key index of the (immutable) version, built from one scan
-        of the key column on first use, then a Lance ``take`` of the row offsets.
+        of the key column on first use; the rows come from the version's cached scalar
+        columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        from ._cache import CACHE
+        from ._cache import CACHE, take_rows
 
         keys = list(keys)
         ds = self.dataset(version)
         idx = CACHE.key_index(self.uri, ds, self.meta.key)
         cols = list(columns) if columns else None
         if idx is not None:
-            return ds.take(idx.lookup(keys).tolist(), columns=cols)
+            return take_rows(self.uri, ds, idx.lookup(keys), cols)
         parts = [ds.to_table(columns=cols, filter=sqlx.in_list(self.meta.key, keys[i:i + 5000]))
                  for i in range(0, max(len(keys), 1), 5000)]
         return pa.concat_tables(parts)
@@ -862,10 +863,11 @@ class EmbeddingTable:
         idx, dist = probe.search(q, k, int(defaults["probe_nprobes"]))
         return self._rows_at(ds, idx, dist, cols, metric)
 
-    @staticmethod
-    def _rows_at(ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
+    def _rows_at(self, ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
                  cols: list[str] | None, metric: str) -> pa.Table:
-        rows = ds.take(idx.tolist(), columns=cols)
+        from ._cache import take_rows
+
+        rows = take_rows(self.uri, ds, idx, cols)
         if metric == "l2":
             dist = np.sqrt(np.maximum(dist, 0))
         rows = rows.append_column("distance", pa.array(dist, pa.float32()))
