@@ -74,7 +74,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="skip the 1M knn and 1000-version connect")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="where to write Lance tables (default: a temp dir)")
+    ap.add_argument("--only", default="mean,join,versions,knn,connect",
+                    help="comma-separated sections: mean, join, versions, knn, connect")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     if not NPZ.exists():
         print(f"skipped: {NPZ} not found (the real MiniLM vectors live in ../shared on the build machine)")
         return 0
@@ -111,22 +114,42 @@ def main() -> int:
         return np.stack([m[g == j].mean(axis=0) for j in range(g.max() + 1)])
 
     q_mem = "SELECT section, vec_mean(vector) FROM mem30k GROUP BY section"
+    if "mean" not in only:
+        q_mem = ""
     q_store = "SELECT section, vec_mean(vector) FROM deb30k GROUP BY section"
-    got = dict(con.sql(q_mem).fetchall())
-    err = max(np.abs(np.asarray(got[c]) - m).max() for c, m in zip(codes, np_group_mean(), strict=True))
-    t = best({"sql_mem": lambda: con.sql(q_mem).fetchall(), "np": np_group_mean,
+    got = dict(con.sql(q_mem).fetchall()) if q_mem else {}
+    err = max(np.abs(np.asarray(got[c]) - m).max() for c, m in zip(codes, np_group_mean(), strict=True)) \
+        if got else 0.0
+    t = {} if not got else best({"sql_mem": lambda: con.sql(q_mem).fetchall(), "np": np_group_mean,
               "sql_store": lambda: con.sql(q_store).fetchall(), "np_store": np_from_store}, R)
-    print(f"vec_mean: {len(codes)} groups, max |sql - numpy| = {err:.2e}")
-    out.append(row(f"vec_mean by section, {n:,} x 384, {len(codes)} groups (DuckDB table)",
-                   t["sql_mem"], t["np"], "numpy mask-per-group mean, data in RAM"))
-    out.append(row("vec_mean by section, read from the store view", t["sql_store"], t["np_store"],
-                   "Lance read + numpy"))
+    if t:
+        print(f"vec_mean: {len(codes)} groups, max |sql - numpy| = {err:.2e}")
+        out.append(row(f"vec_mean by section, {n:,} x 384, {len(codes)} groups (DuckDB table)",
+                       t["sql_mem"], t["np"], "numpy mask-per-group mean, data in RAM"))
+        out.append(row("vec_mean by section, read from the store view", t["sql_store"],
+                       t["np_store"], "Lance read + numpy"))
 
     # -- similarity_join 1,000 x 30,000 ------------------------------------------------------
     L, Rt = V[30_000:31_000], V[:30_000]
     store.write("queries1k", vec_table(np.arange(1000), L), key="id")
     con.refresh()
     con.execute("CREATE TABLE q1k AS SELECT * FROM queries1k")
+    if "join" in only:
+        _join(con, out, L, Rt, R)
+    if "versions" in only:
+        _versions(store, con, out, V, groups, R)
+    if "knn" in only:
+        _knn(store, out, V, R, args.quick)
+    if "connect" in only:
+        _connect(work, out, R, args.quick)
+    print("\n".join(out))
+    con.close()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _join(con: Any, out: list[str], L: np.ndarray, Rt: np.ndarray, R: int) -> None:
     sj = "SELECT * FROM similarity_join('{l}', '{r}', 10)"
     res = con.sql(sj.format(l="queries1k", r="deb30k") + " ORDER BY left_key, rank").fetchnumpy()
     agree = (res["right_key"].reshape(1000, 10) == np_topk(L, Rt, 10)).mean()
@@ -144,7 +167,10 @@ def main() -> int:
     out.append(row("similarity_join 1,000 x 30,000 store views vs vss_join", t["store"], t_vss,
                    "vss_join on DuckDB tables"))
 
-    # -- "name@N" vs latest ---------------------------------------------------------------------
+
+
+def _versions(store: Store, con: Any, out: list[str], V: np.ndarray, groups: np.ndarray,
+              R: int) -> None:
     store.write("deb30k", vec_table(np.arange(0, 30_000, 3), V[30_000:40_000], section=groups[::3]),
                 key="id")  # an upsert of a third of the rows: version 2
     con.refresh()
@@ -157,9 +183,11 @@ def main() -> int:
     out.append(row('read "deb30k@1" (SELECT * to Arrow)', t["old_arrow"], t["latest_arrow"],
                    "latest version"))
 
-    # -- knn at 100k and 1M -----------------------------------------------------------------------
+
+
+def _knn(store: Store, out: list[str], V: np.ndarray, R: int, quick: bool) -> None:
     rng = np.random.default_rng(0)
-    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    sizes = [100_000] if quick else [100_000, 1_000_000]
     for size in sizes:
         reps = -(-size // len(V))
         big = np.concatenate([V + (0.01 * rng.standard_normal(V.shape, dtype=np.float32) if i else 0)
@@ -188,8 +216,10 @@ def main() -> int:
         kcon.close()
         del big, bn
 
-    # -- connect() vs number of versions ---------------------------------------------------------
-    counts = [10, 100] if args.quick else [10, 100, 1000]
+
+
+def _connect(work: Path, out: list[str], R: int, quick: bool) -> None:
+    counts = [10, 100] if quick else [10, 100, 1000]
     base = Store(work / "versions")
     tv = np.random.default_rng(1).normal(size=(1, 8)).astype(np.float32)
     written = 0
@@ -209,11 +239,6 @@ def main() -> int:
     t_ext = best({"c": lambda: connect(None).close()}, 1)["c"]
     print(f"connect() loading lance+vss extensions (cached after the first in a process): "
           f"{t_ext * 1e3:.0f} ms")
-    print("\n".join(out))
-    con.close()
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

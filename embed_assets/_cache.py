@@ -106,7 +106,7 @@ class MatrixCache:
                 return self._items[ck]
         names = [n for n in ds.schema.names if n != VECTOR]
         return self._get_or_build(ck, ds.count_rows() * 32 * max(1, len(names)),
-                                  lambda: ds.to_table(columns=names).combine_chunks())
+                                  lambda: ds.to_table(columns=names, filter="true").combine_chunks())
 
     def forget(self, uri: str) -> None:
         """Drop every entry of one table (it was deleted: a new table of the same name
@@ -187,7 +187,7 @@ def take_rows(uri: str, ds: lance.LanceDataset, offsets: np.ndarray,
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
     rows = ds.count_rows()
     dim = ds.schema.field("vector").type.list_size
-    col = ds.to_table(columns=["vector"]).column("vector").combine_chunks()
+    col = ds.to_table(columns=["vector"], filter="true").column("vector").combine_chunks()
     m = col.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim).astype(np.float32)
     if metric == "cosine":
         m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-30)

@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _sql_udf as udf
 from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
-from ._store import VECTOR_COLUMN, Store, TableMeta
+from ._store import VECTOR_COLUMN, ScanDataset, Store, TableMeta
 
 __all__ = [
     "SQLConnection",
@@ -233,14 +232,14 @@ class SQLConnection:
         with self._lock:
             old = self._views.get(view)
             if ref is None:
-                ds = lance.dataset(uri, storage_options=opts)
+                ds = ScanDataset(uri, storage_options=opts)
                 version = ds.version
             elif ref.isdigit():
                 version = int(ref)
                 if old is not None and old.version == version:
                     return False  # a numbered version never changes
                 try:
-                    ds = lance.dataset(uri, version=version, storage_options=opts)
+                    ds = ScanDataset(uri, version=version, storage_options=opts)
                 except Exception:
                     # Let the store phrase the error (it lists the versions that exist).
                     self.store.table(table).resolve(version)
@@ -251,7 +250,7 @@ class SQLConnection:
             if old is not None and old.version == version:
                 return False
             if ds is None:
-                ds = lance.dataset(uri, version=version, storage_options=opts)
+                ds = ScanDataset(uri, version=version, storage_options=opts)
             self.con.register(view, ds)
             self._views[view] = _View(table, ref, version, ds)
             return True

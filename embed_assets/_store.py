@@ -37,6 +37,22 @@ WriteMode = Literal["overwrite", "append", "upsert", "replace_partition"]
 WRITE_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "replace_partition")
 METRICS: tuple[str, ...] = ("cosine", "dot", "l2")
 VECTOR_COLUMN = "vector"
+# The filter full scans pass to Lance. Measured here (pylance 14, 100k x 384 in 32k-row
+# files): an unfiltered scan of fragments without deletions took 170-220 ms, the same scan
+# with a filter that is always true 73-90 ms, with identical results. Fragments that carry
+# deletion vectors already take the fast path, which is why old versions (clean files)
+# read ~1.6-2x slower than the latest (files with deletions) before this.
+SCAN_ALL = "true"
+
+
+class ScanDataset(lance.LanceDataset):
+    """A Lance dataset whose unfiltered scans go through :data:`SCAN_ALL` (DuckDB scans
+    registered datasets through ``scanner()``)."""
+
+    def scanner(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("filter") is None:
+            kwargs["filter"] = SCAN_ALL
+        return super().scanner(*args, **kwargs)
 META_KEY = b"embed_assets"
 ENV_STORE = "EMBED_ASSETS_STORE"
 DEFAULT_STORE = "./.embed_store"
@@ -689,7 +705,8 @@ class EmbeddingTable:
         """Read the table at a version (or tag) as Arrow."""
         ds = self.dataset(version)
         try:
-            return ds.to_table(columns=list(columns) if columns else None, filter=where)
+            return ds.to_table(columns=list(columns) if columns else None,
+                               filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             raise ValidationError(f"cannot read {self.name!r}: {_first_line(exc)}") from None
 
