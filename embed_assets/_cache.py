@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 VECTOR = "vector"
+OFFSET_COLUMN = "__ea_offset"
 MAX_BYTES = int(os.environ.get("EMBED_ASSETS_CACHE_BYTES", str(4 << 30)))
 
 
@@ -98,15 +99,20 @@ class MatrixCache:
         return self._get_or_build(ck, ds.count_rows() * 16, lambda: KeyIndex.build(ds, key))
 
     def scalars(self, uri: str, ds: lance.LanceDataset) -> pa.Table | None:
-        """Every column but the vector of ``ds``, in memory (None if it cannot fit)."""
+        """Every column but the vector of ``ds``, in memory (None if it cannot fit), plus
+        :data:`OFFSET_COLUMN`, each row's offset in the version."""
         ck = (uri, ds.version, "scalars")
         with self._lock:
             if ck in self._items:
                 self._items.move_to_end(ck)
                 return self._items[ck]
         names = [n for n in ds.schema.names if n != VECTOR]
-        return self._get_or_build(ck, ds.count_rows() * 32 * max(1, len(names)),
-                                  lambda: ds.to_table(columns=names, filter="true").combine_chunks())
+
+        def build() -> pa.Table:
+            t = ds.to_table(columns=names, filter="true").combine_chunks()
+            return t.append_column(OFFSET_COLUMN, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+        return self._get_or_build(ck, ds.count_rows() * 32 * max(1, len(names)), build)
 
     def forget(self, uri: str) -> None:
         """Drop every entry of one table (it was deleted: a new table of the same name

@@ -243,3 +243,40 @@ def hits_array(li: np.ndarray, ri: np.ndarray, dist: np.ndarray, k: int) -> pa.A
          pa.array(dist, pa.float64(), from_pandas=True), pa.array(rank, pa.int32())],
         fields=list(HIT_TYPE.value_type))
     return pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), st)
+
+
+def pair_distance(vs: pa.Array, qs: pa.Array, metrics: pa.Array, invs: pa.Array) -> pa.Array:
+    """Distance of each row's vector to its query vector, in float64, as in
+    sql/vectors.sql's ``vec_distance``: NULL for a NULL vector or an undefined cosine (a
+    zero vector); NULL elements and mixed dimensions raise.
+
+    The exact ``knn`` of a connect()ed session ranks and reports with this: the SQL
+    ``vec_distance`` expands every metric's formula around its arguments, and binding that
+    cost ~15 ms per query, more than the scan itself.
+    """
+    vs, qs = _combine(vs), _combine(qs)
+    n = len(vs)
+    out = np.full(n, np.nan)
+    ok = np.asarray(pc.and_(vs.is_valid(), qs.is_valid()), dtype=bool) if n else np.zeros(0, bool)
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        metric = str(_scalar(metrics) or "cosine").lower()
+        a = vectors_matrix(vs.take(idx), "knn", np.float64)
+        b = vectors_matrix(qs.take(idx), "knn", np.float64)
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"knn: dimension mismatch ({a.shape[1]} vs {b.shape[1]})")
+        if metric == "cosine":
+            den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = np.where(den > 0, 1.0 - np.einsum("ij,ij->i", a, b) / den, np.nan)
+        elif metric == "dot":
+            d = 1.0 - np.einsum("ij,ij->i", a, b)
+        elif metric == "l2":
+            d = np.linalg.norm(a - b, axis=1)
+        elif metric == "mahalanobis":
+            w = whitening(_scalar(invs), a.shape[1])
+            d = np.linalg.norm((a - b) @ w, axis=1)
+        else:
+            raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
+        out[idx] = d
+    return pa.array(out, pa.float64(), mask=~np.isfinite(out))

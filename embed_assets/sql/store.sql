@@ -8,9 +8,10 @@
 --   * similarity_join: blocked GEMM + argpartition; a store view on the right side is read
 --     from Lance directly (cached per immutable version) instead of list()-ing it in SQL;
 --     approximate := true probes the right table's ANN index in batches;
---   * knn on a store view: Lance finds the k candidate keys (ANN index when the table has
---     one and the metric matches, else Lance's exact scan), DuckDB's join filter pushes
---     those keys into the scan, and the distances are recomputed exactly in SQL.
+--   * knn on a store view: the store's search finds the k nearest rows (its tuned index
+--     path when the table has one and the metric matches, else the cached exact scan) and
+--     reports their distances; DuckDB's join filter pushes those keys into the view's
+--     scan, which answers it from the version's in-memory key index.
 --
 -- Metadata per registered view comes from getvariable(): connect() keeps
 --   __ea_key     view name -> key column
@@ -46,51 +47,49 @@ CREATE OR REPLACE MACRO __ea_rank_distance(v, q, metric, inv_cov) AS
          WHEN metric = 'l2' THEN list_distance(v, q)
          ELSE vec_distance(v, q, metric, inv_cov) END;
 
+-- Whether knn on this name is served by the store's search (a store view, its vector
+-- column, a metric the store searches with); everything else is an exact scan in SQL.
+CREATE OR REPLACE MACRO __ea_served(t, metric, vector) AS
+    __ea_kind(t) IN ('i', 's') AND __ea_metric_of(t, metric) <> 'mahalanobis' AND vector = 'vector';
+
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
                             inv_cov := NULL, use_index := true) AS TABLE
     WITH __q AS MATERIALIZED (SELECT query_vector AS __qv),
-    __cand AS (
-        -- store view, integer key: Lance picks candidates, the join filter fetches them
-        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-                       FROM query_table(table_name))
-        WHERE __ea_kind(table_name) = 'i' AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
-          AND vector = 'vector'
+    -- Store views: the store's search ranks (k = 0 elsewhere, since DuckDB evaluates
+    -- this CTE whichever branch below survives).
+    __h AS MATERIALIZED (
+        SELECT unnest(_ea_knn_hits(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
+                                   CASE WHEN __ea_served(table_name, metric, vector) THEN k ELSE 0 END,
+                                   __ea_metric_of(table_name, metric), use_index),
+                      recursive := true))
+    SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
+        -- store view, integer key: the key equality becomes a join filter that DuckDB pushes
+        -- into the view's scan, which answers it from the version's key index
+        SELECT __t.*, __h.distance, __h.rank
+        FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+              FROM query_table(table_name)) __t, __h
+        WHERE __ea_served(table_name, metric, vector) AND __ea_kind(table_name) = 'i'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 'i'
-                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END)
-              IN (SELECT CAST(unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
-                                                  -- k = 0 on the branch that does not apply:
-                                                  -- DuckDB evaluates both branches' subqueries
-                                                  CASE WHEN __ea_kind(table_name) = 'i' THEN k ELSE 0 END,
-                                                  __ea_metric_of(table_name, metric), use_index)) AS BIGINT))
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END) = __h.ki
         UNION ALL
         -- store view, string key
-        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-                       FROM query_table(table_name))
-        WHERE __ea_kind(table_name) = 's' AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
-          AND vector = 'vector'
+        SELECT __t.*, __h.distance, __h.rank
+        FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+              FROM query_table(table_name)) __t, __h
+        WHERE __ea_served(table_name, metric, vector) AND __ea_kind(table_name) = 's'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
-                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END)
-              IN (SELECT unnest(_ea_knn_keys(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
-                                             CASE WHEN __ea_kind(table_name) = 's' THEN k ELSE 0 END,
-                                             __ea_metric_of(table_name, metric), use_index)))
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END) = __h.ks
         UNION ALL
-        -- anything else: exact scan in SQL
-        SELECT * FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-                       FROM query_table(table_name))
-        WHERE NOT (__ea_kind(table_name) IN ('i', 's')
-                   AND __ea_metric_of(table_name, metric) <> 'mahalanobis'
-                   AND vector = 'vector')),
-    __top AS (
-        SELECT *, __ea_rank_distance(COLUMNS(c -> c = vector), __qv, __ea_metric_of(table_name, metric),
-                                     inv_cov) AS __fd
-        FROM __cand, __q
-        WHERE COLUMNS(c -> c = vector) IS NOT NULL
-        ORDER BY __fd
-        LIMIT k)
-    SELECT * EXCLUDE (__ea_ki, __ea_ks, __qv, __fd),
-           vec_distance(COLUMNS(c -> c = vector), __qv, __ea_metric_of(table_name, metric), inv_cov) AS distance,
-           CAST(row_number() OVER (ORDER BY __fd) AS INTEGER) AS rank
-    FROM __top
+        -- anything else: exact scan in SQL, distances by one vectorised UDF (see _ea_distance)
+        SELECT * EXCLUDE (__qv), CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
+        FROM (SELECT *, _ea_distance(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]), CAST(__qv AS DOUBLE[]),
+                                     __ea_metric_of(table_name, metric), inv_cov) AS distance
+              FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+                    FROM query_table(table_name)), __q
+              WHERE NOT __ea_served(table_name, metric, vector)
+                AND COLUMNS(c -> c = vector) IS NOT NULL
+              ORDER BY distance NULLS LAST
+              LIMIT k))
     ORDER BY rank;
 
 CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
