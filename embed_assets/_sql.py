@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _native
 from . import _sql_udf as udf
 from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
 from ._store import VECTOR_COLUMN, ScanDataset, Store, TableMeta
@@ -592,6 +593,7 @@ def connect(
     config: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
     cache_bytes: int = _MATRIX_CACHE_BYTES,
+    native: bool = True,
 ) -> SQLConnection:
     """A DuckDB connection with the vector macros and the store's tables as views.
 
@@ -615,6 +617,10 @@ def connect(
     cache_bytes : int, default 1 GiB
         Memory for decoded store versions that exact ``knn``/``similarity_join`` reuse
         (versions are immutable, so the cache is never stale); least recently used first out.
+    native : bool, default True
+        Load the ``ea_vec`` C extension (built from ``embed_assets/native`` on first use)
+        that backs ``vec_mean``/``vec_sum``; without it, or without a C compiler, those
+        macros use a Python UDF with the same results, ~20x slower.
 
     Returns
     -------
@@ -636,7 +642,11 @@ def connect(
     """
     if store is not None and not isinstance(store, Store):
         store = Store(store, storage_options=storage_options)
-    raw = duckdb.connect(database, config=config or {})
+    cfg = dict(config or {})
+    native_file = _native.extension_file() if native else None
+    if native_file is not None:
+        cfg.setdefault("allow_unsigned_extensions", "true")  # our own build: see _native
+    raw = duckdb.connect(database, config=cfg)
     for name in extensions:
         raw.execute(f"LOAD '{extension_path(name)}'")
     con = SQLConnection(raw, store, cache_bytes)
@@ -645,6 +655,13 @@ def connect(
     for var in ("__ea_key", "__ea_keykind", "__ea_metric"):
         raw.execute(f"SET VARIABLE {var} = {_map_literal({})}")
     load_macros(raw, _STORE_MACRO_FILES)
+    if native_file is not None and str(cfg["allow_unsigned_extensions"]).lower() == "true":
+        try:
+            raw.execute(f"LOAD '{native_file}'")
+        except duckdb.Error as exc:  # a build this DuckDB refuses: keep the Python macros
+            _native._STATUS.append(f"not loaded: {exc}")
+        else:
+            load_macros(raw, ("native.sql",))
     if store is not None:
         for name in store.table_names():
             con._register(name, None)

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Build the ea_vec extension into a temp dir, LOAD it and check it against numpy (plain script).
 
-    .venv/bin/python native/test_native.py [--n 30000] [--groups 55] [--repeat 5]
+    .venv/bin/python tests/native_checks.py [--n 30000] [--groups 55] [--repeat 5]
+
+tests/test_native_ext.py runs it (small n) as part of the suite.
 
 Exits 0 when every check passes; prints a timing line for
-``SELECT g, ea_vec_mean(v) FROM t GROUP BY g`` next to the numpy mask-per-group mean.
+``SELECT g, __ea_vec_mean(v) FROM t GROUP BY g`` next to the numpy mask-per-group mean.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "embed_assets", "native")
 sys.path.insert(0, HERE)
 import build as ea_build  # noqa: E402
 
@@ -120,7 +122,8 @@ def main() -> int:
     def t_array_groupby() -> None:
         assert con.execute("SELECT typeof(v) FROM t LIMIT 1").fetchone()[0] == f"FLOAT[{d}]"
         rows = con.execute(
-            "SELECT g, ea_vec_sum(v), ea_vec_mean(v), typeof(ea_vec_mean(v)) FROM t GROUP BY g ORDER BY g"
+            "SELECT g, __ea_vec_sum(v), __ea_vec_mean(v), typeof(__ea_vec_mean(v)) "
+            "FROM t GROUP BY g ORDER BY g"
         ).fetchall()
         assert len(rows) == G
         for k, s, m, ty in rows:
@@ -130,13 +133,13 @@ def main() -> int:
 
     def t_array_no_cast() -> None:
         plan = "\n".join(
-            r[1] for r in con.execute("EXPLAIN SELECT g, ea_vec_mean(v) FROM t GROUP BY g").fetchall()
+            r[1] for r in con.execute("EXPLAIN SELECT g, __ea_vec_mean(v) FROM t GROUP BY g").fetchall()
         )
         assert "CAST" not in plan.upper(), "FLOAT[N] input is cast before aggregation:\n" + plan
 
     def t_list_float() -> None:
         rows = con.execute(
-            "SELECT g, ea_vec_sum(v::FLOAT[]), ea_vec_mean(v::FLOAT[]) FROM t GROUP BY g"
+            "SELECT g, __ea_vec_sum(v::FLOAT[]), __ea_vec_mean(v::FLOAT[]) FROM t GROUP BY g"
         ).fetchall()
         for k, s, m in rows:
             close(s, want_sum[k], f"list sum g={k}")
@@ -144,7 +147,7 @@ def main() -> int:
 
     def t_list_double() -> None:
         rows = con.execute(
-            "SELECT g, ea_vec_sum(v::DOUBLE[]), ea_vec_mean(v::DOUBLE[]) FROM t GROUP BY g"
+            "SELECT g, __ea_vec_sum(v::DOUBLE[]), __ea_vec_mean(v::DOUBLE[]) FROM t GROUP BY g"
         ).fetchall()
         for k, s, m in rows:
             close(s, want_sum[k], f"double[] sum g={k}")
@@ -152,19 +155,19 @@ def main() -> int:
 
     def t_array_double() -> None:
         rows = con.execute(
-            f"SELECT g, ea_vec_sum(v::DOUBLE[{d}]), ea_vec_mean(v::DOUBLE[{d}]) FROM t GROUP BY g"
+            f"SELECT g, __ea_vec_sum(v::DOUBLE[{d}]), __ea_vec_mean(v::DOUBLE[{d}]) FROM t GROUP BY g"
         ).fetchall()
         for k, s, m in rows:
             close(s, want_sum[k], f"double[N] sum g={k}")
             close(m, want_mean[k], f"double[N] mean g={k}")
 
     def t_ungrouped() -> None:
-        s, m = con.execute("SELECT ea_vec_sum(v), ea_vec_mean(v) FROM t").fetchone()
+        s, m = con.execute("SELECT __ea_vec_sum(v), __ea_vec_mean(v) FROM t").fetchone()
         close(s, V64.sum(axis=0), "ungrouped sum")
         close(m, V64.mean(axis=0), "ungrouped mean")
 
     def t_sum_exact() -> None:  # 1e-9 relative vs numpy float64 (accumulation is in double)
-        rows = con.execute("SELECT g, ea_vec_sum(v) FROM t GROUP BY g").fetchall()
+        rows = con.execute("SELECT g, __ea_vec_sum(v) FROM t GROUP BY g").fetchall()
         for k, s in rows:
             np.testing.assert_allclose(np.asarray(s), want_sum[k], rtol=1e-9, atol=1e-9)
 
@@ -173,7 +176,7 @@ def main() -> int:
             c2 = connect(path)
             c2.execute(f"SET threads={threads}")
             c2.register("t_arrow", t)
-            rows = c2.execute("SELECT g, ea_vec_mean(v) FROM t_arrow GROUP BY g").fetchall()
+            rows = c2.execute("SELECT g, __ea_vec_mean(v) FROM t_arrow GROUP BY g").fetchall()
             for k, m in rows:
                 close(m, want_mean[k], f"threads={threads} mean g={k}")
             c2.close()
@@ -195,7 +198,7 @@ def main() -> int:
         c2.execute("SET memory_limit='300MB'")
         c2.register("h", fixed_size_table(W, gg))
         got = c2.execute(
-            "SELECT g, ea_vec_sum(v), ea_vec_mean(v), count(*) FROM h GROUP BY g ORDER BY g"
+            "SELECT g, __ea_vec_sum(v), __ea_vec_mean(v), count(*) FROM h GROUP BY g ORDER BY g"
         ).fetchall()
         assert len(got) == len(keys), (len(got), len(keys))
         gs_ = np.array([r[0] for r in got])
@@ -214,7 +217,7 @@ def main() -> int:
         con.unregister("tn_arrow")
         assert con.execute("SELECT count(*) FROM tn WHERE v IS NULL").fetchone()[0] == int((~keep).sum())
         rows = con.execute(
-            "SELECT g, ea_vec_sum(v), ea_vec_mean(v), ea_vec_mean(v::FLOAT[]) FROM tn GROUP BY g"
+            "SELECT g, __ea_vec_sum(v), __ea_vec_mean(v), __ea_vec_mean(v::FLOAT[]) FROM tn GROUP BY g"
         ).fetchall()
         for k, s, m, ml in rows:
             sel = keep & (gi == k)
@@ -227,7 +230,7 @@ def main() -> int:
                     (2, [1.0, 2.0, 3.0]), (2, [5.0, 6.0, 7.0])"""
         for cast in ("::FLOAT[]", "::DOUBLE[]", "::FLOAT[3]", "::DOUBLE[3]"):
             rows = con.execute(
-                f"SELECT g, ea_vec_sum(v), ea_vec_mean(v) FROM (SELECT g, v0{cast} AS v "
+                f"SELECT g, __ea_vec_sum(v), __ea_vec_mean(v) FROM (SELECT g, v0{cast} AS v "
                 f"FROM (VALUES {values}) x(g, v0)) GROUP BY g ORDER BY g"
             ).fetchall()
             assert rows[0] == (1, [4.0, None, None], [2.0, None, None]), (cast, rows[0])
@@ -239,7 +242,7 @@ def main() -> int:
                         CASE WHEN i = (SELECT min(i) FROM t WHERE g = 0)
                              THEN list_transform(v::FLOAT[], (x, j) -> CASE WHEN j = 8 THEN NULL ELSE x END)
                              ELSE v::FLOAT[] END AS v FROM t""")
-        rows = dict(con.execute("SELECT g, ea_vec_mean(v) FROM te GROUP BY g").fetchall())
+        rows = dict(con.execute("SELECT g, __ea_vec_mean(v) FROM te GROUP BY g").fetchall())
         m0 = rows[0]
         assert m0[7] is None and all(x is not None for j, x in enumerate(m0) if j != 7), "NULL position"
         want = want_mean[0].copy()
@@ -247,46 +250,46 @@ def main() -> int:
         close(np.delete(got, 7), np.delete(want, 7), "null-elem mean g=0 other positions")
         close(rows[1], want_mean[1], "null-elem mean g=1")
         # also as FLOAT[N] (ARRAY child validity)
-        rows = dict(con.execute(f"SELECT g, ea_vec_sum(v::FLOAT[{d}]) FROM te GROUP BY g").fetchall())
+        rows = dict(con.execute(f"SELECT g, __ea_vec_sum(v::FLOAT[{d}]) FROM te GROUP BY g").fetchall())
         assert rows[0][7] is None and rows[0][6] is not None
 
     def t_empty_and_all_null() -> None:
-        assert con.execute("SELECT ea_vec_mean(v), ea_vec_sum(v) FROM t WHERE false").fetchone() == (
+        assert con.execute("SELECT __ea_vec_mean(v), __ea_vec_sum(v) FROM t WHERE false").fetchone() == (
             None,
             None,
         )
-        assert con.execute("SELECT ea_vec_mean(NULL::FLOAT[])").fetchone() == (None,)
-        rows = con.execute("""SELECT g, ea_vec_mean(v), ea_vec_sum(v) FROM (VALUES
+        assert con.execute("SELECT __ea_vec_mean(NULL::FLOAT[])").fetchone() == (None,)
+        rows = con.execute("""SELECT g, __ea_vec_mean(v), __ea_vec_sum(v) FROM (VALUES
                                 (1, NULL::FLOAT[]), (1, NULL), (2, [1.0, 2.0]::FLOAT[])) x(g, v)
                               GROUP BY g ORDER BY g""").fetchall()
         assert rows == [(1, None, None), (2, [1.0, 2.0], [1.0, 2.0])], rows
         con.register("ta_arrow", fixed_size_table(V, gi, null_rows=(gi == 3)))
-        rows = con.execute("SELECT g, ea_vec_mean(v) FROM ta_arrow GROUP BY g ORDER BY g").fetchall()
+        rows = con.execute("SELECT g, __ea_vec_mean(v) FROM ta_arrow GROUP BY g ORDER BY g").fetchall()
         con.unregister("ta_arrow")
         assert rows[3][1] is None and rows[2][1] is not None and rows[4][1] is not None
         # zero-length vectors are vectors: mean of [] is []
         assert con.execute(
-            "SELECT ea_vec_mean(v) FROM (VALUES ([]::FLOAT[]), ([]::FLOAT[])) x(v)"
+            "SELECT __ea_vec_mean(v) FROM (VALUES ([]::FLOAT[]), ([]::FLOAT[])) x(v)"
         ).fetchone() == ([],)
 
     # ---- errors ----------------------------------------------------------------------------
     def t_dimension_mismatch() -> None:
         expect_error(
             con,
-            "SELECT ea_vec_mean(v) FROM (VALUES ([1.0, 2.0]::FLOAT[]), ([1.0, 2.0, 3.0])) x(v)",
+            "SELECT __ea_vec_mean(v) FROM (VALUES ([1.0, 2.0]::FLOAT[]), ([1.0, 2.0, 3.0])) x(v)",
             re.escape("vec_mean: dimension mismatch (2 vs 3)"),
         )
         expect_error(
             con,
-            "SELECT ea_vec_sum(v) FROM (VALUES ([1.0, 2.0, 3.0]::DOUBLE[]), ([1.0, 2.0])) x(v)",
+            "SELECT __ea_vec_sum(v) FROM (VALUES ([1.0, 2.0, 3.0]::DOUBLE[]), ([1.0, 2.0])) x(v)",
             re.escape("vec_sum: dimension mismatch (3 vs 2)"),
         )
         # NULL vectors do not take part in the check; other groups are independent
         assert con.execute(
-            "SELECT ea_vec_mean(v) FROM (VALUES (NULL::FLOAT[]), ([1.0, 2.0])) x(v)"
+            "SELECT __ea_vec_mean(v) FROM (VALUES (NULL::FLOAT[]), ([1.0, 2.0])) x(v)"
         ).fetchone() == ([1.0, 2.0],)
         rows = con.execute(
-            "SELECT g, ea_vec_mean(v) FROM (VALUES (1, [1.0]::FLOAT[]), (2, [1.0, 2.0])) x(g, v) "
+            "SELECT g, __ea_vec_mean(v) FROM (VALUES (1, [1.0]::FLOAT[]), (2, [1.0, 2.0])) x(g, v) "
             "GROUP BY g ORDER BY g"
         ).fetchall()
         assert rows == [(1, [1.0]), (2, [1.0, 2.0])], rows
@@ -297,36 +300,36 @@ def main() -> int:
         )
         expect_error(
             con,
-            "SELECT g, ea_vec_mean(v) FROM tm GROUP BY g",
+            "SELECT g, __ea_vec_mean(v) FROM tm GROUP BY g",
             rf"vec_mean: dimension mismatch \(({d} vs 2|2 vs {d})\)",
         )
         expect_error(
-            con, "SELECT ea_vec_sum(v) FROM tm", rf"vec_sum: dimension mismatch \(({d} vs 2|2 vs {d})\)"
+            con, "SELECT __ea_vec_sum(v) FROM tm", rf"vec_sum: dimension mismatch \(({d} vs 2|2 vs {d})\)"
         )
 
     # ---- other query shapes ------------------------------------------------------------------
     def t_windows() -> None:
-        nw, dw = 5000, 16  # > one 2048-row chunk
+        nw, dw = min(5000, n), 16  # > one 2048-row chunk
         w = V64[:nw, :dw]
         wg = gi[:nw] % 4
         c2 = connect(path)
         c2.register("w", fixed_size_table(V[:nw, :dw], wg))
         # OVER () and OVER (PARTITION BY g): DuckDB's constant aggregator (bug #21537 path)
-        r = c2.execute("SELECT i, ea_vec_mean(v) OVER () FROM w ORDER BY i").fetchall()
+        r = c2.execute("SELECT i, __ea_vec_mean(v) OVER () FROM w ORDER BY i").fetchall()
         for i, m in r[:5] + r[-5:]:
             close(m, w.mean(axis=0), f"OVER () row {i}")
-        r = c2.execute("SELECT i, g, ea_vec_sum(v) OVER (PARTITION BY g) FROM w ORDER BY i").fetchall()
+        r = c2.execute("SELECT i, g, __ea_vec_sum(v) OVER (PARTITION BY g) FROM w ORDER BY i").fetchall()
         for i, k, s in r:
             close(s, w[wg == k].sum(axis=0), f"PARTITION BY row {i}")
         # sliding / cumulative frames (segment tree)
         r = c2.execute(
-            "SELECT i, ea_vec_mean(v) OVER (ORDER BY i ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) "
+            "SELECT i, __ea_vec_mean(v) OVER (ORDER BY i ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) "
             "FROM w ORDER BY i"
         ).fetchall()
         for i, m in r:
             close(m, w[max(0, i - 2) : i + 1].mean(axis=0), f"sliding row {i}")
         r = c2.execute(
-            "SELECT i, ea_vec_sum(v) OVER (PARTITION BY g ORDER BY i) FROM w ORDER BY i"
+            "SELECT i, __ea_vec_sum(v) OVER (PARTITION BY g ORDER BY i) FROM w ORDER BY i"
         ).fetchall()
         cum: dict[int, np.ndarray] = {}
         for i, k in zip(range(nw), wg, strict=True):
@@ -339,19 +342,21 @@ def main() -> int:
         c2 = connect(path)
         c2.register("w", fixed_size_table(V[:5000, :8], gi[:5000] % 3))
         close(
-            c2.execute("SELECT ea_vec_sum(v ORDER BY i DESC) FROM w").fetchone()[0], w.sum(axis=0), "ORDER BY"
+            c2.execute("SELECT __ea_vec_sum(v ORDER BY i DESC) FROM w").fetchone()[0],
+            w.sum(axis=0),
+            "ORDER BY",
         )
-        rows = dict(c2.execute("SELECT g, ea_vec_mean(v ORDER BY i) FROM w GROUP BY g").fetchall())
+        rows = dict(c2.execute("SELECT g, __ea_vec_mean(v ORDER BY i) FROM w GROUP BY g").fetchall())
         for k in range(3):
             close(rows[k], w[gi[:5000] % 3 == k].mean(axis=0), f"ORDER BY group {k}")
         close(
-            c2.execute("SELECT ea_vec_mean(v) FILTER (WHERE i % 2 = 0) FROM w").fetchone()[0],
+            c2.execute("SELECT __ea_vec_mean(v) FILTER (WHERE i % 2 = 0) FROM w").fetchone()[0],
             w[::2].mean(axis=0),
             "FILTER",
         )
         close(
             c2.execute(
-                "SELECT ea_vec_sum(DISTINCT v) FROM (SELECT v FROM w UNION ALL SELECT v FROM w)"
+                "SELECT __ea_vec_sum(DISTINCT v) FROM (SELECT v FROM w UNION ALL SELECT v FROM w)"
             ).fetchone()[0],
             w.sum(axis=0),
             "DISTINCT",
@@ -360,14 +365,16 @@ def main() -> int:
 
     def t_list_aggregate() -> None:
         r = con.execute(
-            "SELECT list_aggregate([[1.0, 2.0], NULL, [3.0, 4.0]]::FLOAT[][], 'ea_vec_mean')"
+            "SELECT list_aggregate([[1.0, 2.0], NULL, [3.0, 4.0]]::FLOAT[][], '__ea_vec_mean')"
         ).fetchone()
         assert r == ([2.0, 3.0],), r
 
     def t_reload() -> None:
         c2 = connect(path)
         c2.execute(f"LOAD '{path}'")  # loading twice is a no-op
-        assert c2.execute("SELECT ea_vec_sum(v) FROM (VALUES ([1.0, 2.0])) x(v)").fetchone() == ([1.0, 2.0],)
+        assert c2.execute("SELECT __ea_vec_sum(v) FROM (VALUES ([1.0, 2.0])) x(v)").fetchone() == (
+            [1.0, 2.0],
+        )
         c2.close()
 
     for name, fn in [
@@ -387,13 +394,13 @@ def main() -> int:
         ("dimension mismatch error", t_dimension_mismatch),
         ("window frames", t_windows),
         ("ORDER BY / FILTER / DISTINCT", t_order_by_filter_distinct),
-        ("list_aggregate(..., 'ea_vec_mean')", t_list_aggregate),
+        ("list_aggregate(..., '__ea_vec_mean')", t_list_aggregate),
         ("LOAD twice / second connection", t_reload),
     ]:
         check(name, fn)
 
     # ---- timing ---------------------------------------------------------------------------------
-    q = "SELECT g, ea_vec_mean(v) FROM t GROUP BY g"
+    q = "SELECT g, __ea_vec_mean(v) FROM t GROUP BY g"
     res = con.execute(q).fetchall()
     assert len(res) == G
     t_sql = best_of(lambda: con.execute(q).fetchall(), args.repeat)

@@ -521,12 +521,12 @@ static int register_kind(duckdb_connection connection, const char *name, int kin
 
 DUCKDB_EXTENSION_ENTRYPOINT(duckdb_connection connection, duckdb_extension_info info,
                             struct duckdb_extension_access *access) {
-	if (!register_kind(connection, "ea_vec_sum", KIND_SUM)) {
-		access->set_error(info, "ea_vec: failed to register ea_vec_sum");
+	if (!register_kind(connection, "__ea_vec_sum", KIND_SUM)) {
+		access->set_error(info, "ea_vec: failed to register __ea_vec_sum");
 		return false;
 	}
-	if (!register_kind(connection, "ea_vec_mean", KIND_MEAN)) {
-		access->set_error(info, "ea_vec: failed to register ea_vec_mean");
+	if (!register_kind(connection, "__ea_vec_mean", KIND_MEAN)) {
+		access->set_error(info, "ea_vec: failed to register __ea_vec_mean");
 		return false;
 	}
 	return true;
