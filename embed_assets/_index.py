@@ -388,6 +388,9 @@ def _tune_lance(ds: lance.LanceDataset, truth: _Truth, metric: str, recall: floa
 # fractions of the dimension, shortlist sizes as multiples of k. 0 = full precision.
 _RANK_DIVISORS = (6, 4, 3)
 _SHORTLIST_LADDER = (20, 50, 200)
+# A probe setting this fast (median single query, inside the tuner) is not worth beating:
+# the rest of a search (opening the version, fetching the k rows) costs more.
+_GOOD_ENOUGH_MS = 0.5
 
 
 def _tune_probe(cents: np.ndarray, truth: _Truth, metric: str, recall: float,
@@ -402,15 +405,20 @@ def _tune_probe(cents: np.ndarray, truth: _Truth, metric: str, recall: float,
     k = truth.k
     d = truth.mat.shape[1]
     ranks = sorted({max(16, d // r) for r in _RANK_DIVISORS})
-    built = IvfProbe.build(truth.mat, cents, metric, rank=ranks[-1])
+    built = IvfProbe.build(truth.mat, cents, metric, rank=0)
     options: list[tuple[int, int]] = [(0, 0)]
-    if built.low is not None:
-        options += [(r, c * k) for r in ranks for c in _SHORTLIST_LADDER]
+    options += [(r, c * k) for r in ranks for c in _SHORTLIST_LADDER]
     best: tuple[float, int, float, Any] | None = None
     top = 0.0
     # From a quarter of the partitions on, the probe scans every row (see _ivf).
     ladder = [p for p in _ladder(len(cents)) if 4 * p < len(cents)] + [len(cents)]
     for rank, cand in options:
+        if rank and best is not None and best[0] <= _GOOD_ENOUGH_MS:
+            break  # full precision on a few partitions already: a projection saves nothing
+        if rank and built.low is None:
+            built.project(ranks[-1])  # once, and only when full precision was not enough
+            if built.low is None:
+                break
         probe = built.with_settings(rank, cand)
 
         def rec(npb: int, probe: IvfProbe = probe) -> tuple[bool, float]:

@@ -128,13 +128,18 @@ class IvfProbe:
         probe = cls(cents, order, bounds, block, sq, metric, candidates=candidates)
         d = block.shape[1]
         rank = default_rank(d) if rank is None else rank
-        if rank and d >= 64 and len(block) >= 4 * d:
-            probe._project(min(rank, d))
+        if rank:
+            probe.project(rank)
         return probe
 
-    def _project(self, rank: int) -> None:
+    def project(self, rank: int) -> None:
+        """Add the pre-scan projection (skipped for small or low-dimensional data, where
+        it saves nothing)."""
+        n, d = self.block.shape
+        if d < 64 or n < 4 * d:
+            return
+        rank = min(rank, d)
         rng = np.random.default_rng(0)
-        n = len(self.block)
         sample = self.block[rng.choice(n, size=min(n, 20_000), replace=False)]
         center = sample.mean(0)
         _, _, vt = np.linalg.svd(sample - center, full_matrices=False)
