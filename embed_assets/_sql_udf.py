@@ -162,6 +162,25 @@ def _prepare(x: np.ndarray, metric: str, w: np.ndarray | None) -> tuple[np.ndarr
     return x, sq
 
 
+def smallest_k(score: np.ndarray, k: int) -> np.ndarray:
+    """Column indexes of the k smallest scores of every row, unordered.
+
+    ``np.argpartition`` is the numpy baseline's selection and costs more than the GEMM
+    here (1,000 x 30,000 scores: ~500 ms against ~140 ms); ``torch.topk`` selects the same
+    set ~10x faster. torch is already installed (sentence-transformers), but importing it
+    costs a second or two, so small blocks stay on numpy.
+    """
+    if score.size < (1 << 20):
+        return np.argpartition(score, k - 1, axis=1)[:, :k]
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return np.argpartition(score, k - 1, axis=1)[:, :k]
+    got = torch.topk(torch.from_numpy(np.ascontiguousarray(score)), k, dim=1, largest=False,
+                     sorted=False)
+    return got.indices.numpy()
+
+
 def topk(left: np.ndarray, right: np.ndarray, k: int, metric: str,
          inv_cov: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact k nearest right rows of every left row: (left index, right index, distance).
@@ -208,10 +227,8 @@ def topk(left: np.ndarray, right: np.ndarray, k: int, metric: str,
             score = np.negative(g, out=g)
         if r_bad is not None:
             score[:, r_bad] = np.inf
-        if k < nr:
-            idx = np.argpartition(score, k - 1, axis=1)[:, :k]
-        else:
-            idx = np.broadcast_to(np.arange(nr), (score.shape[0], nr)).copy()
+        idx = smallest_k(score, k) if k < nr else \
+            np.broadcast_to(np.arange(nr), (score.shape[0], nr)).copy()
         part = np.take_along_axis(score, idx, axis=1)
         if euclid:
             # |q|^2 + |r|^2 - 2 q.r cancels badly near 0 in float32 (a self-distance came
