@@ -434,9 +434,23 @@ class SQLConnection:
             li, ri, dist = udf.topk(left, right, kk, udf._scalar(metric), udf._scalar(inv))
             return _repeat(udf.hits_array(li, ri, dist, min(kk, right.shape[0])), len(lv))
 
+        def topk_packed(lv: pa.Array, rv: pa.Array, k: pa.Array, metric: pa.Array, inv: pa.Array,
+                        approx: pa.Array) -> pa.Array:
+            left, right = udf.packed_matrix(lv), udf.packed_matrix(rv)
+            kk = int(udf._scalar(k))
+            li, ri, dist = udf.topk(left, right, kk, udf._scalar(metric), udf._scalar(inv))
+            return _repeat(udf.hits_array(li, ri, dist, min(kk, right.shape[0])), len(lv))
+
+        def topk_store_packed(lv: pa.Array, view: pa.Array, keys: pa.Array, k: pa.Array,
+                              metric: pa.Array, inv: pa.Array, approx: pa.Array) -> pa.Array:
+            return store_hits(udf.packed_matrix(lv), lv, view, keys, k, metric, inv, approx)
+
         def topk_store(lv: pa.Array, view: pa.Array, keys: pa.Array, k: pa.Array, metric: pa.Array,
                        inv: pa.Array, approx: pa.Array) -> pa.Array:
-            left = _first_matrix(lv)
+            return store_hits(_first_matrix(lv), lv, view, keys, k, metric, inv, approx)
+
+        def store_hits(left: np.ndarray, lv: pa.Array, view: pa.Array, keys: pa.Array, k: pa.Array,
+                       metric: pa.Array, inv: pa.Array, approx: pa.Array) -> pa.Array:
             cell = _combine(keys)[0]
             sql_keys = cell.values if cell.is_valid else pa.array([], pa.string())
             res = self._topk_store(left, udf._scalar(view), sql_keys, int(udf._scalar(k)),
@@ -474,6 +488,12 @@ class SQLConnection:
                             type="arrow", null_handling="special")
         con.create_function("_ea_topk_store", topk_store,
                             [lfl, "VARCHAR", "VARCHAR[]", "BIGINT", "VARCHAR", dd, "BOOLEAN"], hit,
+                            type="arrow", null_handling="special", side_effects=False)
+        con.create_function("_ea_topk_packed", topk_packed,
+                            ["BLOB", "BLOB", "BIGINT", "VARCHAR", dd, "BOOLEAN"], hit,
+                            type="arrow", null_handling="special")
+        con.create_function("_ea_topk_store_packed", topk_store_packed,
+                            ["BLOB", "VARCHAR", "VARCHAR[]", "BIGINT", "VARCHAR", dd, "BOOLEAN"], hit,
                             type="arrow", null_handling="special", side_effects=False)
         con.create_function("_ea_distance", udf.pair_distance, ["DOUBLE[]", "DOUBLE[]", "VARCHAR", dd],
                             "DOUBLE", type="arrow", null_handling="special")

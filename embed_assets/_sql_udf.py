@@ -297,3 +297,17 @@ def pair_distance(vs: pa.Array, qs: pa.Array, metrics: pa.Array, invs: pa.Array)
             raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
         out[idx] = d
     return pa.array(out, pa.float64(), mask=~np.isfinite(out))
+
+
+def packed_matrix(blobs: pa.Array, what: str = "similarity_join") -> np.ndarray:
+    """The float32 matrix in the first cell of a BLOB column from ``__ea_vec_pack`` (ea_vec
+    extension): an 8-byte header (uint32 dimension, uint32 0), then the rows, row-major.
+    A NULL cell (no vectors) is an empty matrix. Zero-copy."""
+    blobs = _combine(blobs)
+    if not len(blobs) or not blobs[0].is_valid:
+        return np.zeros((0, 0), np.float32)
+    buf = blobs[0].as_buffer()
+    dim = int(np.frombuffer(buf, dtype="<u4", count=1)[0])
+    if dim == 0 or (len(buf) - 8) % (4 * dim):
+        raise ValueError(f"{what}: malformed packed vectors ({len(buf)} bytes, dimension {dim})")
+    return np.frombuffer(buf, dtype="<f4", offset=8).reshape(-1, dim)

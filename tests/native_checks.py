@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -377,6 +378,271 @@ def main() -> int:
         )
         c2.close()
 
+    # ---- __ea_vec_pack ------------------------------------------------------------------------
+    def unpack(blob: Any, dim: int) -> np.ndarray:
+        """BLOB -> (count, dim) float32 matrix; checks the 8-byte header and the length."""
+        assert blob is not None, "got NULL"
+        blob = bytes(blob)
+        hdim, reserved = struct.unpack_from("<II", blob, 0)
+        assert (hdim, reserved) == (dim, 0), f"header {(hdim, reserved)} != {(dim, 0)}"
+        assert (len(blob) - 8) % (4 * max(dim, 1)) == 0, f"length {len(blob)} not 8 + 4*dim*count"
+        return np.frombuffer(blob, dtype="<f4", offset=8).reshape(-1, dim)
+
+    def same_rows(M: np.ndarray, want: np.ndarray, what: str) -> None:
+        assert M.shape == want.shape, f"{what}: shape {M.shape} != {want.shape}"
+        bad = np.flatnonzero((want != M).any(axis=1)) if M.size else np.array([], dtype=np.int64)
+        assert bad.size == 0, (
+            f"{what}: {bad.size} packed rows differ from the rows of list(id), first at {bad[:5]}"
+        )
+
+    # shuffled ids, so that "row k of the blob is vector list(id)[k]" cannot hold by accident
+    PN, PD = 30_000, 384
+    PV = np.random.default_rng(1).standard_normal((PN, PD)).astype(np.float32)
+    QN, QD = 400_000, 16
+    QV = np.random.default_rng(2).standard_normal((QN, QD)).astype(np.float32)
+
+    def id_table(M: np.ndarray, seed: int, g: np.ndarray | None = None) -> pa.Table:
+        perm = np.random.default_rng(seed).permutation(len(M))
+        cols: dict[str, Any] = {"id": pa.array(perm.astype(np.int64))}
+        if g is not None:
+            cols["g"] = pa.array(g[perm].astype(np.int64))
+        cols["v"] = pa.FixedSizeListArray.from_arrays(pa.array(M[perm].reshape(-1)), M.shape[1])
+        return pa.table(cols)
+
+    con.register("p_arrow", id_table(PV, 11))
+    con.execute("CREATE TABLE tp AS SELECT * FROM p_arrow")  # 30k x FLOAT[384]
+    con.unregister("p_arrow")
+
+    def pack_connect(threads: int) -> duckdb.DuckDBPyConnection:
+        c2 = connect(path)
+        c2.execute(f"SET threads={threads}")
+        return c2
+
+    def t_pack_alignment_384() -> None:
+        assert con.execute("SELECT typeof(v) FROM tp LIMIT 1").fetchone()[0] == f"FLOAT[{PD}]"
+        for threads in (1, 2, 8):
+            c2 = pack_connect(threads)
+            pt = id_table(PV, 11)
+            c2.execute("CREATE TABLE tp AS SELECT * FROM pt")
+            # 30k rows are one row group (one scanning thread); an Arrow table of 2048-row
+            # batches is scanned by all threads, so their states meet in combine
+            c2.register("p_arrow", pa.Table.from_batches(pt.to_batches(max_chunksize=2048)))
+            ids, blob, ty = c2.execute(
+                "SELECT list(id), __ea_vec_pack(v), typeof(__ea_vec_pack(v)) FROM tp"
+            ).fetchone()
+            assert ty == "BLOB", ty
+            assert len(blob) == 8 + 4 * PD * PN, len(blob)
+            ids = np.asarray(ids)
+            assert np.array_equal(np.sort(ids), np.arange(PN)), f"threads={threads}: ids not a permutation"
+            same_rows(unpack(blob, PD), PV[ids], f"threads={threads}")
+            # also with the filter callers use, and straight off an Arrow scan
+            ids, blob = c2.execute("SELECT list(id), __ea_vec_pack(v) FROM tp WHERE v IS NOT NULL").fetchone()
+            same_rows(unpack(blob, PD), PV[np.asarray(ids)], f"threads={threads} WHERE v IS NOT NULL")
+            ids, blob = c2.execute("SELECT list(id), __ea_vec_pack(v) FROM p_arrow").fetchone()
+            same_rows(unpack(blob, PD), PV[np.asarray(ids)], f"threads={threads} arrow scan")
+            assert len(ids) == PN
+            c2.close()
+
+    def t_pack_alignment_400k() -> None:
+        # 400k rows = several row groups: parallel scans, one combine per thread
+        for threads in (1, 2, 8):
+            c2 = pack_connect(threads)
+            c2.register("q_arrow", id_table(QV, 12))
+            c2.execute("CREATE TABLE tq AS SELECT * FROM q_arrow")
+            c2.unregister("q_arrow")
+            ids, blob = c2.execute("SELECT list(id), __ea_vec_pack(v) FROM tq").fetchone()
+            ids = np.asarray(ids)
+            assert np.array_equal(np.sort(ids), np.arange(QN)), f"threads={threads}: ids not a permutation"
+            same_rows(unpack(blob, QD), QV[ids], f"400k threads={threads}")
+            # list(v) of the same SELECT as a second witness of the order
+            lv, blob = c2.execute("SELECT list(v), __ea_vec_pack(v) FROM tq WHERE id % 7 = 0").fetchone()
+            same_rows(
+                unpack(blob, QD), np.asarray(lv, dtype=np.float32), f"400k threads={threads} vs list(v)"
+            )
+            c2.close()
+
+    def t_pack_no_cast() -> None:
+        plan = "\n".join(r[1] for r in con.execute("EXPLAIN SELECT __ea_vec_pack(v) FROM tp").fetchall())
+        assert "CAST" not in plan.upper(), "FLOAT[N] input is cast before packing:\n" + plan
+
+    def t_pack_types() -> None:
+        m, dd = 5000, 24
+        W64 = np.random.default_rng(3).standard_normal((m, dd)) * 1e3  # not float32-exact
+        W32 = W64.astype(np.float32)
+        c2 = pack_connect(2)
+        c2.register(
+            "w64",
+            pa.table(
+                {
+                    "id": pa.array(np.arange(m, dtype=np.int64)),
+                    "v": pa.FixedSizeListArray.from_arrays(pa.array(W64.reshape(-1)), dd),
+                }
+            ),
+        )
+        c2.register("w32", fixed_size_table(W32).rename_columns(["id", "v"]))
+        for src, cast, want in [
+            ("w32", "::FLOAT[]", W32),
+            ("w64", "::DOUBLE[]", W32),
+            ("w64", "", W32),  # DOUBLE[N]
+            ("w64", f"::DOUBLE[{dd}]", W32),
+            ("w32", f"::DOUBLE[{dd}]", W32),
+            ("w32", "::DOUBLE[]", W32),
+        ]:
+            ids, blob = c2.execute(f"SELECT list(id), __ea_vec_pack(v{cast}) FROM {src}").fetchone()
+            same_rows(unpack(blob, dd), want[np.asarray(ids)], f"{src}{cast}")
+        assert c2.execute("SELECT typeof(v) FROM w64 LIMIT 1").fetchone()[0] == f"DOUBLE[{dd}]"
+        # small literal cases, every overload
+        for cast in ("::FLOAT[]", "::DOUBLE[]", "::FLOAT[2]", "::DOUBLE[2]"):
+            blob = c2.execute(
+                f"SELECT __ea_vec_pack(v{cast}) FROM (VALUES ([1.5, -2.0]), ([0.1, 3.0])) x(v)"
+            ).fetchone()[0]
+            assert bytes(blob) == struct.pack("<II4f", 2, 0, 1.5, -2.0, 0.1, 3.0), (cast, bytes(blob))
+        # zero-length vectors: header only
+        assert bytes(
+            c2.execute("SELECT __ea_vec_pack(v) FROM (VALUES ([]::FLOAT[])) x(v)").fetchone()[0]
+        ) == (struct.pack("<II", 0, 0))
+        c2.close()
+
+    def t_pack_nulls() -> None:
+        m, dd = 9000, 12
+        W = np.random.default_rng(4).standard_normal((m, dd)).astype(np.float32)
+        null_rows = (np.arange(m) % 7 == 2) | (np.arange(m) < 3)  # includes the very first rows
+        c2 = pack_connect(2)
+        c2.register("wn", fixed_size_table(W, null_rows=null_rows).rename_columns(["id", "v"]))
+        for cast in ("", "::FLOAT[]", "::DOUBLE[]", f"::DOUBLE[{dd}]"):
+            ids, blob = c2.execute(f"SELECT list(id), __ea_vec_pack(v{cast}) FROM wn").fetchone()
+            ids = np.asarray(ids)
+            assert len(ids) == m  # list() keeps the NULL rows' ids ...
+            kept = ids[~null_rows[ids]]  # ... pack skips their vectors
+            same_rows(unpack(blob, dd), W[kept], f"NULL vectors skipped{cast}")
+            ids, blob = c2.execute(
+                f"SELECT list(id), __ea_vec_pack(v{cast}) FROM wn WHERE v IS NOT NULL"
+            ).fetchone()
+            same_rows(unpack(blob, dd), W[np.asarray(ids)], f"WHERE v IS NOT NULL{cast}")
+        # all-NULL / empty -> NULL
+        assert c2.execute("SELECT __ea_vec_pack(v) FROM wn WHERE false").fetchone() == (None,)
+        assert c2.execute("SELECT __ea_vec_pack(v) FROM wn WHERE v IS NULL").fetchone() == (None,)
+        assert c2.execute("SELECT __ea_vec_pack(NULL::FLOAT[])").fetchone() == (None,)
+        assert c2.execute(
+            "SELECT __ea_vec_pack(v) FROM (VALUES (NULL::DOUBLE[3]), (NULL)) x(v)"
+        ).fetchone() == (None,)
+        rows = c2.execute("""SELECT g, __ea_vec_pack(v) FROM (VALUES
+                               (1, NULL::FLOAT[]), (1, NULL), (2, [1.0, 2.0]::FLOAT[]), (2, NULL)) x(g, v)
+                             GROUP BY g ORDER BY g""").fetchall()
+        assert rows[0] == (1, None), rows
+        assert bytes(rows[1][1]) == struct.pack("<II2f", 2, 0, 1.0, 2.0), rows
+        c2.close()
+
+    def t_pack_errors() -> None:
+        null_msg = re.escape("similarity_join: vectors contain NULL elements")
+        for cast in ("::FLOAT[]", "::DOUBLE[]", "::FLOAT[3]", "::DOUBLE[3]"):
+            expect_error(
+                con,
+                f"SELECT __ea_vec_pack(v{cast}) FROM (VALUES ([1.0, 2.0, 3.0]), ([1.0, NULL, 3.0])) x(v)",
+                null_msg,
+            )
+        # a NULL element (the last one) in one row deep inside the big table, as FLOAT[N] and FLOAT[]
+        con.execute(f"""CREATE OR REPLACE TABLE tpn AS SELECT id, (CASE WHEN id = {PN - 1}
+                          THEN list_transform(v::FLOAT[], (x, j) -> CASE WHEN j = {PD} THEN NULL ELSE x END)
+                          ELSE v::FLOAT[] END)::FLOAT[{PD}] AS v FROM tp""")
+        assert con.execute(f"SELECT count(*) FROM tpn WHERE list_count(v::FLOAT[]) < {PD}").fetchone() == (1,)
+        expect_error(con, "SELECT __ea_vec_pack(v) FROM tpn", null_msg)
+        expect_error(con, "SELECT __ea_vec_pack(v::FLOAT[]) FROM tpn", null_msg)
+        expect_error(con, "SELECT __ea_vec_pack(v::DOUBLE[]) FROM tpn WHERE v IS NOT NULL", null_msg)
+        expect_error(
+            con,
+            "SELECT __ea_vec_pack(v) FROM (VALUES ([1.0, 2.0]::FLOAT[]), (NULL), ([1.0, 2.0, 3.0])) x(v)",
+            re.escape("similarity_join: dimension mismatch (2 vs 3)"),
+        )
+        expect_error(
+            con,
+            "SELECT __ea_vec_pack(v) FROM (VALUES ([1.0, 2.0, 3.0]::DOUBLE[]), ([1.0, 2.0])) x(v)",
+            re.escape("similarity_join: dimension mismatch (3 vs 2)"),
+        )
+        # mismatch met in combine (rows of two lengths spread over chunks and threads)
+        con.execute(
+            "CREATE OR REPLACE TABLE tpm AS SELECT id, v::FLOAT[] AS v FROM tp UNION ALL "
+            "SELECT -1, [1.0, 2.0]::FLOAT[]"
+        )
+        expect_error(
+            con,
+            "SELECT __ea_vec_pack(v) FROM tpm",
+            rf"similarity_join: dimension mismatch \(({PD} vs 2|2 vs {PD})\)",
+        )
+        # other groups are independent
+        rows = con.execute(
+            "SELECT g, __ea_vec_pack(v) FROM (VALUES (1, [1.0]::FLOAT[]), (2, [1.0, 2.0])) x(g, v) "
+            "GROUP BY g ORDER BY g"
+        ).fetchall()
+        assert [bytes(b)[:4] for _, b in rows] == [struct.pack("<I", 1), struct.pack("<I", 2)], rows
+
+    def t_pack_group_by() -> None:
+        # the 30k x 384 table by n groups, then 400k x 16 with 50k groups under a small memory
+        # limit (partitioned aggregation: states combined across threads and moved)
+        for threads in (1, 2):
+            c2 = pack_connect(threads)
+            gp = np.random.default_rng(5).integers(0, G, PN)
+            c2.register("p_arrow", id_table(PV, 13, gp))
+            rows = c2.execute("SELECT g, list(id), __ea_vec_pack(v) FROM p_arrow GROUP BY g").fetchall()
+            assert sorted(r[0] for r in rows) == sorted(set(gp.tolist())), "groups"
+            for k, ids, blob in rows:
+                ids = np.asarray(ids)
+                assert np.array_equal(np.sort(ids), np.flatnonzero(gp == k)), f"group {k} ids"
+                same_rows(unpack(blob, PD), PV[ids], f"threads={threads} group {k}")
+            c2.close()
+        groups = 50_000
+        gq = np.random.default_rng(6).integers(0, groups, QN)
+        c2 = pack_connect(8)
+        c2.execute("SET memory_limit='300MB'")
+        c2.register("q_arrow", id_table(QV, 14, gq))
+        rows = c2.execute("SELECT g, list(id), __ea_vec_pack(v) FROM q_arrow GROUP BY g").fetchall()
+        assert len(rows) == len(np.unique(gq)), (len(rows), len(np.unique(gq)))
+        seen = 0
+        for k, ids, blob in rows:
+            ids = np.asarray(ids)
+            assert (gq[ids] == k).all(), f"group {k} ids"
+            same_rows(unpack(blob, QD), QV[ids], f"50k groups: group {k}")
+            seen += len(ids)
+        assert seen == QN, seen
+        c2.close()
+
+    def t_pack_other_shapes() -> None:
+        # not needed by the callers; must not crash and, where DuckDB feeds rows in a defined
+        # order, must follow it
+        m, dd = 5000, 8
+        W = np.random.default_rng(7).standard_normal((m, dd)).astype(np.float32)
+        c2 = pack_connect(2)
+        c2.register("w", fixed_size_table(W).rename_columns(["id", "v"]))
+        same_rows(
+            unpack(c2.execute("SELECT __ea_vec_pack(v ORDER BY id DESC) FROM w").fetchone()[0], dd),
+            W[::-1],
+            "ORDER BY id DESC",
+        )
+        same_rows(
+            unpack(c2.execute("SELECT __ea_vec_pack(v ORDER BY id) FROM w").fetchone()[0], dd),
+            W,
+            "ORDER BY id",
+        )
+        ids, blob = c2.execute(
+            "SELECT list(id) FILTER (WHERE id % 3 = 0), __ea_vec_pack(v) FILTER (WHERE id % 3 = 0) FROM w"
+        ).fetchone()
+        same_rows(unpack(blob, dd), W[np.asarray(ids)], "FILTER")
+        r = c2.execute("SELECT id, __ea_vec_pack(v) OVER () FROM w ORDER BY id LIMIT 3").fetchall()
+        for _, blob in r:
+            assert sorted(map(tuple, unpack(blob, dd).tolist())) == sorted(map(tuple, W.tolist())), "OVER ()"
+        r = c2.execute(
+            "SELECT id, __ea_vec_pack(v) OVER (ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) "
+            "FROM w ORDER BY id"
+        ).fetchall()
+        for i, blob in r:
+            M = unpack(blob, dd)
+            assert sorted(map(tuple, M.tolist())) == sorted(map(tuple, W[max(0, i - 2) : i + 1].tolist())), i
+        r = c2.execute(
+            "SELECT list_aggregate([[1.0, 2.0], NULL, [3.0, 4.0]]::FLOAT[][], '__ea_vec_pack')"
+        ).fetchone()
+        assert bytes(r[0]) == struct.pack("<II4f", 2, 0, 1.0, 2.0, 3.0, 4.0), r
+        c2.close()
+
     for name, fn in [
         ("FLOAT[N] GROUP BY sum/mean", t_array_groupby),
         ("FLOAT[N] binds without a cast", t_array_no_cast),
@@ -396,6 +662,14 @@ def main() -> int:
         ("ORDER BY / FILTER / DISTINCT", t_order_by_filter_distinct),
         ("list_aggregate(..., '__ea_vec_mean')", t_list_aggregate),
         ("LOAD twice / second connection", t_reload),
+        ("pack: 30k x FLOAT[384], rows aligned with list(id), threads 1/2/8", t_pack_alignment_384),
+        ("pack: 400k x FLOAT[16], rows aligned with list(id), threads 1/2/8", t_pack_alignment_400k),
+        ("pack: FLOAT[N] binds without a cast", t_pack_no_cast),
+        ("pack: FLOAT[] / DOUBLE[] / DOUBLE[N] -> float32", t_pack_types),
+        ("pack: NULL vectors skipped, all-NULL -> NULL", t_pack_nulls),
+        ("pack: NULL element / dimension mismatch errors", t_pack_errors),
+        ("pack: GROUP BY (n groups; 50k groups, 8 threads, 300MB)", t_pack_group_by),
+        ("pack: ORDER BY / FILTER / windows / list_aggregate", t_pack_other_shapes),
     ]:
         check(name, fn)
 
@@ -414,6 +688,18 @@ def main() -> int:
     print(f"  ea_vec_mean GROUP BY (fetchall)    : {t_sql * 1e3:8.2f} ms")
     print(f"  ea_vec_mean GROUP BY (arrow)       : {t_sql_arrow * 1e3:8.2f} ms")
     print(f"  numpy mask-per-group mean          : {t_np * 1e3:8.2f} ms")
+
+    # __ea_vec_pack vs list(vector), 30k x FLOAT[384], result fetched to Arrow
+    rp = max(args.repeat, 5)
+    q_pack, q_list = "SELECT __ea_vec_pack(v) FROM tp", "SELECT list(v) FROM tp"
+    assert con.execute(q_pack).to_arrow_table().num_rows == 1
+    t_pack = best_of(lambda: con.execute(q_pack).to_arrow_table(), rp)
+    t_pack_in = best_of(lambda: con.execute("SELECT octet_length(__ea_vec_pack(v)) FROM tp").fetchall(), rp)
+    t_list = best_of(lambda: con.execute(q_list).to_arrow_table(), rp)
+    print(f"\ntiming, {PN:,} x FLOAT[{PD}] ({PN * PD * 4 / 1e6:.0f} MB), best of {rp}, threads={threads}:")
+    print(f"  __ea_vec_pack(v) -> arrow           : {t_pack * 1e3:8.2f} ms")
+    print(f"  octet_length(__ea_vec_pack(v))      : {t_pack_in * 1e3:8.2f} ms   (in DuckDB, no transfer)")
+    print(f"  list(v) -> arrow                    : {t_list * 1e3:8.2f} ms")
 
     con.close()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -32,9 +32,10 @@ def test_connect_loads_it() -> None:
     assert _native.extension_file() is not None, _native.status()
     con = connect(extensions=())
     fns = {r[0] for r in con.execute(
-        "SELECT function_name FROM duckdb_functions() WHERE function_name LIKE '__ea_vec_%'"
+        "SELECT function_name FROM duckdb_functions() WHERE function_type = 'aggregate' "
+        "AND starts_with(function_name, '__ea_vec_')"
     ).fetchall()}
-    assert fns == {"__ea_vec_mean", "__ea_vec_sum"}
+    assert fns == {"__ea_vec_mean", "__ea_vec_sum", "__ea_vec_pack"}
 
 
 QUERIES = [

@@ -92,32 +92,50 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
               LIMIT k))
     ORDER BY rank;
 
+-- How similarity_join collects a side's vectors and which UDF ranks them: native.sql
+-- swaps these for the ea_vec extension's packed float32 BLOB (no per-row list copy).
+CREATE OR REPLACE MACRO __ea_vectors(v) AS list(CAST(v AS FLOAT[]));
+CREATE OR REPLACE MACRO __ea_topk_call(l, r, k, metric, inv_cov, approximate) AS
+    _ea_topk(l, r, k, metric, inv_cov, approximate);
+CREATE OR REPLACE MACRO __ea_topk_store_call(l, view, keys, k, metric, inv_cov, approximate) AS
+    _ea_topk_store(l, view, keys, k, metric, inv_cov, approximate);
+CREATE OR REPLACE MACRO __ea_store_right(t, vector) AS __ea_kind(t) <> 'x' AND vector = 'vector';
+
 CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
                                         left_key := NULL, right_key := NULL, metric := NULL,
                                         inv_cov := NULL, approximate := false) AS TABLE
     WITH __l AS (
-        SELECT list(__k) AS __k, list(CAST(__v AS FLOAT[])) AS __v
+        SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
         FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
               FROM query_table(left_table))
         WHERE __v IS NOT NULL),
+    -- A store view on the right: its keys (the vectors come from Lance, cached per version).
     __rk AS (
         SELECT list(__k) AS __k, list(CAST(__k AS VARCHAR)) AS __ks
         FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
               FROM query_table(right_table))
-        WHERE __v IS NOT NULL),
-    -- Only for tables that are not store views (pruned otherwise): the vectors via SQL.
+        WHERE __v IS NOT NULL AND __ea_store_right(right_table, vector)),
+    -- Anything else: keys and vectors from one aggregation, so they stay aligned.
     __rv AS (
-        SELECT list(CAST(__v AS FLOAT[])) AS __v
-        FROM (SELECT COLUMNS(c -> c = vector) AS __v FROM query_table(right_table))
-        WHERE __v IS NOT NULL AND NOT (__ea_kind(right_table) <> 'x' AND vector = 'vector')),
+        SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
+        FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
+              FROM query_table(right_table))
+        WHERE __v IS NOT NULL AND NOT __ea_store_right(right_table, vector)),
     __h AS (
-        SELECT unnest(CASE WHEN __ea_kind(right_table) <> 'x' AND vector = 'vector'
-                           THEN _ea_topk_store(__l.__v, right_table, __rk.__ks, k,
-                                               __ea_metric_of(right_table, metric), inv_cov, approximate)
-                           ELSE _ea_topk(__l.__v, __rv.__v, k, __ea_metric_of(right_table, metric),
-                                         inv_cov, approximate) END) AS __hit
-        FROM __l, __rk, __rv)
-    SELECT __l.__k[__hit.l] AS left_key, __rk.__k[__hit.r] AS right_key,
-           __hit.distance AS distance, __hit.rank AS rank
-    FROM __h, __l, __rk
+        SELECT unnest(CASE WHEN __ea_store_right(right_table, vector)
+                           THEN __ea_topk_store_call(__l.__v, right_table, __rk.__ks, k,
+                                                     __ea_metric_of(right_table, metric), inv_cov,
+                                                     approximate)
+                           ELSE __ea_topk_call(__l.__v, __rv.__v, k, __ea_metric_of(right_table, metric),
+                                               inv_cov, approximate) END, recursive := true)
+        FROM __l, __rk, __rv),
+    -- Hits carry list positions; keys are joined back by position (indexing the key list
+    -- once per hit copied it into every row of a cross product: ~160 ms for 10k hits).
+    __lk AS (SELECT unnest(__k) AS key, generate_subscripts(__k, 1) AS pos FROM __l),
+    __rkk AS (
+        SELECT unnest(__k) AS key, generate_subscripts(__k, 1) AS pos
+        FROM (SELECT CASE WHEN __ea_store_right(right_table, vector) THEN __rk.__k ELSE __rv.__k END AS __k
+              FROM __rk, __rv))
+    SELECT __lk.key AS left_key, __rkk.key AS right_key, __h.distance AS distance, __h.rank AS rank
+    FROM __h JOIN __lk ON __lk.pos = __h.l JOIN __rkk ON __rkk.pos = __h.r
     ORDER BY 1, 4;
