@@ -166,6 +166,19 @@ def bench(label: str, mat: np.ndarray, queries: np.ndarray, *, peers: bool = Tru
     lines.append(_row("embed_assets exact (`use_index=False`)", _recall(found, truth[:100]), p50,
                       p99, np_p50, "cached matrix"))
 
+    from embed_assets import connect
+
+    con = connect(store, extensions=())
+    kq = f"SELECT id FROM knn('t', ?::FLOAT[{d}], {K})"
+
+    def sql_knn(q):
+        return [r[0] for r in con.execute(kq, [q]).fetchall()]
+
+    found, p50, p99 = _lat(sql_knn, queries[:100])
+    lines.append(_row("embed_assets SQL `knn('t', q, 10)` (DuckDB)", _recall(found, truth[:100]),
+                      p50, p99, np_p50, "query vector as a parameter"))
+    con.close()
+
     keys = np.random.default_rng(1).integers(0, n, size=200)
     _, kp50, kp99 = _lat(lambda key: t.get([int(key)], columns=["id", "vector"]), keys)
     batches = [keys[i:i + 100].tolist() for i in range(0, 200, 100)] * 10
