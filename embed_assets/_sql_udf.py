@@ -235,7 +235,8 @@ def topk(left: np.ndarray, right: np.ndarray, k: int, metric: str,
             # out 1.6e-4): recompute the k winners directly, in float64.
             diff = lq[s:s + block, None, :].astype(np.float64) - rq[idx].astype(np.float64)
             part = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        order = np.argsort(part, axis=1, kind="stable")
+        # Equal distances (duplicate texts are common) in index order, as a stable sort gives.
+        order = np.lexsort((idx, part), axis=-1)
         idx = np.take_along_axis(idx, order, axis=1)
         part = np.take_along_axis(part, order, axis=1).astype(np.float64)
         if euclid:
