@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 
 # Rows below which no ANN index is built. Found on this machine (2 cores) by
 # `benchmarks/bench_index.py --only threshold` on real MiniLM vectors: the cached exact
-# scan's p50 beats the tuned index up to 20k rows (2.6 vs 3.0 ms) and loses from 40k
-# (7.3 vs 3.8 ms), so the line sits between them.
-EXACT_THRESHOLD_ROWS = int(os.environ.get("EMBED_ASSETS_EXACT_THRESHOLD", "30000"))
+# scan's p50 beats the tuned index at 10k rows (1.0 vs 1.5 ms) and loses from 20k
+# (2.5 vs 0.8 ms), so the line sits between them. (Before the probe's int8 projection
+# the crossover was between 20k and 40k, and this was 30,000.)
+EXACT_THRESHOLD_ROWS = int(os.environ.get("EMBED_ASSETS_EXACT_THRESHOLD", "15000"))
 INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 CONFIG_KEY = "embed_assets.index"
 VECTOR_INDEX_NAME = "vector_idx"
