@@ -30,16 +30,21 @@ class MatrixCache:
         self._lock = threading.Lock()
         self._bytes = 0
 
-    def _get_or_build(self, key: tuple[str, int, str], size: int,
-                      build: Callable[[], Any]) -> Any | None:
+    def _get_or_build(self, key: tuple[str, int, str], size: Callable[[], int],
+                      build: Callable[[], Any | None]) -> Any | None:
+        """The cached item, else ``build()``'s (cached), or None when its estimated
+        ``size()`` exceeds the budget or ``build()`` returns None. ``size`` is only asked
+        on a miss: it may read the dataset."""
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
                 return item
-        if size > self.max_bytes:
+        if size() > self.max_bytes:
             return None
         item = build()
+        if item is None:
+            return None
         with self._lock:
             self._items[key] = item
             self._bytes += item.nbytes
@@ -48,29 +53,20 @@ class MatrixCache:
                 self._bytes -= old.nbytes
         return item
 
+    @staticmethod
+    def _vector_bytes(ds: lance.LanceDataset) -> int:
+        return ds.count_rows() * ds.schema.field(VECTOR).type.list_size * 4
+
     def matrix(self, uri: str, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
         """Row-aligned matrix for ``ds`` (normalised for cosine), or None if it cannot fit."""
-        key = (uri, ds.version, metric)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
-        return self._get_or_build(key, size, lambda: load_matrix(ds, metric))
+        return self._get_or_build((uri, ds.version, metric), lambda: self._vector_bytes(ds),
+                                  lambda: load_matrix(ds, metric))
 
     def probe(self, uri: str, ds: lance.LanceDataset, metric: str,
               centroids: Callable[[], np.ndarray | None], rank: int, candidates: int,
               ) -> Any | None:
         """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
         from ._ivf import IvfProbe
-
-        key = (uri, ds.version, f"{metric}/ivf/{rank}/{candidates}")
-        with self._lock:
-            cached = self._items.get(key)
-        if cached is not None:
-            self._items.move_to_end(key)
-            return cached
-        size = ds.count_rows() * ds.schema.field("vector").type.list_size * 4
 
         def build() -> IvfProbe | None:
             cents = centroids()
@@ -79,40 +75,30 @@ class MatrixCache:
             return IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=rank,
                                   candidates=candidates)
 
-        if size > self.max_bytes:
-            return None
-        item = build()
-        return None if item is None else self._get_or_build(key, size, lambda: item)
+        return self._get_or_build((uri, ds.version, f"{metric}/ivf/{rank}/{candidates}"),
+                                  lambda: self._vector_bytes(ds), build)
 
     def put(self, uri: str, version: int, metric: str, probe: Any) -> None:
         """Seed the cache with a probe built elsewhere (the index tuner)."""
         self._get_or_build((uri, version, f"{metric}/ivf/{probe.rank}/{probe.candidates}"),
-                           probe.nbytes, lambda: probe)
+                           lambda: probe.nbytes, lambda: probe)
 
     def key_index(self, uri: str, ds: lance.LanceDataset, key: str) -> KeyIndex | None:
         """Sorted keys and their row offsets for ``ds`` (one scan of the key column)."""
-        ck = (uri, ds.version, "key:" + key)
-        with self._lock:
-            if ck in self._items:
-                self._items.move_to_end(ck)
-                return self._items[ck]
-        return self._get_or_build(ck, ds.count_rows() * 16, lambda: KeyIndex.build(ds, key))
+        return self._get_or_build((uri, ds.version, "key:" + key), lambda: ds.count_rows() * 16,
+                                  lambda: KeyIndex.build(ds, key))
 
     def scalars(self, uri: str, ds: lance.LanceDataset) -> pa.Table | None:
         """Every column but the vector of ``ds``, in memory (None if it cannot fit), plus
         :data:`OFFSET_COLUMN`, each row's offset in the version."""
-        ck = (uri, ds.version, "scalars")
-        with self._lock:
-            if ck in self._items:
-                self._items.move_to_end(ck)
-                return self._items[ck]
         names = [n for n in ds.schema.names if n != VECTOR]
 
         def build() -> pa.Table:
             t = ds.to_table(columns=names, filter="true").combine_chunks()
             return t.append_column(OFFSET_COLUMN, pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
-        return self._get_or_build(ck, ds.count_rows() * 32 * max(1, len(names)), build)
+        return self._get_or_build((uri, ds.version, "scalars"),
+                                  lambda: ds.count_rows() * 32 * max(1, len(names)), build)
 
     def forget(self, uri: str) -> None:
         """Drop every entry of one table (it was deleted: a new table of the same name

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import io
 import os
-import sys
 from pathlib import Path
 
 import duckdb
@@ -47,19 +47,18 @@ def extension_file() -> str | None:
     path = out / FILE_NAME
     if path.is_file():
         return str(path)
-    sys.path.insert(0, str(SOURCE_DIR))
+    # build.py is also a stand-alone script (stdlib only), hence loaded from its path.
+    spec = importlib.util.spec_from_file_location("_ea_native_build", SOURCE_DIR / "build.py")
+    assert spec is not None and spec.loader is not None
+    native_build = importlib.util.module_from_spec(spec)
+    err = io.StringIO()
     try:
-        import build as native_build  # embed_assets/native/build.py
-
-        err = io.StringIO()
+        spec.loader.exec_module(native_build)
         with contextlib.redirect_stderr(err):
             return native_build.build(str(out))  # writes a temp file, then renames
-    except (SystemExit, OSError) as exc:
+    except (SystemExit, OSError) as exc:  # build.py exits with its message on stderr
         _STATUS.append(f"not built: {err.getvalue().strip() or exc}")
         return None
-    finally:
-        sys.path.remove(str(SOURCE_DIR))
-        sys.modules.pop("build", None)
 
 
 _STATUS: list[str] = []
