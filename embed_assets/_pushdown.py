@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+import lance
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._store import SCAN_ALL, VECTOR_COLUMN, TableMeta
 
 _IS_IN = re.compile(
     r"is_in\((?P<f>[A-Za-z_][A-Za-z0-9_]*), \{value_set=(?P<t>u?int(?:8|16|32|64)):"
@@ -75,3 +81,73 @@ def integer_key_filter(expr: str, key: str) -> KeyFilter | None:
     if f.values is None and (f.lo is None or f.hi is None):
         return None  # an open range: a scan, not a lookup
     return f
+
+
+# Most rows a filtered scan that wants the vector column fetches by ``take`` from the
+# in-memory match list; past it a Lance filtered scan is cheaper.
+SELECTIVE_TAKE_ROWS = 4096
+
+
+class ScanDataset(lance.LanceDataset):
+    """The Lance dataset of one version as DuckDB scans it (through ``scanner()``).
+
+    - Unfiltered scans pass :data:`._store.SCAN_ALL` (see there).
+    - Filtered scans are answered from memory where that is exact and cheap: key lookups,
+      small key ranges and the join filters DuckDB pushes down (``is_in(id, ...)``, which
+      is what ``knn`` produces) go through the version's key index
+      (:func:`integer_key_filter`); other filters are evaluated on the version's scalar columns
+      in memory. The rows then come from :func:`._cache.take_rows`. Lance plans each
+      filtered scan in ~10 ms here; this costs well under 1 ms. Filters that touch the
+      vector column, or that need the vectors of many rows, go to Lance as before.
+    """
+
+    def __init__(self, uri: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(uri, *args, **kwargs)
+        self.cache_uri = str(uri)  # the store's name for it: the cache keys on this
+
+    def scanner(self, *args: Any, **kwargs: Any) -> Any:
+        filt = kwargs.get("filter")
+        if filt is None:
+            kwargs["filter"] = SCAN_ALL
+        elif not args and isinstance(filt, pc.Expression):
+            got = self._selective(kwargs.get("columns"), filt)
+            if got is not None:
+                return got
+        return super().scanner(*args, **kwargs)
+
+    def _selective(self, columns: list[str] | None, filt: pc.Expression) -> Any:
+        import pyarrow.dataset as pads
+
+        from ._cache import CACHE, OFFSET_COLUMN, take_rows
+
+        schema = self.schema
+        names = list(columns) if columns is not None else schema.names
+        if not names or any(c not in schema.names for c in names):
+            return None
+        offsets = self._key_lookup(filt)
+        if offsets is None:
+            mem = CACHE.scalars(self.cache_uri, self)
+            if mem is None:
+                return None
+            try:
+                offsets = mem.filter(filt).column(OFFSET_COLUMN).to_numpy()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError):
+                return None  # e.g. the filter reads the vector column
+        if VECTOR_COLUMN in names and len(offsets) > SELECTIVE_TAKE_ROWS:
+            return None
+        return pads.dataset(take_rows(self.cache_uri, self, np.sort(offsets), names)).scanner()
+
+    def _key_lookup(self, filt: pc.Expression) -> np.ndarray | None:
+        from ._cache import CACHE
+
+        meta = TableMeta.from_schema(self.schema)
+        if meta is None or meta.key not in self.schema.names \
+                or not pa.types.is_integer(self.schema.field(meta.key).type):
+            return None
+        kf = integer_key_filter(str(filt), meta.key)
+        if kf is None:
+            return None
+        idx = CACHE.key_index(self.cache_uri, self, meta.key)
+        if idx is None:
+            return None
+        return idx.offsets[kf.select(idx.keys)]

@@ -52,7 +52,8 @@ import pyarrow.compute as pc
 from . import _native
 from . import _sql_udf as udf
 from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
-from ._store import VECTOR_COLUMN, ScanDataset, Store, TableMeta
+from ._pushdown import ScanDataset
+from ._store import VECTOR_COLUMN, Store, TableMeta
 
 __all__ = [
     "SQLConnection",
