@@ -37,15 +37,6 @@ CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
 
 -- The query vector is bound once (__q): a scalar-subquery argument pasted into every
 -- distance expression would otherwise be re-planned as one cross product per use.
--- Candidates are ordered by DuckDB's one-pass list distance, and only the k winners get
--- the exact, NULL-aware vec_distance that is reported.
--- Ranking distance: same order as vec_distance, one pass of a built-in list function.
-CREATE OR REPLACE MACRO __ea_rank_distance(v, q, metric, inv_cov) AS
-    CASE WHEN len(v) <> len(q) THEN __ea_dim_error('knn', v, q)
-         WHEN metric = 'cosine' THEN list_cosine_distance(v, q)
-         WHEN metric = 'dot' THEN list_negative_inner_product(v, q)
-         WHEN metric = 'l2' THEN list_distance(v, q)
-         ELSE vec_distance(v, q, metric, inv_cov) END;
 
 -- Whether knn on this name is served by the store's search (a store view, its vector
 -- column, a metric the store searches with); everything else is an exact scan in SQL.
