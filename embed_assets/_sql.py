@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 from . import _native
 from . import _sql_udf as udf
 from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
+from ._knnfast import KnnCall, find_knn_calls, may_read_column
 from ._pushdown import ScanDataset
 from ._store import VECTOR_COLUMN, Store, TableMeta
 
@@ -141,6 +142,9 @@ class SQLConnection:
         self._tables: dict[str, TableMeta] = {}
         self._lock = threading.RLock()
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, pa.Array, np.ndarray]] = OrderedDict()
+        self.fast_knn = True  # see _knnfast; False always runs the knn macro
+        self._fast_n = 0
+        self._fast_names: list[str] = []
 
     # -- forwarding ----------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -161,7 +165,7 @@ class SQLConnection:
 
     def execute(self, query: str, parameters: Any = None) -> SQLConnection:
         self._prepare(query)
-        self.con.execute(query, parameters)
+        self.con.execute(*self._fast_knn(query, parameters))
         return self
 
     def executemany(self, query: str, parameters: Any = None) -> SQLConnection:
@@ -171,6 +175,8 @@ class SQLConnection:
 
     def sql(self, query: str, *args: Any, **kwargs: Any) -> Any:
         self._prepare(query)
+        if "params" in kwargs and not args:
+            query, kwargs["params"] = self._fast_knn(query, kwargs["params"])
         return self.con.sql(query, *args, **kwargs)
 
     def query(self, query: str, *args: Any, **kwargs: Any) -> Any:
@@ -304,6 +310,60 @@ class SQLConnection:
             changed |= self._ensure_name(name)
         if changed:
             self._publish()
+
+    # -- knn answered before DuckDB runs (see _knnfast) -----------------------------------
+    def _fast_knn(self, query: str, parameters: Any) -> tuple[str, Any]:
+        if (self.store is None or not self.fast_knn or not isinstance(query, str)
+                or not isinstance(parameters, list | tuple) or "knn" not in query.lower()):
+            return query, parameters
+        calls = find_knn_calls(query)
+        pieces, last, answered = [], 0, set()
+        with_vector = may_read_column(query, VECTOR_COLUMN) if calls else True
+        for call in calls:
+            name = self._knn_table(call, parameters[call.param], with_vector) \
+                if call.param < len(parameters) else None
+            if name is None:
+                continue
+            pieces += [query[last:call.start], name]
+            last = call.end
+            answered.add(call.param)
+        if not answered:
+            return query, parameters
+        pieces.append(query[last:])
+        return "".join(pieces), [p for i, p in enumerate(parameters) if i not in answered]
+
+    def _knn_table(self, call: KnnCall, value: Any, with_vector: bool) -> str | None:
+        """Register the rows ``knn(call.view, value, call.k)`` returns; None leaves the call
+        to the macro (not a store view, a vector the store refuses...)."""
+        info = self._views.get(call.view)
+        if info is None:
+            return None
+        meta = self._meta(info.table)
+        try:
+            q = np.asarray(value, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            return None
+        if q.shape[0] != meta.dimension or not np.isfinite(q).all():
+            return None
+        assert self.store is not None
+        table = self._handles.get(info.table)
+        if table is None:
+            table = self._handles[info.table] = self.store.table(info.table)
+        cols = None if with_vector else [c for c in info.dataset.schema.names if c != VECTOR_COLUMN]
+        try:
+            res = table.search(q, k=call.k, version=info.version, columns=cols)
+        except ValidationError:
+            return None
+        i = res.column_names.index("distance")
+        res = res.set_column(i, "distance", pc.cast(res.column(i), pa.float64()))
+        with self._lock:
+            self._fast_n += 1
+            name = f"__ea_knn_{self._fast_n}"
+            self.con.register(name, res)
+            self._fast_names.append(name)
+            while len(self._fast_names) > 16:  # results a caller may still be fetching
+                self.con.unregister(self._fast_names.pop(0))
+        return name
 
     # -- Python side of the SQL functions ------------------------------------------------
     def _view(self, name: str) -> _View:

@@ -199,6 +199,58 @@ def test_knn_on_an_old_version_and_with_a_subquery_vector(store: Store) -> None:
     con.close()
 
 
+FAST_PATH_STATEMENTS = [
+    "SELECT * FROM knn('docs', ?, 5)",
+    "SELECT id, distance, rank FROM knn('docs', ?::FLOAT[32], 7) ORDER BY rank DESC",
+    "SELECT k.id, d.section FROM knn('docs', ?::FLOAT[], 3) k JOIN docs d USING (id) WHERE d.id > ? "
+    "ORDER BY ALL",
+    "SELECT count(*), max(rank) FROM knn('docs@1', ?, 4)",
+    "SELECT a.id, b.id FROM knn('docs', ?, 2) a, knn('docs', ?, 2) b ORDER BY ALL",
+    "SELECT list_sum(vector::FLOAT[]) > -1e9 AS ok, typeof(vector), typeof(distance), typeof(rank) "
+    "FROM knn('docs', ?, 2)",
+]
+
+
+@pytest.mark.parametrize("sql", FAST_PATH_STATEMENTS)
+def test_knn_with_a_bound_vector_gives_what_the_macro_gives(store: Store, sql: str) -> None:
+    """The wrapper answers ``knn('view', ?, k)`` before DuckDB runs (_knnfast); the same
+    statement through the macro must return the same rows, columns and types."""
+    data = store.table("docs").read().sort_by("id")
+    q = matrix(data)[11] + 0.05
+    params = [q.tolist() if i % 2 == 0 else q.astype(np.float32) for i in range(sql.count("?"))]
+    if "d.id > ?" in sql:
+        params[-1] = 3
+    got = {}
+    for fast in (True, False):
+        con = connect(store, extensions=())
+        con.fast_knn = fast
+        rel = con.execute(sql, params)
+        got[fast] = (rel.description, rel.fetchall())
+        con.close()
+    (desc_f, rows_f), (desc_m, rows_m) = got[True], got[False]
+    assert [d[:2] for d in desc_f] == [d[:2] for d in desc_m]
+    assert len(rows_f) == len(rows_m) and rows_f
+    for rf, rm in zip(rows_f, rows_m, strict=True):
+        for a, b in zip(rf, rm, strict=True):
+            if isinstance(a, float):
+                assert abs(a - b) < 1e-6
+            elif isinstance(a, list):
+                np.testing.assert_allclose(a, b, atol=1e-6)
+            else:
+                assert a == b
+
+
+def test_knn_fast_path_leaves_what_it_cannot_answer_to_the_macro(store: Store) -> None:
+    con = connect(store, extensions=())
+    with pytest.raises(duckdb.Error, match="dimension mismatch"):
+        con.execute("SELECT * FROM knn('docs', ?, 3)", [[1.0, 2.0]]).fetchall()
+    assert con.execute("SELECT count(*) FROM knn('docs', ?, 3)", [None]).fetchone()[0] == 0
+    con.execute("CREATE TABLE plain AS SELECT id, vector FROM docs")
+    assert len(con.execute("SELECT * FROM knn('plain', ?, 3)",
+                           [np.ones(32).tolist()]).fetchall()) == 3
+    con.close()
+
+
 def test_knn_follows_the_table_metric_and_string_keys(tmp_path: Path) -> None:
     s = Store(tmp_path / "s")
     rng = np.random.default_rng(1)
