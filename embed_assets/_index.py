@@ -112,7 +112,14 @@ def default_params(rows: int, dim: int, index_type: str = "IVF_PQ") -> dict[str,
         return {"num_partitions": max(1, min(256, rows // 50_000))}
     partitions = max(1, min(4096, round(math.sqrt(rows))))
     sub = next((dim // d for d in (4, 8, 2, 16) if dim % d == 0 and dim // d >= 1), 1)
-    return {"num_partitions": partitions, "num_sub_vectors": sub, "num_bits": 8}
+    params: dict[str, Any] = {"num_partitions": partitions, "num_sub_vectors": sub, "num_bits": 8}
+    if rows >= 500_000:
+        # Lance trains kmeans on 256 samples per partition for up to 50 iterations; at 1M x
+        # 384 that alone took 117-139 s of a 3-minute build budget here. 128 samples and 20
+        # iterations took 66 s, and the tuned search still met 0.95 with one probe
+        # (benchmarks/RESULTS.md, synthetic 1M).
+        params.update(sample_rate=128, max_iters=20)
+    return params
 
 
 def _metric(meta_metric: str) -> str:
