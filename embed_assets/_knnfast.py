@@ -29,7 +29,7 @@ class KnnCall:
 
 
 @functools.lru_cache(maxsize=256)
-def _tokens(query: str) -> list[tuple[int, int, str, object]]:
+def tokens(query: str) -> list[tuple[int, int, str, object]]:
     """(start, end, text, type) of each token; statements repeat, so this is memoised."""
     toks = duckdb.tokenize(query)
     out = []
@@ -44,7 +44,7 @@ def find_knn_calls(query: str) -> list[KnnCall]:
     """The ``knn('<name>', ?[::TYPE], <int>)`` calls of a statement that uses only ``?``
     parameters; [] when anything else is in the way."""
     try:
-        toks = _tokens(query)
+        toks = tokens(query)
     except Exception:  # DuckDB will say what is wrong with the statement
         return []
     if any(t[2].startswith("$") for t in toks):
@@ -105,7 +105,7 @@ def may_read_column(query: str, column: str) -> bool:
     ``*`` or ``COLUMNS(...)``. If not, the wrapper need not fetch it (the vectors of the k
     rows are a Lance ``take``, ~1 ms)."""
     try:
-        toks = _tokens(query)
+        toks = tokens(query)
     except Exception:
         return True
     col = column.lower()

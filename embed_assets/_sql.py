@@ -7,7 +7,8 @@
 * ``"name@N"`` reads version N and ``"name@TAG"`` the version tagged TAG;
 * the macros of ``sql/vectors.sql`` are loaded, then ``sql/store.sql`` swaps in faster
   Python-backed versions of ``vec_mean``/``vec_sum``/``list_vec_*``, ``knn`` and
-  ``similarity_join``, and adds ``vec_covariance`` and ``mat_inverse``;
+  ``similarity_join``, and adds ``vec_covariance`` and ``mat_inverse``; where the ea_vec C
+  extension builds (:mod:`._native`), ``sql/native.sql`` moves the aggregates onto it;
 * the ``lance`` and ``vss`` extensions are loaded from their PyPI wheels.
 
 How views are registered, and when new versions become visible
@@ -52,7 +53,7 @@ import pyarrow.compute as pc
 from . import _native
 from . import _sql_udf as udf
 from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
-from ._knnfast import KnnCall, find_knn_calls, may_read_column
+from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
 from ._pushdown import ScanDataset
 from ._store import VECTOR_COLUMN, Store, TableMeta
 
@@ -311,6 +312,15 @@ class SQLConnection:
         if changed:
             self._publish()
 
+    def _table(self, info: _View) -> Any:
+        """The store's handle on a view's table: one per table, so the versions it opened
+        stay open between queries."""
+        assert self.store is not None
+        table = self._handles.get(info.table)
+        if table is None:
+            table = self._handles[info.table] = self.store.table(info.table)
+        return table
+
     # -- knn answered before DuckDB runs (see _knnfast) -----------------------------------
     def _fast_knn(self, query: str, parameters: Any) -> tuple[str, Any]:
         if (self.store is None or not self.fast_knn or not isinstance(query, str)
@@ -345,10 +355,7 @@ class SQLConnection:
             return None
         if q.shape[0] != meta.dimension or not np.isfinite(q).all():
             return None
-        assert self.store is not None
-        table = self._handles.get(info.table)
-        if table is None:
-            table = self._handles[info.table] = self.store.table(info.table)
+        table = self._table(info)
         cols = None if with_vector else [c for c in info.dataset.schema.names if c != VECTOR_COLUMN]
         try:
             res = table.search(q, k=call.k, version=info.version, columns=cols)
@@ -405,10 +412,7 @@ class SQLConnection:
         info = self._view(view)
         if metric not in ("cosine", "dot", "l2"):
             raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
-        assert self.store is not None
-        table = self._handles.get(info.table)
-        if table is None:  # one handle per table keeps its opened versions between queries
-            table = self._handles[info.table] = self.store.table(info.table)
+        table = self._table(info)
         meta = self._meta(info.table)
         res = table.search(q, k=int(k), version=info.version, columns=[meta.key], metric=metric,
                            use_index=None if use_index and metric == meta.metric else False)
@@ -638,25 +642,17 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
-_TOKEN_TEXT_TYPES = None
-
-
 def _candidate_names(query: str) -> set[str]:
     """Identifiers and string literals of a statement that could name a store view."""
-    global _TOKEN_TEXT_TYPES
-    if _TOKEN_TEXT_TYPES is None:
-        tt = duckdb.token_type
-        _TOKEN_TEXT_TYPES = (tt.identifier, tt.string_const)
     try:
-        toks = duckdb.tokenize(query)
+        toks = tokens(query)
     except Exception:  # a statement DuckDB cannot tokenise fails on execute anyway
         return set()
+    names = (duckdb.token_type.identifier, duckdb.token_type.string_const)
     out: set[str] = set()
-    for i, (pos, typ) in enumerate(toks):
-        if typ not in _TOKEN_TEXT_TYPES:
+    for _, _, text, typ in toks:
+        if typ not in names:
             continue
-        end = toks[i + 1][0] if i + 1 < len(toks) else len(query)
-        text = query[pos:end].strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1].replace(text[0] * 2, text[0])
         if text:
