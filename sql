@@ -1,1 +1,1 @@
-embed_assets/sql
+embed_assets/sql/macros

@@ -16,7 +16,7 @@ import os as _os
 # Lance logs "No existing dataset ... will be created" at WARN on every new table.
 _os.environ.setdefault("LANCE_LOG", "error")
 
-from ._embedders import (
+from .embed._embedders import (
     DEFAULT_MODEL,
     Embedder,
     HashEmbedder,
@@ -24,17 +24,17 @@ from ._embedders import (
     content_hash,
     default_embedder,
 )
-from ._errors import (
+from .embed._pipeline import EmbedResult, embed_table
+from .errors import (
     EmbedAssetsError,
     SchemaMismatchError,
     TableNotFoundError,
     ValidationError,
     VersionNotFoundError,
 )
-from ._index import IndexReport, build_index, freshness, refresh_index
-from ._pipeline import EmbedResult, embed_table
-from ._sql import SQLConnection, connect, run_sql
-from ._store import (
+from .index._build import IndexReport, build_index, freshness, refresh_index
+from .sql._connection import SQLConnection, connect, run_sql
+from .store._store import (
     CleanupReport,
     EmbeddingTable,
     Store,

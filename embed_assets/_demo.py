@@ -6,9 +6,9 @@ from importlib import resources
 
 import polars as pl
 
-from ._embedders import SentenceTransformerEmbedder
-from ._pipeline import embed_table
-from ._store import Store
+from .embed._embedders import SentenceTransformerEmbedder
+from .embed._pipeline import embed_table
+from .store._store import Store
 
 DEMO_TABLE = "debian_packages"
 

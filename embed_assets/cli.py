@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import EmbedAssetsError, ValidationError
+from .errors import EmbedAssetsError, ValidationError
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -71,15 +71,15 @@ def _read_source(path: str) -> Any:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from ._store import Store
+    from .store._store import Store
 
     return Store(args.store)
 
 
 # -- verbs -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
-    from ._embedders import default_embedder
-    from ._pipeline import embed_table
+    from .embed._embedders import default_embedder
+    from .embed._pipeline import embed_table
 
     data = _read_source(args.from_)
     partition = None
@@ -167,7 +167,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ._embedders import default_embedder
+    from .embed._embedders import default_embedder
 
     t = _store(args).table(args.name)
     meta = t.meta
@@ -211,7 +211,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ._index import build_index, freshness, refresh_index
+    from .index._build import build_index, freshness, refresh_index
 
     t = _store(args).table(args.name)
     if args.refresh:
@@ -232,7 +232,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from ._sql import format_result, run_sql
+    from .sql._connection import format_result, run_sql
 
     print(format_result(run_sql(_store(args), args.query), as_json=args.json))
     return 0

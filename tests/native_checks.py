@@ -26,7 +26,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "embed_assets", "native")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "embed_assets", "sql", "native")
 sys.path.insert(0, HERE)
 import build as ea_build  # noqa: E402
 

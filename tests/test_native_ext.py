@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embed_assets import _native
-from embed_assets._sql import connect
+from embed_assets.sql import _native
+from embed_assets.sql._connection import connect
 
 needs_cc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler: the "
                               "extension cannot be built and connect() uses the Python macros")

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from embed_assets import HashEmbedder, SchemaMismatchError, embed_table
-from embed_assets._embedders import content_hash
+from embed_assets.embed._embedders import content_hash
 
 
 class CountingEmbedder(HashEmbedder):

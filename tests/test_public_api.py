@@ -16,7 +16,7 @@ def test_store_layer_does_not_import_dagster():
     import subprocess
     import sys
 
-    code = ("import sys, embed_assets, embed_assets.cli, embed_assets._pipeline; "
+    code = ("import sys, embed_assets, embed_assets.cli, embed_assets.embed._pipeline; "
             "print('dagster' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from embed_assets import HashEmbedder, Store, VersionNotFoundError, embed_table
-from embed_assets._sql import SQLConnection, connect, format_result, run_sql
+from embed_assets.sql._connection import SQLConnection, connect, format_result, run_sql
 
 WORDS = [
     "text", "editor", "web", "browser", "image", "viewer", "audio", "player", "mail", "client",

@@ -30,10 +30,10 @@ from dagster import (
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
-from .. import _sqlexpr as sqlx
-from .._embedders import EmptyTextPolicy
-from .._pipeline import embed_table
-from .._store import as_arrow
+from ..embed._embedders import EmptyTextPolicy
+from ..embed._pipeline import embed_table
+from ..store import _filters as sqlx
+from ..store._store import as_arrow
 from .metadata import SUMMARY_KEY, lance_table_name, record_run_version, table_metadata
 
 

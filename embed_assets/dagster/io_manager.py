@@ -42,9 +42,9 @@ from dagster._core.storage.db_io_manager import (
 )
 from pydantic import Field
 
-from .. import _sqlexpr as sqlx
-from .._errors import ValidationError
-from .._store import Store, as_arrow
+from ..errors import ValidationError
+from ..store import _filters as sqlx
+from ..store._store import Store, as_arrow
 from .metadata import lance_table_name, record_run_version, table_metadata
 
 IO_WRITE_MODES = ("overwrite", "append", "upsert")

@@ -23,8 +23,8 @@ from dagster import (
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
-from .._errors import EmbedAssetsError
-from .._store import EmbeddingTable
+from ..errors import EmbedAssetsError
+from ..store._store import EmbeddingTable
 from .metadata import record_run_version, table_metadata
 
 

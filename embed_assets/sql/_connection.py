@@ -50,12 +50,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import TableNotFoundError, ValidationError, VersionNotFoundError
+from ..sql._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
+from ..sql._pushdown import ScanDataset
+from ..store._store import VECTOR_COLUMN, Store, TableMeta
 from . import _native
-from . import _sql_udf as udf
-from ._errors import TableNotFoundError, ValidationError, VersionNotFoundError
-from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
-from ._pushdown import ScanDataset
-from ._store import VECTOR_COLUMN, Store, TableMeta
+from . import _udf as udf
 
 __all__ = [
     "SQLConnection",
@@ -79,7 +79,7 @@ _MATRIX_CACHE_BYTES = 1 << 30
 def macro_file(name: str = "vectors.sql") -> Path:
     """Path of a macro file shipped with embed_assets (``embed_assets/sql``; the repo's
     top-level ``sql/`` is a link to it, so ``.read sql/vectors.sql`` works from the root)."""
-    path = Path(__file__).resolve().parent / "sql" / name
+    path = Path(__file__).resolve().parent / "macros" / name
     if not path.is_file():
         raise FileNotFoundError(f"embed_assets macro file {name!r} not found at {path}")
     return path
@@ -624,7 +624,7 @@ def _search_params(ds: Any) -> dict[str, Any]:
     recall@10 ~0.56 on MiniLM without refine)."""
     params: dict[str, Any] = {"refine_factor": 4}
     try:
-        from ._index import search_defaults
+        from ..index._build import search_defaults
 
         tuned = search_defaults(ds) or {}
     except Exception:  # an index built outside embed_assets has no stored policy

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._errors import ValidationError
+from ..errors import ValidationError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 EmptyTextPolicy = Literal["error", "skip"]

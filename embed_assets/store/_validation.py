@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import ValidationError
+from ..errors import ValidationError
 
 MAX_TABLE_NAME_LENGTH = 128
 MAX_TAG_LENGTH = 128

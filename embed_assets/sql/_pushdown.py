@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._store import SCAN_ALL, VECTOR_COLUMN, TableMeta
+from ..store._store import SCAN_ALL, VECTOR_COLUMN, TableMeta
 
 _IS_IN = re.compile(
     r"is_in\((?P<f>[A-Za-z_][A-Za-z0-9_]*), \{value_set=(?P<t>u?int(?:8|16|32|64)):"
@@ -118,7 +118,7 @@ class ScanDataset(lance.LanceDataset):
     def _selective(self, columns: list[str] | None, filt: pc.Expression) -> Any:
         import pyarrow.dataset as pads
 
-        from ._cache import CACHE, OFFSET_COLUMN, take_rows
+        from ..store._cache import CACHE, OFFSET_COLUMN, take_rows
 
         schema = self.schema
         names = list(columns) if columns is not None else schema.names
@@ -138,7 +138,7 @@ class ScanDataset(lance.LanceDataset):
         return pads.dataset(take_rows(self.cache_uri, self, np.sort(offsets), names)).scanner()
 
     def _key_lookup(self, filt: pc.Expression) -> np.ndarray | None:
-        from ._cache import CACHE
+        from ..store._cache import CACHE
 
         meta = TableMeta.from_schema(self.schema)
         if meta is None or meta.key not in self.schema.names \

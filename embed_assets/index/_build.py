@@ -45,10 +45,10 @@ import lance
 import numpy as np
 from lance import LanceOperation
 
-from ._errors import ValidationError
+from ..errors import ValidationError
 
 if TYPE_CHECKING:
-    from ._store import EmbeddingTable
+    from ..store._store import EmbeddingTable
 
 # Rows below which no ANN index is built. Found on this machine (2 cores) by
 # `benchmarks/bench_index.py --only threshold` on real MiniLM vectors: the cached exact
@@ -351,7 +351,7 @@ def build_index(
     if probe_best is not None and "probe_nprobes" in report.params:
         # The probe tuned above is exactly what the first search would rebuild (same rows,
         # same centroids): hand it to the cache under the version just committed.
-        from ._cache import CACHE
+        from ..store._cache import CACHE
 
         CACHE.put(table.uri, report.version or 0, meta.metric, probe_best[3])
     return report
@@ -408,7 +408,7 @@ def _tune_probe(cents: np.ndarray, truth: _Truth, metric: str, recall: float,
     queries; full-precision scans (no projection) are one of the pairs, which is what wins
     on data whose inner products do not concentrate in a few directions (isotropic noise).
     """
-    from ._ivf import IvfProbe
+    from ..kernels._ivf import IvfProbe
 
     k = truth.k
     d = truth.mat.shape[1]
@@ -490,7 +490,7 @@ def _mean_centroid_distance(ds: lance.LanceDataset, vecs: np.ndarray) -> float |
 
 def _record(table: EmbeddingTable, report: IndexReport) -> IndexReport:
     """Store the report in the table config, with the same facts as transaction properties."""
-    from ._store import PROP_PREFIX
+    from ..store._store import PROP_PREFIX
 
     ds = table.dataset()
     payload = json.dumps(report.to_dict(), sort_keys=True)

@@ -66,7 +66,7 @@ class MatrixCache:
               centroids: Callable[[], np.ndarray | None], rank: int, candidates: int,
               ) -> Any | None:
         """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
-        from ._ivf import IvfProbe
+        from ..kernels._ivf import IvfProbe
 
         def build() -> IvfProbe | None:
             cents = centroids()
@@ -161,7 +161,7 @@ def take_rows(uri: str, ds: lance.LanceDataset, offsets: np.ndarray,
     names = list(columns) if columns else ds.schema.names
     unknown = [c for c in names if c not in ds.schema.names]
     if unknown:
-        from ._errors import ValidationError
+        from ..errors import ValidationError
 
         raise ValidationError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
                               f"columns: {', '.join(ds.schema.names)}")

@@ -18,10 +18,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
-from ._errors import SchemaMismatchError, ValidationError
-from ._store import VECTOR_COLUMN, Store, WriteResult, as_arrow
-from ._validation import validate_keys, validate_table_name
+from ..embed._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
+from ..errors import SchemaMismatchError, ValidationError
+from ..store._store import VECTOR_COLUMN, Store, WriteResult, as_arrow
+from ..store._validation import validate_keys, validate_table_name
 
 EmbedMode = Literal["overwrite", "append", "upsert", "sync", "replace_partition"]
 EMBED_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "sync", "replace_partition")
@@ -277,7 +277,7 @@ def _existing_state(store: Store, name: str, key: str, keep: list[str],
             *[c for c in keep if c in schema_names]]
     where = None
     if partition is not None:
-        from ._sqlexpr import eq, in_list
+        from ..store._filters import eq, in_list
 
         # A list of values scopes the write to several partitions at once (a Dagster
         # partition range materialised in one run), still as one commit.

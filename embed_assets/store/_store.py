@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance import LanceOperation
 
-from . import _sqlexpr as sqlx
-from ._errors import (
+from ..errors import (
     SchemaMismatchError,
     TableNotFoundError,
     ValidationError,
     VersionNotFoundError,
 )
-from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
+from ..store import _filters as sqlx
+from ..store._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 
 WriteMode = Literal["overwrite", "append", "upsert", "replace_partition"]
 WRITE_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "replace_partition")
@@ -262,8 +262,8 @@ class Store:
 
     def drop(self, name: str) -> None:
         """Delete a table and all its versions."""
-        from ._cache import CACHE
-        from ._index import forget_facts
+        from ..index._build import forget_facts
+        from ..store._cache import CACHE
 
         t = self.table(name)
         CACHE.forget(t.uri)
@@ -715,7 +715,7 @@ class EmbeddingTable:
         of the key column on first use; the rows come from the version's cached scalar
         columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        from ._cache import CACHE, take_rows
+        from ..store._cache import CACHE, take_rows
 
         keys = list(keys)
         ds = self.dataset(version)
@@ -770,7 +770,7 @@ class EmbeddingTable:
             raise ValidationError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         q = self._query_vector(query, embedder)
         ds = self.dataset(version)
-        from ._index import has_vector_index, search_defaults
+        from ..index._build import has_vector_index, search_defaults
 
         defaults = search_defaults(ds) if use_index is not False else None
         ann = use_index is True or (use_index is None and bool(defaults))
@@ -823,7 +823,7 @@ class EmbeddingTable:
             if not query.strip():
                 raise ValidationError("search text is empty")
             if embedder is None:
-                from ._embedders import default_embedder
+                from ..embed._embedders import default_embedder
 
                 embedder = default_embedder(meta.model)
             if meta.model and embedder.name != meta.model:
@@ -847,7 +847,7 @@ class EmbeddingTable:
 
     def _exact_cached(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str,
                       cols: list[str] | None) -> pa.Table | None:
-        from ._cache import CACHE, exact_topk
+        from ..store._cache import CACHE, exact_topk
 
         mat = CACHE.matrix(self.uri, ds, metric)
         if mat is None:
@@ -857,9 +857,9 @@ class EmbeddingTable:
 
     def _probe(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str,
                defaults: dict[str, Any], cols: list[str] | None) -> pa.Table | None:
-        from ._cache import CACHE
-        from ._index import _centroids
-        from ._ivf import default_rank
+        from ..index._build import _centroids
+        from ..kernels._ivf import default_rank
+        from ..store._cache import CACHE
 
         if "probe_rank" in defaults:
             rank = int(defaults["probe_rank"])
@@ -874,7 +874,7 @@ class EmbeddingTable:
 
     def _rows_at(self, ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
                  cols: list[str] | None, metric: str) -> pa.Table:
-        from ._cache import take_rows
+        from ..store._cache import take_rows
 
         rows = take_rows(self.uri, ds, idx, cols)
         if metric == "l2":
@@ -905,14 +905,14 @@ class EmbeddingTable:
         }
         ds = lance.LanceDataset.commit(latest, txn)
         if had_index and not _vector_index_type(ds):
-            from ._index import build_index, index_config
+            from ..index._build import build_index, index_config
 
             cfg = index_config(latest) or {}
             build_index(self.refresh(), recall=cfg.get("target_recall", 0.95),
                         index_type=cfg.get("index_type") or had_index, k=cfg.get("k", 10),
                         force_ann=True)
         elif had_scalar:
-            from ._index import ensure_scalar_indexes
+            from ..index._build import ensure_scalar_indexes
 
             ensure_scalar_indexes(self.refresh())
         return self.version

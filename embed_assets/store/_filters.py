@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from ._errors import ValidationError
+from ..errors import ValidationError
 
 
 def quote_ident(name: str) -> str:
