@@ -10,9 +10,11 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install demo test ui lint bench browser-deps
 
-$(STAMP): pyproject.toml
+PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,5 +48,5 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PIP) -e '.[bench]'
 	$(PY) benchmarks/run.py

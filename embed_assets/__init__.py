@@ -16,6 +16,7 @@ import os as _os
 # Lance logs "No existing dataset ... will be created" at WARN on every new table.
 _os.environ.setdefault("LANCE_LOG", "error")
 
+from ._version import __version__
 from .embed._embedders import (
     DEFAULT_MODEL,
     Embedder,
@@ -43,8 +44,6 @@ from .store._store import (
     WriteResult,
     default_store_uri,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
