@@ -30,10 +30,8 @@ from dagster import (
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
-from ..embed._embedders import EmptyTextPolicy
-from ..embed._pipeline import embed_table
-from ..store import _filters as sqlx
-from ..store._store import as_arrow
+from ..embed import EmptyTextPolicy, embed_table
+from ..store import as_arrow, filter_in
 from .metadata import SUMMARY_KEY, lance_table_name, record_run_version, table_metadata
 
 
@@ -169,7 +167,7 @@ def build_embedding_asset(
         if partition is not None:
             vals = partition[1] if isinstance(partition[1], list) else [partition[1]]
             extra["dagster/partition_row_count"] = MetadataValue.int(
-                t.dataset(res.version).count_rows(filter=sqlx.in_list(partition[0], vals)))
+                t.dataset(res.version).count_rows(filter=filter_in(partition[0], vals)))
         md = table_metadata(t, version=res.version, write=res.write, extra=extra,
                             label_column=label_column or partition_expr)
         return MaterializeResult(metadata=md)

@@ -27,7 +27,7 @@ from dagster import (
 )
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 
-from ..store._store import VECTOR_COLUMN, EmbeddingTable
+from ..store import VECTOR_COLUMN, EmbeddingTable
 from .metadata import VERSION_KEY, lance_table_name
 
 INTEGRITY_CHECKS = ("vectors_finite", "vector_dimension", "no_zero_vectors", "unique_keys")

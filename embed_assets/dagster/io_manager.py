@@ -43,8 +43,7 @@ from dagster._core.storage.db_io_manager import (
 from pydantic import Field
 
 from ..errors import ValidationError
-from ..store import _filters as sqlx
-from ..store._store import Store, as_arrow
+from ..store import Store, as_arrow, filter_in, quote_ident, sql_literal
 from .metadata import lance_table_name, record_run_version, table_metadata
 
 IO_WRITE_MODES = ("overwrite", "append", "upsert")
@@ -55,12 +54,12 @@ def partition_filter(dims: Sequence[TablePartitionDimension] | None) -> str | No
     """A Lance filter selecting the rows of the partitions in a table slice."""
     parts = []
     for d in dims or []:
-        col = sqlx.quote_ident(d.partition_expr)
+        col = quote_ident(d.partition_expr)
         if isinstance(d.partitions, TimeWindow):
-            parts.append(f"{col} >= {sqlx.literal(_naive_utc(d.partitions.start))} AND "
-                         f"{col} < {sqlx.literal(_naive_utc(d.partitions.end))}")
+            parts.append(f"{col} >= {sql_literal(_naive_utc(d.partitions.start))} AND "
+                         f"{col} < {sql_literal(_naive_utc(d.partitions.end))}")
         else:
-            parts.append(sqlx.in_list(d.partition_expr, list(d.partitions)))
+            parts.append(filter_in(d.partition_expr, list(d.partitions)))
     return " AND ".join(f"({p})" for p in parts) if parts else None
 
 

@@ -24,7 +24,7 @@ from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
 from ..errors import EmbedAssetsError
-from ..store._store import EmbeddingTable
+from ..store import EmbeddingTable
 from .metadata import record_run_version, table_metadata
 
 

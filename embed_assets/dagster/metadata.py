@@ -27,7 +27,7 @@ from dagster import (
 )
 from dagster._core.definitions.metadata.metadata_set import TableMetadataSet
 
-from ..store._store import VECTOR_COLUMN, EmbeddingTable, Store, WriteResult
+from ..store import VECTOR_COLUMN, EmbeddingTable, Store, WriteResult
 
 # Metadata keys, named once so assets, checks, tests and the browser test agree.
 VERSION_KEY = "lance/version"

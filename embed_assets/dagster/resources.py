@@ -11,9 +11,9 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from ..embed._embedders import DEFAULT_MODEL, Embedder, HashEmbedder, SentenceTransformerEmbedder
+from ..embed import DEFAULT_MODEL, Embedder, HashEmbedder, SentenceTransformerEmbedder
 from ..errors import ValidationError
-from ..store._store import Store, default_store_uri
+from ..store import Store, default_store_uri
 
 BACKENDS = ("sentence-transformers", "hash")
 

@@ -18,10 +18,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ..embed._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
 from ..errors import SchemaMismatchError, ValidationError
 from ..store._store import VECTOR_COLUMN, Store, WriteResult, as_arrow
 from ..store._validation import validate_keys, validate_table_name
+from ._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
 
 EmbedMode = Literal["overwrite", "append", "upsert", "sync", "replace_partition"]
 EMBED_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "sync", "replace_partition")

@@ -51,11 +51,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import TableNotFoundError, ValidationError, VersionNotFoundError
-from ..sql._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
-from ..sql._pushdown import ScanDataset
 from ..store._store import VECTOR_COLUMN, Store, TableMeta
 from . import _native
 from . import _udf as udf
+from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
+from ._pushdown import ScanDataset
 
 __all__ = [
     "SQLConnection",

@@ -30,8 +30,9 @@ from ..errors import (
     ValidationError,
     VersionNotFoundError,
 )
-from ..store import _filters as sqlx
-from ..store._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
+from . import _filters as sqlx
+from ._arrow import as_arrow
+from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 
 WriteMode = Literal["overwrite", "append", "upsert", "replace_partition"]
 WRITE_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "replace_partition")
@@ -153,45 +154,6 @@ class CleanupReport:
         return asdict(self)
 
 
-def _small_type(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_string(t):
-        return pa.string()
-    if pa.types.is_large_binary(t):
-        return pa.binary()
-    if pa.types.is_large_list(t) or pa.types.is_list(t):
-        return pa.list_(_small_type(t.value_type))
-    return t
-
-
-def normalize_types(tbl: pa.Table) -> pa.Table:
-    """Large string/binary/list types (Polars' defaults) become their 32-bit-offset forms:
-    Lance's filter pushdown from DuckDB cannot convert predicates on large types."""
-    fields = [pa.field(f.name, _small_type(f.type), f.nullable, f.metadata) for f in tbl.schema]
-    schema = pa.schema(fields, metadata=tbl.schema.metadata)
-    return tbl if schema.equals(tbl.schema, check_metadata=True) else tbl.cast(schema)
-
-
-def as_arrow(data: Any) -> pa.Table:
-    """Accept an Arrow table/batch, a Polars or pandas DataFrame, or a dict of columns."""
-    if isinstance(data, pa.Table):
-        return normalize_types(data)
-    if isinstance(data, pa.RecordBatch):
-        return normalize_types(pa.Table.from_batches([data]))
-    if isinstance(data, pa.RecordBatchReader):
-        return normalize_types(data.read_all())
-    mod = type(data).__module__
-    if mod.startswith("polars"):
-        return normalize_types(data.to_arrow())
-    if mod.startswith("pandas"):
-        return normalize_types(pa.Table.from_pandas(data, preserve_index=False))
-    if isinstance(data, Mapping):
-        return normalize_types(pa.table(dict(data)))
-    raise ValidationError(
-        f"cannot write data of type {type(data).__name__}; "
-        "pass a pyarrow Table, a polars or pandas DataFrame, or a dict of columns"
-    )
-
-
 class Store:
     """A directory (or object-store prefix) of versioned embedding tables.
 
@@ -263,7 +225,7 @@ class Store:
     def drop(self, name: str) -> None:
         """Delete a table and all its versions."""
         from ..index._build import forget_facts
-        from ..store._cache import CACHE
+        from ._cache import CACHE
 
         t = self.table(name)
         CACHE.forget(t.uri)
@@ -715,7 +677,7 @@ class EmbeddingTable:
         of the key column on first use; the rows come from the version's cached scalar
         columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        from ..store._cache import CACHE, take_rows
+        from ._cache import CACHE, take_rows
 
         keys = list(keys)
         ds = self.dataset(version)
@@ -847,7 +809,7 @@ class EmbeddingTable:
 
     def _exact_cached(self, ds: lance.LanceDataset, q: np.ndarray, k: int, metric: str,
                       cols: list[str] | None) -> pa.Table | None:
-        from ..store._cache import CACHE, exact_topk
+        from ._cache import CACHE, exact_topk
 
         mat = CACHE.matrix(self.uri, ds, metric)
         if mat is None:
@@ -859,7 +821,7 @@ class EmbeddingTable:
                defaults: dict[str, Any], cols: list[str] | None) -> pa.Table | None:
         from ..index._build import _centroids
         from ..kernels._ivf import default_rank
-        from ..store._cache import CACHE
+        from ._cache import CACHE
 
         if "probe_rank" in defaults:
             rank = int(defaults["probe_rank"])
@@ -874,7 +836,7 @@ class EmbeddingTable:
 
     def _rows_at(self, ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
                  cols: list[str] | None, metric: str) -> pa.Table:
-        from ..store._cache import take_rows
+        from ._cache import take_rows
 
         rows = take_rows(self.uri, ds, idx, cols)
         if metric == "l2":
