@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/native/*.c embed_assets/sql/native/*.h) embed_assets/sql/native/build.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) -e '.[dev]'
 	touch $(STAMP)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LANCE_LOG", "error")
 
 from embed_assets import Store  # noqa: E402
-from embed_assets.sql._connection import connect  # noqa: E402
+from embed_assets import connect  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 NPZ = DATA / "debian_minilm.npz"

@@ -26,7 +26,6 @@ from dagster import (
     asset,
     in_process_executor,
 )
-from dagster._core.definitions.metadata.metadata_set import TableMetadataSet
 from pydantic import Field
 
 from embed_assets._demo import demo_source
@@ -38,7 +37,7 @@ from embed_assets.dagster import (
     build_embedding_checks,
     build_version_jobs,
 )
-from embed_assets.dagster.metadata import column_schema, preview_markdown
+from embed_assets.dagster.metadata import column_schema, preview_markdown, standard_table_metadata
 
 # Set to "hash-bow" for a fast run with no model weights (tests, smoke checks); unset uses
 # the shipped all-MiniLM-L6-v2.
@@ -84,7 +83,7 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
         df = pl.read_parquet(config.path) if config.path else demo_source()
         df = df.select(SOURCE_COLUMNS)
         context.add_output_metadata({
-            **dict(TableMetadataSet(row_count=df.height, column_schema=column_schema(df.to_arrow().schema))),
+            **standard_table_metadata(row_count=df.height, column_schema=column_schema(df.to_arrow().schema)),
             "sections": MetadataValue.int(df["section"].n_unique()),
             "preview": MetadataValue.md(preview_markdown(df.head(8).to_arrow())),
         })
@@ -149,17 +148,20 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
         })
 
     model = os.environ.get(ENV_MODEL) or None
+    # One store configuration, set at launch under "embed_store" (defaults: the
+    # environment's store); the IO manager is bound to that same resource.
+    store = EmbedStoreResource.configure_at_launch()
     return Definitions(
-        # Four small steps: starting a process per step (the default) costs more than the
-        # work itself on a 2-core CI machine, and the model would load once per process.
+        # Four small steps: a process per step (the default executor) costs more than the
+        # work itself, and the model would load once per process.
         executor=in_process_executor,
         assets=[descriptions, embeddings, section_centroids, semantic_search],
         asset_checks=[checks],
         jobs=build_version_jobs(tables={"_".join(embeddings_key.path): embeddings_key,
                                         "_".join(centroids_key.path): centroids_key}),
         resources={
-            "embed_store": EmbedStoreResource(),
+            "embed_store": store,
             "embedder": EmbedderResource(model=model),
-            "lance_io_manager": LanceDBIOManager(),
+            "lance_io_manager": LanceDBIOManager(store=store),
         },
     )

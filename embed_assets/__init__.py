@@ -1,5 +1,19 @@
 """embed_assets: a versioned embedding store on LanceDB, driven by Dagster, queried from DuckDB.
 
+The package is layered; each layer imports only the ones below it (import-linter checks
+this in CI, see ``.importlinter``)::
+
+    cli, dagster          command line, Dagster integration (the only Dagster imports)
+    sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
+    embed                 embedders and the incremental pipeline
+    index                 building and tuning ANN indexes to a recall target
+    store                 tables, writes, versions and tags, search, the shared cache
+    kernels               distances, normalising, top-k, the in-memory IVF probe
+    errors, _config       the exception tree, settings read from the environment
+
+This module is the composition root: the one place where the layers are wired together
+(the store calls back into the index policy to rebuild a tuned index after a rollback).
+
 Examples
 --------
 >>> import tempfile
@@ -11,31 +25,29 @@ Examples
 [1]
 """
 
-import os as _os
-
-# Lance logs "No existing dataset ... will be created" at WARN on every new table.
-_os.environ.setdefault("LANCE_LOG", "error")
-
 from ._version import __version__
-from .embed._embedders import (
+from .embed import (
     DEFAULT_MODEL,
     Embedder,
+    EmbedResult,
     HashEmbedder,
     SentenceTransformerEmbedder,
     content_hash,
     default_embedder,
+    embed_table,
 )
-from .embed._pipeline import EmbedResult, embed_table
 from .errors import (
     EmbedAssetsError,
+    QueryError,
     SchemaMismatchError,
+    StorageError,
     TableNotFoundError,
     ValidationError,
     VersionNotFoundError,
 )
-from .index._build import IndexReport, build_index, freshness, refresh_index
-from .sql._connection import SQLConnection, connect, run_sql
-from .store._store import (
+from .index import IndexReport, build_index, freshness, rebuild_after_rollback, refresh_index
+from .sql import SQLConnection, connect, run_sql
+from .store import (
     CleanupReport,
     EmbeddingTable,
     Store,
@@ -43,7 +55,10 @@ from .store._store import (
     VersionInfo,
     WriteResult,
     default_store_uri,
+    set_index_keeper,
 )
+
+set_index_keeper(rebuild_after_rollback)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -54,9 +69,11 @@ __all__ = [
     "EmbeddingTable",
     "HashEmbedder",
     "IndexReport",
+    "QueryError",
     "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
+    "StorageError",
     "Store",
     "TableMeta",
     "TableNotFoundError",

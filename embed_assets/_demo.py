@@ -6,9 +6,8 @@ from importlib import resources
 
 import polars as pl
 
-from .embed._embedders import SentenceTransformerEmbedder
-from .embed._pipeline import embed_table
-from .store._store import Store
+from .embed import SentenceTransformerEmbedder, embed_table
+from .store import Store
 
 DEMO_TABLE = "debian_packages"
 

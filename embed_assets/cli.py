@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._config import settings
+from ._demo import run_demo
+from .embed import default_embedder, embed_table
 from .errors import EmbedAssetsError, ValidationError
+from .index import build_index, freshness, refresh_index
+from .sql import format_result, run_sql
+from .store import Store
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -70,17 +76,12 @@ def _read_source(path: str) -> Any:
     raise ValidationError(f"input file {path!r} must end in .parquet or .csv")
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from .store._store import Store
-
+def _store(args: argparse.Namespace) -> Store:
     return Store(args.store)
 
 
 # -- verbs -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .embed._embedders import default_embedder
-    from .embed._pipeline import embed_table
-
     data = _read_source(args.from_)
     partition = None
     if args.partition:
@@ -167,11 +168,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .embed._embedders import default_embedder
-
     t = _store(args).table(args.name)
-    meta = t.meta
-    res = t.search(args.text, k=args.k, where=args.where, version=_version_arg(args.version),
+    version = _version_arg(args.version)
+    meta = t.meta_at(version)  # the version searched decides the model, not the latest
+    res = t.search(args.text, k=args.k, where=args.where, version=version,
                    embedder=default_embedder(meta.model))
     cols = [meta.key, *([meta.text_column] if meta.text_column in res.column_names else []),
             "distance", "rank"]
@@ -211,8 +211,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .index._build import build_index, freshness, refresh_index
-
     t = _store(args).table(args.name)
     if args.refresh:
         out = refresh_index(t)
@@ -232,15 +230,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from .sql._connection import format_result, run_sql
-
     print(format_result(run_sql(_store(args), args.query), as_json=args.json))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
-
     return run_demo(args.store)
 
 
@@ -320,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # An application may configure its process: Lance logs "No existing dataset ... will
+    # be created" at WARN for every new table, noise on a terminal.
     os.environ.setdefault("LANCE_LOG", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -334,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("embed-assets: interrupted; nothing partial was committed", file=sys.stderr)
         return 130
     except Exception as exc:  # keep the promise of one line; full trace on request
-        if os.environ.get("EMBED_ASSETS_DEBUG"):
+        if settings().debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"embed-assets: error: {type(exc).__name__}: {msg} "

@@ -1,18 +1,42 @@
-"""Exceptions raised by embed_assets.
+"""Exceptions raised by embed_assets: one tree, rooted at :class:`EmbedAssetsError`.
 
-Every error a user can trigger with bad input derives from :class:`EmbedAssetsError`,
-so the CLI can print one line and exit non-zero without a traceback.
+::
+
+    EmbedAssetsError
+    ├── ValidationError (ValueError)      bad input or arguments; nothing was written
+    │   └── SchemaMismatchError           another model, dimension, key or columns
+    ├── TableNotFoundError (LookupError)  no such table (the message lists those that exist)
+    ├── VersionNotFoundError (LookupError) no such version or tag (lists what exists)
+    ├── StorageError (OSError)            the storage failed: I/O, permissions, credentials,
+    │                                     a corrupt or unreadable table
+    └── QueryError                        a SQL statement failed (DuckDB's message)
+
+The CLI prints any of them as one line and exits non-zero without a traceback.
 """
 
 from __future__ import annotations
 
+__all__ = [
+    "EmbedAssetsError",
+    "QueryError",
+    "SchemaMismatchError",
+    "StorageError",
+    "TableNotFoundError",
+    "ValidationError",
+    "VersionNotFoundError",
+]
+
 
 class EmbedAssetsError(Exception):
-    """Base class for errors caused by bad input or an impossible request."""
+    """Base class of every error embed_assets raises on purpose."""
 
 
 class ValidationError(EmbedAssetsError, ValueError):
     """Input data or arguments failed validation; nothing was written."""
+
+
+class SchemaMismatchError(ValidationError):
+    """Data does not match the table: another model, dimension, key column or columns."""
 
 
 class TableNotFoundError(EmbedAssetsError, LookupError):
@@ -23,5 +47,11 @@ class VersionNotFoundError(EmbedAssetsError, LookupError):
     """The requested version or tag does not exist for the table."""
 
 
-class SchemaMismatchError(ValidationError):
-    """Data does not match the table: another model, dimension or key column."""
+class StorageError(EmbedAssetsError, OSError):
+    """The storage under the store failed: unreadable or corrupt table files, permissions,
+    credentials, an unreachable object store. The message names the table and the cause."""
+
+
+class QueryError(EmbedAssetsError):
+    """A SQL statement failed. Carries DuckDB's first message line; a statement may have
+    had effects before it failed (SQL can write), unlike a :class:`ValidationError`."""

@@ -10,6 +10,7 @@ partitioned (by section) materialisation.
 # No `from __future__ import annotations`: Dagster resolves the test assets' annotations.
 import datetime as dt
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from embed_assets.dagster import (
     PROJECTION_KEY,
     RUN_TAG_PREFIX,
     VERSION_KEY,
+    EmbedStoreResource,
     LanceDBIOManager,
     run_for_version,
     versions_for_run,
@@ -104,6 +106,8 @@ def test_demo_materialises_with_metadata_and_traceability(env: dict[str, Any]) -
     assert versions_for_run(env["store"], res.run_id)[TABLE] == [1]
     run = env["instance"].get_run_by_id(res.run_id)
     assert run.tags[f"{RUN_TAG_PREFIX}{TABLE}"] == "1"
+    # ... also for a table the IO manager wrote
+    assert run.tags[f"{RUN_TAG_PREFIX}debian_section_centroids"] == "1"
     # downstream ran: centroids through the IO manager, search through the store
     cmd = _meta(res, CENTROIDS)
     assert cmd["dagster/row_count"] == 12 and cmd[VERSION_KEY] == 1
@@ -279,7 +283,7 @@ def test_io_manager_types_modes_partitions_and_version_pins(env: dict[str, Any])
     def pinned(arrow_vecs: pl.DataFrame) -> pl.DataFrame:
         return arrow_vecs.select("id", "vector").with_columns(pl.col("id") + 100)
 
-    res = {"lance": LanceDBIOManager(uri=store_uri)}
+    res = {"lance": LanceDBIOManager(store=EmbedStoreResource(uri=store_uri))}
     inst = env["instance"]
     r = materialize([arrow_vecs, pandas_vecs], resources=res, instance=inst)
     assert r.success
@@ -299,3 +303,43 @@ def test_io_manager_types_modes_partitions_and_version_pins(env: dict[str, Any])
     assert t.count_rows() == 5 and t.version == 2
     materialize([daily_vecs], resources=res, instance=inst, partition_key="2026-01-01")
     assert t.count_rows() == 5
+
+
+def test_one_store_configuration_reaches_assets_and_io_manager(env: dict[str, Any]) -> None:
+    # The demo binds the IO manager to the "embed_store" resource: configuring that one
+    # resource at launch moves every table, the IO manager's included.
+    resources = env["defs"].resources
+    assert resources["lance_io_manager"].store is resources["embed_store"]
+    other = env["tmp"] / "other_store"
+    res = _run(env, run_config={"resources": {"embed_store": {"config": {"uri": str(other)}}}})
+    assert res.success
+    assert Store(str(other)).table_names() == [TABLE, "debian_section_centroids"]
+    assert not env["store"].table_names()
+
+
+def test_io_manager_defaults_to_the_default_store(env: dict[str, Any]) -> None:
+    # LanceDBIOManager() is LanceDBIOManager(store=EmbedStoreResource()): $EMBED_ASSETS_STORE.
+    @asset(io_manager_key="lance", metadata={"key": "id"})
+    def plain() -> pa.Table:
+        return pa.table({"id": [1, 2], "vector": [[1.0, 0.0], [0.0, 1.0]]})
+
+    io = LanceDBIOManager()
+    assert isinstance(io.store, EmbedStoreResource) and io.store.uri is None
+    assert materialize([plain], resources={"lance": io}, instance=env["instance"]).success
+    assert env["store"].table("plain").count_rows() == 2
+
+
+def test_projection_png_leaves_the_matplotlib_backend_alone() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg'); "
+        "import numpy as np; from embed_assets.dagster.metadata import projection_png; "
+        "png = projection_png(np.random.default_rng(0).normal(size=(50, 8)), ['a', 'b'] * 25, title='t'); "
+        "print(png[:8] == b'\\x89PNG\\r\\n\\x1a\\n', matplotlib.rcParams['backend'], "
+        "'matplotlib.pyplot' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
+    assert out.stdout.split() == ["True", "svg", "False"], out.stderr

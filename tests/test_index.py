@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from embed_assets import Store, ValidationError, build_index, freshness, refresh_index
-from embed_assets.index._build import EXACT_THRESHOLD_ROWS, index_config, needs_retrain, search_defaults
+from embed_assets.index import EXACT_THRESHOLD_ROWS, needs_retrain
+from embed_assets.store import index_config, search_defaults
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -185,8 +186,7 @@ def test_bad_index_requests(store):
 
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 def test_ivf_probe_two_stage_scan_matches_exact(metric):
-    from embed_assets.kernels._ivf import IvfProbe
-    from embed_assets.store._cache import exact_topk
+    from embed_assets.kernels import IvfProbe, exact_topk
 
     mat = clustered(3000, dim=192, clusters=20)
     if metric != "cosine":
@@ -223,7 +223,7 @@ def test_hnsw_option_meets_target_through_lance(store):
 def test_offsets_stay_aligned_across_fragments_and_deletions(store, monkeypatch):
     """The cached and probe paths map row offsets back with take(): with several fragments
     and deletion vectors the rows must still be the right ones."""
-    import embed_assets.store._store as store_mod
+    import embed_assets.store._writes as store_mod
 
     monkeypatch.setattr(store_mod, "MAX_ROWS_PER_FILE", 1000)
     mat = clustered(3500)

@@ -6,8 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embed_assets import HashEmbedder, SchemaMismatchError, embed_table
-from embed_assets.embed._embedders import content_hash
+from embed_assets import HashEmbedder, SchemaMismatchError, content_hash, embed_table
 
 
 class CountingEmbedder(HashEmbedder):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embed_assets import Store
-from embed_assets.sql._connection import connect
+from embed_assets.sql import connect
 from embed_assets.sql._pushdown import ScanDataset, integer_key_filter
 
 from .conftest import vectors_table

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from embed_assets.sql._connection import connect, load_macros, macro_file
+from embed_assets.sql import connect, load_macros, macro_file
 
 FIXTURES = Path(__file__).parent / "sql_fixtures"
 TOL = 1e-5

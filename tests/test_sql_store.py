@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from embed_assets import HashEmbedder, Store, VersionNotFoundError, embed_table
-from embed_assets.sql._connection import SQLConnection, connect, format_result, run_sql
+from embed_assets.sql import SQLConnection, connect, format_result, run_sql
 
 WORDS = [
     "text", "editor", "web", "browser", "image", "viewer", "audio", "player", "mail", "client",
@@ -378,9 +378,9 @@ def test_run_sql_and_format(store: Store) -> None:
     assert text.splitlines()[0].split() == ["section", "n", "m"] and "(5 rows)" in text
     rows = json.loads(format_result(tbl, as_json=True))
     assert rows[0]["section"] == "s0" and len(rows[0]["m"]) == 32
-    from embed_assets import ValidationError
+    from embed_assets import QueryError, ValidationError
 
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(QueryError, match="does not exist"):
         run_sql(store.uri, "SELECT * FROM nope", extensions=())
     with pytest.raises(ValidationError, match="empty"):
         run_sql(store.uri, "  ", extensions=())

@@ -13,11 +13,12 @@ Examples
 
     embeddings = build_embedding_asset("doc_vectors", source="docs", key_column="id",
                                        text_column="body")
+    store = EmbedStoreResource()  # one store configuration, shared by the IO manager
     defs = Definitions(
         assets=[docs, embeddings],
         asset_checks=[build_embedding_checks(embeddings.key)],
-        resources={"embed_store": EmbedStoreResource(), "embedder": EmbedderResource(),
-                   "lance_io_manager": LanceDBIOManager()},
+        resources={"embed_store": store, "embedder": EmbedderResource(),
+                   "lance_io_manager": LanceDBIOManager(store=store)},
     )
 """
 

@@ -10,7 +10,7 @@ load it through the ``LanceDBIOManager`` under ``io_manager_key``.
 # No `from __future__ import annotations`: Dagster reads the Config and context
 # annotations of the decorated functions at definition time.
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,12 +27,22 @@ from dagster import (
     PartitionsDefinition,
     asset,
 )
-from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
-from ..embed import EmptyTextPolicy, embed_table
-from ..store import as_arrow, filter_in
-from .metadata import SUMMARY_KEY, lance_table_name, record_run_version, table_metadata
+from ..embed import Embedder, EmbedMode, EmbedResult, EmptyTextPolicy, embed_table
+from ..store import EmbeddingTable, Store, as_arrow, filter_in
+from ._compat import CoercibleToAssetKey
+from .metadata import (
+    SUMMARY_KEY,
+    lance_table_name,
+    record_run_version,
+    standard_table_metadata,
+    table_metadata,
+)
+
+# The rows of one run's partition(s): (partition column, one key or a list of keys), as
+# embed_table takes it.
+Partition: TypeAlias = tuple[str, Any]
 
 
 class EmbedConfig(Config):
@@ -112,64 +122,84 @@ def build_embedding_asset(
     )
     def _embedding_asset(context: AssetExecutionContext, config: EmbedConfig,
                          source: Any) -> MaterializeResult:
-        store = getattr(context.resources, store_key).get_store()
-        embedder = getattr(context.resources, embedder_key).get_embedder()
-        src = as_arrow(source)
-        partition: tuple[str, Any] | None = None
-        mode = "sync"
-        if partitions_def is not None:
-            assert partition_expr is not None
-            keys = list(context.partition_keys)
-            if partition_expr not in src.column_names:
-                raise Failure(f"source {source_key.to_user_string()} has no column "
-                              f"{partition_expr!r} (partition_expr)")
-            col = src.column(partition_expr)
-            src = src.filter(pc.is_in(col, value_set=pa.array(keys).cast(col.type)))
-            partition = (partition_expr, keys[0] if len(keys) == 1 else keys)
-            mode = "replace_partition"
-            context.log.info(f"partition(s) {', '.join(keys)}: {src.num_rows} source rows")
-
-        if store.exists(name):
-            meta = store.table(name).meta
-            if meta.model and meta.model != embedder.name and not config.overwrite:
-                if partitions_def is not None or meta.dimension != embedder.dimension:
-                    raise Failure(
-                        f"table {name!r} holds {meta.dimension}-d vectors from {meta.model!r}; the "
-                        f"embedder is {embedder.name!r} ({embedder.dimension}-d). A table never "
-                        "mixes models: launch with config overwrite: true (then re-materialise "
-                        "every partition) or give the asset a new table."
-                    )
-                context.log.warning(f"model changed {meta.model!r} -> {embedder.name!r}: "
-                                    "re-embedding every row")
-                mode = "overwrite"
-        if config.overwrite:
-            mode = "overwrite"
-
+        store: Store = getattr(context.resources, store_key).get_store()
+        embedder: Embedder = getattr(context.resources, embedder_key).get_embedder()
+        src, partition = as_arrow(source), None
+        if partition_expr is not None:
+            src, partition = _partition_slice(context, src, partition_expr, source_key)
+        mode = _embed_mode(context, store, name, embedder, overwrite=config.overwrite,
+                           partitioned=partition is not None)
+        properties = {"dagster_asset": asset_key.to_user_string()}
+        if partition is not None:
+            properties["dagster_partition"] = ",".join(context.partition_keys)
         res = embed_table(
             store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
             columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
-            properties={"dagster_asset": asset_key.to_user_string(),
-                        **({"dagster_partition": ",".join(context.partition_keys)}
-                           if partitions_def is not None else {})},
+            properties=properties,
         )
         context.log.info(res.summary())
         record_run_version(context, name, res.version)
-        t = store.table(name)
-        extra: dict[str, Any] = {
-            SUMMARY_KEY: MetadataValue.text(res.summary()),
-            "rows_embedded": MetadataValue.int(res.rows_embedded),
-            "rows_reused": MetadataValue.int(res.rows_reused),
-            "rows_unchanged": MetadataValue.int(res.rows_unchanged),
-            "rows_skipped_empty": MetadataValue.int(res.rows_skipped_empty),
-            "seconds": MetadataValue.float(round(res.seconds, 3)),
-            "embed_mode": MetadataValue.text(mode),
-        }
-        if partition is not None:
-            vals = partition[1] if isinstance(partition[1], list) else [partition[1]]
-            extra["dagster/partition_row_count"] = MetadataValue.int(
-                t.dataset(res.version).count_rows(filter=filter_in(partition[0], vals)))
-        md = table_metadata(t, version=res.version, write=res.write, extra=extra,
-                            label_column=label_column or partition_expr)
+        md = _embedding_metadata(store.table(name), res, mode, partition,
+                                 label_column=label_column or partition_expr)
         return MaterializeResult(metadata=md)
 
     return _embedding_asset
+
+
+def _partition_slice(context: AssetExecutionContext, src: pa.Table, partition_expr: str,
+                     source_key: AssetKey) -> tuple[pa.Table, Partition]:
+    """The source rows of the run's partition key(s), and the partition to replace."""
+    keys = list(context.partition_keys)
+    if partition_expr not in src.column_names:
+        raise Failure(f"source {source_key.to_user_string()} has no column "
+                      f"{partition_expr!r} (partition_expr)")
+    col = src.column(partition_expr)
+    src = src.filter(pc.is_in(col, value_set=pa.array(keys).cast(col.type)))
+    context.log.info(f"partition(s) {', '.join(keys)}: {src.num_rows} source rows")
+    return src, (partition_expr, keys[0] if len(keys) == 1 else keys)
+
+
+def _embed_mode(context: AssetExecutionContext, store: Store, name: str, embedder: Embedder, *,
+                overwrite: bool, partitioned: bool) -> EmbedMode:
+    """How embed_table writes: sync (or replace_partition), or overwrite on request or a model change.
+
+    A model change re-embeds everything when it is safe (unpartitioned, same dimension);
+    otherwise it is refused unless ``overwrite``: a table never mixes models.
+    """
+    if overwrite:
+        return "overwrite"
+    if store.exists(name):
+        meta = store.table(name).meta
+        if meta.model and meta.model != embedder.name:
+            if partitioned or meta.dimension != embedder.dimension:
+                raise Failure(
+                    f"table {name!r} holds {meta.dimension}-d vectors from {meta.model!r}; the "
+                    f"embedder is {embedder.name!r} ({embedder.dimension}-d). A table never "
+                    "mixes models: launch with config overwrite: true (then re-materialise "
+                    "every partition) or give the asset a new table."
+                )
+            context.log.warning(f"model changed {meta.model!r} -> {embedder.name!r}: "
+                                "re-embedding every row")
+            return "overwrite"
+    return "replace_partition" if partitioned else "sync"
+
+
+def _embedding_metadata(table: EmbeddingTable, res: EmbedResult, mode: EmbedMode,
+                        partition: Partition | None, *, label_column: str | None) -> dict[str, Any]:
+    """The materialisation metadata: the table's entries plus what this run embedded."""
+    extra: dict[str, Any] = {
+        SUMMARY_KEY: MetadataValue.text(res.summary()),
+        "rows_embedded": MetadataValue.int(res.rows_embedded),
+        "rows_reused": MetadataValue.int(res.rows_reused),
+        "rows_unchanged": MetadataValue.int(res.rows_unchanged),
+        "rows_skipped_empty": MetadataValue.int(res.rows_skipped_empty),
+        "seconds": MetadataValue.float(round(res.seconds, 3)),
+        "embed_mode": MetadataValue.text(mode),
+    }
+    if partition is not None:
+        column, keys = partition
+        rows = table.dataset(res.version).count_rows(
+            filter=filter_in(column, keys if isinstance(keys, list) else [keys]))
+        extra.update(standard_table_metadata(partition_row_count=rows))
+    return table_metadata(table, version=res.version, write=res.write, extra=extra,
+                          label_column=label_column)

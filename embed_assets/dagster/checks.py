@@ -25,9 +25,9 @@ from dagster import (
     MetadataValue,
     multi_asset_check,
 )
-from dagster._core.definitions.asset_key import CoercibleToAssetKey
 
 from ..store import VECTOR_COLUMN, EmbeddingTable
+from ._compat import CoercibleToAssetKey
 from .metadata import VERSION_KEY, lance_table_name
 
 INTEGRITY_CHECKS = ("vectors_finite", "vector_dimension", "no_zero_vectors", "unique_keys")

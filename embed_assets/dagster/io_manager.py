@@ -1,10 +1,10 @@
 """A LanceDB IO manager in the style of dagster-duckdb / dagster-deltalake.
 
 ``LanceDBIOManager`` (a ``ConfigurableIOManagerFactory``) builds Dagster's ``DbIOManager``
-over a :class:`LanceDbClient`, with one type handler per in-memory type: Arrow, Polars
-and pandas. Outputs become exactly one Lance version per materialisation (none when
-nothing changed); inputs load as any of the three types, optionally pinned to a version
-or tag.
+over a :class:`LanceDbClient` bound to the store of its nested ``EmbedStoreResource``,
+with one type handler per in-memory type: Arrow, Polars and pandas. Outputs become
+exactly one Lance version per materialisation (none when nothing changed); inputs load
+as any of the three types, optionally pinned to a version or tag.
 
 Definition metadata of an asset (``@asset(metadata={...})``) steers writes:
 
@@ -20,8 +20,8 @@ Input metadata (``AssetIn(metadata={...})``) steers reads: ``version`` (a number
 ``tag`` pins the read; ``columns`` selects columns.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the field annotations of the
+# resource classes to find nested resources (``LanceDBIOManager.store``).
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,20 +31,28 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import ConfigurableIOManagerFactory, InputContext, OutputContext
-from dagster._core.definitions.partitions.utils import TimeWindow
-from dagster._core.storage.db_io_manager import (
-    DbClient,
-    DbIOManager,
-    DbTypeHandler,
-    TablePartitionDimension,
-    TableSlice,
+from dagster import (
+    ConfigurableIOManagerFactory,
+    DagsterInstance,
+    InitResourceContext,
+    InputContext,
+    OutputContext,
+    TimeWindow,
 )
 from pydantic import Field
 
 from ..errors import ValidationError
-from ..store import Store, as_arrow, filter_in, quote_ident, sql_literal
-from .metadata import lance_table_name, record_run_version, table_metadata
+from ..store import EmbeddingTable, Store, WriteResult, as_arrow, filter_in, quote_ident, sql_literal
+from ._compat import (
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TableNamingDbIOManager,
+    TablePartitionDimension,
+    TableSlice,
+)
+from .metadata import VERSION_KEY, lance_table_name, table_metadata, tag_run_with_version
+from .resources import EmbedStoreResource
 
 IO_WRITE_MODES = ("overwrite", "append", "upsert")
 
@@ -95,7 +103,10 @@ def _rows_in_slice(tbl: pa.Table, dims: Sequence[TablePartitionDimension]) -> pa
 
 
 class LanceDbClient(DbClient[Store]):
-    """Glue between ``DbIOManager`` and the store; a "connection" is a :class:`Store`."""
+    """Glue between ``DbIOManager`` and the store; the "connection" is the configured :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     @staticmethod
     def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: Store) -> None:
@@ -120,25 +131,24 @@ class LanceDbClient(DbClient[Store]):
         # dagster/table_name: the table's URI, which lancedb/pylance/DuckDB all open.
         return f"{(table_slice.database or '').rstrip('/')}/{table_slice.table}.lance"
 
-    @staticmethod
     @contextmanager
-    def connect(context: OutputContext | InputContext, table_slice: TableSlice) -> Iterator[Store]:
-        yield Store(table_slice.database)
+    def connect(self, context: OutputContext | InputContext,  # type: ignore[override]
+                table_slice: TableSlice) -> Iterator[Store]:
+        yield self._store
 
 
-class _LanceDbIOManager(DbIOManager):
+class _LanceDbIOManager(TableNamingDbIOManager):
     """``DbIOManager`` with the store's naming: one table per asset, key path joined by '_'."""
 
-    def _get_table_slice(self, context: OutputContext | InputContext,
-                         output_context: OutputContext) -> TableSlice:
+    def rename_table_slice(self, context: OutputContext | InputContext, output_context: OutputContext,
+                           table_slice: TableSlice) -> TableSlice:
         # DbIOManager maps a key to schema.table; the store is flat, so the whole key path
         # (or the ``table`` metadata) names the table and ``schema`` is unused.
-        ts = super()._get_table_slice(context, output_context)
         if context.has_asset_key:
             name = lance_table_name(context.asset_key, output_context.definition_metadata)
         else:
-            name = ts.table
-        return ts._replace(table=name, schema="")
+            name = table_slice.table
+        return table_slice._replace(table=name, schema="")
 
 
 # -- type handlers ------------------------------------------------------------------------
@@ -153,51 +163,21 @@ class _ArrowBackedHandler(DbTypeHandler[Any]):
 
     def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: Any,
                       connection: Store) -> Mapping[str, Any]:
-        store = connection
+        store, name, tbl = connection, table_slice.table, self.to_arrow(obj)
         md = context.definition_metadata or {}
-        tbl = self.to_arrow(obj)
-        name = table_slice.table
         existing = store.table(name) if store.exists(name) else None
         key = md.get("key") or (existing.meta.key if existing is not None else tbl.column_names[0])
         dims = list(table_slice.partition_dimensions or [])
-        mode = md.get("write_mode") or ("upsert" if dims else "overwrite")
-        if mode not in IO_WRITE_MODES:
-            raise ValidationError(
-                f"write_mode {mode!r} in the metadata of {context.asset_key.to_user_string()}; "
-                f"choose one of {', '.join(IO_WRITE_MODES)}"
-            )
+        mode = _write_mode(context, md, partitioned=bool(dims))
+        model = str(md["model"]) if md.get("model") else None
         props: dict[str, Any] = {"dagster_asset": context.asset_key.to_user_string()}
-        delete_keys = None
         if dims:
-            # Replace exactly this partition: refuse rows of other partitions, then upsert the
-            # new rows and delete the partition's keys that are gone, all in one commit.
-            mask = _rows_in_slice(tbl, dims)
-            outside = tbl.num_rows - pc.sum(mask).as_py() if tbl.num_rows else 0
-            if outside:
-                raise ValidationError(
-                    f"{outside} output row(s) of {context.asset_key.to_user_string()} lie outside "
-                    f"partition(s) {', '.join(context.asset_partition_keys)} "
-                    f"(partition_expr {[d.partition_expr for d in dims]})"
-                )
-            props["partition"] = ",".join(context.asset_partition_keys)
-            if existing is not None:
-                where = partition_filter(dims)
-                old = existing.read(columns=[key], where=where).column(key).to_pylist()
-                new = set(tbl.column(key).to_pylist())
-                delete_keys = [k for k in old if k not in new] or None
-                mode = "upsert"
-            else:
-                mode = "overwrite"
-        model = md.get("model")
-        write = store.write(name, tbl, key=key, mode=mode, delete_keys=delete_keys,
-                            model=str(model) if model else None,
-                            run_id=context.run_id, properties=props)
-        if write.committed:
-            context.log.info(f"{name}: wrote version {write.version} (mode {mode}, "
-                             f"+{write.rows_inserted} ~{write.rows_updated} -{write.rows_deleted})")
+            write, mode = _partition_write(context, store, name, tbl, dims=dims, existing=existing,
+                                           key=key, model=model, properties=props)
         else:
-            context.log.info(f"{name}: nothing changed, stays at version {write.version}")
-        _record(context, name, write.version)
+            write = store.write(name, tbl, key=key, mode=mode, model=model, run_id=context.run_id,
+                                properties=props)
+        _log_write(context, name, mode, write)
         return table_metadata(store.table(name), version=write.version, write=write,
                               label_column=dims[0].partition_expr if dims else None)
 
@@ -212,12 +192,85 @@ class _ArrowBackedHandler(DbTypeHandler[Any]):
         return self.from_arrow(tbl)
 
 
-def _record(context: OutputContext, table: str, version: int) -> None:
-    try:
-        step = context.step_context
-    except Exception:  # a bare build_output_context() in a unit test has no run
-        return
-    record_run_version(step, table, version)
+def _write_mode(context: OutputContext, md: Mapping[str, Any], *, partitioned: bool) -> str:
+    """The ``write_mode`` of the asset's metadata, checked (default: upsert when partitioned)."""
+    mode = md.get("write_mode") or ("upsert" if partitioned else "overwrite")
+    if mode not in IO_WRITE_MODES:
+        raise ValidationError(
+            f"write_mode {mode!r} in the metadata of {context.asset_key.to_user_string()}; "
+            f"choose one of {', '.join(IO_WRITE_MODES)}"
+        )
+    return str(mode)
+
+
+def _partition_write(context: OutputContext, store: Store, name: str, tbl: pa.Table, *,
+                     dims: Sequence[TablePartitionDimension], existing: EmbeddingTable | None,
+                     key: str, model: str | None,
+                     properties: Mapping[str, Any]) -> tuple[WriteResult, str]:
+    """Replace exactly the slice's partitions of table ``name`` with ``tbl``, in one commit.
+
+    Refuses rows of other partitions, then upserts the new rows and deletes the partition's
+    keys that are gone (a first write creates the table). The one place a partition is
+    replaced, so a store-level partition replace can take its place. Returns the write and
+    the store mode it used.
+    """
+    mask = _rows_in_slice(tbl, dims)
+    outside = tbl.num_rows - pc.sum(mask).as_py() if tbl.num_rows else 0
+    if outside:
+        raise ValidationError(
+            f"{outside} output row(s) of {context.asset_key.to_user_string()} lie outside "
+            f"partition(s) {', '.join(context.asset_partition_keys)} "
+            f"(partition_expr {[d.partition_expr for d in dims]})"
+        )
+    props = {**properties, "partition": ",".join(context.asset_partition_keys)}
+    delete_keys = None
+    if existing is not None:
+        where = partition_filter(dims)
+        old = existing.read(columns=[key], where=where).column(key).to_pylist()
+        new = set(tbl.column(key).to_pylist())
+        delete_keys = [k for k in old if k not in new] or None
+        mode = "upsert"
+    else:
+        mode = "overwrite"
+    write = store.write(name, tbl, key=key, mode=mode, delete_keys=delete_keys, model=model,
+                        run_id=context.run_id, properties=props)
+    return write, mode
+
+
+def _log_write(context: OutputContext, name: str, mode: str, write: WriteResult) -> None:
+    if write.committed:
+        context.log.info(f"{name}: wrote version {write.version} (mode {mode}, "
+                         f"+{write.rows_inserted} ~{write.rows_updated} -{write.rows_deleted})")
+    else:
+        context.log.info(f"{name}: nothing changed, stays at version {write.version}")
+
+
+class _RunTaggingHandler(DbTypeHandler[Any]):
+    """Wraps a handler: after each write, tags the run with the version it left (run -> version).
+
+    The version is the handler's ``lance/version`` metadata entry; the instance is the
+    one the IO manager was started with (``InitResourceContext.instance``).
+    """
+
+    def __init__(self, inner: DbTypeHandler[Any], instance: DagsterInstance) -> None:
+        self.inner = inner
+        self._instance = instance
+
+    @property
+    def supported_types(self) -> Sequence[type[object]]:
+        return self.inner.supported_types
+
+    def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: Any,
+                      connection: Store) -> Mapping[str, Any] | None:
+        md = self.inner.handle_output(context, table_slice, obj, connection)
+        version = (md or {}).get(VERSION_KEY)
+        if version is not None:
+            tag_run_with_version(self._instance, context.run_id, table_slice.table,
+                                 int(getattr(version, "value", version)), context.log)
+        return md
+
+    def load_input(self, context: InputContext, table_slice: TableSlice, connection: Store) -> Any:
+        return self.inner.load_input(context, table_slice, connection)
 
 
 class LanceArrowTypeHandler(_ArrowBackedHandler):
@@ -253,6 +306,12 @@ class LancePandasTypeHandler(_ArrowBackedHandler):
 class LanceDBIOManager(ConfigurableIOManagerFactory):
     """Stores asset outputs as versioned Lance tables in an embed_assets store.
 
+    The store comes from a nested :class:`EmbedStoreResource` (default: one with its own
+    defaults, ``$EMBED_ASSETS_STORE`` or ``./.embed_store``). To give assets that use the
+    store directly and this IO manager one configuration, pass the same resource to both;
+    ``EmbedStoreResource.configure_at_launch()`` makes that one configuration settable
+    in the Launchpad too.
+
     Examples
     --------
     .. code-block:: python
@@ -260,17 +319,19 @@ class LanceDBIOManager(ConfigurableIOManagerFactory):
         @asset(metadata={"key": "id", "write_mode": "upsert"})
         def item_vectors() -> pl.DataFrame: ...
 
+        store = EmbedStoreResource(uri="/data/store")
         defs = Definitions(assets=[item_vectors],
-                           resources={"io_manager": LanceDBIOManager(uri="/data/store")})
+                           resources={"embed_store": store,
+                                      "io_manager": LanceDBIOManager(store=store)})
     """
 
-    uri: str | None = Field(
-        default=None,
-        description="Store URI (path or s3://bucket/prefix); empty: $EMBED_ASSETS_STORE or ./.embed_store",
-    )
-    storage_options: dict[str, str] | None = Field(
-        default=None, description="Object-store options passed to Lance"
-    )
+    store: EmbedStoreResource = Field(description="The store the tables live in")
+
+    def __init__(self, *, store: EmbedStoreResource | None = None, **data: Any) -> None:
+        # A nested resource field takes no pydantic default (Dagster resolves nested
+        # resources itself), so the default store is filled in here. ``store`` may also
+        # be a ``configure_at_launch()`` partial that is a top-level resource too.
+        super().__init__(store=store if store is not None else EmbedStoreResource(), **data)
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -280,24 +341,15 @@ class LanceDBIOManager(ConfigurableIOManagerFactory):
     def default_load_type() -> type | None:
         return pa.Table
 
-    def create_io_manager(self, context: Any) -> DbIOManager:
-        store = Store(self.uri, storage_options=self.storage_options)
+    def create_io_manager(self, context: InitResourceContext) -> DbIOManager:
+        store = self.store.get_store()
+        handlers = self.type_handlers()
+        if context.instance is not None:
+            handlers = [_RunTaggingHandler(h, context.instance) for h in handlers]
         return _LanceDbIOManager(
-            type_handlers=self.type_handlers(),
-            db_client=_StoreClient(store),
+            type_handlers=handlers,
+            db_client=LanceDbClient(store),
             database=store.uri,
             io_manager_name="LanceDBIOManager",
             default_load_type=self.default_load_type(),
         )
-
-
-class _StoreClient(LanceDbClient):
-    """A client bound to one configured store (keeps its storage options for connect)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    @contextmanager
-    def connect(self, context: OutputContext | InputContext,  # type: ignore[override]
-                table_slice: TableSlice) -> Iterator[Store]:
-        yield self._store

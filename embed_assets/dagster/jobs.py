@@ -20,11 +20,11 @@ from dagster import (
     job,
     op,
 )
-from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from pydantic import Field
 
 from ..errors import EmbedAssetsError
 from ..store import EmbeddingTable
+from ._compat import CoercibleToAssetKey
 from .metadata import record_run_version, table_metadata
 
 

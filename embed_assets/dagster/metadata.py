@@ -15,19 +15,22 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from dagster import (
     AssetKey,
+    DagsterInstance,
     MetadataValue,
     TableColumn,
     TableSchema,
 )
-from dagster._core.definitions.metadata.metadata_set import TableMetadataSet
 
 from ..store import VECTOR_COLUMN, EmbeddingTable, Store, WriteResult
+
+if TYPE_CHECKING:
+    import lance
 
 # Metadata keys, named once so assets, checks, tests and the browser test agree.
 VERSION_KEY = "lance/version"
@@ -38,6 +41,12 @@ WRITER_RUN_KEY = "lance/written_by_run"
 PROJECTION_KEY = "projection"
 PREVIEW_KEY = "preview"
 SUMMARY_KEY = "summary"
+# Dagster's documented table-metadata keys (what its TableMetadataSet writes; that class
+# is not exported by `dagster`, the keys are the public contract).
+ROW_COUNT_KEY = "dagster/row_count"
+PARTITION_ROW_COUNT_KEY = "dagster/partition_row_count"
+COLUMN_SCHEMA_KEY = "dagster/column_schema"
+TABLE_NAME_KEY = "dagster/table_name"
 # Run tag prefix: ``embed_assets/version/<table>`` = the version a run wrote (run -> version).
 RUN_TAG_PREFIX = "embed_assets/version/"
 # Points drawn in the projection; more only slows the PNG down and hides nothing.
@@ -68,6 +77,22 @@ def column_schema(schema: pa.Schema) -> TableSchema:
             desc = "provenance"
         cols.append(TableColumn(name=f.name, type=typ, description=desc))
     return TableSchema(columns=cols)
+
+
+def standard_table_metadata(*, row_count: int | None = None, column_schema: TableSchema | None = None,
+                            table_name: str | None = None,
+                            partition_row_count: int | None = None) -> dict[str, MetadataValue]:
+    """Dagster's standard table entries (``dagster/row_count``, ...), for those given."""
+    out: dict[str, MetadataValue] = {}
+    if column_schema is not None:
+        out[COLUMN_SCHEMA_KEY] = MetadataValue.table_schema(column_schema)
+    if row_count is not None:
+        out[ROW_COUNT_KEY] = MetadataValue.int(row_count)
+    if partition_row_count is not None:
+        out[PARTITION_ROW_COUNT_KEY] = MetadataValue.int(partition_row_count)
+    if table_name is not None:
+        out[TABLE_NAME_KEY] = MetadataValue.text(table_name)
+    return out
 
 
 def _cell(v: Any) -> str:
@@ -101,33 +126,34 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
 
 def projection_png(vectors: np.ndarray, labels: Sequence[Any] | None = None, *,
                    title: str = "") -> bytes:
-    """A PNG scatter of the 2-D PCA projection, coloured by ``labels`` when given."""
-    import matplotlib
+    """A PNG scatter of the 2-D PCA projection, coloured by ``labels`` when given.
 
-    matplotlib.use("Agg")  # no display on run workers; must precede pyplot
-    import matplotlib.pyplot as plt
+    Draws on its own Agg canvas: no pyplot, no display, and the process's matplotlib
+    backend is left as it was.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     xy = pca_2d(vectors)
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=72)
-    try:
-        if labels is not None and len(set(labels)) <= 20:
-            lab = np.asarray([str(v) for v in labels])
-            for name in sorted(set(lab.tolist())):
-                m = lab == name
-                ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, label=name)
-            ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2, frameon=False)
-        else:
-            ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(5.5, 4.0), dpi=72)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if labels is not None and len(set(labels)) <= 20:
+        lab = np.asarray([str(v) for v in labels])
+        for name in sorted(set(lab.tolist())):
+            m = lab == name
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, label=name)
+        ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2, frameon=False)
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def projection_markdown(png: bytes, alt: str = "2-D PCA projection") -> MetadataValue:
@@ -160,46 +186,61 @@ def table_metadata(
     """The metadata of a materialisation that left ``table`` at ``version`` (latest by default)."""
     version = table.version if version is None else version
     ds = table.dataset(version)
+    rows = ds.count_rows()
+    out = _version_entries(table, version, rows, ds.schema)
+    if write is not None:
+        out.update(_write_entries(write))
+    out.update(extra or {})
+    if rows:
+        out.update(_sample_entries(table, ds, version, rows, label_column=label_column, plot=plot))
+    return out
+
+
+def _version_entries(table: EmbeddingTable, version: int, rows: int, schema: pa.Schema) -> dict[str, Any]:
+    """What a version is: number, tags, writer run, the standard table entries, the model."""
     meta = table.meta
     tags = sorted(t for t, v in table.tags().items() if v == version)
     props = table.properties(version)  # the run that wrote this version, its mode, counts
-    rows = ds.count_rows()
-    out: dict[str, Any] = {
+    return {
         VERSION_KEY: MetadataValue.int(version),
         TAGS_KEY: MetadataValue.text(", ".join(tags) if tags else "(none)"),
         WRITER_RUN_KEY: MetadataValue.text(props.get("run_id", "")),
-        **dict(TableMetadataSet(
-            row_count=rows,
-            column_schema=column_schema(ds.schema),
-            table_name=table.uri,
-        )),
+        **standard_table_metadata(row_count=rows, column_schema=column_schema(schema),
+                                  table_name=table.uri),
         "dimension": MetadataValue.int(int(meta.dimension)),
         "model": MetadataValue.text(meta.model or "(not recorded)"),
         "metric": MetadataValue.text(meta.metric),
     }
-    if write is not None:
-        out[COMMITTED_KEY] = MetadataValue.bool(write.committed)
-        if write.previous_version is not None:
-            out[PREVIOUS_VERSION_KEY] = MetadataValue.int(write.previous_version)
-        out["rows_inserted"] = MetadataValue.int(write.rows_inserted)
-        out["rows_updated"] = MetadataValue.int(write.rows_updated)
-        out["rows_deleted"] = MetadataValue.int(write.rows_deleted)
-    out.update(extra or {})
-    if rows:
-        # One bounded read feeds both the preview and the picture.
-        sample = ds.take(_sample_indices(rows, MAX_PLOT_POINTS))
-        visible = [c for c in sample.column_names if c != VECTOR_COLUMN] + (
-            [VECTOR_COLUMN] if VECTOR_COLUMN in sample.column_names else [])
-        out[PREVIEW_KEY] = MetadataValue.md(preview_markdown(sample.select(visible)))
-        if plot and VECTOR_COLUMN in sample.column_names and sample.num_rows >= 2:
-            vecs = np.asarray(sample.column(VECTOR_COLUMN).combine_chunks().flatten()
-                              .to_numpy(zero_copy_only=False)).reshape(sample.num_rows, -1)
-            if np.isfinite(vecs).all():
-                lab_col = _label_column(sample, meta.key, label_column)
-                labels = sample.column(lab_col).to_pylist() if lab_col else None
-                png = projection_png(vecs, labels,
-                                     title=f"{table.name} v{version} ({sample.num_rows} of {rows} rows)")
-                out[PROJECTION_KEY] = projection_markdown(png)
+
+
+def _write_entries(write: WriteResult) -> dict[str, Any]:
+    """What a write did: committed or not, the version before, rows in / changed / out."""
+    out: dict[str, Any] = {COMMITTED_KEY: MetadataValue.bool(write.committed)}
+    if write.previous_version is not None:
+        out[PREVIOUS_VERSION_KEY] = MetadataValue.int(write.previous_version)
+    out["rows_inserted"] = MetadataValue.int(write.rows_inserted)
+    out["rows_updated"] = MetadataValue.int(write.rows_updated)
+    out["rows_deleted"] = MetadataValue.int(write.rows_deleted)
+    return out
+
+
+def _sample_entries(table: EmbeddingTable, ds: lance.LanceDataset, version: int, rows: int, *,
+                    label_column: str | None, plot: bool) -> dict[str, Any]:
+    """A preview and (with ``plot``) the projection, from one bounded, deterministic sample."""
+    sample = ds.take(_sample_indices(rows, MAX_PLOT_POINTS))
+    visible = [c for c in sample.column_names if c != VECTOR_COLUMN] + (
+        [VECTOR_COLUMN] if VECTOR_COLUMN in sample.column_names else [])
+    out: dict[str, Any] = {PREVIEW_KEY: MetadataValue.md(preview_markdown(sample.select(visible)))}
+    if not plot or VECTOR_COLUMN not in sample.column_names or sample.num_rows < 2:
+        return out
+    vecs = np.asarray(sample.column(VECTOR_COLUMN).combine_chunks().flatten()
+                      .to_numpy(zero_copy_only=False)).reshape(sample.num_rows, -1)
+    if np.isfinite(vecs).all():
+        lab_col = _label_column(sample, table.meta.key, label_column)
+        labels = sample.column(lab_col).to_pylist() if lab_col else None
+        png = projection_png(vecs, labels,
+                             title=f"{table.name} v{version} ({sample.num_rows} of {rows} rows)")
+        out[PROJECTION_KEY] = projection_markdown(png)
     return out
 
 
@@ -211,16 +252,22 @@ def _sample_indices(rows: int, limit: int) -> list[int]:
 
 
 def record_run_version(context: Any, table: str, version: int) -> None:
-    """Tag the run with the version it left the table at (run -> version, searchable in the UI)."""
+    """Tag the run of an asset or op ``context`` with the version it left the table at."""
     instance = getattr(context, "instance", None)
     run = getattr(context, "run", None)
     run_id = run.run_id if run is not None else getattr(context, "run_id", None)
     if instance is None or not run_id:
         return
+    tag_run_with_version(instance, run_id, table, version, context.log)
+
+
+def tag_run_with_version(instance: DagsterInstance, run_id: str, table: str, version: int,
+                         log: Any) -> None:
+    """Tag run ``run_id`` with ``embed_assets/version/<table>`` = ``version`` (run -> version)."""
     try:
         instance.add_run_tags(run_id, {f"{RUN_TAG_PREFIX}{table}": str(version)})
     except Exception as exc:  # tags are a convenience; never fail a write over them
-        context.log.warning(f"could not tag run with the Lance version: {exc}")
+        log.warning(f"could not tag run with the Lance version: {exc}")
 
 
 def versions_for_run(store: Store, run_id: str) -> dict[str, list[int]]:

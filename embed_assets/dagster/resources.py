@@ -22,7 +22,9 @@ class EmbedStoreResource(ConfigurableResource):
     """Where embedding tables live: a local directory or an object-store prefix.
 
     ``uri`` left empty means ``$EMBED_ASSETS_STORE``, else ``./.embed_store``, resolved
-    when a run starts (so one definition serves every environment).
+    when a run starts (so one definition serves every environment). ``LanceDBIOManager``
+    takes this resource as its nested ``store``, so one instance configures both the
+    assets that open the store and the IO manager.
     """
 
     uri: str | None = Field(
@@ -38,7 +40,11 @@ class EmbedStoreResource(ConfigurableResource):
         return self.uri or default_store_uri()
 
     def get_store(self) -> Store:
-        """A :class:`~embed_assets.Store` on the configured URI."""
+        """A :class:`~embed_assets.Store` on the configured URI.
+
+        The one place the Dagster integration makes a store: assets, checks, jobs and
+        the IO manager all get theirs here.
+        """
         return Store(self.resolved_uri, storage_options=self.storage_options)
 
 

@@ -123,21 +123,14 @@ class SentenceTransformerEmbedder:
 
     def _load(self) -> Any:
         if self._model is None:
-            if self._path is None:
-                # The bundled weights are on disk; never reach for the hub.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                path = _default_model_path()
-            else:
-                path = self._path
+            # The bundled weights are on disk: never reach for the hub for them (and leave
+            # the process's HF_HUB_OFFLINE and logging settings alone).
+            path = _default_model_path() if self._path is None else self._path
             from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            # Loading bars and hub notices are noise for an offline, local model.
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
 
             try:
-                self._model = SentenceTransformer(path, device=self.device)
+                self._model = SentenceTransformer(path, device=self.device,
+                                                  local_files_only=self._path is None)
             except Exception as exc:  # any loader failure is a bad model argument
                 raise ValidationError(f"cannot load model {self._name!r}: {exc}") from exc
             self._revision = _model_revision(self._model, path)

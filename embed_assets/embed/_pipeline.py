@@ -19,8 +19,16 @@ import polars as pl
 import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError
-from ..store._store import VECTOR_COLUMN, Store, WriteResult, as_arrow
-from ..store._validation import validate_keys, validate_table_name
+from ..store import (
+    VECTOR_COLUMN,
+    Store,
+    WriteResult,
+    as_arrow,
+    filter_eq,
+    filter_in,
+    validate_keys,
+    validate_table_name,
+)
 from ._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
 
 EmbedMode = Literal["overwrite", "append", "upsert", "sync", "replace_partition"]
@@ -111,11 +119,36 @@ def embed_table(
         raise ValidationError(f"unknown mode {mode!r}; choose one of {', '.join(EMBED_MODES)}")
     if mode == "replace_partition" and partition is None:
         raise ValidationError("mode 'replace_partition' needs partition=(column, value)")
-    src = as_arrow(data)
+    src, keep = _source(as_arrow(data), key, text, columns, partition)
+    src, texts, skipped = _drop_blank(src, key, text, on_empty)
+    base = src.select([key, *keep]).append_column(
+        "_content_hash", pa.array([content_hash(t) for t in texts], pa.string()))
+    existing = None if mode in ("overwrite", "append") else \
+        _existing_state(store, name, key, keep, partition)
+    if existing is not None and existing.model not in (None, embedder.name):
+        raise SchemaMismatchError(
+            f"table {name!r} holds vectors from model {existing.model!r}; the embedder is "
+            f"{embedder.name!r}; re-embed everything with mode 'overwrite' or use a new table")
+    plan = _diff(base, existing, key, keep)
+    vectors = _embed_changed(plan, texts, embedder, name)
+    run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
+    out = _rows_to_write(base, plan, vectors, embedder.name, run_id, key, keep)
+    props = {"rows_embedded": plan.n_embed, "rows_reused": plan.n_reused, "rows_source": base.num_rows,
+             "text_column": text, **(properties or {}), "embed_mode": mode}
+    write = _commit(store, name, out, key, mode, plan, base, partition, existing, embedder, text,
+                    run_id, props)
+    return EmbedResult(
+        write=write, rows_source=base.num_rows + skipped, rows_embedded=plan.n_embed,
+        rows_reused=plan.n_reused, rows_unchanged=base.num_rows - plan.n_write,
+        rows_skipped_empty=skipped, seconds=time.perf_counter() - t0, model=embedder.name)
+
+
+def _source(src: pa.Table, key: str, text: str, columns: Sequence[str] | None,
+            partition: tuple[str, Any] | None) -> tuple[pa.Table, list[str]]:
+    """The source checked, and the columns kept beside key and vector."""
     if text not in src.column_names:
         raise ValidationError(
-            f"text column {text!r} not found; columns are {', '.join(src.column_names)}"
-        )
+            f"text column {text!r} not found; columns are {', '.join(src.column_names)}")
     validate_keys(src, key)
     reserved = [c for c in src.column_names if c == VECTOR_COLUMN or c.startswith("_")]
     if columns is None:
@@ -130,125 +163,135 @@ def embed_table(
         keep = [c for c in columns if c != key]
     if partition is not None and partition[0] not in keep:
         keep.append(partition[0])
+    return src, keep
 
+
+def _drop_blank(src: pa.Table, key: str, text: str,
+                on_empty: EmptyTextPolicy) -> tuple[pa.Table, list[str], int]:
+    """Rows with null or blank text refused or left out (``on_empty``)."""
     texts = src.column(text).to_pylist()
-    keys = src.column(key).to_pylist()
-    rows_idx = prepare_texts(keys, texts, on_empty)
+    rows_idx = prepare_texts(src.column(key).to_pylist(), texts, on_empty)
     skipped = src.num_rows - len(rows_idx)
     if skipped:
         src = src.take(pa.array(rows_idx, pa.int64()))
         texts = [texts[i] for i in rows_idx]
-    hashes = [content_hash(t) for t in texts]
-    run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
+    return src, texts, skipped
 
-    base = src.select([key, *keep]).append_column("_content_hash", pa.array(hashes, pa.string()))
-    existing = _existing_state(store, name, key, keep, partition) if mode not in (
-        "overwrite", "append") else None
 
-    if existing is not None and existing.model not in (None, embedder.name):
-        raise SchemaMismatchError(
-            f"table {name!r} holds vectors from model {existing.model!r}; the embedder is "
-            f"{embedder.name!r}; re-embed everything with mode 'overwrite' or use a new table"
-        )
+@dataclass
+class _Diff:
+    """Which source rows reach the model, which are written, what the stored rows give."""
 
+    embed_mask: np.ndarray
+    write_mask: np.ndarray
+    reused: np.ndarray | None  # (n, dim) stored vectors, valid where ~embed_mask
+    old_prov: dict[str, list[Any]]
+    dimension: int | None
+
+    @property
+    def n_embed(self) -> int:
+        return int(self.embed_mask.sum())
+
+    @property
+    def n_write(self) -> int:
+        return int(self.write_mask.sum())
+
+    @property
+    def n_reused(self) -> int:
+        return int((self.write_mask & ~self.embed_mask).sum())
+
+
+def _diff(base: pa.Table, existing: _Existing | None, key: str, keep: list[str]) -> _Diff:
+    """Compare the source with the stored rows by key: a changed text is re-embedded, a
+    changed column rewritten with the stored vector, an unchanged row not written."""
     n = base.num_rows
-    vectors: np.ndarray | None = None
-    embed_mask = np.ones(n, dtype=bool)
-    write_mask = np.ones(n, dtype=bool)
-    old_prov: dict[str, list[Any]] = {}
-    delete_keys: list[Any] = []
-    dim = None
-    if existing is not None and existing.frame.height:
-        cur = pl.from_arrow(base)
-        joined = cur.with_row_index("_i").join(
-            existing.frame, on=key, how="left", suffix="__old", coalesce=True
-        ).sort("_i")
-        same_text = (joined["_content_hash"] == joined["_content_hash__old"]).fill_null(False)
-        embed_mask = ~same_text.to_numpy()
-        same_cols = same_text
-        for c in keep:
-            if f"{c}__old" in joined.columns:
-                eq = joined[c].eq_missing(joined[f"{c}__old"])
-                same_cols = same_cols & eq
-        write_mask = ~same_cols.to_numpy()
-        dim = existing.dimension
-        reuse_vecs = joined["vector__old"]
-        vectors = np.zeros((n, dim), dtype=np.float32)
-        reuse_idx = np.flatnonzero(~embed_mask)
-        if reuse_idx.size:
-            vectors[reuse_idx] = np.stack(reuse_vecs.gather(reuse_idx).to_list()).astype(np.float32)
-        for c in ("_model", "_embedded_at", "_run_id"):
-            old_prov[c] = joined[f"{c}"].to_list() if c in joined.columns else [None] * n
-        if mode in ("sync", "replace_partition"):
-            src_keys = set(keys)
-            delete_keys = [k for k in existing.frame[key].to_list() if k not in src_keys]
+    if existing is None or not existing.frame.height:
+        return _Diff(np.ones(n, bool), np.ones(n, bool), None, {},
+                     existing.dimension if existing is not None else None)
+    joined = pl.from_arrow(base).with_row_index("_i").join(
+        existing.frame, on=key, how="left", suffix="__old", coalesce=True).sort("_i")
+    same_text = (joined["_content_hash"] == joined["_content_hash__old"]).fill_null(False)
+    same_row = same_text
+    for c in keep:
+        if f"{c}__old" in joined.columns:
+            same_row = same_row & joined[c].eq_missing(joined[f"{c}__old"])
+    embed_mask = ~same_text.to_numpy()
+    reused = np.zeros((n, existing.dimension), dtype=np.float32)
+    reuse_idx = np.flatnonzero(~embed_mask)
+    if reuse_idx.size:
+        reused[reuse_idx] = np.stack(joined["vector__old"].gather(reuse_idx).to_list()).astype(np.float32)
+    old_prov = {c: (joined[c].to_list() if c in joined.columns else [None] * n)
+                for c in ("_model", "_embedded_at", "_run_id")}
+    return _Diff(embed_mask, ~same_row.to_numpy(), reused, old_prov, existing.dimension)
 
-    to_embed = np.flatnonzero(embed_mask)
+
+def _embed_changed(plan: _Diff, texts: list[str], embedder: Embedder, name: str) -> np.ndarray:
+    """Every row's vector: the model's for new or changed texts, the stored one otherwise."""
+    n = len(texts)
+    vectors = plan.reused
+    to_embed = np.flatnonzero(plan.embed_mask)
     if to_embed.size:
-        new_vecs = embedder.embed([texts[i] for i in to_embed])
-        new_vecs = np.asarray(new_vecs, dtype=np.float32)
-        if new_vecs.ndim != 2 or new_vecs.shape[0] != to_embed.size:
+        new = np.asarray(embedder.embed([texts[i] for i in to_embed]), dtype=np.float32)
+        if new.ndim != 2 or new.shape[0] != to_embed.size:
             raise ValidationError(
-                f"embedder {embedder.name!r} returned shape {new_vecs.shape} for "
-                f"{to_embed.size} texts"
-            )
+                f"embedder {embedder.name!r} returned shape {new.shape} for {to_embed.size} texts")
         if vectors is None:
-            vectors = np.zeros((n, new_vecs.shape[1]), dtype=np.float32)
-        elif new_vecs.shape[1] != vectors.shape[1]:
+            vectors = np.zeros((n, new.shape[1]), dtype=np.float32)
+        elif new.shape[1] != vectors.shape[1]:
             raise SchemaMismatchError(
-                f"table {name!r} has dimension {vectors.shape[1]}; embedder "
-                f"{embedder.name!r} produced {new_vecs.shape[1]}; use mode 'overwrite' or a new table"
-            )
-        vectors[to_embed] = new_vecs
-    if vectors is None:
-        vectors = np.zeros((n, embedder.dimension if n else (dim or 1)), dtype=np.float32)
+                f"table {name!r} has dimension {vectors.shape[1]}; embedder {embedder.name!r} "
+                f"produced {new.shape[1]}; use mode 'overwrite' or a new table")
+        vectors[to_embed] = new
+    if vectors is None:  # nothing to embed and nothing stored
+        vectors = np.zeros((n, embedder.dimension if n else (plan.dimension or 1)), dtype=np.float32)
+    return vectors
 
+
+def _rows_to_write(base: pa.Table, plan: _Diff, vectors: np.ndarray, model: str, run_id: str,
+                   key: str, keep: list[str]) -> pa.Table:
+    """The written rows: key, user columns, vector, provenance (re-embedded rows get this
+    run's provenance, the others keep theirs)."""
+    n = base.num_rows
     now = dt.datetime.now(dt.UTC)
-    model_col = [embedder.name if embed_mask[i] else (old_prov.get("_model") or [None] * n)[i]
-                 for i in range(n)]
-    at_col = [now if embed_mask[i] else (old_prov.get("_embedded_at") or [None] * n)[i]
-              for i in range(n)]
-    run_col = [run_id if embed_mask[i] else (old_prov.get("_run_id") or [None] * n)[i]
-               for i in range(n)]
+
+    def prov(column: str, fresh: Any) -> list[Any]:
+        old = plan.old_prov.get(column) or [None] * n
+        return [fresh if plan.embed_mask[i] else old[i] for i in range(n)]
+
     out = base.append_column(VECTOR_COLUMN, pa.FixedSizeListArray.from_arrays(
         pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]))
-    out = out.append_column("_model", pa.array(model_col, pa.string()))
-    out = out.append_column("_embedded_at", pa.array(at_col, pa.timestamp("us", tz="UTC")))
-    out = out.append_column("_run_id", pa.array(run_col, pa.string()))
-    # Column order: key, user columns, vector, provenance.
+    out = out.append_column("_model", pa.array(prov("_model", model), pa.string()))
+    out = out.append_column("_embedded_at", pa.array(prov("_embedded_at", now),
+                                                     pa.timestamp("us", tz="UTC")))
+    out = out.append_column("_run_id", pa.array(prov("_run_id", run_id), pa.string()))
     out = out.select([key, *keep, VECTOR_COLUMN, *PROVENANCE_COLUMNS])
+    if plan.n_write < n:
+        out = out.take(pa.array(np.flatnonzero(plan.write_mask), pa.int64()))
+    return out
 
-    write_idx = np.flatnonzero(write_mask)
-    if write_idx.size < n:
-        out = out.take(pa.array(write_idx, pa.int64()))
 
-    props = {
-        "rows_embedded": int(to_embed.size),
-        "rows_reused": int(write_idx.size - np.count_nonzero(embed_mask[write_idx])),
-        "rows_source": int(n),
-        "text_column": text,
-        **(properties or {}),
-    }
-    store_mode = {"sync": "upsert", "replace_partition": "upsert"}.get(mode, mode)
-    # An incremental partition write sends only changed rows plus the keys to delete,
-    # so it maps to upsert+delete_keys; recording the caller's mode keeps history honest.
-    props["embed_mode"] = mode
-    write = store.write(
-        name, out, key=key, mode=store_mode,  # type: ignore[arg-type]
-        delete_keys=delete_keys or None,
-        model=embedder.name, model_revision=embedder.revision, text_column=text,
-        run_id=run_id, properties=props,
-    )
-    return EmbedResult(
-        write=write,
-        rows_source=int(n) + skipped,
-        rows_embedded=int(to_embed.size),
-        rows_reused=int(props["rows_reused"]),
-        rows_unchanged=int(n - write_idx.size),
-        rows_skipped_empty=skipped,
-        seconds=time.perf_counter() - t0,
-        model=embedder.name,
-    )
+def _commit(store: Store, name: str, out: pa.Table, key: str, mode: str, plan: _Diff,
+            base: pa.Table, partition: tuple[str, Any] | None, existing: _Existing | None,
+            embedder: Embedder, text: str, run_id: str, props: dict[str, Any]) -> WriteResult:
+    """One store write. Only changed rows are sent, so ``sync`` deletes the stored keys
+    missing from the source, and ``replace_partition`` keeps the unchanged rows it did not
+    send (``keep_keys``); the store computes what to delete against the version it
+    commits on."""
+    common: dict[str, Any] = dict(key=key, model=embedder.name, model_revision=embedder.revision,
+                                  text_column=text, run_id=run_id, properties=props)
+    if mode == "replace_partition":
+        assert partition is not None
+        col, val = partition
+        unchanged = base.column(key).filter(pa.array(~plan.write_mask)).to_pylist()
+        return store.write(name, out, mode="replace_partition",
+                           partition=(col, list(val) if isinstance(val, list | tuple) else val),
+                           keep_keys=unchanged, **common)
+    if mode == "sync":
+        stored = existing.frame[key].to_list() if existing is not None else []
+        wanted = set(base.column(key).to_pylist())
+        gone = [k for k in stored if k not in wanted]
+        return store.write(name, out, mode="upsert", delete_keys=gone or None, **common)
+    return store.write(name, out, mode=mode, **common)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -277,12 +320,10 @@ def _existing_state(store: Store, name: str, key: str, keep: list[str],
             *[c for c in keep if c in schema_names]]
     where = None
     if partition is not None:
-        from ..store._filters import eq, in_list
-
         # A list of values scopes the write to several partitions at once (a Dagster
         # partition range materialised in one run), still as one commit.
         col, val = partition
-        where = in_list(col, val) if isinstance(val, list | tuple) else eq(col, val)
+        where = filter_in(col, val) if isinstance(val, list | tuple) else filter_eq(col, val)
     tbl = t.read(columns=list(dict.fromkeys(cols)), where=where)
     frame = pl.from_arrow(tbl)
     assert isinstance(frame, pl.DataFrame)

@@ -1,0 +1,31 @@
+"""Numerical kernels shared by every layer: distances, normalising, top-k, the in-memory IVF probe."""
+
+from ._ivf import Int8Rows, IvfProbe, default_rank
+from ._topk import (
+    exact_topk,
+    join_topk,
+    normalize,
+    normalize_rows,
+    pair_distances,
+    scan_distances,
+    smallest_k,
+    top_k,
+    top_k_rows,
+    whitening,
+)
+
+__all__ = [
+    "Int8Rows",
+    "IvfProbe",
+    "default_rank",
+    "exact_topk",
+    "join_topk",
+    "normalize",
+    "normalize_rows",
+    "pair_distances",
+    "scan_distances",
+    "smallest_k",
+    "top_k",
+    "top_k_rows",
+    "whitening",
+]

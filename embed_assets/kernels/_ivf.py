@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ._topk import normalize, normalize_rows, top_k
+
 
 class Int8Rows:
     """A row-quantised int8 copy of a matrix (one scale per row) whose product with a
@@ -110,9 +112,7 @@ class IvfProbe:
         ``rank`` is the pre-scan's projection size: None picks ``dim / 3``, 0 disables it
         (it is also disabled for small or low-dimensional data, where it saves nothing).
         """
-        cents = np.asarray(centroids, dtype=np.float32)
-        if metric == "cosine":
-            cents = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-30)
+        cents = normalize_rows(centroids) if metric == "cosine" else np.asarray(centroids, np.float32)
         assign = np.empty(len(mat), dtype=np.int32)
         c_sq = (cents * cents).sum(1)
         step = 65_536
@@ -166,9 +166,7 @@ class IvfProbe:
     def search(self, q: np.ndarray, k: int, nprobes: int) -> tuple[np.ndarray, np.ndarray]:
         """Offsets and distances (Lance conventions) of the k nearest rows among the probed
         partitions."""
-        q = np.asarray(q, dtype=np.float32)
-        if self.metric == "cosine":
-            q = q / max(float(np.linalg.norm(q)), 1e-30)
+        q = normalize(q) if self.metric == "cosine" else np.asarray(q, dtype=np.float32)
         if k < 1 or not len(self.block):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         spans = self._spans(q, nprobes)
@@ -181,9 +179,7 @@ class IvfProbe:
         else:
             s = self._scores(self.block, q, spans, 0.0)
             pos = None
-        k = min(k, len(s))
-        top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-        top = top[np.argsort(-s[top], kind="stable")]
+        top = top_k(-s, k)
         pos = self._positions(spans, top) if pos is None else pos[top]
         best = s[top]
         # Lance conventions: cosine 1 - cos, dot 1 - dot, l2 squared Euclidean.

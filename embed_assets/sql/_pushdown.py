@@ -4,7 +4,7 @@ DuckDB hands a registered dataset's ``scanner()`` its pushed-down filters as a p
 expression: key lookups (``WHERE id = 5``), ranges, and the join filters it builds from
 a small build side (``is_in(id, {value_set=int64:[...]}) and (id >= lo) and (id <= hi)``,
 which is what ``knn`` and key joins produce). Lance plans each such scan in ~10 ms here;
-the version's key index (:class:`._cache.KeyIndex`) answers the same question in
+the version's key index (:class:`embed_assets.store.KeyIndex`) answers the same question in
 microseconds. Anything this module cannot read exactly returns None and the scan goes to
 the general path.
 """
@@ -20,7 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..store._store import SCAN_ALL, VECTOR_COLUMN, TableMeta
+from ..store import (
+    CACHE,
+    OFFSET_COLUMN,
+    SCAN_ALL,
+    VECTOR_COLUMN,
+    TableMeta,
+    VersionKey,
+    table_identity,
+    take_rows,
+)
 
 _IS_IN = re.compile(
     r"is_in\((?P<f>[A-Za-z_][A-Za-z0-9_]*), \{value_set=(?P<t>u?int(?:8|16|32|64)):"
@@ -91,19 +100,20 @@ SELECTIVE_TAKE_ROWS = 4096
 class ScanDataset(lance.LanceDataset):
     """The Lance dataset of one version as DuckDB scans it (through ``scanner()``).
 
-    - Unfiltered scans pass :data:`._store.SCAN_ALL` (see there).
+    - Unfiltered scans pass :data:`embed_assets.store.SCAN_ALL` (see there).
     - Filtered scans are answered from memory where that is exact and cheap: key lookups,
       small key ranges and the join filters DuckDB pushes down (``is_in(id, ...)``, which
       is what ``knn`` produces) go through the version's key index
       (:func:`integer_key_filter`); other filters are evaluated on the version's scalar columns
-      in memory. The rows then come from :func:`._cache.take_rows`. Lance plans each
+      in memory. The rows then come from :func:`embed_assets.store.take_rows`. Lance plans each
       filtered scan in ~10 ms here; this costs well under 1 ms. Filters that touch the
       vector column, or that need the vectors of many rows, go to Lance as before.
     """
 
     def __init__(self, uri: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(uri, *args, **kwargs)
-        self.cache_uri = str(uri)  # the store's name for it: the cache keys on this
+        # The store's key for this version: the library-wide cache is shared with search.
+        self.cache_key = VersionKey(str(uri), table_identity(self), self.version)
 
     def scanner(self, *args: Any, **kwargs: Any) -> Any:
         filt = kwargs.get("filter")
@@ -118,15 +128,13 @@ class ScanDataset(lance.LanceDataset):
     def _selective(self, columns: list[str] | None, filt: pc.Expression) -> Any:
         import pyarrow.dataset as pads
 
-        from ..store._cache import CACHE, OFFSET_COLUMN, take_rows
-
         schema = self.schema
         names = list(columns) if columns is not None else schema.names
         if not names or any(c not in schema.names for c in names):
             return None
         offsets = self._key_lookup(filt)
         if offsets is None:
-            mem = CACHE.scalars(self.cache_uri, self)
+            mem = CACHE.scalars(self.cache_key, self)
             if mem is None:
                 return None
             try:
@@ -135,11 +143,9 @@ class ScanDataset(lance.LanceDataset):
                 return None  # e.g. the filter reads the vector column
         if VECTOR_COLUMN in names and len(offsets) > SELECTIVE_TAKE_ROWS:
             return None
-        return pads.dataset(take_rows(self.cache_uri, self, np.sort(offsets), names)).scanner()
+        return pads.dataset(take_rows(self.cache_key, self, np.sort(offsets), names)).scanner()
 
     def _key_lookup(self, filt: pc.Expression) -> np.ndarray | None:
-        from ..store._cache import CACHE
-
         meta = TableMeta.from_schema(self.schema)
         if meta is None or meta.key not in self.schema.names \
                 or not pa.types.is_integer(self.schema.field(meta.key).type):
@@ -147,7 +153,7 @@ class ScanDataset(lance.LanceDataset):
         kf = integer_key_filter(str(filt), meta.key)
         if kf is None:
             return None
-        idx = CACHE.key_index(self.cache_uri, self, meta.key)
+        idx = CACHE.key_index(self.cache_key, self, meta.key)
         if idx is None:
             return None
         return idx.offsets[kf.select(idx.keys)]

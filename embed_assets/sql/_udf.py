@@ -15,9 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# similarity_join computes distances one block of left rows at a time so that a large
-# join never materialises |left| x |right| floats at once (256 x 1M x 4 bytes = 1 GB max).
-_BLOCK_ELEMENTS = 64_000_000
+from ..kernels import pair_distances
 
 HIT_TYPE = pa.list_(pa.struct([("l", pa.int32()), ("r", pa.int32()),
                                ("distance", pa.float64()), ("rank", pa.int32())]))
@@ -137,120 +135,6 @@ def mat_inverse(ms: pa.Array) -> pa.Array:
     return pa.array(out, pa.list_(pa.list_(pa.float64())))
 
 
-# -- distances and top-k -----------------------------------------------------------------
-def whitening(inv_cov: Any, d: int) -> np.ndarray:
-    """W with W W' = inv_cov, so that ||(a-b) W|| is the Mahalanobis distance."""
-    if inv_cov is None:
-        raise ValueError("metric 'mahalanobis' needs inv_cov := <inverse covariance matrix>")
-    m = np.asarray(inv_cov, dtype=np.float64)
-    if m.shape != (d, d):
-        raise ValueError(f"inv_cov has shape {m.shape}; vectors have dimension {d}")
-    m = (m + m.T) / 2
-    vals, vecs = np.linalg.eigh(m)
-    return vecs * np.sqrt(np.clip(vals, 0, None))
-
-
-def _prepare(x: np.ndarray, metric: str, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix to multiply, per-row squared norms) for a metric; cosine rows unit-normed."""
-    if metric == "mahalanobis":
-        assert w is not None
-        x = (x.astype(np.float64) @ w).astype(np.float32)
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    if metric == "cosine":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = x * (1.0 / np.sqrt(sq)).astype(np.float32)[:, None]
-    return x, sq
-
-
-def smallest_k(score: np.ndarray, k: int) -> np.ndarray:
-    """Column indexes of the k smallest scores of every row, unordered.
-
-    ``np.argpartition`` is the numpy baseline's selection and costs more than the GEMM
-    here (1,000 x 30,000 scores: ~500 ms against ~140 ms); ``torch.topk`` selects the same
-    set ~10x faster. torch is already installed (sentence-transformers), but importing it
-    costs a second or two, so small blocks stay on numpy.
-    """
-    if score.size < (1 << 20):
-        return np.argpartition(score, k - 1, axis=1)[:, :k]
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return np.argpartition(score, k - 1, axis=1)[:, :k]
-    got = torch.topk(torch.from_numpy(np.ascontiguousarray(score)), k, dim=1, largest=False,
-                     sorted=False)
-    return got.indices.numpy()
-
-
-def topk(left: np.ndarray, right: np.ndarray, k: int, metric: str,
-         inv_cov: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact k nearest right rows of every left row: (left index, right index, distance).
-
-    Rows come grouped by left row, nearest first; distances as in sql/vectors.sql
-    (cosine 1 - cos, dot 1 - dot, l2 and mahalanobis Euclidean; NaN where undefined).
-    One GEMM per block of left rows, then argpartition on a score with the same order as
-    the distance (-dot, or |r|^2 - 2 q.r for Euclidean), so the full distance matrix is
-    never built: the same work as the numpy baseline of the benchmark.
-    """
-    metric = metric.lower()
-    if metric not in ("cosine", "dot", "l2", "mahalanobis"):
-        raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
-    nl, nr = left.shape[0], right.shape[0]
-    if nl == 0 or nr == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, np.zeros(0)
-    if left.shape[1] != right.shape[1]:
-        raise ValueError(f"similarity_join: dimension mismatch ({left.shape[1]} vs {right.shape[1]})")
-    w = whitening(inv_cov, left.shape[1]) if metric == "mahalanobis" else None
-    lq, _ = _prepare(left, metric, w)
-    rq, rsq = _prepare(right, metric, w)
-    euclid = metric in ("l2", "mahalanobis")
-    r_bias = rsq.astype(np.float32) if euclid else None
-    # Zero vectors have no cosine: rank them last and report NaN (SQL NULL).
-    r_bad = ~np.isfinite(rq).all(axis=1) if metric == "cosine" else None
-    if r_bad is not None and r_bad.any():
-        rq = np.where(r_bad[:, None], 0, rq).astype(np.float32)
-    else:
-        r_bad = None
-    l_bad = ~np.isfinite(lq).all(axis=1) if metric == "cosine" else np.zeros(nl, bool)
-    if l_bad.any():
-        lq = np.where(l_bad[:, None], 0, lq).astype(np.float32)
-    k = min(int(k), nr)
-    block = max(1, min(nl, _BLOCK_ELEMENTS // max(nr, 1)))
-    li_parts, ri_parts, d_parts = [], [], []
-    for s in range(0, nl, block):
-        g = lq[s:s + block] @ rq.T
-        if euclid:
-            score = g
-            score *= -2.0
-            score += r_bias
-        else:
-            score = np.negative(g, out=g)
-        if r_bad is not None:
-            score[:, r_bad] = np.inf
-        idx = smallest_k(score, k) if k < nr else \
-            np.broadcast_to(np.arange(nr), (score.shape[0], nr)).copy()
-        part = np.take_along_axis(score, idx, axis=1)
-        if euclid:
-            # |q|^2 + |r|^2 - 2 q.r cancels badly near 0 in float32 (a self-distance came
-            # out 1.6e-4): recompute the k winners directly, in float64.
-            diff = lq[s:s + block, None, :].astype(np.float64) - rq[idx].astype(np.float64)
-            part = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        # Equal distances (duplicate texts are common) in index order, as a stable sort gives.
-        order = np.lexsort((idx, part), axis=-1)
-        idx = np.take_along_axis(idx, order, axis=1)
-        part = np.take_along_axis(part, order, axis=1).astype(np.float64)
-        if euclid:
-            dist = part
-        else:
-            dist = 1.0 + part
-            dist[~np.isfinite(part)] = np.nan
-            dist[l_bad[s:s + block]] = np.nan
-        li_parts.append(np.repeat(np.arange(s, s + score.shape[0]), k))
-        ri_parts.append(idx.ravel())
-        d_parts.append(dist.ravel())
-    return np.concatenate(li_parts), np.concatenate(ri_parts), np.concatenate(d_parts)
-
-
 def hits_array(li: np.ndarray, ri: np.ndarray, dist: np.ndarray, k: int) -> pa.Array:
     """One SQL list of STRUCT(l, r, distance, rank), 1-based indexes for DuckDB lists."""
     n = len(li)
@@ -283,19 +167,7 @@ def pair_distance(vs: pa.Array, qs: pa.Array, metrics: pa.Array, invs: pa.Array)
         b = vectors_matrix(qs.take(idx), "knn", np.float64)
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"knn: dimension mismatch ({a.shape[1]} vs {b.shape[1]})")
-        if metric == "cosine":
-            den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                d = np.where(den > 0, 1.0 - np.einsum("ij,ij->i", a, b) / den, np.nan)
-        elif metric == "dot":
-            d = 1.0 - np.einsum("ij,ij->i", a, b)
-        elif metric == "l2":
-            d = np.linalg.norm(a - b, axis=1)
-        elif metric == "mahalanobis":
-            w = whitening(_scalar(invs), a.shape[1])
-            d = np.linalg.norm((a - b) @ w, axis=1)
-        else:
-            raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
+        d = pair_distances(a, b, metric, _scalar(invs) if metric == "mahalanobis" else None)
         out[idx] = d
     return pa.array(out, pa.float64(), mask=~np.isfinite(out))
 

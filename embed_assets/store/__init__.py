@@ -1,42 +1,85 @@
 """The versioned store: tables, writes (one path per mode), versions and tags, search.
 
-Knows nothing of Dagster, DuckDB or the model.
+Knows nothing of Dagster, DuckDB or the model; reads what it needs about an ANN index
+(:mod:`._index_facts`) and shares one cache of decoded versions (:data:`CACHE`).
 """
 
-from ._arrow import as_arrow
+from ._arrow import as_arrow, normalize_types
+from ._cache import CACHE, OFFSET_COLUMN, KeyIndex, MatrixCache, VersionKey, load_matrix, take_rows
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
 from ._filters import literal as sql_literal
 from ._filters import quote_ident
-from ._store import (
+from ._index_facts import (
+    CONFIG_KEY,
+    VECTOR_INDEX_NAME,
+    centroids,
+    ensure_scalar_indexes,
+    forget_facts,
+    has_vector_index,
+    index_config,
+    search_defaults,
+    vector_index_type,
+)
+from ._meta import (
+    METRICS,
+    PROP_PREFIX,
     SCAN_ALL,
     VECTOR_COLUMN,
-    CleanupReport,
-    EmbeddingTable,
-    Store,
+    WRITE_MODES,
     TableMeta,
-    VersionInfo,
     VersionRef,
     WriteMode,
-    WriteResult,
-    default_store_uri,
 )
+from ._results import CleanupReport, VersionInfo, WriteResult
+from ._store import Store, absolute_uri, default_store_uri, is_local
+from ._table import EmbeddingTable, IndexKeeper, set_index_keeper, table_identity
+from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 
 __all__ = [
+    "CACHE",
+    "CONFIG_KEY",
+    "METRICS",
+    "OFFSET_COLUMN",
+    "PROP_PREFIX",
     "SCAN_ALL",
     "VECTOR_COLUMN",
+    "VECTOR_INDEX_NAME",
+    "WRITE_MODES",
     "CleanupReport",
     "EmbeddingTable",
+    "IndexKeeper",
+    "KeyIndex",
+    "MatrixCache",
     "Store",
     "TableMeta",
     "VersionInfo",
+    "VersionKey",
     "VersionRef",
     "WriteMode",
     "WriteResult",
+    "absolute_uri",
     "as_arrow",
+    "centroids",
     "default_store_uri",
+    "ensure_scalar_indexes",
     "filter_eq",
     "filter_in",
+    "forget_facts",
+    "has_vector_index",
+    "index_config",
+    "is_local",
+    "load_matrix",
+    "normalize_types",
     "quote_ident",
+    "search_defaults",
+    "set_index_keeper",
     "sql_literal",
+    "table_identity",
+    "take_rows",
+    "to_vector_array",
+    "validate_keys",
+    "validate_table_name",
+    "validate_tag",
+    "vector_index_type",
 ]

@@ -1,44 +1,73 @@
-"""An in-memory cache of vector matrices per (table, version), for exact search.
+"""One in-memory cache for the whole library: decoded vectors, key indexes, scalar columns
+and in-memory probes of immutable table versions.
 
-Lance versions are immutable, so a matrix read for (uri, version) never goes stale; the
-cache only needs a size bound (least recently used out first). An exact scan over a cached
-float32 matrix is one GEMV, which below a few tens of thousands of rows beats both
-Lance's flat scan (it decodes the column on every query) and an ANN probe's overhead.
+Keys are :class:`VersionKey` (the table's absolute URI, its identity, the version number)
+plus a kind. A Lance version never changes, and the identity changes when a table is
+dropped and created again under the same name (whose versions start again at 1), so a
+cached entry can never describe rows that are not there. Search, SQL, asset checks and
+the index tuner all read through :data:`CACHE`; it is bounded by bytes, least recently
+used out first.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lance
 import numpy as np
 import pyarrow as pa
 
-VECTOR = "vector"
+from .._config import settings
+from ..errors import ValidationError
+from ..kernels import IvfProbe, normalize_rows
+from ._meta import SCAN_ALL, VECTOR_COLUMN
+
 OFFSET_COLUMN = "__ea_offset"
-MAX_BYTES = int(os.environ.get("EMBED_ASSETS_CACHE_BYTES", str(4 << 30)))
+
+
+@dataclass(frozen=True)
+class VersionKey:
+    """Which rows an entry describes: one version of one incarnation of one table."""
+
+    uri: str  # absolute table URI
+    table_id: str
+    version: int
 
 
 class MatrixCache:
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+    """A byte-bounded LRU of items that have an ``nbytes`` attribute."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = settings().cache_bytes if max_bytes is None else max_bytes
+        self._items: OrderedDict[tuple[VersionKey, str], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
 
-    def _get_or_build(self, key: tuple[str, int, str], size: Callable[[], int],
-                      build: Callable[[], Any | None]) -> Any | None:
-        """The cached item, else ``build()``'s (cached), or None when its estimated
-        ``size()`` exceeds the budget or ``build()`` returns None. ``size`` is only asked
-        on a miss: it may read the dataset."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (the sum of the items' ``nbytes``)."""
         with self._lock:
-            item = self._items.get(key)
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def get_or_build(self, key: VersionKey, kind: str, size: Callable[[], int],
+                     build: Callable[[], Any | None]) -> Any | None:
+        """The cached item, else ``build()``'s (then cached), or None when the estimated
+        ``size()`` exceeds the budget or ``build()`` returns None. ``size`` is only asked
+        on a miss (it may read the dataset). Two threads missing the same key may both
+        build; the first insert wins and both get that item, so bytes are counted once."""
+        k = (key, kind)
+        with self._lock:
+            item = self._items.get(k)
             if item is not None:
-                self._items.move_to_end(key)
+                self._items.move_to_end(k)
                 return item
         if size() > self.max_bytes:
             return None
@@ -46,160 +75,165 @@ class MatrixCache:
         if item is None:
             return None
         with self._lock:
-            self._items[key] = item
-            self._bytes += item.nbytes
+            have = self._items.get(k)
+            if have is not None:
+                self._items.move_to_end(k)
+                return have
+            self._items[k] = item
+            self._bytes += int(item.nbytes)
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
+                self._bytes -= int(old.nbytes)
         return item
 
-    @staticmethod
-    def _vector_bytes(ds: lance.LanceDataset) -> int:
-        return ds.count_rows() * ds.schema.field(VECTOR).type.list_size * 4
-
-    def matrix(self, uri: str, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
-        """Row-aligned matrix for ``ds`` (normalised for cosine), or None if it cannot fit."""
-        return self._get_or_build((uri, ds.version, metric), lambda: self._vector_bytes(ds),
-                                  lambda: load_matrix(ds, metric))
-
-    def probe(self, uri: str, ds: lance.LanceDataset, metric: str,
-              centroids: Callable[[], np.ndarray | None], rank: int, candidates: int,
-              ) -> Any | None:
-        """The partition-sorted in-memory IVF probe of ``ds`` (see :mod:`._ivf`)."""
-        from ..kernels._ivf import IvfProbe
-
-        def build() -> IvfProbe | None:
-            cents = centroids()
-            if cents is None:
-                return None
-            return IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=rank,
-                                  candidates=candidates)
-
-        return self._get_or_build((uri, ds.version, f"{metric}/ivf/{rank}/{candidates}"),
-                                  lambda: self._vector_bytes(ds), build)
-
-    def put(self, uri: str, version: int, metric: str, probe: Any) -> None:
-        """Seed the cache with a probe built elsewhere (the index tuner)."""
-        self._get_or_build((uri, version, f"{metric}/ivf/{probe.rank}/{probe.candidates}"),
-                           lambda: probe.nbytes, lambda: probe)
-
-    def key_index(self, uri: str, ds: lance.LanceDataset, key: str) -> KeyIndex | None:
-        """Sorted keys and their row offsets for ``ds`` (one scan of the key column)."""
-        return self._get_or_build((uri, ds.version, "key:" + key), lambda: ds.count_rows() * 16,
-                                  lambda: KeyIndex.build(ds, key))
-
-    def scalars(self, uri: str, ds: lance.LanceDataset) -> pa.Table | None:
-        """Every column but the vector of ``ds``, in memory (None if it cannot fit), plus
-        :data:`OFFSET_COLUMN`, each row's offset in the version."""
-        names = [n for n in ds.schema.names if n != VECTOR]
-
-        def build() -> pa.Table:
-            t = ds.to_table(columns=names, filter="true").combine_chunks()
-            return t.append_column(OFFSET_COLUMN, pa.array(np.arange(t.num_rows, dtype=np.int64)))
-
-        return self._get_or_build((uri, ds.version, "scalars"),
-                                  lambda: ds.count_rows() * 32 * max(1, len(names)), build)
+    def put(self, key: VersionKey, kind: str, item: Any) -> None:
+        """Seed the cache with an item built elsewhere (the index tuner's probe)."""
+        self.get_or_build(key, kind, lambda: int(item.nbytes), lambda: item)
 
     def forget(self, uri: str) -> None:
-        """Drop every entry of one table (it was deleted: a new table of the same name
-        starts again at version 1)."""
+        """Drop every entry of one table URI (it was dropped)."""
         with self._lock:
-            for key in [k for k in self._items if k[0] == uri]:
-                self._bytes -= self._items.pop(key).nbytes
+            for k in [k for k in self._items if k[0].uri == uri]:
+                self._bytes -= int(self._items.pop(k).nbytes)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self._bytes = 0
 
+    # -- the kinds of entry --------------------------------------------------------------
+    def matrix(self, key: VersionKey, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
+        """Row-aligned float32 matrix of the version (unit rows for cosine), or None if it
+        cannot fit."""
+        return self.get_or_build(key, f"matrix/{metric}", lambda: _vector_bytes(ds),
+                                 lambda: load_matrix(ds, metric))
+
+    def probe(self, key: VersionKey, ds: lance.LanceDataset, metric: str,
+              centroids: Callable[[], np.ndarray | None], rank: int, candidates: int,
+              ) -> IvfProbe | None:
+        """The partition-sorted in-memory IVF probe of the version."""
+
+        def build() -> IvfProbe | None:
+            cents = centroids()
+            if cents is None:
+                return None
+            # Not through matrix(): the probe keeps its own partition-ordered copy, and an
+            # indexed table is searched through the probe, so a cached matrix would be idle.
+            return IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=rank,
+                                  candidates=candidates)
+
+        return self.get_or_build(key, probe_kind(metric, rank, candidates),
+                                 lambda: _vector_bytes(ds), build)
+
+    def key_index(self, key: VersionKey, ds: lance.LanceDataset, column: str) -> KeyIndex | None:
+        """Sorted keys and their row offsets (one scan of the key column)."""
+        return self.get_or_build(key, "key:" + column, lambda: ds.count_rows() * 16,
+                                 lambda: KeyIndex.build(ds, column))
+
+    def scalars(self, key: VersionKey, ds: lance.LanceDataset) -> pa.Table | None:
+        """Every column but the vector, in memory (None if it cannot fit), plus
+        :data:`OFFSET_COLUMN`, each row's offset in the version."""
+        names = [n for n in ds.schema.names if n != VECTOR_COLUMN]
+
+        def build() -> pa.Table:
+            t = ds.to_table(columns=names, filter=SCAN_ALL).combine_chunks()
+            return t.append_column(OFFSET_COLUMN, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+        return self.get_or_build(key, "scalars", lambda: ds.count_rows() * 32 * max(1, len(names)),
+                                 build)
+
+
+def probe_kind(metric: str, rank: int, candidates: int) -> str:
+    return f"probe/{metric}/{rank}/{candidates}"
+
+
+def _vector_bytes(ds: lance.LanceDataset) -> int:
+    return ds.count_rows() * ds.schema.field(VECTOR_COLUMN).type.list_size * 4
+
 
 class KeyIndex:
     """Key -> row offset of one immutable version, by binary search over sorted keys.
 
     A Lance BTREE lookup through the scanner plans a query each time (milliseconds); the
-    "fetch these ids now" case wants a take() of known offsets instead.
+    "fetch these keys now" case wants a take() of known offsets instead.
     """
 
-    def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray, arrow_type: pa.DataType) -> None:
         self.keys = keys
         self.offsets = offsets
+        self.arrow_type = arrow_type
         self.nbytes = int(keys.nbytes + offsets.nbytes) if keys.dtype != object else \
             int(offsets.nbytes * 8)
 
     @classmethod
-    def build(cls, ds: lance.LanceDataset, key: str) -> KeyIndex:
-        col = ds.to_table(columns=[key]).column(key).combine_chunks()
+    def build(cls, ds: lance.LanceDataset, column: str) -> KeyIndex:
+        col = ds.to_table(columns=[column]).column(column).combine_chunks()
         arr = col.to_numpy(zero_copy_only=False)
         order = np.argsort(arr, kind="stable")
-        return cls(arr[order], order.astype(np.int64))
+        return cls(arr[order], order.astype(np.int64), col.type)
 
-    def lookup(self, wanted: list[Any]) -> np.ndarray:
-        """Row offsets of the wanted keys that exist, in the order asked."""
-        if not wanted or not len(self.keys):
+    def lookup(self, wanted: Sequence[Any]) -> np.ndarray:
+        """Row offsets of the wanted keys that are stored, in the order asked. A value is
+        never converted to find a match: 1.5 or "1" do not find the integer key 1."""
+        if not len(wanted) or not len(self.keys):
             return np.zeros(0, np.int64)
-        try:
-            w = np.asarray(wanted, dtype=self.keys.dtype)
-        except (TypeError, ValueError):
+        w = _exact_keys(list(wanted), self.arrow_type)
+        if w is None or not len(w):
             return np.zeros(0, np.int64)
-        pos = np.searchsorted(self.keys, w)
-        pos = np.minimum(pos, len(self.keys) - 1)
+        pos = np.minimum(np.searchsorted(self.keys, w), len(self.keys) - 1)
         hit = self.keys[pos] == w
         return self.offsets[pos[hit]]
+
+
+def _exact_keys(wanted: list[Any], typ: pa.DataType) -> np.ndarray | None:
+    """The wanted keys that can equal a stored key of type ``typ``, as an array of the
+    stored keys' numpy type; the others are dropped (they cannot be stored)."""
+    if pa.types.is_integer(typ):
+        info = np.iinfo(typ.to_pandas_dtype())
+        keep = [int(v) for v in wanted
+                if isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+                and info.min <= int(v) <= info.max]
+        return np.asarray(keep, dtype=typ.to_pandas_dtype())
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return np.asarray([v for v in wanted if isinstance(v, str)], dtype=object)
+    try:  # other key types: Arrow's own safe cast, which refuses lossy conversions
+        arr = pa.array(wanted).cast(typ, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return arr.to_numpy(zero_copy_only=False)
 
 
 CACHE = MatrixCache()
 
 
-def take_rows(uri: str, ds: lance.LanceDataset, offsets: np.ndarray,
-              columns: list[str] | None) -> pa.Table:
+def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
+              columns: Sequence[str] | None) -> pa.Table:
     """The rows at ``offsets`` of one version, in that order.
 
-    A Lance ``take`` of k random rows costs ~0.8 ms here (a page read and decode per row);
-    the version's scalar columns are kept in memory instead (:meth:`MatrixCache.scalars`),
-    so a search that does not ask for the vector column never goes back to Lance.
+    A Lance ``take`` of k random rows costs ~0.8 ms (a page read and decode per row); the
+    version's scalar columns are kept in memory instead (:meth:`MatrixCache.scalars`), so
+    a search that does not ask for the vector column never goes back to Lance.
     """
     names = list(columns) if columns else ds.schema.names
     unknown = [c for c in names if c not in ds.schema.names]
     if unknown:
-        from ..errors import ValidationError
-
         raise ValidationError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
                               f"columns: {', '.join(ds.schema.names)}")
-    small = [c for c in names if c != VECTOR]
-    mem = CACHE.scalars(uri, ds) if small else None
+    small = [c for c in names if c != VECTOR_COLUMN]
+    mem = CACHE.scalars(key, ds) if small else None
     if small and mem is None:
         return ds.take(offsets.tolist(), columns=names)
     idx = pa.array(np.asarray(offsets, dtype=np.int64))
     got = mem.select(small).take(idx) if mem is not None else None
-    vec = ds.take(offsets.tolist(), columns=[VECTOR]) if VECTOR in names else None
-    arrays = [(vec if c == VECTOR else got).column(c) for c in names]  # type: ignore[union-attr]
+    vec = ds.take(offsets.tolist(), columns=[VECTOR_COLUMN]) if VECTOR_COLUMN in names else None
+    arrays = [(vec if c == VECTOR_COLUMN else got).column(c) for c in names]  # type: ignore[union-attr]
     return pa.Table.from_arrays(arrays, schema=pa.schema([ds.schema.field(c) for c in names]))
 
 
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
+    """The version's vectors as one float32 matrix (unit rows for cosine)."""
     rows = ds.count_rows()
-    dim = ds.schema.field("vector").type.list_size
-    col = ds.to_table(columns=["vector"], filter="true").column("vector").combine_chunks()
+    dim = ds.schema.field(VECTOR_COLUMN).type.list_size
+    col = ds.to_table(columns=[VECTOR_COLUMN], filter=SCAN_ALL).column(VECTOR_COLUMN).combine_chunks()
     m = col.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim).astype(np.float32)
-    if metric == "cosine":
-        m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-30)
-    return np.ascontiguousarray(m)
-
-
-def exact_topk(mat: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row offsets and distances of the k nearest rows, with Lance's distance conventions:
-    cosine ``1 - cos``, dot ``1 - dot``, l2 squared Euclidean."""
-    if metric == "cosine":
-        qn = q / max(float(np.linalg.norm(q)), 1e-30)
-        dist = 1.0 - mat @ qn
-    elif metric == "dot":
-        dist = 1.0 - mat @ q
-    else:
-        dist = (mat * mat).sum(1) - 2 * (mat @ q) + float(q @ q)
-    k = min(k, dist.shape[0])
-    if k == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    idx = np.argpartition(dist, k - 1)[:k] if k < dist.shape[0] else np.arange(dist.shape[0])
-    order = np.argsort(dist[idx], kind="stable")
-    idx = idx[order]
-    return idx, dist[idx].astype(np.float32)
+    return normalize_rows(m) if metric == "cosine" else np.ascontiguousarray(m)

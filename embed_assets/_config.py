@@ -1,0 +1,49 @@
+"""Settings read from the environment, in one place, when they are needed (never at import).
+
+=============================  =========================================================
+``EMBED_ASSETS_STORE``         default store URI (else ``./.embed_store``)
+``EMBED_ASSETS_CACHE_BYTES``   memory for decoded vectors of immutable versions (4 GiB)
+``EMBED_ASSETS_EXACT_THRESHOLD``  rows below which build_index keeps exact search (15000)
+``EMBED_ASSETS_NATIVE``        ``0`` keeps the Python SQL aggregates instead of ea_vec
+``EMBED_ASSETS_DEBUG``         the CLI shows tracebacks for unexpected errors
+=============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_STORE = "./.embed_store"
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_uri: str = DEFAULT_STORE
+    cache_bytes: int = 4 << 30
+    exact_threshold_rows: int = 15_000
+    native: bool = True
+    debug: bool = False
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be an integer, got {raw!r}") from None
+
+
+def settings() -> Settings:
+    """The current settings (the environment is read on every call: cheap, and tests and
+    long-lived processes see changes)."""
+    env = os.environ
+    return Settings(
+        store_uri=env.get("EMBED_ASSETS_STORE") or DEFAULT_STORE,
+        cache_bytes=_int("EMBED_ASSETS_CACHE_BYTES", 4 << 30),
+        exact_threshold_rows=_int("EMBED_ASSETS_EXACT_THRESHOLD", 15_000),
+        native=env.get("EMBED_ASSETS_NATIVE", "1") != "0",
+        debug=bool(env.get("EMBED_ASSETS_DEBUG")),
+    )

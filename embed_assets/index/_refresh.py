@@ -1,0 +1,79 @@
+"""Keeping an index fresh: rows appended after a build, and the rule for retraining.
+
+Rows appended after a build are searched exactly by Lance (flat) beside the index, so
+results stay correct; :func:`refresh_index` folds them in. The retrain rule: rebuild from
+scratch when the table has grown by more than 50% since training, or when new vectors sit
+farther from their nearest IVF centroid than the trained ones (mean distance ratio above
+1.25), i.e. the partitions no longer describe the data; otherwise ``optimize_indices``
+adds the new rows to the existing partitions incrementally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..kernels import normalize_rows
+from ..store import VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
+from ._build import build_index, mean_centroid_distance
+
+
+def freshness(table: EmbeddingTable) -> dict[str, Any]:
+    """How much of the table the vector index covers."""
+    ds = table.dataset()
+    rows = ds.count_rows()
+    if not has_vector_index(ds, table.identity):
+        return {"indexed": False, "rows": rows, "unindexed_rows": rows if index_config(ds, table.identity) and
+                index_config(ds, table.identity).get("kind") == "ann" else 0, "share_unindexed": 0.0}
+    stats = ds.stats.index_stats(VECTOR_INDEX_NAME)
+    unindexed = int(stats.get("num_unindexed_rows", 0))
+    return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
+            "share_unindexed": unindexed / rows if rows else 0.0}
+
+
+def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:
+    """The retrain rule (see the module docstring)."""
+    ds = table.dataset()
+    cfg = index_config(ds, table.identity) or {}
+    trained = int(cfg.get("trained_rows") or 0)
+    rows = ds.count_rows()
+    if trained and rows > 1.5 * trained:
+        return True, f"table grew from {trained} to {rows} rows since training"
+    base = cfg.get("centroid_distance")
+    if base:
+        fresh = freshness(table)
+        if fresh["unindexed_rows"]:
+            new = ds.to_table(columns=["vector"], limit=2000,
+                              offset=max(0, rows - fresh["unindexed_rows"]))
+            vecs = np.stack(new.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+            if table.meta.metric == "cosine":  # the baseline was measured on unit vectors
+                vecs = normalize_rows(vecs)
+            cur = mean_centroid_distance(ds, vecs)
+            if cur is not None and cur > 1.25 * base:
+                return True, f"new rows sit {cur / base:.2f}x farther from the IVF centroids"
+    return False, "partitions still fit the data"
+
+
+def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
+    """Fold unindexed rows into the index, or retrain it when the rule says so."""
+    ds = table.dataset()
+    cfg = index_config(ds, table.identity)
+    if not cfg or cfg.get("kind") != "ann":
+        return {"action": "none", "reason": "table is searched exactly"}
+    if not has_vector_index(ds, table.identity):
+        rep = build_index(table, recall=cfg["target_recall"], index_type=cfg["index_type"],
+                          k=cfg["k"], force_ann=True)
+        return {"action": "rebuilt", "reason": "index missing", "report": rep.to_dict()}
+    retrain, why = needs_retrain(table)
+    if retrain:
+        # The table was judged worth an index before; keep one after growth.
+        rep = build_index(table, recall=cfg["target_recall"], index_type=cfg["index_type"],
+                          k=cfg["k"], force_ann=True)
+        return {"action": "retrained", "reason": why, "report": rep.to_dict()}
+    before = freshness(table)["unindexed_rows"]
+    if before:
+        ds.optimize.optimize_indices(index_names=[VECTOR_INDEX_NAME])
+        table.refresh()
+    return {"action": "optimized" if before else "none", "reason": why,
+            "rows_folded_in": before}

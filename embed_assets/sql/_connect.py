@@ -1,0 +1,153 @@
+"""Opening a DuckDB session on a store (:func:`connect`) and running one query (:func:`run_sql`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import QueryError, ValidationError
+from ..store import Store, is_local
+from . import _native
+from ._connection import SQLConnection
+from ._files import EXTENSIONS, NATIVE_MACRO_FILES, STORE_MACRO_FILES, extension_path, load_macros
+from ._functions import register_functions
+
+
+def connect(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    read_only_views: bool = True,
+    extensions: Iterable[str] = EXTENSIONS,
+    database: str = ":memory:",
+    config: dict[str, Any] | None = None,
+    storage_options: dict[str, str] | None = None,
+    native: bool = True,
+) -> SQLConnection:
+    """A DuckDB connection with the vector macros and the store's tables as views.
+
+    Parameters
+    ----------
+    store : Store or str, optional
+        The store whose tables become views (a :class:`Store` or its URI). ``None``
+        gives a connection with the macros and extensions only.
+    read_only_views : bool, default True
+        Store tables are read-only views (writes go through :class:`Store`, which keeps
+        provenance). With False the store directory is also attached through the
+        ``lance`` extension as catalog ``lance_store`` (local stores only), where SQL can
+        ``CREATE TABLE``/``INSERT`` Lance tables directly, without embed_assets provenance.
+    extensions : iterable of str, default ("lance", "vss")
+        DuckDB extensions to load from their PyPI wheels (``()`` skips them; loading the
+        lance extension takes about a second, once per process).
+    database, config
+        Passed to :func:`duckdb.connect`.
+    storage_options : dict, optional
+        Object-store options when ``store`` is a URI.
+    native : bool, default True
+        Load the ``ea_vec`` C extension that backs ``vec_mean``/``vec_sum``: the file the
+        package build compiled into ``embed_assets/sql/native`` (a wheel carries it, an
+        editable install builds it in place), only after its sha256 matches the build's
+        record. Without it (``native=False``, ``EMBED_ASSETS_NATIVE=0``, a package built
+        without a C compiler, a failed check) those macros use a Python UDF with the same
+        results, ~20x slower; ``embed_assets.sql._native.status()`` says which is in use.
+        Nothing is compiled at run time.
+
+        The file is not signed by DuckDB, which loads unsigned extension files only on a
+        database opened with ``allow_unsigned_extensions``: while that is on, any ``LOAD``
+        of an unsigned file (any path, any code) works on that database. connect() opens
+        with it on only when it will load this verified file, and turns it off right after
+        that ``LOAD`` (DuckDB cannot turn it back on while the database is open), so the
+        connection returned has ``current_setting('allow_unsigned_extensions')`` false
+        unless ``config`` says otherwise. A ``config`` value is kept as given:
+        ``{'allow_unsigned_extensions': 'false'}`` gets the Python fallback, ``'true'``
+        stays on for the connection's lifetime (the caller's choice).
+
+    Returns
+    -------
+    SQLConnection
+        Forwards every ``duckdb.DuckDBPyConnection`` method; see the module docstring
+        for when new versions become visible.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from embed_assets import Store
+    >>> s = Store(tempfile.mkdtemp())
+    >>> _ = s.write("docs", {"id": [1, 2], "vector": [[1.0, 0.0], [0.0, 1.0]]}, key="id")
+    >>> con = connect(s, extensions=())
+    >>> con.sql("SELECT id, rank FROM knn('docs', [1.0, 0.1], 1)").fetchall()
+    [(1, 1)]
+    >>> con.sql('SELECT count(*) FROM "docs@1"').fetchone()[0]
+    2
+    """
+    if store is not None and not isinstance(store, Store):
+        store = Store(store, storage_options=storage_options)
+    cfg = dict(config or {})
+    ea_vec = _native.prepare(cfg, native)  # allow_unsigned_extensions on only to LOAD our file
+    raw = duckdb.connect(database, config=cfg)
+    native_loaded = ea_vec.load(raw)  # ...and off again right after it
+    for name in extensions:
+        raw.execute(f"LOAD '{extension_path(name)}'")
+    con = SQLConnection(raw, store)
+    _load_sql_layer(raw, con, native_loaded)
+    if store is not None:
+        con.refresh()  # a view per table, at its latest version
+        if not read_only_views:
+            _attach_writable(raw, store, extensions)
+    return con
+
+
+def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_loaded: bool) -> None:
+    """The plain macros, the Python functions, their store-aware macros, and where the
+    ea_vec extension loaded, the macros that move the aggregates onto it."""
+    load_macros(raw)
+    register_functions(raw, con)
+    con.publish_metadata()  # the (empty) view metadata the store macros read
+    load_macros(raw, STORE_MACRO_FILES)
+    if native_loaded:
+        load_macros(raw, NATIVE_MACRO_FILES)
+
+
+def _attach_writable(raw: duckdb.DuckDBPyConnection, store: Store, extensions: Iterable[str]) -> None:
+    if "lance" not in set(extensions):
+        raise ValidationError("read_only_views=False needs the lance extension")
+    if not is_local(store.uri):
+        raise ValidationError("read_only_views=False works for local stores only")
+    path = store.uri.removeprefix("file://").replace("'", "''")
+    raw.execute(f"ATTACH '{path}' AS lance_store (TYPE LANCE)")
+
+
+def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
+            storage_options: dict[str, str] | None = None,
+            extensions: Iterable[str] = EXTENSIONS) -> pa.Table:
+    """Run one SQL statement (or several; the last one's result is returned) on a store.
+
+    This is the body of ``embed-assets sql "QUERY"``. Errors from DuckDB come back as
+    :class:`~embed_assets.QueryError` with DuckDB's first message line.
+    """
+    if not query or not query.strip():
+        raise ValidationError("the SQL query is empty")
+    con = connect(store, extensions=extensions, storage_options=storage_options)
+    try:
+        stmts = duckdb.extract_statements(query)
+        for st in stmts[:-1]:
+            con.execute(st.query)
+        last = stmts[-1].query if stmts else query
+        rel = con.sql(last)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QueryError(msg) from None
+    finally:
+        con.close()
+
+
+def timed_connect(store: Store | str, **kwargs: Any) -> tuple[SQLConnection, float]:
+    """:func:`connect` and the seconds it took (used by the benchmark)."""
+    t0 = time.perf_counter()
+    con = connect(store, **kwargs)
+    return con, time.perf_counter() - t0

@@ -1,0 +1,143 @@
+"""The Python functions a connect()ed session registers in DuckDB, for the macros of
+``macros/store.sql`` and ``macros/native.sql`` to call.
+
+DuckDB cannot define an aggregate or a table function from Python, so each is a scalar
+Arrow UDF that takes a whole list of vectors (``list(v)``) in one call and returns a list.
+The store-aware ones (``_ea_topk_store*``, ``_ea_knn_hits``) ask the connection for the
+view's version and rank with the store's own search or cached matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..kernels import join_topk
+from . import _udf as udf
+
+
+class _Views(Protocol):
+    """What the store-aware functions need of the connection (a :class:`SQLConnection`).
+    DuckDB evaluates the functions' annotations when it registers them, so this is a
+    runtime name, not an import of the connection module."""
+
+    def _view(self, name: str) -> Any: ...
+
+    def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
+                  use_index: bool) -> list[dict[str, Any]]: ...
+
+    def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
+                    inv_cov: Any, approximate: bool) -> pa.Array: ...
+
+_FL, _LFL, _DD = "FLOAT[]", "FLOAT[][]", "DOUBLE[][]"
+_HIT = "STRUCT(l INTEGER, r INTEGER, distance DOUBLE, rank INTEGER)[]"
+_KNN_HIT = "STRUCT(ki BIGINT, ks VARCHAR, distance DOUBLE, rank INTEGER)[]"
+_KNN_HITS = pa.list_(pa.struct([("ki", pa.int64()), ("ks", pa.string()),
+                                ("distance", pa.float64()), ("rank", pa.int32())]))
+
+
+@dataclass(frozen=True)
+class _Function:
+    name: str
+    fn: Callable[..., pa.Array]
+    args: tuple[str, ...]
+    returns: str
+    # False for functions reading store state that DuckDB must not fold into a constant
+    side_effects: bool = True
+
+
+def register_functions(con: duckdb.DuckDBPyConnection, owner: _Views) -> None:
+    """Create every ``_ea_*`` function on ``con``; ``owner`` answers the store-aware ones."""
+    for f in _functions(owner):
+        con.create_function(f.name, f.fn, list(f.args), f.returns, type="arrow",
+                            null_handling="special", side_effects=f.side_effects)
+
+
+def _functions(owner: _Views) -> list[_Function]:
+    store_args = ("VARCHAR", "VARCHAR[]", "BIGINT", "VARCHAR", _DD, "BOOLEAN")
+    join_args = ("BIGINT", "VARCHAR", _DD, "BOOLEAN")
+    return [
+        _Function("_ea_list_vec_agg_f", _agg, (_LFL, "VARCHAR"), "DOUBLE[]"),
+        _Function("_ea_list_vec_agg_d", _agg, (_DD, "VARCHAR"), "DOUBLE[]"),
+        _Function("_ea_list_vec_cov", udf.list_vec_cov, (_DD,), _DD),
+        _Function("_ea_mat_inverse", udf.mat_inverse, (_DD,), _DD),
+        _Function("_ea_distance", udf.pair_distance, ("DOUBLE[]", "DOUBLE[]", "VARCHAR", _DD), "DOUBLE"),
+        _Function("_ea_topk", partial(_topk, _first_matrix), (_LFL, _LFL, *join_args), _HIT),
+        _Function("_ea_topk_packed", partial(_topk, udf.packed_matrix), ("BLOB", "BLOB", *join_args),
+                  _HIT),
+        _Function("_ea_topk_store", partial(_topk_store, owner, _first_matrix), (_LFL, *store_args),
+                  _HIT, side_effects=False),
+        _Function("_ea_topk_store_packed", partial(_topk_store, owner, udf.packed_matrix),
+                  ("BLOB", *store_args), _HIT, side_effects=False),
+        _Function("_ea_knn_hits", partial(_knn_hits, owner), ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN"),
+                  _KNN_HIT),
+    ]
+
+
+def _agg(vs: pa.Array, how: pa.Array) -> pa.Array:
+    return udf.list_vec_agg(vs, udf._scalar(how) or "mean")
+
+
+def _topk(matrix: Callable[[pa.Array], np.ndarray], lv: pa.Array, rv: pa.Array, k: pa.Array,
+          metric: pa.Array, inv: pa.Array, approx: pa.Array) -> pa.Array:
+    """similarity_join of two plain sides: each is one list (or packed BLOB) of vectors."""
+    left, right = matrix(lv), matrix(rv)
+    kk = int(udf._scalar(k))
+    li, ri, dist = join_topk(left, right, kk, udf._scalar(metric), udf._scalar(inv))
+    return _repeat(udf.hits_array(li, ri, dist, min(kk, right.shape[0])), len(lv))
+
+
+def _topk_store(owner: _Views, matrix: Callable[[pa.Array], np.ndarray], lv: pa.Array,
+                view: pa.Array, keys: pa.Array, k: pa.Array, metric: pa.Array, inv: pa.Array,
+                approx: pa.Array) -> pa.Array:
+    """similarity_join with a store view on the right: its vectors come from the store."""
+    cell = _combine(keys)[0]
+    sql_keys = cell.values if cell.is_valid else pa.array([], pa.string())
+    res = owner._topk_store(matrix(lv), udf._scalar(view), sql_keys, int(udf._scalar(k)),
+                            udf._scalar(metric), udf._scalar(inv), bool(udf._scalar(approx)))
+    return _repeat(res, len(lv))
+
+
+def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: pa.Array,
+              use_index: pa.Array) -> pa.Array:
+    """knn on a store view: the keys, distances and ranks of the k nearest rows."""
+    views, qs, ks = _combine(view), _combine(q), _combine(k)
+    metrics, idx = _combine(metric), _combine(use_index)
+    out: list[list[dict[str, Any]]] = []
+    for i in range(len(views)):
+        if not qs[i].is_valid or not ks[i].is_valid or ks[i].as_py() <= 0:
+            out.append([])
+            continue
+        name = views[i].as_py()
+        qv = qs[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
+        dim = owner._view(name).meta.dimension
+        if qv.shape[0] != dim:
+            raise ValueError(f"knn: dimension mismatch (query {qv.shape[0]} vs table {dim})")
+        if np.isnan(qv).any():
+            raise ValueError("knn: the query vector has NULL or NaN elements")
+        out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
+                                   bool(idx[i].as_py())))
+    return pa.array(out, _KNN_HITS)
+
+
+def _combine(arr: Any) -> pa.Array:
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _first_matrix(lv: pa.Array) -> np.ndarray:
+    """The list of vectors of the (single-row) argument as a matrix; empty if NULL."""
+    cell = _combine(lv)[0]
+    if not cell.is_valid or len(cell.values) == 0:
+        return np.zeros((0, 0), np.float32)
+    return udf.vectors_matrix(cell.values, "similarity_join")
+
+
+def _repeat(one: pa.Array, n: int) -> pa.Array:
+    # The UDF is called with a chunk of n identical rows (the CTEs hold one row each).
+    return one if n == 1 else pa.concat_arrays([one] * n)

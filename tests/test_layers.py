@@ -1,0 +1,36 @@
+"""The package's layering (see embed_assets/__init__.py) is enforced by import-linter's
+contracts in .importlinter: they hold on the code, and they catch a planted reverse import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run([str(LINT), "--config", str(cwd / ".importlinter"), "--no-cache"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_contracts_hold() -> None:
+    p = _lint(ROOT, ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "broken" in p.stdout and "0 broken" in p.stdout
+
+
+def test_a_reverse_import_breaks_the_layers(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "embed_assets", tmp_path / "embed_assets",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.duckdb_extension"))
+    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    meta = tmp_path / "embed_assets" / "store" / "_meta.py"
+    meta.write_text(meta.read_text() + "\nfrom ..sql import connect  # planted: store -> sql\n")
+    p = _lint(tmp_path, tmp_path)
+    assert p.returncode != 0, p.stdout[-3000:]
+    assert "embed_assets.store._meta -> embed_assets.sql" in p.stdout, p.stdout[-3000:]
