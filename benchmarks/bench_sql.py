@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LANCE_LOG", "error")
 
-from embed_assets import Store  # noqa: E402
-from embed_assets import connect  # noqa: E402
+from embed_assets import Store, connect  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 NPZ = DATA / "debian_minilm.npz"

@@ -184,3 +184,62 @@ def test_sql_errors_are_query_errors_not_validation_errors(tmp_path: Path) -> No
     assert isinstance(err.value, EmbedAssetsError)
     with pytest.raises(ValidationError, match="empty"):
         run_sql(store, "  ", extensions=())
+
+
+# -- the one cache: counted once under threads, bounded, shared ---------------------------
+def test_cache_counts_bytes_once_when_threads_race() -> None:
+    import threading
+    import time
+
+    from embed_assets.store import MatrixCache, VersionKey
+
+    cache = MatrixCache(max_bytes=10_000)
+    builds = []
+    barrier = threading.Barrier(8)
+
+    def build() -> np.ndarray:
+        builds.append(1)
+        time.sleep(0.02)  # every thread misses before any inserts
+        return np.zeros(100, np.float32)  # 400 bytes
+
+    got: list[np.ndarray] = []
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        got.append(cache.get_or_build(VersionKey("/s/t.lance", "id", 1), "m", lambda: 400, build))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(builds) > 1  # the race happened
+    assert len(cache) == 1 and cache.nbytes == 400
+    assert all(g is got[0] for g in got)  # everyone got the entry that was kept
+    for v in range(2, 40):  # the budget holds: 25 entries of 400 bytes fit in 10,000
+        cache.get_or_build(VersionKey("/s/t.lance", "id", v), "m", lambda: 400,
+                           lambda: np.zeros(100, np.float32))
+    assert cache.nbytes <= 10_000 and len(cache) == 25
+
+
+def test_search_sql_and_lookups_share_one_cache(tmp_path: Path) -> None:
+    from embed_assets.store import CACHE
+
+    store = Store(tmp_path / "s")
+    rng = np.random.default_rng(0)
+    mat = rng.normal(size=(40, 4))
+    store.write("t", table(list(range(40)), mat.tolist()), key="id")
+    t = store.table("t")
+    CACHE.clear()
+    t.search(mat[3], k=1)  # the exact path: the version's matrix
+    t.get([5])  # the key index and scalar columns
+    kinds = {k[1] for k in CACHE._items}
+    assert {"matrix/unit", "key:id", "scalars"} <= kinds
+    keys = {k[0] for k in CACHE._items}
+    assert keys == {t.cache_key(t.version)}
+    con = connect(store, extensions=())
+    assert con.sql("SELECT id FROM knn('t', ?::FLOAT[], 1)", params=[mat[7].tolist()]).fetchall() == [(7,)]
+    con.sql("SELECT count(*) FROM similarity_join('t', 't', 2)").fetchall()
+    assert {k[0] for k in CACHE._items} == keys  # SQL keyed the same version the same way
+    assert any(k[1].startswith("join/") for k in CACHE._items)
+    con.close()

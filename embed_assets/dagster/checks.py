@@ -8,7 +8,6 @@ not worth stopping a pipeline.
 
 # No `from __future__ import annotations`: Dagster reads the Config and context
 # annotations of the decorated functions at definition time.
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,9 @@ from dagster import (
     multi_asset_check,
 )
 
-from ..store import VECTOR_COLUMN, EmbeddingTable
+from ..index import freshness
+from ..kernels import batch_distances, top_k_rows
+from ..store import CACHE, VECTOR_INDEX_NAME, EmbeddingTable, load_matrix
 from ._compat import CoercibleToAssetKey
 from .metadata import VERSION_KEY, lance_table_name
 
@@ -34,15 +35,13 @@ INTEGRITY_CHECKS = ("vectors_finite", "vector_dimension", "no_zero_vectors", "un
 WARN_CHECKS = ("index_freshness", "drift")
 
 
-def _matrix(tbl: pa.Table) -> np.ndarray:
-    col = tbl.column(VECTOR_COLUMN).combine_chunks()
-    dim = col.type.list_size
-    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n == 0, 1, n)
+def _version_vectors(t: EmbeddingTable, version: int) -> tuple[pa.Table, np.ndarray]:
+    """The keys (in row order) and the raw vectors of one version; the vectors come from
+    the library's cache of immutable versions, shared with search and SQL."""
+    ds = t.dataset(version)
+    keys = t.read(version, columns=[t.meta_at(version).key])
+    mat = CACHE.matrix(t.cache_key(ds.version), ds, "raw")
+    return keys, (mat if mat is not None else load_matrix(ds, "raw"))
 
 
 def neighbour_overlap(a_keys: list[Any], a: np.ndarray, b_keys: list[Any], b: np.ndarray, *,
@@ -60,16 +59,10 @@ def neighbour_overlap(a_keys: list[Any], a: np.ndarray, b_keys: list[Any], b: np
     pick = [common[i] for i in np.linspace(0, len(common) - 1, min(sample, len(common))).astype(int)]
 
     def topk(keys: list[Any], mat: np.ndarray, idx: dict[Any, int]) -> list[set[Any]]:
-        q = mat[[idx[p] for p in pick]]
-        if metric == "l2":
-            d = ((q[:, None, :] - mat[None, :, :]) ** 2).sum(-1)
-        else:
-            m = _normalise(mat) if metric == "cosine" else mat
-            d = -(_normalise(q) if metric == "cosine" else q) @ m.T
-        for r, p in enumerate(pick):  # a row is not its own neighbour
-            d[r, idx[p]] = np.inf
-        nn = np.argpartition(d, k, axis=1)[:, :k]
-        return [{keys[j] for j in row} for row in nn]
+        rows = [idx[p] for p in pick]
+        d = batch_distances(mat[rows], mat, metric)
+        d[np.arange(len(rows)), rows] = np.inf  # a row is not its own neighbour
+        return [{keys[j] for j in row} for row in top_k_rows(d, k)]
 
     na, nb = topk(a_keys, a, ia), topk(b_keys, b, ib)
     return float(np.mean([len(x & y) / k for x, y in zip(na, nb, strict=True)])), len(pick)
@@ -121,8 +114,7 @@ def build_embedding_checks(
         t = store.table(tname)
         version = t.version
         meta = t.meta
-        tbl = t.read(version, columns=[meta.key, VECTOR_COLUMN])
-        mat = _matrix(tbl)
+        tbl, mat = _version_vectors(t, version)
         base = {VERSION_KEY: MetadataValue.int(version)}
 
         def result(check: str, passed: bool, severity: AssetCheckSeverity,
@@ -154,19 +146,14 @@ def build_embedding_checks(
 
 def _index_freshness(t: EmbeddingTable, version: int, result: Any, max_share: float) -> AssetCheckResult:
     warn = AssetCheckSeverity.WARN
-    ds = t.dataset(version)
-    with warnings.catch_warnings():  # list_indices is deprecated in pylance 14, still the
-        warnings.simplefilter("ignore", DeprecationWarning)  # form the store itself uses
-        idx = [i for i in ds.list_indices() if VECTOR_COLUMN in i.get("fields", [])]
-    if not idx:
+    fresh = freshness(t)  # the index policy's own measure, on the latest version
+    if not fresh["indexed"]:
         return result("index_freshness", True, warn,
                       note="no ANN index yet: searches scan exactly, nothing can be stale")
-    stats = ds.stats.index_stats(idx[0]["name"])
-    unindexed = int(stats.get("num_unindexed_rows", 0))
-    total = max(int(ds.count_rows()), 1)
-    share = unindexed / total
-    return result("index_freshness", share <= max_share, warn, index=str(idx[0]["name"]),
-                  unindexed_rows=unindexed, unindexed_share=MetadataValue.float(round(share, 4)))
+    share = float(fresh["share_unindexed"])
+    return result("index_freshness", share <= max_share, warn, index=VECTOR_INDEX_NAME,
+                  unindexed_rows=int(fresh["unindexed_rows"]),
+                  unindexed_share=MetadataValue.float(round(share, 4)))
 
 
 def _drift(t: EmbeddingTable, version: int, tbl: pa.Table, mat: np.ndarray, finite: np.ndarray,
@@ -176,17 +163,16 @@ def _drift(t: EmbeddingTable, version: int, tbl: pa.Table, mat: np.ndarray, fini
     if not earlier:
         return result("drift", True, warn, note="first version: nothing to compare with")
     prev = max(earlier)
-    meta = t.meta
-    ptbl = t.read(prev, columns=[meta.key, VECTOR_COLUMN])
+    meta, pmeta = t.meta_at(version), t.meta_at(prev)
+    ptbl, pmat = _version_vectors(t, prev)
     if ptbl.num_rows == 0 or tbl.num_rows == 0:
         return result("drift", True, warn, previous_version=prev, note="an empty version")
-    pmat = _matrix(ptbl)
     if pmat.shape[1] != mat.shape[1]:
         return result("drift", False, warn, previous_version=prev,
                       note=f"dimension changed {pmat.shape[1]} -> {mat.shape[1]}")
     pfin = np.isfinite(pmat).all(axis=1)
     keys = [k for k, ok in zip(tbl.column(meta.key).to_pylist(), finite, strict=True) if ok]
-    pkeys = [k for k, ok in zip(ptbl.column(meta.key).to_pylist(), pfin, strict=True) if ok]
+    pkeys = [k for k, ok in zip(ptbl.column(pmeta.key).to_pylist(), pfin, strict=True) if ok]
     cur, old = mat[finite], pmat[pfin]
     shift = centroid_shift(old, cur)
     overlap, n = neighbour_overlap(pkeys, old, keys, cur, sample=sample, metric=meta.metric)

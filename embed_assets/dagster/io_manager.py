@@ -209,10 +209,10 @@ def _partition_write(context: OutputContext, store: Store, name: str, tbl: pa.Ta
                      properties: Mapping[str, Any]) -> tuple[WriteResult, str]:
     """Replace exactly the slice's partitions of table ``name`` with ``tbl``, in one commit.
 
-    Refuses rows of other partitions, then upserts the new rows and deletes the partition's
-    keys that are gone (a first write creates the table). The one place a partition is
-    replaced, so a store-level partition replace can take its place. Returns the write and
-    the store mode it used.
+    Refuses rows of other partitions; then the store's ``replace_partition`` (the one
+    partition path, shared with the embedding pipeline) upserts the rows and deletes the
+    partition's rows they no longer hold, computed against the version it commits on. A
+    first write creates the table. Returns the write and the store mode it used.
     """
     mask = _rows_in_slice(tbl, dims)
     outside = tbl.num_rows - pc.sum(mask).as_py() if tbl.num_rows else 0
@@ -223,17 +223,10 @@ def _partition_write(context: OutputContext, store: Store, name: str, tbl: pa.Ta
             f"(partition_expr {[d.partition_expr for d in dims]})"
         )
     props = {**properties, "partition": ",".join(context.asset_partition_keys)}
-    delete_keys = None
-    if existing is not None:
-        where = partition_filter(dims)
-        old = existing.read(columns=[key], where=where).column(key).to_pylist()
-        new = set(tbl.column(key).to_pylist())
-        delete_keys = [k for k in old if k not in new] or None
-        mode = "upsert"
-    else:
-        mode = "overwrite"
-    write = store.write(name, tbl, key=key, mode=mode, delete_keys=delete_keys, model=model,
-                        run_id=context.run_id, properties=props)
+    mode = "replace_partition" if existing is not None else "overwrite"
+    write = store.write(name, tbl, key=key, mode=mode, model=model, run_id=context.run_id,
+                        partition_where=partition_filter(dims) if existing is not None else None,
+                        properties=props)
     return write, mode
 
 

@@ -2,6 +2,7 @@
 
 from ._ivf import Int8Rows, IvfProbe, default_rank
 from ._topk import (
+    batch_distances,
     exact_topk,
     join_topk,
     normalize,
@@ -17,6 +18,7 @@ from ._topk import (
 __all__ = [
     "Int8Rows",
     "IvfProbe",
+    "batch_distances",
     "default_rank",
     "exact_topk",
     "join_topk",

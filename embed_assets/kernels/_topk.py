@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "batch_distances",
     "exact_topk",
     "join_topk",
     "normalize",
@@ -81,6 +82,18 @@ def scan_distances(mat: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
     if metric == "dot":
         return 1.0 - mat @ q
     return (mat * mat).sum(1) - 2 * (mat @ q) + float(q @ q)
+
+
+def batch_distances(queries: np.ndarray, mat: np.ndarray, metric: str) -> np.ndarray:
+    """(queries x rows) distances, Lance's convention, one GEMM: rows and queries are
+    normalised here for cosine."""
+    q = np.asarray(queries, dtype=np.float32)
+    m = np.asarray(mat, dtype=np.float32)
+    if metric == "cosine":
+        return 1.0 - normalize_rows(q) @ normalize_rows(m).T
+    if metric == "dot":
+        return 1.0 - q @ m.T
+    return (q * q).sum(1)[:, None] - 2 * (q @ m.T) + (m * m).sum(1)[None, :]
 
 
 def exact_topk(mat: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -103,9 +103,11 @@ class MatrixCache:
 
     # -- the kinds of entry --------------------------------------------------------------
     def matrix(self, key: VersionKey, ds: lance.LanceDataset, metric: str) -> np.ndarray | None:
-        """Row-aligned float32 matrix of the version (unit rows for cosine), or None if it
-        cannot fit."""
-        return self.get_or_build(key, f"matrix/{metric}", lambda: _vector_bytes(ds),
+        """Row-aligned float32 matrix of the version, or None if it cannot fit: unit rows
+        for ``"cosine"``, the stored vectors for any other metric (``"dot"``, ``"l2"``, or
+        ``"raw"`` for readers that want them as stored: asset checks, SQL)."""
+        kind = "matrix/unit" if metric == "cosine" else "matrix/raw"
+        return self.get_or_build(key, kind, lambda: _vector_bytes(ds),
                                  lambda: load_matrix(ds, metric))
 
     def probe(self, key: VersionKey, ds: lance.LanceDataset, metric: str,
@@ -231,7 +233,8 @@ def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
 
 
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
-    """The version's vectors as one float32 matrix (unit rows for cosine)."""
+    """The version's vectors as one float32 matrix (unit rows for ``"cosine"``, as stored
+    otherwise)."""
     rows = ds.count_rows()
     dim = ds.schema.field(VECTOR_COLUMN).type.list_size
     col = ds.to_table(columns=[VECTOR_COLUMN], filter=SCAN_ALL).column(VECTOR_COLUMN).combine_chunks()
