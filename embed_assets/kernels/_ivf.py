@@ -1,6 +1,6 @@
 """A partition-sorted, in-memory probe over the Lance index's IVF centroids.
 
-Why: on this machine a Lance ANN query spends most of its time in per-query overhead
+Why: at these sizes a Lance ANN query spends most of its time in per-query overhead
 (planning, async bridge, decoding), not distance work; see DESIGN.md and
 benchmarks/RESULTS.md. The Lance IVF-PQ index stays the persistent, shareable index
 (LanceDB and DuckDB's ``lance_vector_search`` use it), and its trained centroids are the
@@ -14,7 +14,7 @@ one contiguous scan of all rows):
    vectors), in int8 for full scans: the scan is memory-bound, and real text embeddings
    keep most of their inner-product structure in a sixth to a third of their dimensions;
 2. a shortlist of about ``candidates`` rows, chosen by a threshold estimated on a strided
-   sample of the scores (an exact ``argpartition`` over 100k+ scores costs ~1 ms here,
+   sample of the scores (an exact ``argpartition`` over 100k+ scores costs ~1 ms,
    the threshold ~0.1 ms);
 3. an exact re-rank of the shortlist on the full-precision vectors.
 
@@ -40,7 +40,7 @@ from ._topk import normalize, normalize_rows, top_k
 class Int8Rows:
     """A row-quantised int8 copy of a matrix (one scale per row) whose product with a
     float vector runs in fbgemm's int8 GEMV: ~4x less memory traffic than float32, which
-    is what a memory-bound scan costs (0.17 vs 0.70 ms for 120k x 64 on this machine).
+    is what a memory-bound scan costs (0.17 vs 0.70 ms for 120k x 64 on 2 x86-64 cores).
     Used for the pre-scan only: its scores pick a shortlist that is re-ranked exactly."""
 
     def __init__(self, mat: np.ndarray) -> None:

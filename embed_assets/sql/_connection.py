@@ -457,7 +457,7 @@ def _index_metric(ds: Any) -> str | None:
 
 def _search_params(ds: Any) -> dict[str, Any]:
     """ANN search parameters: those the index policy stored with the version when it tuned
-    the index to a recall target, else a refine step (PQ codes alone ranked poorly here:
+    the index to a recall target, else a refine step (PQ codes alone ranked poorly on MiniLM vectors:
     recall@10 ~0.56 on MiniLM without refine)."""
     params: dict[str, Any] = {"refine_factor": 4}
     try:

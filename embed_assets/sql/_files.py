@@ -36,8 +36,8 @@ def load_macros(con: duckdb.DuckDBPyConnection, files: Sequence[str] = MACRO_FIL
 def extension_path(name: str) -> str:
     """File of a DuckDB extension shipped by the ``duckdb-extension-<name>`` wheel.
 
-    DuckDB's extension server is unreachable here, so ``INSTALL`` cannot be used; the
-    wheels carry ``extensions/v<duckdb version>/<name>.duckdb_extension``.
+    ``INSTALL`` needs DuckDB's extension server, which offline and locked-down hosts
+    cannot reach; the wheels carry ``extensions/v<duckdb version>/<name>.duckdb_extension``.
     """
     try:
         mod = importlib.import_module(f"duckdb_extension_{name}")

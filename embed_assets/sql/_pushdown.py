@@ -3,7 +3,7 @@
 DuckDB hands a registered dataset's ``scanner()`` its pushed-down filters as a pyarrow
 expression: key lookups (``WHERE id = 5``), ranges, and the join filters it builds from
 a small build side (``is_in(id, {value_set=int64:[...]}) and (id >= lo) and (id <= hi)``,
-which is what ``knn`` and key joins produce). Lance plans each such scan in ~10 ms here;
+which is what ``knn`` and key joins produce). Lance plans each such scan in ~10 ms (pylance 14, 2 cores);
 the version's key index (:class:`embed_assets.store.KeyIndex`) answers the same question in
 microseconds. Anything this module cannot read exactly returns None and the scan goes to
 the general path.
@@ -106,7 +106,7 @@ class ScanDataset(lance.LanceDataset):
       is what ``knn`` produces) go through the version's key index
       (:func:`integer_key_filter`); other filters are evaluated on the version's scalar columns
       in memory. The rows then come from :func:`embed_assets.store.take_rows`. Lance plans each
-      filtered scan in ~10 ms here; this costs well under 1 ms. Filters that touch the
+      filtered scan in ~10 ms; this costs well under 1 ms. Filters that touch the
       vector column, or that need the vectors of many rows, go to Lance as before.
     """
 
