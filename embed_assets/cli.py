@@ -18,7 +18,7 @@ from typing import Any
 from ._config import settings
 from ._demo import run_demo
 from .embed import default_embedder, embed_table
-from .errors import EmbedAssetsError, ValidationError
+from .errors import EmbedAssetsError, ValidationError, first_line
 from .index import build_index, freshness, refresh_index
 from .sql import format_result, run_sql
 from .store import Store
@@ -72,7 +72,7 @@ def _read_source(path: str) -> Any:
         if path.endswith(".csv"):
             return pl.read_csv(path)
     except Exception as exc:
-        raise ValidationError(f"cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+        raise ValidationError(f"cannot read {path!r}: {first_line(exc)}") from None
     raise ValidationError(f"input file {path!r} must end in .parquet or .csv")
 
 

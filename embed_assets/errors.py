@@ -24,6 +24,7 @@ __all__ = [
     "TableNotFoundError",
     "ValidationError",
     "VersionNotFoundError",
+    "first_line",
 ]
 
 
@@ -55,3 +56,10 @@ class StorageError(EmbedAssetsError, OSError):
 class QueryError(EmbedAssetsError):
     """A SQL statement failed. Carries DuckDB's first message line; a statement may have
     had effects before it failed (SQL can write), unlike a :class:`ValidationError`."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A foreign exception in one line (its message's first line, else its type), for
+    messages that name the cause without a traceback."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

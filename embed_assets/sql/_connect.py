@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ..errors import QueryError, ValidationError
+from ..errors import QueryError, ValidationError, first_line
 from ..store import Store, is_local
 from . import _native
 from ._connection import SQLConnection
@@ -140,8 +140,7 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
         rel = con.sql(last)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryError(msg) from None
+        raise QueryError(first_line(exc)) from None
     finally:
         con.close()
 

@@ -35,10 +35,8 @@ the views as they were last registered.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -47,34 +45,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ValidationError, VersionNotFoundError
-from ..kernels import join_topk, pair_distances
-from ..store import CACHE, VECTOR_COLUMN, Store, TableMeta, search_defaults
-from . import _udf as udf
+from ..store import VECTOR_COLUMN, Store, TableMeta
+from . import _ranking
 from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
 from ._pushdown import ScanDataset
+from ._views import View
 
 __all__ = ["SQLConnection"]
 
 # -- the connection ------------------------------------------------------------------------
-@dataclass
-class _JoinSide:
-    mat: np.ndarray
-    keys: pa.Array  # as strings
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.mat.nbytes + self.keys.nbytes)
-
-
-@dataclass
-class _View:
-    table: str
-    ref: str | None  # None = latest; "3" or "prod" for name@3 / name@prod
-    version: int
-    dataset: Any
-    meta: TableMeta  # the facts of this version (an overwrite may change key or dimension)
-
-
 class SQLConnection:
     """A DuckDB connection whose store views follow the store (see module docstring).
 
@@ -86,7 +65,7 @@ class SQLConnection:
     def __init__(self, con: duckdb.DuckDBPyConnection, store: Store | None) -> None:
         self.con = con
         self.store = store
-        self._views: dict[str, _View] = {}
+        self._views: dict[str, View] = {}
         self._handles: dict[str, Any] = {}
         self._known: set[str] = set()  # store tables seen at connect/refresh or since
         self._lock = threading.RLock()
@@ -229,7 +208,7 @@ class SQLConnection:
             if ds is None:
                 ds = ScanDataset(uri, version=version, storage_options=opts)
             self.con.register(view, ds)
-            self._views[view] = _View(table, ref, version, ds, TableMeta.infer(ds.schema))
+            self._views[view] = View(table, ref, version, ds, TableMeta.infer(ds.schema))
             self._known.add(table)
             return True
 
@@ -270,7 +249,7 @@ class SQLConnection:
         if changed:
             self.publish_metadata()
 
-    def _table(self, info: _View) -> Any:
+    def _table(self, info: View) -> Any:
         """The store's handle on a view's table: one per table, so the versions it opened
         stay open between queries."""
         assert self.store is not None
@@ -331,141 +310,27 @@ class SQLConnection:
         return name
 
     # -- Python side of the SQL functions ------------------------------------------------
-    def _view(self, name: str) -> _View:
+    def _view(self, name: str) -> View:
         info = self._views.get(name)
         if info is None:
             raise ValidationError(f"{name!r} is not a store view of this connection")
         return info
 
-    def _matrix(self, info: _View) -> tuple[np.ndarray, pa.Array]:
-        """(float32 matrix, keys as strings) of a view's non-NULL vectors, in Lance order,
-        from the library's cache of immutable versions: a join against the same version
-        then costs the GEMM only."""
-        key = info.meta.key
-
-        def build() -> _JoinSide:
-            tbl = info.dataset.to_table(columns=[key, VECTOR_COLUMN],
-                                        filter=f"{VECTOR_COLUMN} IS NOT NULL")
-            mat = udf.vectors_matrix(tbl.column(VECTOR_COLUMN), "similarity_join")
-            return _JoinSide(mat, pc.cast(tbl.column(key), pa.string()).combine_chunks())
-
-        side = CACHE.get_or_build(info.dataset.cache_key, f"join/{key}",
-                                  lambda: info.dataset.count_rows() * (info.meta.dimension * 4 + 16),
-                                  build)
-        if side is None:  # larger than the cache: build it for this call only
-            side = build()
-        return side.mat, side.keys
+    def _matrix(self, info: View) -> tuple[np.ndarray, pa.Array]:
+        return _ranking.join_side(info)
 
     def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
                   use_index: bool) -> list[dict[str, Any]]:
-        """The k nearest rows of a store view by the store's own search (tuned index path or
-        cached exact scan): key (``ki`` for integer keys, ``ks`` for strings), distance
-        and rank. The macro then fetches those rows by key."""
         info = self._view(view)
-        if metric not in ("cosine", "dot", "l2"):
-            raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
-        table = self._table(info)
-        meta = info.meta
-        res = table.search(q, k=int(k), version=info.version, columns=[meta.key], metric=metric,
-                           use_index=None if use_index and metric == meta.metric else False)
-        keys = res.column(meta.key).to_pylist()
-        dist = res.column("distance").to_pylist()
-        field = "ki" if pa.types.is_integer(res.schema.field(meta.key).type) else "ks"
-        return [{field: key if field == "ki" else str(key), "distance": d, "rank": i + 1}
-                for i, (key, d) in enumerate(zip(keys, dist, strict=True))]
+        return _ranking.knn_hits(self._table(info), info, q, k, metric, use_index)
 
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array:
         info = self._view(view)
-        if approximate and metric in ("cosine", "dot", "l2") and _index_metric(info.dataset) == metric:
-            return self._ann_join(left, info, sql_keys, k, metric)
-        mat, lance_keys = self._matrix(info)
-        li, ri, dist = join_topk(left, mat, k, metric, inv_cov)
-        # Lance row order -> position in the SQL list of right keys.
-        pos = pc.index_in(lance_keys, value_set=udf._combine(sql_keys)).to_numpy(zero_copy_only=False)
-        return udf.hits_array(li, pos[ri].astype(np.int64), dist, min(int(k), mat.shape[0]))
-
-    def _ann_join(self, left: np.ndarray, info: _View, sql_keys: pa.Array, k: int,
-                  metric: str) -> pa.Array:
-        """Approximate join: batched index probes, then exact distances on the candidates."""
-        import lancedb
-
-        assert self.store is not None
-        key = info.meta.key
-        db = lancedb.connect(self.store.uri, storage_options=self.store.storage_options)
-        tbl = db.open_table(info.table)
-        tbl.checkout(info.version)
-        li_parts, ri_parts, d_parts = [], [], []
-        value_set = udf._combine(sql_keys)
-        for s in range(0, left.shape[0], 256):
-            block = left[s:s + 256]
-            params = _search_params(info.dataset)
-            search = (tbl.search(list(block), vector_column_name=VECTOR_COLUMN)
-                      .distance_type(metric).limit(int(k)).refine_factor(params["refine_factor"]))
-            if "nprobes" in params:
-                search = search.nprobes(params["nprobes"])
-            res = search.select([key, VECTOR_COLUMN]).to_arrow()
-            qi = res.column("query_index").to_numpy() + s
-            cand = udf.vectors_matrix(res.column(VECTOR_COLUMN))
-            d = pair_distances(left[qi], cand, metric)
-            pos = pc.index_in(pc.cast(res.column(key), pa.string()), value_set=value_set)
-            li_parts.append(qi)
-            ri_parts.append(pos.to_numpy(zero_copy_only=False))
-            d_parts.append(d)
-        li = np.concatenate(li_parts) if li_parts else np.zeros(0, np.int64)
-        ri = np.concatenate(ri_parts) if ri_parts else np.zeros(0, np.int64)
-        dist = np.concatenate(d_parts) if d_parts else np.zeros(0)
-        order = np.lexsort((dist, li))
-        li, ri, dist = li[order], ri[order], dist[order]
-        rank = np.ones(len(li), np.int64)
-        if len(li):
-            starts = np.r_[True, li[1:] != li[:-1]]
-            grp = np.cumsum(starts) - 1
-            first = np.flatnonzero(starts)
-            rank = np.arange(len(li)) - first[grp] + 1
-        return _hits_with_rank(li, ri, dist, rank)
-
-# -- helpers ---------------------------------------------------------------------------------
-def _hits_with_rank(li: np.ndarray, ri: np.ndarray, dist: np.ndarray, rank: np.ndarray) -> pa.Array:
-    st = pa.StructArray.from_arrays(
-        [pa.array(li + 1, pa.int32()), pa.array(ri + 1, pa.int32()),
-         pa.array(dist.astype(np.float64)), pa.array(rank, pa.int32())],
-        fields=list(udf.HIT_TYPE.value_type))
-    return pa.ListArray.from_arrays(pa.array([0, len(li)], pa.int32()), st)
-
-
-def _index_metric(ds: Any) -> str | None:
-    """Metric of the dataset's vector index, or None if it has none."""
-    try:
-        for idx in ds.describe_indices():
-            fields = getattr(idx, "field_names", None) or getattr(idx, "fields", [])
-            if VECTOR_COLUMN in fields:
-                details = getattr(idx, "details", None) or {}
-                if isinstance(details, str):
-                    try:
-                        details = json.loads(details)
-                    except ValueError:
-                        details = {}
-                m = str(details.get("metric_type") or details.get("distance_type") or "").lower()
-                return m or "l2"
-    except AttributeError:
-        for idx in ds.list_indices():
-            if VECTOR_COLUMN in idx.get("fields", []):
-                return str(idx.get("metric_type", "l2")).lower()
-    return None
-
-
-def _search_params(ds: Any) -> dict[str, Any]:
-    """ANN search parameters: those the index policy stored with the version when it tuned
-    the index to a recall target, else a refine step (PQ codes alone ranked poorly on MiniLM vectors:
-    recall@10 ~0.56 on MiniLM without refine)."""
-    params: dict[str, Any] = {"refine_factor": 4}
-    try:
-        tuned = search_defaults(ds, ds.cache_key.table_id) or {}
-    except Exception:  # an index built outside embed_assets has no stored policy
-        tuned = {}
-    params.update({k: v for k, v in tuned.items() if k in ("nprobes", "refine_factor") and v})
-    return params
+        if approximate and _ranking.index_serves(info, metric):
+            assert self.store is not None
+            return _ranking.ann_join(self.store, info, left, sql_keys, k, metric)
+        return _ranking.exact_join(self._matrix(info), left, sql_keys, k, metric, inv_cov)
 
 
 def _map_literal(m: dict[str, str]) -> str:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import lance
 import pyarrow as pa
 
 WriteMode = Literal["overwrite", "append", "upsert", "replace_partition"]
@@ -77,3 +78,15 @@ class TableMeta:
         f = schema.field(VECTOR_COLUMN) if VECTOR_COLUMN in schema.names else None
         dim = f.type.list_size if f is not None and pa.types.is_fixed_size_list(f.type) else 0
         return cls(key=schema.names[0], dimension=dim)
+
+
+class StoreLocation(Protocol):
+    """Where tables live, as the table handle and the writers see a :class:`Store` (a
+    protocol, so those modules need not import the Store that creates them)."""
+
+    uri: str
+    storage_options: dict[str, str] | None
+
+    def table_uri(self, name: str) -> str: ...
+
+    def open_dataset(self, name: str, *, required: bool = False) -> lance.LanceDataset | None: ...

@@ -16,20 +16,17 @@ and its index facts, never the latest version's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import SchemaMismatchError, ValidationError
+from ..errors import SchemaMismatchError, ValidationError, first_line
 from ..kernels import default_rank, exact_topk
 from ._cache import CACHE, VersionKey, take_rows
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
-
-if TYPE_CHECKING:
-    from ._table import EmbeddingTable
 
 
 @dataclass
@@ -89,16 +86,16 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any) -> np.nd
     return q
 
 
-def plan(table: EmbeddingTable, ds: lance.LanceDataset, req: SearchRequest, metric: str,
+def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, metric: str,
          meta: TableMeta) -> Plan:
     """Choose the path (see the module docstring)."""
-    tid = table.identity
+    tid = table_id
     defaults = (search_defaults(ds, tid) or {}) if req.use_index is not False else {}
     ann = req.use_index is True or (req.use_index is None and bool(defaults))
     if ann and not has_vector_index(ds, tid):
         if req.use_index is True:
             raise ValidationError(
-                f"table {table.name!r} has no vector index at this version; "
+                f"table {name!r} has no vector index at this version; "
                 "build one with build_index() or `embed-assets index`")
         ann = False
     plain = req.where is None and metric == meta.metric
@@ -118,7 +115,7 @@ def plan(table: EmbeddingTable, ds: lance.LanceDataset, req: SearchRequest, metr
     return Plan("lance", ann, lance_params)
 
 
-def run(table: EmbeddingTable, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
+def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
         req: SearchRequest, metric: str, p: Plan) -> pa.Table:
     """Execute a plan; a cached path that cannot fit in memory falls back to Lance."""
     if p.path == "probe":
@@ -131,7 +128,7 @@ def run(table: EmbeddingTable, ds: lance.LanceDataset, key: VersionKey, q: np.nd
         if mat is not None:
             return rows_at(key, ds, *exact_topk(mat, q, req.k, metric), req.columns, metric)
         p = Plan("lance")
-    return _lance(table.name, ds, q, req, metric, p)
+    return _lance(name, ds, q, req, metric, p)
 
 
 def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metric: str,
@@ -175,7 +172,3 @@ def _with_rank(rows: pa.Table, dist: np.ndarray, metric: str) -> pa.Table:
         dist = np.sqrt(np.maximum(dist, 0))
     rows = rows.append_column("distance", pa.array(np.asarray(dist, np.float32), pa.float32()))
     return rows.append_column("rank", pa.array(np.arange(1, rows.num_rows + 1), pa.int32()))
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -16,13 +16,12 @@ from typing import Any, Literal, overload
 import lance
 
 from .._config import settings
-from ..errors import StorageError, TableNotFoundError, ValidationError
+from ..errors import StorageError, TableNotFoundError, ValidationError, first_line
 from . import _writes
 from ._cache import CACHE
 from ._index_facts import forget_facts
 from ._meta import WriteMode
 from ._results import WriteResult
-from ._search import first_line
 from ._table import EmbeddingTable
 from ._validation import validate_table_name
 

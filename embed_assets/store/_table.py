@@ -5,23 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lance
 import pyarrow as pa
 from lance import LanceOperation
 
-from ..errors import StorageError, ValidationError, VersionNotFoundError
+from ..errors import StorageError, ValidationError, VersionNotFoundError, first_line
 from . import _filters as sqlx
 from . import _search
 from ._cache import CACHE, VersionKey, take_rows
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
-from ._meta import PROP_PREFIX, SCAN_ALL, TableMeta, VersionRef
+from ._meta import PROP_PREFIX, SCAN_ALL, StoreLocation, TableMeta, VersionRef
 from ._results import CleanupReport, VersionInfo
 from ._validation import validate_tag
-
-if TYPE_CHECKING:
-    from ._store import Store
 
 # Rebuilds a tuned vector index on the latest version, given the report of the index that
 # a rollback lost. The index policy lives above the store (embed_assets.index), so the
@@ -39,7 +36,7 @@ def set_index_keeper(keeper: IndexKeeper | None) -> None:
 class EmbeddingTable:
     """A handle on one table; every read can pin a version number or a tag."""
 
-    def __init__(self, store: Store, name: str, ds: lance.LanceDataset) -> None:
+    def __init__(self, store: StoreLocation, name: str, ds: lance.LanceDataset) -> None:
         self.store = store
         self.name = name
         self._ds = ds
@@ -71,7 +68,9 @@ class EmbeddingTable:
                 return self
         except Exception:  # e.g. the table was dropped: reopening says so
             pass
-        self._ds = self.store.open_dataset(self.name, required=True)
+        ds = self.store.open_dataset(self.name, required=True)
+        assert ds is not None
+        self._ds = ds
         identity = table_identity(self._ds)
         if identity != self._identity:  # recreated under this name: old handles are stale
             self._identity = identity
@@ -167,7 +166,7 @@ class EmbeddingTable:
             numbers = [int(v["version"]) for v in self.refresh()._ds.versions()]
             if n in numbers:  # it exists, so opening failed for another reason
                 raise StorageError(f"cannot open version {n} of {self.name!r}: "
-                                   f"{_search.first_line(exc)}") from None
+                                   f"{first_line(exc)}") from None
             raise VersionNotFoundError(
                 f"table {self.name!r} has no version {n}; versions: {_ranges(numbers)}"
                 + self._tags_hint()) from None
@@ -224,7 +223,7 @@ class EmbeddingTable:
             return ds.to_table(columns=list(columns) if columns else None,
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
-            raise ValidationError(f"cannot read {self.name!r}: {_search.first_line(exc)}") from None
+            raise ValidationError(f"cannot read {self.name!r}: {first_line(exc)}") from None
 
     def to_polars(self, version: VersionRef = None, **kwargs: Any) -> Any:
         import polars as pl
@@ -296,8 +295,8 @@ class EmbeddingTable:
         meta = TableMeta.infer(ds.schema)
         rank_metric = _search.check_request(req, meta)
         q = _search.query_vector(self.name, meta, query, embedder)
-        p = _search.plan(self, ds, req, rank_metric, meta)
-        return _search.run(self, ds, self.cache_key(ds.version), q, req, rank_metric, p)
+        p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta)
+        return _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
 
     # -- rollback and retention ----------------------------------------------------------
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:

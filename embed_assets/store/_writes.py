@@ -23,7 +23,7 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lance
 import pyarrow as pa
@@ -39,15 +39,13 @@ from ._meta import (
     PROP_PREFIX,
     VECTOR_COLUMN,
     WRITE_MODES,
+    StoreLocation,
     TableMeta,
     WriteMode,
     new_table_id,
 )
 from ._results import WriteResult
 from ._validation import to_vector_array, validate_keys, validate_table_name
-
-if TYPE_CHECKING:
-    from ._store import Store
 
 Partition = tuple[str, Any]
 
@@ -187,7 +185,7 @@ def provenance(req: WriteRequest, meta: TableMeta) -> dict[str, str]:
     return props
 
 
-def write(store: Store, req: WriteRequest, data: Any) -> WriteResult:
+def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
     """Check, then commit one version (see the module docstring)."""
     req.check()
     tbl = prepare_rows(req, data)
@@ -207,7 +205,7 @@ def _unchanged(req: WriteRequest, existing: lance.LanceDataset, props: dict[str,
     return WriteResult(req.name, existing.version, existing.version, req.mode, properties=props)
 
 
-def _create_or_overwrite(store: Store, req: WriteRequest, uri: str, tbl: pa.Table, meta: TableMeta,
+def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, meta: TableMeta,
                          props: dict[str, str], existing: lance.LanceDataset | None) -> WriteResult:
     tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), META_KEY: meta.to_bytes()})
     ds = lance.write_dataset(
@@ -221,7 +219,7 @@ def _create_or_overwrite(store: Store, req: WriteRequest, uri: str, tbl: pa.Tabl
                        properties=props)
 
 
-def _append(store: Store, req: WriteRequest, uri: str, tbl: pa.Table, props: dict[str, str],
+def _append(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, props: dict[str, str],
             existing: lance.LanceDataset) -> WriteResult:
     if tbl.num_rows == 0:
         return _unchanged(req, existing, props)
