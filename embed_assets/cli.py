@@ -314,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # An application may configure its process: Lance logs "No existing dataset ... will
-    # be created" at WARN for every new table, noise on a terminal.
+    # An application may configure its process (the library never does): Lance logs "No
+    # existing dataset ... will be created" at WARN for every new table, and the model's
+    # weight-loading progress bar is noise on a terminal.
     os.environ.setdefault("LANCE_LOG", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "store"):
