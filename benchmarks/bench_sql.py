@@ -193,7 +193,7 @@ def _knn(store: Store, out: list[str], V: np.ndarray, R: int, quick: bool) -> No
                               for i in range(reps)])[:size].astype(np.float32)
         name = f"knn{size // 1000}k"
         store.write(name, vec_table(np.arange(size), big), key="id")
-        kcon = connect(store, extensions=(), cache_bytes=3 << 30)
+        kcon = connect(store, extensions=())  # the shared cache: EMBED_ASSETS_CACHE_BYTES (4 GiB)
         q = big[12345] + 0.01
         bn = big / np.linalg.norm(big, axis=1, keepdims=True)
 

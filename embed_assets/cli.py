@@ -21,7 +21,7 @@ from .embed import default_embedder, embed_table
 from .errors import EmbedAssetsError, ValidationError, first_line
 from .index import build_index, freshness, refresh_index
 from .sql import format_result, run_sql
-from .store import Store
+from .store import Store, version_number
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -38,7 +38,8 @@ def parse_duration(text: str) -> dt.timedelta:
 def _version_arg(v: str | None) -> int | str | None:
     if v is None:
         return None
-    return int(v) if v.isdigit() else v
+    n = version_number(v)
+    return v if n is None else n
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:

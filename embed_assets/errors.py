@@ -9,6 +9,7 @@
     ├── VersionNotFoundError (LookupError) no such version or tag (lists what exists)
     ├── StorageError (OSError)            the storage failed: I/O, permissions, credentials,
     │                                     a corrupt or unreadable table
+    ├── ConflictError                     concurrent commits kept conflicting; nothing written
     └── QueryError                        a SQL statement failed (DuckDB's message)
 
 The CLI prints any of them as one line and exits non-zero without a traceback.
@@ -51,6 +52,11 @@ class VersionNotFoundError(EmbedAssetsError, LookupError):
 class StorageError(EmbedAssetsError, OSError):
     """The storage under the store failed: unreadable or corrupt table files, permissions,
     credentials, an unreachable object store. The message names the table and the cause."""
+
+
+class ConflictError(EmbedAssetsError):
+    """A write kept conflicting with concurrent commits (or conflicted in a way no retry
+    can fix) and was given up; nothing of it was committed."""
 
 
 class QueryError(EmbedAssetsError):

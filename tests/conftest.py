@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -53,3 +54,13 @@ def snapshot(store: Store, name: str) -> tuple[list[tuple[int, int, list[str]]],
     versions = [(v.version, v.rows, v.tags) for v in t.versions()]
     rows = t.read().sort_by(t.meta.key).to_pylist()
     return versions, rows
+
+
+# Counts the fault-injection suite reports (kills, writers, reads, bad inputs...).
+COUNTS: defaultdict[str, Any] = defaultdict(int)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if COUNTS:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items()))
+        terminalreporter.write_line(f"fault-injection counts: {shown}")

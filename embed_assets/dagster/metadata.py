@@ -38,6 +38,8 @@ PREVIOUS_VERSION_KEY = "lance/previous_version"
 COMMITTED_KEY = "lance/committed"
 TAGS_KEY = "lance/tags"
 WRITER_RUN_KEY = "lance/written_by_run"
+# How often the commit met a concurrent one and was planned again (see store/_commits.py).
+COMMIT_RETRIES_KEY = "lance/commit_retries"
 PROJECTION_KEY = "projection"
 PREVIEW_KEY = "preview"
 SUMMARY_KEY = "summary"
@@ -215,7 +217,8 @@ def _version_entries(table: EmbeddingTable, version: int, rows: int, schema: pa.
 
 def _write_entries(write: WriteResult) -> dict[str, Any]:
     """What a write did: committed or not, the version before, rows in / changed / out."""
-    out: dict[str, Any] = {COMMITTED_KEY: MetadataValue.bool(write.committed)}
+    out: dict[str, Any] = {COMMITTED_KEY: MetadataValue.bool(write.committed),
+                           COMMIT_RETRIES_KEY: MetadataValue.int(write.retries)}
     if write.previous_version is not None:
         out[PREVIOUS_VERSION_KEY] = MetadataValue.int(write.previous_version)
     out["rows_inserted"] = MetadataValue.int(write.rows_inserted)

@@ -24,6 +24,7 @@ from ..store import (
     Store,
     WriteResult,
     as_arrow,
+    check_partition,
     filter_eq,
     filter_in,
     validate_keys,
@@ -163,6 +164,8 @@ def _source(src: pa.Table, key: str, text: str, columns: Sequence[str] | None,
         keep = [c for c in columns if c != key]
     if partition is not None and partition[0] not in keep:
         keep.append(partition[0])
+    if partition is not None:  # refuse before any text reaches the model
+        check_partition(src, partition)
     return src, keep
 
 

@@ -20,16 +20,21 @@ from ._build import build_index, mean_centroid_distance
 
 
 def freshness(table: EmbeddingTable) -> dict[str, Any]:
-    """How much of the table the vector index covers."""
+    """How much of the table the vector index covers, and whether a rollback left an
+    index rebuild unfinished (``pending_rebuild``: the report of the lost index; the
+    table is searched exactly until :func:`refresh_index` rebuilds it)."""
     ds = table.dataset()
     rows = ds.count_rows()
+    pending = None if has_vector_index(ds, table.identity) else table.index_pending()
     if not has_vector_index(ds, table.identity):
-        return {"indexed": False, "rows": rows, "unindexed_rows": rows if index_config(ds, table.identity) and
-                index_config(ds, table.identity).get("kind") == "ann" else 0, "share_unindexed": 0.0}
+        cfg = index_config(ds, table.identity)
+        ann = bool(pending) or bool(cfg and cfg.get("kind") == "ann")
+        return {"indexed": False, "rows": rows, "unindexed_rows": rows if ann else 0,
+                "share_unindexed": 1.0 if ann and rows else 0.0, "pending_rebuild": pending}
     stats = ds.stats.index_stats(VECTOR_INDEX_NAME)
     unindexed = int(stats.get("num_unindexed_rows", 0))
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
-            "share_unindexed": unindexed / rows if rows else 0.0}
+            "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": None}
 
 
 def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:
@@ -58,6 +63,13 @@ def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:
 def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
     """Fold unindexed rows into the index, or retrain it when the rule says so."""
     ds = table.dataset()
+    pending = None if has_vector_index(ds, table.identity) else table.index_pending()
+    if pending:  # a rollback's rebuild was interrupted: finish it
+        rep = build_index(table, recall=pending.get("target_recall", 0.95),
+                          index_type=pending.get("index_type") or "IVF_PQ", k=pending.get("k", 10),
+                          force_ann=True)
+        return {"action": "rebuilt", "reason": "a rollback's index rebuild was interrupted",
+                "report": rep.to_dict()}
     cfg = index_config(ds, table.identity)
     if not cfg or cfg.get("kind") != "ann":
         return {"action": "none", "reason": "table is searched exactly"}

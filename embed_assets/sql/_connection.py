@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ValidationError, VersionNotFoundError
-from ..store import VECTOR_COLUMN, Store, TableMeta
+from ..store import VECTOR_COLUMN, Store, TableMeta, version_number
 from . import _ranking
 from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
 from ._pushdown import ScanDataset
@@ -190,7 +190,7 @@ class SQLConnection:
                         pass
                 ds = ScanDataset(uri, storage_options=opts)
                 version = ds.version
-            elif ref.isdigit():
+            elif version_number(ref) is not None:
                 version = int(ref)
                 if old is not None and old.version == version:
                     return False  # a numbered version never changes
@@ -227,8 +227,10 @@ class SQLConnection:
         for var, m in (("__ea_key", keys), ("__ea_keykind", kinds), ("__ea_metric", metrics)):
             self.con.execute(f"SET VARIABLE {var} = {_map_literal(m)}")
 
-    def _ensure_name(self, name: str) -> bool:
-        """Make sure a name that may denote a store view is registered and current."""
+    def _ensure_name(self, name: str, literal: bool = False) -> bool:
+        """Make sure a name that may denote a store view is registered and current. A
+        string literal only may name one (``knn('t@3', ...)``): ``'k@example.com'`` where
+        ``k`` is a table is a value, so an unknown version or tag there is not an error."""
         if self.store is None:
             return False
         table, sep, ref = name.partition("@")
@@ -237,15 +239,22 @@ class SQLConnection:
         if not sep:
             return self._register(table, None)
         if not ref:
+            if literal:
+                return False
             raise VersionNotFoundError(f"{name!r}: give a version number or tag after '@'")
-        return self._register(table, ref, name)
+        try:
+            return self._register(table, ref, name)
+        except (VersionNotFoundError, ValidationError):
+            if literal:
+                return False
+            raise
 
     def _prepare(self, query: str) -> None:
         if self.store is None or not isinstance(query, str):
             return
         changed = False
-        for name in _candidate_names(query):
-            changed |= self._ensure_name(name)
+        for name, literal in _candidate_names(query):
+            changed |= self._ensure_name(name, literal)
         if changed:
             self.publish_metadata()
 
@@ -342,21 +351,22 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
-def _candidate_names(query: str) -> set[str]:
-    """Identifiers and string literals of a statement that could name a store view."""
+def _candidate_names(query: str) -> set[tuple[str, bool]]:
+    """(text, is a string literal) of the identifiers and string literals of a statement
+    that could name a store view."""
     try:
         toks = tokens(query)
     except Exception:  # a statement DuckDB cannot tokenise fails on execute anyway
         return set()
     names = (duckdb.token_type.identifier, duckdb.token_type.string_const)
-    out: set[str] = set()
+    out: set[tuple[str, bool]] = set()
     for _, _, text, typ in toks:
         if typ not in names:
             continue
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1].replace(text[0] * 2, text[0])
         if text:
-            out.add(text)
+            out.add((text, typ == duckdb.token_type.string_const))
     return out
 
 

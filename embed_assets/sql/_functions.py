@@ -121,6 +121,8 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
             raise ValueError(f"knn: dimension mismatch (query {qv.shape[0]} vs table {dim})")
         if np.isnan(qv).any():
             raise ValueError("knn: the query vector has NULL or NaN elements")
+        if not np.any(qv) and str(metrics[i].as_py()).lower() == "cosine":
+            raise ValueError("knn: the query vector is all zeros: it has no cosine distance to any row")
         out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
                                    bool(idx[i].as_py())))
     return pa.array(out, _KNN_HITS)

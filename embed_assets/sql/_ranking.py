@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,6 +70,8 @@ def exact_join(side: tuple[np.ndarray, pa.Array], left: np.ndarray, sql_keys: pa
 def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: int,
              metric: str) -> pa.Array:
     """Approximate join: batched index probes, then exact distances on the candidates."""
+    import lancedb  # only this path needs LanceDB's query builder; importing it costs ~0.3 s
+
     key = info.meta.key
     db = lancedb.connect(store.uri, storage_options=store.storage_options)
     tbl = db.open_table(info.table)

@@ -30,11 +30,15 @@ from ._meta import (
     TableMeta,
     VersionRef,
     WriteMode,
+    is_local,
+    local_path,
+    version_number,
 )
 from ._results import CleanupReport, VersionInfo, WriteResult
-from ._store import Store, absolute_uri, default_store_uri, is_local
+from ._store import Store, absolute_uri, default_store_uri
 from ._table import EmbeddingTable, IndexKeeper, set_index_keeper, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
+from ._writes import check_partition
 
 __all__ = [
     "CACHE",
@@ -61,6 +65,7 @@ __all__ = [
     "absolute_uri",
     "as_arrow",
     "centroids",
+    "check_partition",
     "default_store_uri",
     "ensure_scalar_indexes",
     "filter_eq",
@@ -70,6 +75,7 @@ __all__ = [
     "index_config",
     "is_local",
     "load_matrix",
+    "local_path",
     "normalize_types",
     "quote_ident",
     "search_defaults",
@@ -82,4 +88,5 @@ __all__ = [
     "validate_table_name",
     "validate_tag",
     "vector_index_type",
+    "version_number",
 ]

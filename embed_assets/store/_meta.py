@@ -4,6 +4,7 @@ names the rest of the store agrees on."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -30,6 +31,23 @@ SCAN_ALL = "true"
 # as one file and 74 ms as four (benchmarks/RESULTS.md), and old versions keep whatever
 # layout their first write had, so the first write decides how fast time travel reads.
 MAX_ROWS_PER_FILE = 32_768
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+_VERSION_NUMBER = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+
+
+def version_number(ref: str) -> int | None:
+    """The version a reference written as text names, or None if it is a tag: only
+    canonical ASCII digits are a number ('7'; not '07', not '٧')."""
+    return int(ref) if _VERSION_NUMBER.fullmatch(ref) else None
 
 
 def new_table_id() -> str:
@@ -86,6 +104,9 @@ class StoreLocation(Protocol):
 
     uri: str
     storage_options: dict[str, str] | None
+
+    @property
+    def lock_path(self) -> str | None: ...
 
     def table_uri(self, name: str) -> str: ...
 

@@ -35,6 +35,8 @@ class WriteResult:
     rows_updated: int = 0
     rows_deleted: int = 0
     properties: dict[str, str] = field(default_factory=dict)
+    # How many times the commit met a concurrent one and was planned again on the newer version.
+    retries: int = 0
 
     @property
     def committed(self) -> bool:
@@ -55,6 +57,9 @@ class CleanupReport:
     kept_versions: list[int]
     bytes_freed: int
     files_removed: int
+    # of those, files no version ever referenced (left by writes killed before commit)
+    orphan_files: int = 0
+    grace_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

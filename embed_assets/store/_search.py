@@ -59,7 +59,8 @@ def check_request(req: SearchRequest, meta: TableMeta) -> str:
     return metric
 
 
-def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any) -> np.ndarray:
+def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
+                 metric: str = "cosine") -> np.ndarray:
     """The query as a float32 vector: a text is embedded with the model of the version
     being searched (``meta``), and another embedder is refused."""
     if isinstance(query, str):
@@ -83,6 +84,8 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any) -> np.nd
             f"query vector has dimension {q.shape[0]}; table {name!r} has {meta.dimension}")
     if not np.isfinite(q).all():
         raise ValidationError("query vector has NaN or infinite values")
+    if metric == "cosine" and not np.any(q):
+        raise ValidationError("query vector is all zeros: it has no cosine distance to any row")
     return q
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -20,7 +21,7 @@ from ..errors import StorageError, TableNotFoundError, ValidationError, first_li
 from . import _writes
 from ._cache import CACHE
 from ._index_facts import forget_facts
-from ._meta import WriteMode
+from ._meta import WriteMode, is_local, local_path
 from ._results import WriteResult
 from ._table import EmbeddingTable
 from ._validation import validate_table_name
@@ -31,14 +32,6 @@ def default_store_uri() -> str:
     return settings().store_uri
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
 def absolute_uri(uri: str) -> str:
     """A local path made absolute (so a later ``chdir`` cannot move the store, and two
     spellings of one folder are one store); object-store URIs unchanged."""
@@ -46,12 +39,24 @@ def absolute_uri(uri: str) -> str:
     if not is_local(uri):
         return uri
     prefix = "file://" if uri.startswith("file://") else ""
-    return prefix + os.path.abspath(os.path.expanduser(_local_path(uri)))
+    return prefix + os.path.abspath(os.path.expanduser(local_path(uri)))
 
 
 def _is_missing(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "not found" in text or "does not exist" in text or "no such file" in text
+
+
+def _usable(names: list[str], where: str) -> list[str]:
+    """The names that are valid table names; a foreign folder with another name is
+    skipped with a warning instead of breaking every listing of the store."""
+    out = []
+    for name in names:
+        try:
+            out.append(validate_table_name(name))
+        except ValidationError as exc:
+            warnings.warn(f"skipping {name + '.lance'!r} in {where}: {exc}", stacklevel=3)
+    return out
 
 
 class Store:
@@ -79,12 +84,17 @@ class Store:
         self.uri = absolute_uri(str(uri) if uri is not None else default_store_uri())
         self.storage_options = storage_options
         if is_local(self.uri):
-            path = _local_path(self.uri)
+            path = local_path(self.uri)
             if os.path.exists(path) and not os.path.isdir(path):
                 raise ValidationError(f"store path {path!r} exists and is not a directory")
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
+
+    @property
+    def lock_path(self) -> str | None:
+        """The folder under which writers lock tables (None for object stores)."""
+        return local_path(self.uri) if is_local(self.uri) else None
 
     # -- tables -------------------------------------------------------------------------
     def table_uri(self, name: str) -> str:
@@ -92,17 +102,19 @@ class Store:
 
     def table_names(self) -> list[str]:
         if is_local(self.uri):
-            path = _local_path(self.uri)
+            path = local_path(self.uri)
             if not os.path.isdir(path):
                 return []
-            return sorted(e[: -len(".lance")] for e in os.listdir(path)
-                          if e.endswith(".lance") and os.path.isdir(os.path.join(path, e, "_versions")))
+            found = [e[: -len(".lance")] for e in os.listdir(path)
+                     if e.endswith(".lance") and os.path.isdir(os.path.join(path, e, "_versions"))]
+            return sorted(_usable(found, self.uri))
         import lancedb
 
         try:
-            return sorted(lancedb.connect(self.uri, storage_options=self.storage_options).table_names())
+            names = lancedb.connect(self.uri, storage_options=self.storage_options).table_names()
         except Exception as exc:  # credentials, endpoint, network: say so
             raise StorageError(f"cannot list tables in {self.uri}: {first_line(exc)}") from None
+        return sorted(_usable(list(names), self.uri))
 
     def exists(self, name: str) -> bool:
         return self.open_dataset(name) is not None
@@ -118,7 +130,7 @@ class Store:
         ``required``) if there is no such table, :class:`StorageError` if it exists but
         cannot be opened."""
         uri = self.table_uri(name)
-        missing = is_local(uri) and not os.path.isdir(os.path.join(_local_path(uri), "_versions"))
+        missing = is_local(uri) and not os.path.isdir(os.path.join(local_path(uri), "_versions"))
         if not missing:
             try:
                 return lance.dataset(uri, storage_options=self.storage_options)
@@ -142,7 +154,7 @@ class Store:
         CACHE.forget(uri)
         forget_facts(uri)
         if is_local(self.uri):
-            shutil.rmtree(_local_path(uri))
+            shutil.rmtree(local_path(uri))
         else:  # object stores
             import lancedb
 

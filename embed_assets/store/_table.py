@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -13,12 +14,23 @@ from lance import LanceOperation
 
 from ..errors import StorageError, ValidationError, VersionNotFoundError, first_line
 from . import _filters as sqlx
-from . import _search
+from . import _retention, _search
 from ._cache import CACHE, VersionKey, take_rows
+from ._commits import table_lock, with_retries
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
-from ._meta import PROP_PREFIX, SCAN_ALL, StoreLocation, TableMeta, VersionRef
+from ._meta import (
+    PROP_PREFIX,
+    SCAN_ALL,
+    StoreLocation,
+    TableMeta,
+    VersionRef,
+    is_local,
+    local_path,
+    version_number,
+)
 from ._results import CleanupReport, VersionInfo
-from ._validation import validate_tag
+from ._retention import DEFAULT_GRACE
+from ._validation import validate_tag, validate_where
 
 # Rebuilds a tuned vector index on the latest version, given the report of the index that
 # a rollback lost. The index policy lives above the store (embed_assets.index), so the
@@ -42,6 +54,7 @@ class EmbeddingTable:
         self._ds = ds
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
+        self._readable_cache: set[int] = set()
 
     def __repr__(self) -> str:
         return f"EmbeddingTable({self.name!r}, version={self.version})"
@@ -97,7 +110,11 @@ class EmbeddingTable:
         return {t: int(d["version"]) for t, d in self._ds.tags.list().items()}
 
     def versions(self, *, with_properties: bool = True) -> list[VersionInfo]:
-        """All readable versions, oldest first, with row counts, tags and provenance."""
+        """All readable versions, oldest first, with row counts, tags and provenance.
+
+        A version whose files are partly gone (a cleanup by other tools killed midway) is
+        not listed: it cannot be read, tagged or rolled back to.
+        """
         self.refresh()
         by_version: dict[int, list[str]] = {}
         for t, v in self.tags().items():
@@ -105,6 +122,8 @@ class EmbeddingTable:
         out = []
         for v in self._ds.versions():
             num = int(v["version"])
+            if not self._readable(num):
+                continue
             out.append(VersionInfo(
                 version=num,
                 timestamp=v["timestamp"].astimezone(dt.UTC),  # Lance gives naive local time
@@ -113,6 +132,23 @@ class EmbeddingTable:
                 properties=self._properties(num) if with_properties else {},
             ))
         return out
+
+    def _readable(self, version: int) -> bool:
+        """Whether every file a version references is there (local stores; object stores
+        are trusted, a check would cost a request per file)."""
+        if not is_local(self.uri):
+            return True
+        if version in self._readable_cache:
+            return True
+        try:
+            ds = self._versions_open.get(version) or lance.dataset(
+                self.uri, version=version, storage_options=self.store.storage_options)
+            ok = not _retention.missing_files(local_path(self.uri), ds)
+        except Exception:  # the manifest itself is unreadable
+            ok = False
+        if ok:  # files of a listed version are only ever removed with its manifest
+            self._readable_cache.add(version)
+        return ok
 
     def properties(self, version: VersionRef = None) -> dict[str, str]:
         """Provenance of one version: run id, mode, model, row counts (transaction properties)."""
@@ -140,7 +176,7 @@ class EmbeddingTable:
         kept; listing every version (one manifest read each) happens only for the error."""
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
-        if isinstance(ref, str) and not ref.isdigit():
+        if isinstance(ref, str) and version_number(ref) is None:
             tags = self.tags()
             if ref not in tags:
                 numbers = [int(v["version"]) for v in self._ds.versions()]
@@ -161,7 +197,7 @@ class EmbeddingTable:
 
     def _open_version(self, n: int) -> lance.LanceDataset:
         try:
-            return lance.dataset(self.uri, version=n, storage_options=self.store.storage_options)
+            ds = lance.dataset(self.uri, version=n, storage_options=self.store.storage_options)
         except Exception as exc:
             numbers = [int(v["version"]) for v in self.refresh()._ds.versions()]
             if n in numbers:  # it exists, so opening failed for another reason
@@ -170,6 +206,11 @@ class EmbeddingTable:
             raise VersionNotFoundError(
                 f"table {self.name!r} has no version {n}; versions: {_ranges(numbers)}"
                 + self._tags_hint()) from None
+        if not self._readable(n):
+            raise VersionNotFoundError(
+                f"version {n} of {self.name!r} is partly removed (an interrupted cleanup): it "
+                "cannot be read or rolled back to; `cleanup` removes it")
+        return ds
 
     def _tags_hint(self) -> str:
         tags = self.tags()
@@ -218,12 +259,32 @@ class EmbeddingTable:
     def read(self, version: VersionRef = None, *, columns: Sequence[str] | None = None,
              where: str | None = None) -> pa.Table:
         """Read the table at a version (or tag) as Arrow."""
+        validate_where(where)
         ds = self.dataset(version)
         try:
             return ds.to_table(columns=list(columns) if columns else None,
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
+            self._raise_if_vanished(ds.version, exc)
             raise ValidationError(f"cannot read {self.name!r}: {first_line(exc)}") from None
+
+    def _raise_if_vanished(self, version: int, exc: BaseException) -> None:
+        """A read that failed because a cleanup removed its version meanwhile is a
+        :class:`VersionNotFoundError`, not a bad filter or a storage failure."""
+        if is_local(self.uri):
+            gone = _retention.manifest_path(local_path(self.uri), version) is None
+        else:
+            try:
+                lance.dataset(self.uri, version=version, storage_options=self.store.storage_options)
+                gone = False
+            except Exception:  # the version cannot be opened any more
+                gone = True
+        if gone:
+            self._versions_open.pop(version, None)
+            self._readable_cache.discard(version)
+            raise VersionNotFoundError(
+                f"version {version} of {self.name!r} was removed by a cleanup while it was read "
+                f"({first_line(exc)})") from None
 
     def to_polars(self, version: VersionRef = None, **kwargs: Any) -> Any:
         import polars as pl
@@ -289,14 +350,19 @@ class EmbeddingTable:
             The table's columns plus ``distance`` (the table's metric: cosine ``1 - cos``,
             dot ``1 - dot``, l2 Euclidean, as in the SQL macros) and ``rank`` (1 = nearest).
         """
-        req = _search.SearchRequest(query, k, where, list(columns) if columns else None, embedder,
+        req = _search.SearchRequest(query, k, validate_where(where), list(columns) if columns else None,
+                                    embedder,
                                     use_index, nprobes, refine_factor, metric)
         ds = self.dataset(version)
         meta = TableMeta.infer(ds.schema)
         rank_metric = _search.check_request(req, meta)
-        q = _search.query_vector(self.name, meta, query, embedder)
+        q = _search.query_vector(self.name, meta, query, embedder, rank_metric)
         p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta)
-        return _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
+        try:
+            return _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
+        except (ValidationError, OSError) as exc:
+            self._raise_if_vanished(ds.version, exc)
+            raise
 
     # -- rollback and retention ----------------------------------------------------------
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
@@ -304,23 +370,15 @@ class EmbeddingTable:
 
         If the table had a vector index and the target version predates it, the index is
         rebuilt (and re-tuned to the same recall target) so the table stays searchable
-        with an index. Returns the new version number.
+        with an index. The Restore commit records that intent (``index_pending``), so a
+        crash before the rebuild is visible: :func:`embed_assets.freshness` reports it and
+        :func:`embed_assets.refresh_index` finishes it. Returns the new version number.
         """
-        target = self.resolve(to)
-        latest = self.refresh()._ds
-        lost = vector_index_type(latest)
-        report = index_config(latest, self._identity) or {}
-        had_scalar = has_scalar_index(latest)
-        txn = lance.Transaction(read_version=latest.version,
-                                operation=LanceOperation.Restore(target))
-        txn.transaction_properties = {
-            f"{PROP_PREFIX}run_id": run_id or f"manual-{uuid.uuid4().hex[:12]}",
-            f"{PROP_PREFIX}mode": "rollback",
-            f"{PROP_PREFIX}rollback_to": str(target),
-            f"{PROP_PREFIX}rollback_from": str(latest.version),
-            f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
-        }
-        ds = lance.LanceDataset.commit(latest, txn)
+        target = self.resolve(to)  # refuses unknown and partly removed versions
+        run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
+        with table_lock(self.store.lock_path, self.name):
+            (ds, report, lost, had_scalar), _ = with_retries(
+                lambda: self._restore(target, run_id))
         if lost and not vector_index_type(ds) and _index_keeper is not None:
             _index_keeper(self.refresh(), report, lost)
         elif had_scalar:
@@ -329,30 +387,93 @@ class EmbeddingTable:
                 self.refresh()
         return self.version
 
-    def cleanup(self, *, keep_last: int | None = None,
-                older_than: dt.timedelta | None = None) -> CleanupReport:
-        """Delete old versions: beyond the last ``keep_last`` and/or older than ``older_than``.
+    def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
+        latest = self.refresh()._ds
+        lost = vector_index_type(latest)
+        report = index_config(latest, self._identity) or {}
+        txn = lance.Transaction(read_version=latest.version,
+                                operation=LanceOperation.Restore(target))
+        props = {
+            f"{PROP_PREFIX}run_id": run_id,
+            f"{PROP_PREFIX}mode": "rollback",
+            f"{PROP_PREFIX}rollback_to": str(target),
+            f"{PROP_PREFIX}rollback_from": str(latest.version),
+            f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        if lost and not vector_index_type(self._at(target)):
+            props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
+        txn.transaction_properties = props
+        ds = lance.LanceDataset.commit(latest, txn)
+        return ds, report, lost, has_scalar_index(latest)
 
-        Tagged versions and the latest version are never removed.
+    def index_pending(self) -> dict[str, Any] | None:
+        """The index a rollback set out to rebuild and no later commit built (a crash in
+        between), or None. Reads the provenance of the latest few versions."""
+        ds = self.refresh()._ds
+        for v in range(ds.version, max(0, ds.version - 16), -1):
+            props = self._properties(v)
+            if props.get("mode") == "index":
+                return None
+            if "index_pending" in props:
+                return json.loads(props["index_pending"])
+            if props.get("mode") in ("overwrite",):
+                return None
+        return None
+
+    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
+                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
+        """Delete old versions: those beyond the last ``keep_last``, and/or those older
+        than ``older_than`` (either criterion alone removes a version), and the files no
+        remaining version references.
+
+        Never removed: the latest version, a tagged version, a version that stopped being
+        the latest less than ``grace`` ago (default one hour), and files younger than
+        ``grace``: a reader that just resolved a version, or a writer whose files are not
+        committed yet, is never broken by a cleanup. On a local store
+        a crash mid-cleanup leaves every listed version readable, and rerunning finishes.
         """
         if keep_last is None and older_than is None:
             raise ValidationError("cleanup needs keep_last and/or older_than")
-        if keep_last is not None and keep_last < 1:
+        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
+        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
+            raise ValidationError("older_than and grace must not be negative")
         self._versions_open.clear()  # handles on removed versions would point at deleted files
-        before = [int(v["version"]) for v in self.refresh()._ds.versions()]
-        stats = self._ds.cleanup_old_versions(
-            older_than=older_than if older_than is not None else dt.timedelta(0),
-            retain_versions=keep_last,
-            error_if_tagged_old_versions=False,
-        )
-        after = [int(v["version"]) for v in self.refresh()._ds.versions()]
-        files = sum(int(getattr(stats, a, 0)) for a in (
-            "data_files_removed", "transaction_files_removed", "index_files_removed",
-            "deletion_files_removed"))
-        return CleanupReport(table=self.name, removed_versions=sorted(set(before) - set(after)),
-                             kept_versions=after, bytes_freed=int(stats.bytes_removed),
-                             files_removed=files)
+        ds = self.refresh()._ds
+        listed = [(int(v["version"]), v["timestamp"].astimezone(dt.UTC)) for v in ds.versions()]
+        now = dt.datetime.now(dt.UTC)
+        remove = _retention.choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
+                                   older_than=older_than, grace=grace, now=now)
+        remaining = [v for v, _ in listed if v not in set(remove)]
+        if not is_local(self.uri):
+            return self._cleanup_by_lance(ds, remove, remaining, grace)
+        got = _retention.sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
+        self.refresh()
+        return CleanupReport(table=self.name, removed_versions=got.removed_versions,
+                             kept_versions=got.kept_versions, bytes_freed=got.bytes_freed,
+                             files_removed=got.files_removed, orphan_files=got.orphan_files,
+                             grace_seconds=grace.total_seconds())
+
+    def _cleanup_by_lance(self, ds: lance.LanceDataset, remove: list[int], remaining: list[int],
+                          grace: dt.timedelta) -> CleanupReport:
+        """Object stores: Lance removes versions by age and count (both must hold there),
+        so only its oldest cut that removes nothing we keep is asked for."""
+        before = {int(v["version"]) for v in ds.versions()}
+        if remove:
+            oldest_kept = min([v for v in remaining if v > max(remove)] or [ds.version])
+            keep = len([v for v in before if v >= oldest_kept])
+            stats = ds.cleanup_old_versions(older_than=grace, retain_versions=keep,
+                                            error_if_tagged_old_versions=False)
+        else:
+            stats = None
+        after = {int(v["version"]) for v in self.refresh()._ds.versions()}
+        return CleanupReport(table=self.name, removed_versions=sorted(before - after),
+                             kept_versions=sorted(after),
+                             bytes_freed=int(getattr(stats, "bytes_removed", 0) or 0),
+                             files_removed=sum(int(getattr(stats, a, 0) or 0) for a in (
+                                 "data_files_removed", "transaction_files_removed",
+                                 "index_files_removed", "deletion_files_removed")),
+                             grace_seconds=grace.total_seconds())
 
 
 def table_identity(ds: lance.LanceDataset) -> str:

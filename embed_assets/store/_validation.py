@@ -146,3 +146,37 @@ def to_vector_array(values: Any, *, column: str = "vector") -> pa.FixedSizeListA
         )
     flat = pa.array(np.ascontiguousarray(mat32).reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, mat32.shape[1])
+
+
+def validate_column_names(names: Sequence[str]) -> None:
+    """Column names a table can be created with: non-empty, no control characters, no
+    backtick (Lance filters quote names with backticks, so such a column could never be
+    filtered on)."""
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("column names must be non-empty strings")
+        if "`" in name:
+            raise ValidationError(f"column name {_describe(name)} contains a backtick")
+        if any(unicodedata.category(c).startswith("C") for c in name):
+            raise ValidationError(f"column name {_describe(name)} contains control characters")
+
+
+def validate_where(where: Any) -> str | None:
+    """A filter for ``where=``: one SQL expression. Refuses a ``;`` outside string
+    literals, which Lance's parser would otherwise stop at, silently ignoring the rest."""
+    if where is None:
+        return None
+    if not isinstance(where, str):
+        raise ValidationError(f"where must be a SQL expression string, got {type(where).__name__}")
+    if not where.strip():
+        raise ValidationError("where is empty")
+    quote: str | None = None
+    for c in where:
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "'\"`":
+            quote = c
+        elif c == ";":
+            raise ValidationError(f"where {_describe(where)} holds ';': give one expression")
+    return where

@@ -28,10 +28,12 @@ from typing import Any
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance.commit import CommitConflictError
 
-from ..errors import SchemaMismatchError, ValidationError
+from ..errors import ConflictError, SchemaMismatchError, ValidationError, first_line
 from . import _filters as sqlx
 from ._arrow import as_arrow
+from ._commits import MAX_ATTEMPTS, table_lock, with_retries
 from ._meta import (
     MAX_ROWS_PER_FILE,
     META_KEY,
@@ -45,7 +47,7 @@ from ._meta import (
     new_table_id,
 )
 from ._results import WriteResult
-from ._validation import to_vector_array, validate_keys, validate_table_name
+from ._validation import to_vector_array, validate_column_names, validate_keys, validate_table_name
 
 Partition = tuple[str, Any]
 
@@ -102,7 +104,7 @@ def prepare_rows(req: WriteRequest, data: Any) -> pa.Table:
         raise ValidationError(
             f"data has no {VECTOR_COLUMN!r} column; columns are {', '.join(tbl.column_names)}")
     if req.partition is not None:
-        _check_partition(tbl, req.partition)
+        check_partition(tbl, req.partition)
     if tbl.num_rows:
         vec = to_vector_array(tbl.column(VECTOR_COLUMN))
         tbl = tbl.set_column(tbl.column_names.index(VECTOR_COLUMN),
@@ -110,7 +112,7 @@ def prepare_rows(req: WriteRequest, data: Any) -> pa.Table:
     return tbl
 
 
-def _check_partition(tbl: pa.Table, partition: Partition) -> None:
+def check_partition(tbl: pa.Table, partition: Partition) -> None:
     pcol, pval = partition
     if pcol not in tbl.column_names:
         raise ValidationError(f"partition column {pcol!r} not in data")
@@ -186,9 +188,24 @@ def provenance(req: WriteRequest, meta: TableMeta) -> dict[str, str]:
 
 
 def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
-    """Check, then commit one version (see the module docstring)."""
+    """Check, then commit one version (see the module docstring). The plan (which keys
+    exist, what to delete) is made against the version the commit lands on: writers of a
+    table take turns (:func:`._commits.table_lock`), and a conflict with a foreign commit
+    plans again on the newer version."""
     req.check()
-    tbl = prepare_rows(req, data)
+    rows = prepare_rows(req, data)
+    with table_lock(store.lock_path, req.name):
+        try:
+            result, retries = with_retries(lambda: _plan_and_commit(store, req, rows))
+        except CommitConflictError as exc:
+            raise ConflictError(
+                f"write to {req.name!r} kept conflicting with concurrent commits "
+                f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
+    result.retries = retries
+    return result
+
+
+def _plan_and_commit(store: StoreLocation, req: WriteRequest, tbl: pa.Table) -> WriteResult:
     existing = store.open_dataset(req.name)
     meta = table_meta_for(req, tbl, existing)
     props = provenance(req, meta)
@@ -207,6 +224,7 @@ def _unchanged(req: WriteRequest, existing: lance.LanceDataset, props: dict[str,
 
 def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, meta: TableMeta,
                          props: dict[str, str], existing: lance.LanceDataset | None) -> WriteResult:
+    validate_column_names(tbl.column_names)
     tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), META_KEY: meta.to_bytes()})
     ds = lance.write_dataset(
         tbl, uri, mode="create" if existing is None else "overwrite",
@@ -306,4 +324,4 @@ def existing_keys(ds: lance.LanceDataset, key: str, keys: list[Any]) -> list[Any
     return found
 
 
-__all__ = ["Partition", "WriteMode", "WriteRequest", "existing_keys", "write"]
+__all__ = ["Partition", "WriteMode", "WriteRequest", "check_partition", "existing_keys", "write"]

@@ -32,6 +32,11 @@ CREATE OR REPLACE MACRO vec_covariance(v) AS _ea_list_vec_cov(CAST(list(v) AS DO
 CREATE OR REPLACE MACRO mat_inverse(m) AS _ea_mat_inverse(m);
 
 CREATE OR REPLACE MACRO __ea_kind(t) AS coalesce(getvariable('__ea_keykind')[t], 'x');
+-- A store view's name as query_table() must read it: quoted, since valid table names hold
+-- '.', '-' and '@' ('a.b' would otherwise mean table b of schema a). Other names pass
+-- through unchanged, so 'main.t' still names a DuckDB table of schema main.
+CREATE OR REPLACE MACRO __ea_src(t) AS
+    CASE WHEN __ea_kind(t) <> 'x' THEN '"' || replace(t, '"', '""') || '"' ELSE t END;
 CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
     lower(coalesce(metric, getvariable('__ea_metric')[t], 'cosine'));
 
@@ -58,7 +63,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
         -- into the view's scan, which answers it from the version's key index
         SELECT __t.*, __h.distance, __h.rank
         FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-              FROM query_table(table_name)) __t, __h
+              FROM query_table(__ea_src(table_name))) __t, __h
         WHERE __ea_served(table_name, metric, vector) AND __ea_kind(table_name) = 'i'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 'i'
                                     THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END) = __h.ki
@@ -66,7 +71,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
         -- store view, string key
         SELECT __t.*, __h.distance, __h.rank
         FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-              FROM query_table(table_name)) __t, __h
+              FROM query_table(__ea_src(table_name))) __t, __h
         WHERE __ea_served(table_name, metric, vector) AND __ea_kind(table_name) = 's'
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
                                     THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END) = __h.ks
@@ -76,7 +81,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
         FROM (SELECT *, _ea_distance(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]), CAST(__qv AS DOUBLE[]),
                                      __ea_metric_of(table_name, metric), inv_cov) AS distance
               FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-                    FROM query_table(table_name)), __q
+                    FROM query_table(__ea_src(table_name))), __q
               WHERE NOT __ea_served(table_name, metric, vector)
                 AND COLUMNS(c -> c = vector) IS NOT NULL
               ORDER BY distance NULLS LAST
@@ -98,19 +103,19 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
     WITH __l AS (
         SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
         FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(left_table))
+              FROM query_table(__ea_src(left_table)))
         WHERE __v IS NOT NULL),
     -- A store view on the right: its keys (the vectors come from Lance, cached per version).
     __rk AS (
         SELECT list(__k) AS __k, list(CAST(__k AS VARCHAR)) AS __ks
         FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(right_table))
+              FROM query_table(__ea_src(right_table)))
         WHERE __v IS NOT NULL AND __ea_store_right(right_table, vector)),
     -- Anything else: keys and vectors from one aggregation, so they stay aligned.
     __rv AS (
         SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
         FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(right_table))
+              FROM query_table(__ea_src(right_table)))
         WHERE __v IS NOT NULL AND NOT __ea_store_right(right_table, vector)),
     __h AS (
         SELECT unnest(CASE WHEN __ea_store_right(right_table, vector)
