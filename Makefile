@@ -8,7 +8,7 @@ export LANCE_LOG := error
 export EMBED_ASSETS_STORE ?= $(CURDIR)/.embed_store
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui lint bench browser-deps
+.PHONY: install demo test stress ui lint bench browser-deps
 
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
@@ -43,6 +43,11 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
+# writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
+stress: $(STAMP)
+	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

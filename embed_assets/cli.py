@@ -21,9 +21,9 @@ from .embed import default_embedder, embed_table
 from .errors import EmbedAssetsError, ValidationError, first_line
 from .index import build_index, freshness, refresh_index
 from .sql import format_result, run_sql
-from .store import Store, version_number
+from .store import DEFAULT_GRACE, Store, version_number
 
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.ASCII)
 _DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -201,13 +201,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     older = parse_duration(args.older_than) if args.older_than else None
-    rep = t.cleanup(keep_last=args.keep_last, older_than=older)
+    grace = parse_duration(args.grace) if args.grace else DEFAULT_GRACE
+    rep = t.cleanup(keep_last=args.keep_last, older_than=older, grace=grace)
     if args.json:
         _dump(rep.to_dict())
     else:
         print(f"{args.name}: removed {len(rep.removed_versions)} version(s) "
               f"{rep.removed_versions}, freed {rep.bytes_freed} bytes in {rep.files_removed} "
-              f"file(s); kept {rep.kept_versions}")
+              f"file(s) ({rep.orphan_files} orphaned by killed writes); kept {rep.kept_versions}")
     return 0
 
 
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--keep-last", type=int, default=None)
     sp.add_argument("--older-than", default=None, metavar="DUR", help="e.g. 7d, 12h, 30m")
+    sp.add_argument("--grace", default=None, metavar="DUR",
+                    help="never remove a version superseded less than DUR ago, nor younger "
+                         "files (default 1h; 0s for none)")
     sp = verb("index", cmd_index, "build a vector index tuned to a recall target", True)
     sp.add_argument("name")
     sp.add_argument("--recall", type=float, default=0.95, help="target recall@10 (default 0.95)")

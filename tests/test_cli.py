@@ -77,7 +77,7 @@ def test_must_show_through_the_cli_alone(tmp_path, debian):
     assert all({"version", "timestamp", "rows", "tags"} <= set(v) for v in versions)
     assert versions[2]["mode"] == "rollback"
 
-    out = run(store, "cleanup", "pkgs", "--keep-last", "1", "--json")
+    out = run(store, "cleanup", "pkgs", "--keep-last", "1", "--grace", "0s", "--json")
     assert json.loads(out.stdout)["removed_versions"] == [2]
     versions = json.loads(run(store, "versions", "pkgs", "--json").stdout)
     assert [v["version"] for v in versions] == [1, 3]

@@ -185,7 +185,7 @@ def test_cleanup_keeps_tagged_and_latest(store):
         store.write("t", vectors_table([i], seed=i), key="id", mode="upsert")
     t = store.table("t")
     t.tag("prod", 2)
-    rep = t.cleanup(keep_last=1)
+    rep = t.cleanup(keep_last=1, grace=dt.timedelta(0))
     assert rep.removed_versions == [1, 3, 4]
     assert rep.kept_versions == [2, 5]
     assert rep.bytes_freed > 0 and rep.files_removed > 0

@@ -253,8 +253,8 @@ class SQLConnection:
         if self.store is None or not isinstance(query, str):
             return
         changed = False
-        for name, literal in _candidate_names(query):
-            changed |= self._ensure_name(name, literal)
+        for name, lenient in _candidate_names(query):
+            changed |= self._ensure_name(name, lenient)
         if changed:
             self.publish_metadata()
 
@@ -351,22 +351,32 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
+_TABLE_FUNCTIONS = ("knn", "similarity_join", "query_table")
+
+
 def _candidate_names(query: str) -> set[tuple[str, bool]]:
-    """(text, is a string literal) of the identifiers and string literals of a statement
-    that could name a store view."""
+    """(text, lenient) of the identifiers and string literals of a statement that could
+    name a store view. A literal is a table reference only as a table argument of
+    ``knn``/``similarity_join``/``query_table``; anywhere else (``WHERE id = 'k@x'``) it
+    is lenient: it names a view only if that view exists."""
     try:
         toks = tokens(query)
     except Exception:  # a statement DuckDB cannot tokenise fails on execute anyway
         return set()
-    names = (duckdb.token_type.identifier, duckdb.token_type.string_const)
+    tt = duckdb.token_type
+    texts = [t[2].lower() for t in toks]
     out: set[tuple[str, bool]] = set()
-    for _, _, text, typ in toks:
-        if typ not in names:
+    for i, (_, _, text, typ) in enumerate(toks):
+        if typ not in (tt.identifier, tt.string_const):
             continue
+        literal = typ == tt.string_const
+        table_arg = literal and i >= 2 and texts[i - 1] == "(" and texts[i - 2] in _TABLE_FUNCTIONS
+        table_arg |= (literal and i >= 4 and texts[i - 1] == "," and toks[i - 2][3] == tt.string_const
+                      and texts[i - 3] == "(" and texts[i - 4] == "similarity_join")
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1].replace(text[0] * 2, text[0])
         if text:
-            out.add((text, typ == duckdb.token_type.string_const))
+            out.add((text, literal and not table_arg))
     return out
 
 

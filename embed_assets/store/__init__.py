@@ -35,6 +35,7 @@ from ._meta import (
     version_number,
 )
 from ._results import CleanupReport, VersionInfo, WriteResult
+from ._retention import DEFAULT_GRACE
 from ._store import Store, absolute_uri, default_store_uri
 from ._table import EmbeddingTable, IndexKeeper, set_index_keeper, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
@@ -43,6 +44,7 @@ from ._writes import check_partition
 __all__ = [
     "CACHE",
     "CONFIG_KEY",
+    "DEFAULT_GRACE",
     "METRICS",
     "OFFSET_COLUMN",
     "PROP_PREFIX",
