@@ -53,7 +53,7 @@ def _upsert_worker(path: str, keys: list[int], barrier, out) -> None:
     store = Store(path)
     barrier.wait()
     res = store.write("t", _rows(keys, seed=os.getpid()), key="id", mode="upsert")
-    out.put(res.retries)
+    out.put(getattr(res, "retries", 0))
 
 
 def _race(target, path: str, key_sets: list[list[int]]) -> list:
@@ -240,6 +240,16 @@ def test_keep_last_or_older_than_each_select_versions(tmp_path: Path) -> None:
     # v7 stopped being the latest when v8 came, 2 days ago: inside a 2.5-day grace period
     assert choose(vs, 9, set(), keep_last=1, older_than=None, grace=dt.timedelta(days=2, hours=12),
                   now=now) == [1, 2, 3, 4, 5, 6]
+
+
+def test_keep_last_and_older_than_are_and_or_on_a_real_table(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    _many_versions(store, 4)
+    t = store.table("t")
+    # Nothing is a day old, but keep_last=1 alone selects versions 1-3: either criterion
+    # removes a version (it was "both must hold", so this removed nothing).
+    rep = t.cleanup(keep_last=1, older_than=dt.timedelta(days=1), grace=dt.timedelta(0))
+    assert rep.removed_versions == [1, 2, 3]
 
 
 def test_a_version_removed_under_a_reader_is_version_not_found(tmp_path: Path) -> None:
