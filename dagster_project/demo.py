@@ -4,6 +4,8 @@ descriptions (2,040 real package synopses, 12 sections)
   -> embeddings (incremental by content hash; optionally one Dagster partition per section)
   -> section_centroids (mean vector per section)
   -> semantic_search (example queries: nearest packages and nearest section)
+and, in the unpartitioned location, the recipes (dagster_project/recipes.py): recommender
+embeddings, install histories -> user vectors, direction vectors, PCA.
 """
 
 # No `from __future__ import annotations`: Dagster reads the Config and context
@@ -38,6 +40,8 @@ from embed_assets.dagster import (
     build_version_jobs,
 )
 from embed_assets.dagster.metadata import column_schema, preview_markdown, standard_table_metadata
+
+from .recipes import build_recipe_assets
 
 # Set to "hash-bow" for a fast run with no model weights (tests, smoke checks); unset uses
 # the shipped all-MiniLM-L6-v2.
@@ -147,6 +151,9 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
             "model": MetadataValue.text(embedder.name),
         })
 
+    # The recipes (recommender, histories, directions, PCA) join the unpartitioned demo, so
+    # that one `--select '*'` materialises all of it.
+    recipes = [] if partitioned else build_recipe_assets(prefix, embeddings_key, f"{group}_recipes")
     model = os.environ.get(ENV_MODEL) or None
     # One store configuration, set at launch under "embed_store" (defaults: the
     # environment's store); the IO manager is bound to that same resource.
@@ -155,7 +162,7 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
         # Four small steps: a process per step (the default executor) costs more than the
         # work itself, and the model would load once per process.
         executor=in_process_executor,
-        assets=[descriptions, embeddings, section_centroids, semantic_search],
+        assets=[descriptions, embeddings, section_centroids, semantic_search, *recipes],
         asset_checks=[checks],
         jobs=build_version_jobs(tables={"_".join(embeddings_key.path): embeddings_key,
                                         "_".join(centroids_key.path): centroids_key}),

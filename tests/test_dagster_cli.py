@@ -29,7 +29,10 @@ def test_cli_materialises_whole_demo_fast(tmp_path: Path) -> None:
     p = _materialize(tmp_path, "-m", "dagster_project", "--select", "*", model="hash-bow")
     assert p.returncode == 0, p.stderr[-3000:]
     store = Store(str(tmp_path / "store"))
-    assert store.table_names() == ["debian_embeddings", "debian_section_centroids"]
+    assert store.table_names() == [
+        "debian_dependency_factors", "debian_directions", "debian_embeddings", "debian_embeddings_pca32",
+        "debian_package_factors", "debian_pair_embeddings", "debian_section_centroids",
+        "debian_user_vectors"]
     t = store.table("debian_embeddings")
     assert t.count_rows() == 2040 and t.version == 1
     assert "embedded 2040 row(s)" in p.stderr + p.stdout
