@@ -212,6 +212,22 @@ def test_an_interrupted_rollback_reports_and_repairs_its_index(tmp_path: Path,
     assert t.search(mat[5], k=1, use_index=True)["id"].to_pylist() == [5]
 
 
+def test_an_index_build_stopped_before_its_tuning_is_reported_and_repaired(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    rng = np.random.default_rng(1)
+    mat = rng.normal(size=(600, 16)).astype(np.float32)
+    store.write("t", {"id": list(range(600)), "vector": list(mat)}, key="id")
+    t = store.table("t")
+    # What a build_index killed after Lance trained the index (and before the tuning was
+    # recorded) leaves: an index and no report; searches are exact meanwhile.
+    t.dataset().create_index("vector", "IVF_PQ", name="vector_idx", num_partitions=8,
+                             num_sub_vectors=4)
+    fresh = freshness(store.table("t"))
+    assert fresh["indexed"] and fresh["pending_rebuild"] is not None
+    assert refresh_index(store.table("t"))["action"] == "rebuilt"
+    assert freshness(store.table("t"))["pending_rebuild"] is None
+
+
 # -- 5. cleanup keeps a grace period; and/or as documented -------------------------------------
 def test_cleanup_never_removes_versions_younger_than_the_grace_period(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")

@@ -147,6 +147,9 @@ def build_embedding_checks(
 def _index_freshness(t: EmbeddingTable, version: int, result: Any, max_share: float) -> AssetCheckResult:
     warn = AssetCheckSeverity.WARN
     fresh = freshness(t)  # the index policy's own measure, on the latest version
+    if fresh["pending_rebuild"]:  # a rollback or build stopped before the index was ready
+        return result("index_freshness", False, warn, note=str(fresh["pending_rebuild"]),
+                      remedy="refresh_index(table) or `embed-assets index NAME --refresh`")
     if not fresh["indexed"]:
         return result("index_freshness", True, warn,
                       note="no ANN index yet: searches scan exactly, nothing can be stale")

@@ -33,8 +33,14 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
                 "share_unindexed": 1.0 if ann and rows else 0.0, "pending_rebuild": pending}
     stats = ds.stats.index_stats(VECTOR_INDEX_NAME)
     unindexed = int(stats.get("num_unindexed_rows", 0))
+    cfg = index_config(ds, table.identity)
+    # An index without a recorded tuning: a build stopped between training the index and
+    # recording what it measured. Searches stay exact (correct) until it is tuned.
+    untuned = None if cfg and cfg.get("kind") == "ann" else {
+        "reason": "the vector index exists but its tuning was never recorded (an interrupted "
+                  "build_index)", "target_recall": (cfg or {}).get("target_recall", 0.95)}
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
-            "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": None}
+            "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": untuned}
 
 
 def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:
@@ -71,6 +77,11 @@ def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
         return {"action": "rebuilt", "reason": "a rollback's index rebuild was interrupted",
                 "report": rep.to_dict()}
     cfg = index_config(ds, table.identity)
+    if has_vector_index(ds, table.identity) and (not cfg or cfg.get("kind") != "ann"):
+        # an index whose build stopped before its tuning was recorded: tune it now
+        rep = build_index(table, recall=(cfg or {}).get("target_recall", 0.95), force_ann=True)
+        return {"action": "rebuilt", "reason": "an index build was interrupted before tuning",
+                "report": rep.to_dict()}
     if not cfg or cfg.get("kind") != "ann":
         return {"action": "none", "reason": "table is searched exactly"}
     if not has_vector_index(ds, table.identity):
