@@ -184,7 +184,7 @@ def test_cleanup_removes_manifests_before_files(tmp_path: Path, monkeypatch: pyt
 # -- 4. an interrupted rollback's index rebuild is visible and repairable --------------------
 def test_an_interrupted_rollback_reports_and_repairs_its_index(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from embed_assets.store import _table
+    from embed_assets.store import _rollback
 
     store = Store(tmp_path / "s")
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def test_an_interrupted_rollback_reports_and_repairs_its_index(tmp_path: Path,
     def crash(*_a, **_k):
         raise KeyboardInterrupt  # the process dies between the Restore and the rebuild
 
-    monkeypatch.setattr(_table, "_index_keeper", crash)
+    monkeypatch.setattr(_rollback, "_index_keeper", crash)
     with pytest.raises(KeyboardInterrupt):
         t.rollback(1)
     monkeypatch.undo()

@@ -36,8 +36,9 @@ from ._meta import (
 )
 from ._results import CleanupReport, VersionInfo, WriteResult
 from ._retention import DEFAULT_GRACE
+from ._rollback import IndexKeeper, set_index_keeper
 from ._store import Store, absolute_uri, default_store_uri
-from ._table import EmbeddingTable, IndexKeeper, set_index_keeper, table_identity
+from ._table import EmbeddingTable, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 from ._writes import check_partition
 

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 import lance
 
+from ..errors import ValidationError
+from ._meta import is_local, local_path
+from ._results import CleanupReport
+
 U64_MAX = 2**64 - 1
 # A version superseded less than this long ago is never removed, nor a file younger than
 # this deleted: a reader that resolved a version a moment ago, or a writer whose files are
@@ -144,3 +148,62 @@ def sweep(uri: str, table_path: str, remove: list[int], remaining: list[int],
                 out.files_removed += 1
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+class RetentionMixin:
+    """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
+
+    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
+                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
+        """Delete old versions: those beyond the last ``keep_last``, and/or those older
+        than ``older_than`` (either criterion alone removes a version), and the files no
+        remaining version references.
+
+        Never removed: the latest version, a tagged version, a version that stopped being
+        the latest less than ``grace`` ago (default one hour), and files younger than
+        ``grace``: a reader that just resolved a version, or a writer whose files are not
+        committed yet, is never broken by a cleanup. On a local store
+        a crash mid-cleanup leaves every listed version readable, and rerunning finishes.
+        """
+        if keep_last is None and older_than is None:
+            raise ValidationError("cleanup needs keep_last and/or older_than")
+        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
+            raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
+        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
+            raise ValidationError("older_than and grace must not be negative")
+        self._versions_open.clear()  # handles on removed versions would point at deleted files
+        ds = self.refresh()._ds
+        listed = [(int(v["version"]), v["timestamp"].astimezone(dt.UTC)) for v in ds.versions()]
+        now = dt.datetime.now(dt.UTC)
+        remove = choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
+                                   older_than=older_than, grace=grace, now=now)
+        remaining = [v for v, _ in listed if v not in set(remove)]
+        if not is_local(self.uri):
+            return self._cleanup_by_lance(ds, remove, remaining, grace)
+        got = sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
+        self.refresh()
+        return CleanupReport(table=self.name, removed_versions=got.removed_versions,
+                             kept_versions=got.kept_versions, bytes_freed=got.bytes_freed,
+                             files_removed=got.files_removed, orphan_files=got.orphan_files,
+                             grace_seconds=grace.total_seconds())
+
+    def _cleanup_by_lance(self, ds: lance.LanceDataset, remove: list[int], remaining: list[int],
+                          grace: dt.timedelta) -> CleanupReport:
+        """Object stores: Lance removes versions by age and count (both must hold there),
+        so only its oldest cut that removes nothing we keep is asked for."""
+        before = {int(v["version"]) for v in ds.versions()}
+        if remove:
+            oldest_kept = min([v for v in remaining if v > max(remove)] or [ds.version])
+            keep = len([v for v in before if v >= oldest_kept])
+            stats = ds.cleanup_old_versions(older_than=grace, retain_versions=keep,
+                                            error_if_tagged_old_versions=False)
+        else:
+            stats = None
+        after = {int(v["version"]) for v in self.refresh()._ds.versions()}
+        return CleanupReport(table=self.name, removed_versions=sorted(before - after),
+                             kept_versions=sorted(after),
+                             bytes_freed=int(getattr(stats, "bytes_removed", 0) or 0),
+                             files_removed=sum(int(getattr(stats, a, 0) or 0) for a in (
+                                 "data_files_removed", "transaction_files_removed",
+                                 "index_files_removed", "deletion_files_removed")),
+                             grace_seconds=grace.total_seconds())

@@ -1,23 +1,19 @@
-"""One table: its versions and tags, reads at any version, search, rollback, retention."""
+"""One table: its versions and tags, reads at any version, search. Rollback and retention
+are mixed in from :mod:`._rollback` and :mod:`._retention`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lance
 import pyarrow as pa
-from lance import LanceOperation
 
 from ..errors import StorageError, ValidationError, VersionNotFoundError, first_line
 from . import _filters as sqlx
 from . import _retention, _search
 from ._cache import CACHE, VersionKey, take_rows
-from ._commits import table_lock, with_retries
-from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -28,24 +24,13 @@ from ._meta import (
     local_path,
     version_number,
 )
-from ._results import CleanupReport, VersionInfo
-from ._retention import DEFAULT_GRACE
+from ._results import VersionInfo
+from ._retention import RetentionMixin
+from ._rollback import RollbackMixin
 from ._validation import validate_tag, validate_where
 
-# Rebuilds a tuned vector index on the latest version, given the report of the index that
-# a rollback lost. The index policy lives above the store (embed_assets.index), so the
-# package root installs it here (see embed_assets/__init__.py); without it a rollback
-# keeps the scalar indexes and the table is searched exactly.
-IndexKeeper = Callable[["EmbeddingTable", dict[str, Any], str], None]
-_index_keeper: IndexKeeper | None = None
 
-
-def set_index_keeper(keeper: IndexKeeper | None) -> None:
-    global _index_keeper
-    _index_keeper = keeper
-
-
-class EmbeddingTable:
+class EmbeddingTable(RollbackMixin, RetentionMixin):
     """A handle on one table; every read can pin a version number or a tag."""
 
     def __init__(self, store: StoreLocation, name: str, ds: lance.LanceDataset) -> None:
@@ -365,117 +350,6 @@ class EmbeddingTable:
             raise
 
     # -- rollback and retention ----------------------------------------------------------
-    def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
-        """Make a new latest version equal to version/tag ``to``; history stays readable.
-
-        If the table had a vector index and the target version predates it, the index is
-        rebuilt (and re-tuned to the same recall target) so the table stays searchable
-        with an index. The Restore commit records that intent (``index_pending``), so a
-        crash before the rebuild is visible: :func:`embed_assets.freshness` reports it and
-        :func:`embed_assets.refresh_index` finishes it. Returns the new version number.
-        """
-        target = self.resolve(to)  # refuses unknown and partly removed versions
-        run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
-        with table_lock(self.store.lock_path, self.name):
-            (ds, report, lost, had_scalar), _ = with_retries(
-                lambda: self._restore(target, run_id))
-        if lost and not vector_index_type(ds) and _index_keeper is not None:
-            _index_keeper(self.refresh(), report, lost)
-        elif had_scalar:
-            meta = self.meta
-            if ensure_scalar_indexes(self.refresh()._ds, meta.key, meta.partition_column):
-                self.refresh()
-        return self.version
-
-    def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
-        latest = self.refresh()._ds
-        lost = vector_index_type(latest)
-        report = index_config(latest, self._identity) or {}
-        txn = lance.Transaction(read_version=latest.version,
-                                operation=LanceOperation.Restore(target))
-        props = {
-            f"{PROP_PREFIX}run_id": run_id,
-            f"{PROP_PREFIX}mode": "rollback",
-            f"{PROP_PREFIX}rollback_to": str(target),
-            f"{PROP_PREFIX}rollback_from": str(latest.version),
-            f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
-        }
-        if lost and not vector_index_type(self._at(target)):
-            props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
-        txn.transaction_properties = props
-        ds = lance.LanceDataset.commit(latest, txn)
-        return ds, report, lost, has_scalar_index(latest)
-
-    def index_pending(self) -> dict[str, Any] | None:
-        """The index a rollback set out to rebuild and no later commit built (a crash in
-        between), or None. Reads the provenance of the latest few versions."""
-        ds = self.refresh()._ds
-        for v in range(ds.version, max(0, ds.version - 16), -1):
-            props = self._properties(v)
-            if props.get("mode") == "index":
-                return None
-            if "index_pending" in props:
-                return json.loads(props["index_pending"])
-            if props.get("mode") in ("overwrite",):
-                return None
-        return None
-
-    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
-                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
-        """Delete old versions: those beyond the last ``keep_last``, and/or those older
-        than ``older_than`` (either criterion alone removes a version), and the files no
-        remaining version references.
-
-        Never removed: the latest version, a tagged version, a version that stopped being
-        the latest less than ``grace`` ago (default one hour), and files younger than
-        ``grace``: a reader that just resolved a version, or a writer whose files are not
-        committed yet, is never broken by a cleanup. On a local store
-        a crash mid-cleanup leaves every listed version readable, and rerunning finishes.
-        """
-        if keep_last is None and older_than is None:
-            raise ValidationError("cleanup needs keep_last and/or older_than")
-        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
-            raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
-        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
-            raise ValidationError("older_than and grace must not be negative")
-        self._versions_open.clear()  # handles on removed versions would point at deleted files
-        ds = self.refresh()._ds
-        listed = [(int(v["version"]), v["timestamp"].astimezone(dt.UTC)) for v in ds.versions()]
-        now = dt.datetime.now(dt.UTC)
-        remove = _retention.choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
-                                   older_than=older_than, grace=grace, now=now)
-        remaining = [v for v, _ in listed if v not in set(remove)]
-        if not is_local(self.uri):
-            return self._cleanup_by_lance(ds, remove, remaining, grace)
-        got = _retention.sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
-        self.refresh()
-        return CleanupReport(table=self.name, removed_versions=got.removed_versions,
-                             kept_versions=got.kept_versions, bytes_freed=got.bytes_freed,
-                             files_removed=got.files_removed, orphan_files=got.orphan_files,
-                             grace_seconds=grace.total_seconds())
-
-    def _cleanup_by_lance(self, ds: lance.LanceDataset, remove: list[int], remaining: list[int],
-                          grace: dt.timedelta) -> CleanupReport:
-        """Object stores: Lance removes versions by age and count (both must hold there),
-        so only its oldest cut that removes nothing we keep is asked for."""
-        before = {int(v["version"]) for v in ds.versions()}
-        if remove:
-            oldest_kept = min([v for v in remaining if v > max(remove)] or [ds.version])
-            keep = len([v for v in before if v >= oldest_kept])
-            stats = ds.cleanup_old_versions(older_than=grace, retain_versions=keep,
-                                            error_if_tagged_old_versions=False)
-        else:
-            stats = None
-        after = {int(v["version"]) for v in self.refresh()._ds.versions()}
-        return CleanupReport(table=self.name, removed_versions=sorted(before - after),
-                             kept_versions=sorted(after),
-                             bytes_freed=int(getattr(stats, "bytes_removed", 0) or 0),
-                             files_removed=sum(int(getattr(stats, a, 0) or 0) for a in (
-                                 "data_files_removed", "transaction_files_removed",
-                                 "index_files_removed", "deletion_files_removed")),
-                             grace_seconds=grace.total_seconds())
-
-
 def table_identity(ds: lance.LanceDataset) -> str:
     """The table id from the schema metadata; for a table written without one (by an
     older embed_assets, or by Lance directly), the creation time of its oldest version."""

@@ -1,0 +1,88 @@
+"""Rollback: a new latest version equal to an old one, keeping a tuned index."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import lance
+from lance import LanceOperation
+
+from ._commits import table_lock, with_retries
+from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
+from ._meta import PROP_PREFIX, VersionRef
+
+# Rebuilds a tuned vector index on the latest version, given the report of the index that
+# a rollback lost. The index policy lives above the store (embed_assets.index), so the
+# package root installs it here (see embed_assets/__init__.py); without it a rollback
+# keeps the scalar indexes and the table is searched exactly.
+IndexKeeper = Callable[[Any, dict[str, Any], str], None]
+_index_keeper: IndexKeeper | None = None
+
+
+def set_index_keeper(keeper: IndexKeeper | None) -> None:
+    global _index_keeper
+    _index_keeper = keeper
+
+
+
+class RollbackMixin:
+    """``rollback`` and ``index_pending`` of :class:`~._table.EmbeddingTable`."""
+
+    def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
+        """Make a new latest version equal to version/tag ``to``; history stays readable.
+
+        If the table had a vector index and the target version predates it, the index is
+        rebuilt (and re-tuned to the same recall target) so the table stays searchable
+        with an index. The Restore commit records that intent (``index_pending``), so a
+        crash before the rebuild is visible: :func:`embed_assets.freshness` reports it and
+        :func:`embed_assets.refresh_index` finishes it. Returns the new version number.
+        """
+        target = self.resolve(to)  # refuses unknown and partly removed versions
+        run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
+        with table_lock(self.store.lock_path, self.name):
+            (ds, report, lost, had_scalar), _ = with_retries(
+                lambda: self._restore(target, run_id))
+        if lost and not vector_index_type(ds) and _index_keeper is not None:
+            _index_keeper(self.refresh(), report, lost)
+        elif had_scalar:
+            meta = self.meta
+            if ensure_scalar_indexes(self.refresh()._ds, meta.key, meta.partition_column):
+                self.refresh()
+        return self.version
+
+    def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
+        latest = self.refresh()._ds
+        lost = vector_index_type(latest)
+        report = index_config(latest, self._identity) or {}
+        txn = lance.Transaction(read_version=latest.version,
+                                operation=LanceOperation.Restore(target))
+        props = {
+            f"{PROP_PREFIX}run_id": run_id,
+            f"{PROP_PREFIX}mode": "rollback",
+            f"{PROP_PREFIX}rollback_to": str(target),
+            f"{PROP_PREFIX}rollback_from": str(latest.version),
+            f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        if lost and not vector_index_type(self._at(target)):
+            props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
+        txn.transaction_properties = props
+        ds = lance.LanceDataset.commit(latest, txn)
+        return ds, report, lost, has_scalar_index(latest)
+
+    def index_pending(self) -> dict[str, Any] | None:
+        """The index a rollback set out to rebuild and no later commit built (a crash in
+        between), or None. Reads the provenance of the latest few versions."""
+        ds = self.refresh()._ds
+        for v in range(ds.version, max(0, ds.version - 16), -1):
+            props = self._properties(v)
+            if props.get("mode") == "index":
+                return None
+            if "index_pending" in props:
+                return json.loads(props["index_pending"])
+            if props.get("mode") in ("overwrite",):
+                return None
+        return None
