@@ -88,14 +88,15 @@ SESSION: list[tuple[str, str, str]] = [
 def materialise(store_dir: Path) -> None:
     """The whole demo into ``store_dir``, then one retrain of the recommender."""
     os.environ["EMBED_ASSETS_STORE"] = str(store_dir)
-    os.environ.pop("EMBED_ASSETS_MODEL", None)
+    os.environ.pop("EMBED_ASSETS_MODEL", None)  # the real model, whatever the caller set
     from dagster import DagsterInstance, materialize
 
-    from dagster_project import defs
+    from dagster_project.demo import build_demo_definitions
     from embed_assets import Store
     from embed_assets._demo import demo_source
     from embed_assets.recipes import fit_recommender, interactions_from_depends
 
+    defs = build_demo_definitions("debian")  # built now: the model is read at definition time
     assets = list(defs.assets or [])
     with DagsterInstance.ephemeral() as inst:
         res = materialize(assets, instance=inst, resources=defs.resources)

@@ -33,6 +33,7 @@ def test_every_recipe_on_the_page_runs_and_matches(tmp_path: Path, monkeypatch: 
     mod = _doc_module()
     assert [sql for sql, _ in blocks] == [sql for _, _, sql in mod.SESSION]  # the page is current
     monkeypatch.setenv("EMBED_ASSETS_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("EMBED_ASSETS_MODEL", raising=False)
     mod.materialise(tmp_path / "store")
     outputs = mod.run(tmp_path / "store")
     for (sql, shown), got in zip(blocks, outputs, strict=True):
