@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/embed-assets sql "SELECT k.package, k.section, round(k.distance, 3) AS distance, k.rank \
 	  FROM knn('debian_embeddings', (SELECT vector FROM debian_section_centroids WHERE section = 'editors'), 5) k"
 	$(BIN)/embed-assets sql "SELECT section, count(*) AS packages, \
-	  round(vec_norm(vec_mean(vector)), 3) AS mean_norm FROM \"debian_embeddings@1\" GROUP BY section ORDER BY packages DESC, section LIMIT 4"
+	  round(vec_norm(vec_mean(vector)), 3) AS mean_norm FROM \"debian_embeddings@prod\" GROUP BY section ORDER BY packages DESC, section LIMIT 4"
 	@echo
 	@echo "Browse it: make ui   (dagster dev on http://127.0.0.1:3000)"
 

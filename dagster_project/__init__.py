@@ -8,8 +8,13 @@ dagster_project --select '*'`` runs the whole demo in one command: Dagster's CLI
 a selection that holds any partitioned asset unless ``--partition`` is given. The same
 pipeline with one Dagster partition per Debian section is the
 ``dagster_project.by_section`` location (also in workspace.yaml).
+
+``$DAGSTER_HOME`` must exist before the command runs: Dagster opens its instance before
+it imports this module, so nothing here can create it (the README's command does).
 """
 
 from .demo import build_demo_definitions
 
-defs = build_demo_definitions("debian")
+# The demo location tags the embeddings version it left as ``prod`` (the README's
+# ``"debian_embeddings@prod"`` SQL example reads it).
+defs = build_demo_definitions("debian", tag_prod=True)

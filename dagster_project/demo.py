@@ -72,8 +72,13 @@ class SearchConfig(Config):
     k: int = Field(default=5, description="neighbours per query")
 
 
-def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False) -> Definitions:
-    """The demo's assets, checks, jobs and resources under asset key prefix ``prefix``."""
+def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False,
+                           tag_prod: bool = False) -> Definitions:
+    """The demo's assets, checks, jobs and resources under asset key prefix ``prefix``.
+
+    ``tag_prod``: add a ``prod_tag`` asset that tags the embeddings version the run left
+    as ``prod`` (the demo location does, so ``"<prefix>_embeddings@prod"`` reads in SQL).
+    """
     group = prefix
     # The CLI runs a partition range in one run only if every selected asset says so.
     policy = BackfillPolicy.single_run() if partitioned else None
@@ -151,6 +156,18 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
             "model": MetadataValue.text(embedder.name),
         })
 
+    @asset(key=AssetKey([prefix, "prod_tag"]), group_name=group, backfill_policy=policy,
+           deps=[embeddings_key], required_resource_keys={"embed_store"}, kinds={"lancedb"},
+           description="Tags the embeddings version this run left as `prod` (moved each run).")
+    def prod_tag(context: AssetExecutionContext) -> MaterializeResult:
+        table = context.resources.embed_store.get_store().table("_".join(embeddings_key.path))
+        version = table.versions(with_properties=False)[-1].version  # the latest user version
+        table.retag("prod", version)
+        context.log.info(f"{table.name}: version {version} tagged 'prod'")
+        return MaterializeResult(metadata={"lance/version": MetadataValue.int(version),
+                                           "tag": MetadataValue.text("prod")})
+
+    extra = [prod_tag] if tag_prod else []
     # The recipes (recommender, histories, directions, PCA) join the unpartitioned demo, so
     # that one `--select '*'` materialises all of it.
     recipes = [] if partitioned else build_recipe_assets(prefix, embeddings_key, f"{group}_recipes")
@@ -162,7 +179,7 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False)
         # Four small steps: a process per step (the default executor) costs more than the
         # work itself, and the model would load once per process.
         executor=in_process_executor,
-        assets=[descriptions, embeddings, section_centroids, semantic_search, *recipes],
+        assets=[descriptions, embeddings, section_centroids, semantic_search, *extra, *recipes],
         asset_checks=[checks],
         jobs=build_version_jobs(tables={"_".join(embeddings_key.path): embeddings_key,
                                         "_".join(centroids_key.path): centroids_key}),

@@ -13,12 +13,12 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._config import settings
 from ._demo import run_demo
-from .embed import default_embedder, embed_table
-from .errors import EmbedAssetsError, ValidationError, first_line
+from .embed import SentenceTransformerEmbedder, default_embedder, embed_table
+from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, freshness, refresh_index
 from .sql import format_result, run_sql
 from .store import DEFAULT_GRACE, Store, version_number
@@ -73,8 +73,52 @@ def _read_source(path: str) -> Any:
         if path.endswith(".csv"):
             return pl.read_csv(path)
     except Exception as exc:
-        raise ValidationError(f"cannot read {path!r}: {first_line(exc)}") from None
+        raise ValidationError(f"cannot read {path!r}: {describe(exc)}") from None
     raise ValidationError(f"input file {path!r} must end in .parquet or .csv")
+
+
+def _partition_value(col: str, val: str, dtype: Any) -> Any:
+    """``--partition COL=VALUE``'s value as the column's type (refused when it is not one)."""
+    try:
+        if dtype.is_integer():
+            return int(val)
+        if dtype.is_float():
+            return float(val)
+    except ValueError:
+        raise ValidationError(f"--partition {col}={val}: column {col!r} holds {dtype} values; "
+                              f"{val!r} is not one") from None
+    return val
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+class _Announcing:
+    """Wraps a sentence-transformers embedder to say on stderr, once, that its model is
+    being loaded (the first load takes seconds) just before it is."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def name(self) -> str:
+        return str(self.inner.name)
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        if getattr(self.inner, "_model", None) is None:
+            print(f"loading model {self.inner.name}...", file=sys.stderr, flush=True)
+        return self.inner.embed(texts)
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -91,8 +135,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         col, val = args.partition.split("=", 1)
         if col not in data.columns:
             raise ValidationError(f"partition column {col!r} not in {args.from_}")
-        dtype = data[col].dtype
-        partition = (col, int(val) if dtype.is_integer() else float(val) if dtype.is_float() else val)
+        partition = (col, _partition_value(col, val, data[col].dtype))
     if args.mode == "replace_partition" and partition is None:
         raise ValidationError("--mode replace_partition needs --partition COLUMN=VALUE")
     columns = args.columns.split(",") if args.columns else None
@@ -129,7 +172,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
-    vs = [v.to_dict() for v in t.versions()]
+    vs = [v.to_dict() for v in t.versions(include_maintenance=args.all)]
     for v in vs:
         p = v["properties"]
         v["run_id"] = p.get("run_id")
@@ -145,14 +188,20 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_tag(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     v = t.tag(args.tag, _version_arg(args.version))
-    print(f"tagged {args.name} version {v} as {args.tag!r}")
+    if args.json:
+        _dump({"table": args.name, "tag": args.tag, "version": v, "action": "tagged"})
+    else:
+        print(f"tagged {args.name} version {v} as {args.tag!r}")
     return 0
 
 
 def cmd_untag(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     v = t.untag(args.tag)
-    print(f"removed tag {args.tag!r} (was version {v}) from {args.name}")
+    if args.json:
+        _dump({"table": args.name, "tag": args.tag, "version": v, "action": "untagged"})
+    else:
+        print(f"removed tag {args.tag!r} (was version {v}) from {args.name}")
     return 0
 
 
@@ -172,8 +221,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)  # the version searched decides the model, not the latest
-    res = t.search(args.text, k=args.k, where=args.where, version=version,
-                   embedder=default_embedder(meta.model))
+    embedder: Any = default_embedder(meta.model)
+    if isinstance(embedder, SentenceTransformerEmbedder):
+        embedder = _Announcing(embedder)
+    res = t.search(args.text, k=args.k, where=args.where, version=version, embedder=embedder)
     cols = [meta.key, *([meta.text_column] if meta.text_column in res.column_names else []),
             "distance", "rank"]
     rows = res.select(cols).to_pylist()
@@ -190,11 +241,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.to.endswith(".parquet"):
         raise ValidationError(f"--to {args.to!r} must end in .parquet")
+    folder = os.path.dirname(os.path.abspath(args.to))
+    if not os.path.isdir(folder):
+        raise ValidationError(f"--to {args.to!r}: directory {folder!r} does not exist")
+    if os.path.isdir(args.to):
+        raise ValidationError(f"--to {args.to!r} is a directory")
     t = _store(args).table(args.name)
     version = t.resolve(_version_arg(args.version))
     tbl = t.read(version)
-    pq.write_table(tbl, args.to)
-    print(f"exported {args.name} version {version}: {tbl.num_rows} rows to {args.to}")
+    try:
+        pq.write_table(tbl, args.to)
+    except OSError as exc:
+        raise ValidationError(f"cannot write {args.to!r}: {describe(exc)}") from None
+    if args.json:
+        _dump({"table": args.name, "version": version, "rows": tbl.num_rows, "to": args.to})
+    else:
+        print(f"exported {args.name} version {version}: {tbl.num_rows} rows to {args.to}")
     return 0
 
 
@@ -241,79 +303,143 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------
+EXIT_CODES = """exit codes:
+  0    success
+  2    bad input or an impossible request (bad arguments, a missing table, version or
+       tag, data the store refuses, a failed SQL statement); a refused input
+       changes nothing stored
+  1    an unexpected error (set EMBED_ASSETS_DEBUG=1 for a traceback)
+  130  interrupted (Ctrl-C); nothing partial was committed"""
+
+EXAMPLES: dict[str, str] = {
+    "embed": "embed-assets embed pkgs --from pkgs.parquet --key package --text description\n"
+             "  embed-assets embed pkgs --from new.csv --key package --text description "
+             "--mode sync --json\n"
+             "  embed-assets embed pkgs --from admin.parquet --key package --text description "
+             "--mode replace_partition --partition section=admin",
+    "tables": "embed-assets tables --json",
+    "versions": "embed-assets versions pkgs",
+    "tag": "embed-assets tag pkgs prod --version 3",
+    "untag": "embed-assets untag pkgs prod",
+    "rollback": "embed-assets rollback pkgs --to prod",
+    "search": "embed-assets search pkgs \"a text editor\" -k 5 --where \"section = 'editors'\"",
+    "export": "embed-assets export pkgs --to pkgs-prod.parquet --version prod",
+    "cleanup": "embed-assets cleanup pkgs --keep-last 5 --older-than 7d --json",
+    "index": "embed-assets index pkgs --recall 0.95\n  embed-assets index pkgs --refresh",
+    "sql": "embed-assets sql \"SELECT package, distance FROM knn('pkgs', "
+           "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
+    "demo": "embed-assets --store /tmp/demo demo",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (and exit 2), like every other refused input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
                         help="store URI (default: $EMBED_ASSETS_STORE or ./.embed_store)")
-    p = argparse.ArgumentParser(prog="embed-assets", parents=[common],
-                                description="A versioned embedding store on LanceDB.")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = _Parser(prog="embed-assets", parents=[common],
+                description="A versioned embedding store on LanceDB.",
+                epilog="example:\n  " + EXAMPLES["embed"].split("\n")[0] + "\n\n" + EXIT_CODES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser,
+                           help="the command; embed-assets VERB --help shows its options")
 
-    def verb(name: str, fn: Any, help: str, json_flag: bool = False) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+    def verb(name: str, fn: Any, help: str, json_help: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help,
+                            epilog=f"example:\n  {EXAMPLES[name]}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(fn=fn)
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print JSON")
+        if json_help:
+            sp.add_argument("--json", action="store_true", help=json_help)
         return sp
 
-    sp = verb("embed", cmd_embed, "embed a table's text column into the store", True)
-    sp.add_argument("name")
+    sp = verb("embed", cmd_embed, "embed a table's text column into the store",
+              "print what was written as JSON")
+    sp.add_argument("name", help="the store table to write")
     sp.add_argument("--from", dest="from_", required=True, metavar="FILE",
                     help=".parquet or .csv file")
-    sp.add_argument("--key", required=True)
-    sp.add_argument("--text", required=True)
+    sp.add_argument("--key", required=True, help="column with a unique key per row")
+    sp.add_argument("--text", required=True, help="column with the text to embed")
     sp.add_argument("--model", default=None,
-                    help="sentence-transformers name or path (default all-MiniLM-L6-v2, offline)")
+                    help="sentence-transformers name or path (default all-MiniLM-L6-v2, "
+                         "offline), or hash-bow[:DIM] for the weightless hashing embedder")
     sp.add_argument("--mode", default="upsert",
-                    choices=["upsert", "overwrite", "append", "sync", "replace_partition"])
-    sp.add_argument("--partition", default=None, metavar="COL=VALUE")
+                    choices=["upsert", "overwrite", "append", "sync", "replace_partition"],
+                    help="upsert (default) adds and updates; sync also deletes keys missing "
+                         "from FILE; overwrite re-embeds all; append adds new keys only; "
+                         "replace_partition syncs the --partition rows only")
+    sp.add_argument("--partition", default=None, metavar="COL=VALUE",
+                    help="the partition replace_partition writes, e.g. section=admin")
     sp.add_argument("--columns", default=None, help="comma-separated columns to keep")
     sp.add_argument("--skip-empty", action="store_true",
                     help="leave out rows with null/blank text instead of failing")
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--run-id", default=None)
+    sp.add_argument("--batch-size", type=_positive_int, default=64,
+                    help="texts per model forward pass (default 64)")
+    sp.add_argument("--run-id", default=None,
+                    help="recorded on the version written (default: a fresh manual-... id)")
 
-    verb("tables", cmd_tables, "list tables", True)
-    sp = verb("versions", cmd_versions, "list a table's versions", True)
-    sp.add_argument("name")
-    sp = verb("tag", cmd_tag, "tag a version (latest by default)")
-    sp.add_argument("name")
-    sp.add_argument("tag")
-    sp.add_argument("--version", default=None)
-    sp = verb("untag", cmd_untag, "remove a tag")
-    sp.add_argument("name")
-    sp.add_argument("tag")
-    sp = verb("rollback", cmd_rollback, "make an old version (or tag) the latest", True)
-    sp.add_argument("name")
-    sp.add_argument("--to", required=True, metavar="N|TAG")
-    sp = verb("search", cmd_search, "nearest neighbours of a text", True)
-    sp.add_argument("name")
-    sp.add_argument("text")
-    sp.add_argument("-k", type=int, default=10)
-    sp.add_argument("--version", default=None, metavar="N|TAG")
-    sp.add_argument("--where", default=None, metavar="SQL")
-    sp = verb("export", cmd_export, "write a version to Parquet")
-    sp.add_argument("name")
-    sp.add_argument("--to", required=True, metavar="FILE.parquet")
-    sp.add_argument("--version", default=None, metavar="N|TAG")
-    sp = verb("cleanup", cmd_cleanup, "delete old untagged versions", True)
-    sp.add_argument("name")
-    sp.add_argument("--keep-last", type=int, default=None)
-    sp.add_argument("--older-than", default=None, metavar="DUR", help="e.g. 7d, 12h, 30m")
+    verb("tables", cmd_tables, "list tables", "print the tables as JSON")
+    sp = verb("versions", cmd_versions, "list a table's versions", "print the versions as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("--all", action="store_true",
+                    help="also list index/config bookkeeping versions (CreateIndex, UpdateConfig, "
+                         "index records)")
+    sp = verb("tag", cmd_tag, "tag a version (latest by default)", "print what was tagged as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("tag", help="the tag to create (letters, digits, . _ -)")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="the version to tag (default: the latest)")
+    sp = verb("untag", cmd_untag, "remove a tag", "print what was removed as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("tag", help="the tag to remove")
+    sp = verb("rollback", cmd_rollback, "make an old version (or tag) the latest",
+              "print the versions before and after as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("--to", required=True, metavar="N|TAG",
+                    help="the version number or tag to restore as a new latest version")
+    sp = verb("search", cmd_search, "nearest neighbours of a text", "print the hits as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("text", help="the query text (embedded with the table's model)")
+    sp.add_argument("-k", type=_positive_int, default=10, help="how many hits (default 10)")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="search this version or tag (default: the latest)")
+    sp.add_argument("--where", default=None, metavar="SQL",
+                    help="filter rows first, e.g. \"section = 'admin'\"")
+    sp = verb("export", cmd_export, "write a version to Parquet", "print what was written as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("--to", required=True, metavar="FILE.parquet",
+                    help="the Parquet file to write (its directory must exist)")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="the version or tag to export (default: the latest)")
+    sp = verb("cleanup", cmd_cleanup, "delete old untagged versions",
+              "print what was removed as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
+                    help="keep the N latest versions")
+    sp.add_argument("--older-than", default=None, metavar="DUR",
+                    help="remove only versions older than DUR, e.g. 7d, 12h, 30m")
     sp.add_argument("--grace", default=None, metavar="DUR",
                     help="never remove a version superseded less than DUR ago, nor younger "
                          "files (default 1h; 0s for none)")
-    sp = verb("index", cmd_index, "build a vector index tuned to a recall target", True)
-    sp.add_argument("name")
+    sp = verb("index", cmd_index, "build a vector index tuned to a recall target",
+              "print the index report as JSON")
+    sp.add_argument("name", help="the table")
     sp.add_argument("--recall", type=float, default=0.95, help="target recall@10 (default 0.95)")
-    sp.add_argument("--type", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
+    sp.add_argument("--type", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"],
+                    help="the ANN index type (default IVF_PQ)")
     sp.add_argument("--force", action="store_true",
                     help="build an ANN index even below the exact-search threshold")
     sp.add_argument("--refresh", action="store_true",
                     help="fold unindexed rows in (or retrain when the data drifted)")
     sp = verb("sql", cmd_sql, 'run DuckDB SQL over the store (views NAME, "NAME@N", "NAME@TAG", '
-              "vec_* macros, knn, similarity_join)", True)
-    sp.add_argument("query")
+              "vec_* macros, knn, similarity_join)", "print the result rows as JSON")
+    sp.add_argument("query", help="one or more SQL statements; the last one's result is printed")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     return p
 
@@ -331,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except EmbedAssetsError as exc:
-        print(f"embed-assets: error: {exc}", file=sys.stderr)
+        print(f"embed-assets: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("embed-assets: interrupted; nothing partial was committed", file=sys.stderr)
@@ -339,8 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # keep the promise of one line; full trace on request
         if settings().debug:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"embed-assets: error: {type(exc).__name__}: {msg} "
+        print(f"embed-assets: error: {type(exc).__name__}: {describe(exc)} "
               "(set EMBED_ASSETS_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
 

@@ -108,7 +108,8 @@ def test_vectors_sql_loads_into_plain_duckdb_via_read(tmp_path: Path) -> None:
         "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro')"
     ).fetchall()}
     assert {"vec_add", "vec_sub", "vec_scale", "vec_dot", "vec_norm", "vec_normalize", "vec_cosine",
-            "vec_l2", "vec_mean", "vec_sum", "list_vec_mean", "knn", "similarity_join"} <= names
+            "vec_l2", "vec_mean", "vec_sum", "list_vec_mean", "knn", "similarity_join",
+            "vec_covariance", "list_vec_covariance", "mat_inverse"} <= names
 
 
 # -- numpy oracle -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ Lance tables (tmp_path), checked against numpy on the rows the store itself retu
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import duckdb
@@ -125,14 +124,11 @@ def test_connect_stays_cheap_with_many_versions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(120):
         s.write("t", {"id": [i % 7], "vector": [rng.normal(size=4).tolist()]}, key="id")
-    t0 = time.perf_counter()
-    con = connect(s, extensions=())
-    elapsed = time.perf_counter() - t0
+    con = connect(s, extensions=())  # its cost is a benchmark figure (bench_sql.py --only connect)
     assert con.views() == ["t"]  # nothing registered per version up front
     assert con.sql('SELECT count(*) FROM "t@3"').fetchone()[0] == 3
     assert con.sql('SELECT count(*) FROM "t@120"').fetchone()[0] == 7
     assert con.views() == ["t", "t@120", "t@3"]
-    assert elapsed < 5  # generous: the macros and UDFs dominate, not the versions
     con.close()
 
 

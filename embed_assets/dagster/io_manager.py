@@ -10,7 +10,9 @@ Definition metadata of an asset (``@asset(metadata={...})``) steers writes:
 
 - ``key``: the key column (default: the table's existing key, else the first column);
 - ``write_mode``: ``overwrite`` (default for unpartitioned assets), ``append`` or
-  ``upsert``;
+  ``upsert``. An ``overwrite`` whose output equals the latest version (same schema,
+  same rows in any order) writes no version and reports the one it stayed at, as a
+  no-op upsert does;
 - ``partition_expr``: the column holding the partition (static, dynamic and time-window
   partitions; a dict per dimension for multi-partitions). A partitioned materialisation
   replaces exactly that partition's rows, in one commit;
@@ -42,7 +44,17 @@ from dagster import (
 from pydantic import Field
 
 from ..errors import ValidationError
-from ..store import EmbeddingTable, Store, WriteResult, as_arrow, filter_in, quote_ident, sql_literal
+from ..store import (
+    VECTOR_COLUMN,
+    EmbeddingTable,
+    Store,
+    WriteResult,
+    as_arrow,
+    filter_in,
+    quote_ident,
+    sql_literal,
+    to_vector_array,
+)
 from ._compat import (
     DbClient,
     DbIOManager,
@@ -174,6 +186,10 @@ class _ArrowBackedHandler(DbTypeHandler[Any]):
         if dims:
             write, mode = _partition_write(context, store, name, tbl, dims=dims, existing=existing,
                                            key=key, model=model, properties=props)
+        elif mode == "overwrite" and existing is not None and _same_content(existing, tbl, key, model):
+            # An explicit overwrite is a write to the store; here the asset merely ran
+            # again on unchanged input, and a version that changes nothing is noise.
+            write = WriteResult(name, existing.version, existing.version, mode, properties=props)
         else:
             write = store.write(name, tbl, key=key, mode=mode, model=model, run_id=context.run_id,
                                 properties=props)
@@ -190,6 +206,36 @@ class _ArrowBackedHandler(DbTypeHandler[Any]):
         if version is not None:
             context.log.info(f"loaded {table_slice.table} at version/tag {version!r}: {tbl.num_rows} rows")
         return self.from_arrow(tbl)
+
+
+def _same_content(table: EmbeddingTable, tbl: pa.Table, key: str, model: str | None) -> bool:
+    """Whether overwriting ``table`` with ``tbl`` would store exactly its latest version:
+    same key and model, same columns in the same order with the same types (vectors
+    compared as the store stores them, float32), same rows (compared sorted by key)."""
+    meta = table.meta
+    if key != meta.key or (model is not None and model != meta.model):
+        return False
+    stored = table.read()
+    if tbl.column_names != stored.column_names or tbl.num_rows != stored.num_rows:
+        return False
+    if key not in tbl.column_names:
+        return False
+    cols = []
+    for f in stored.schema:
+        col = tbl.column(f.name)
+        if col.type != f.type:
+            if f.name != VECTOR_COLUMN:
+                return False
+            try:
+                col = pa.chunked_array([to_vector_array(col)]).cast(f.type)
+            except Exception:  # not a vector column the store would take as this one
+                return False
+        cols.append(col)
+    new = pa.Table.from_arrays(cols, schema=stored.schema.remove_metadata())
+    try:
+        return new.sort_by(key).equals(stored.replace_schema_metadata(None).sort_by(key))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a key type that cannot be sorted
+        return False
 
 
 def _write_mode(context: OutputContext, md: Mapping[str, Any], *, partitioned: bool) -> str:
@@ -234,6 +280,8 @@ def _log_write(context: OutputContext, name: str, mode: str, write: WriteResult)
     if write.committed:
         context.log.info(f"{name}: wrote version {write.version} (mode {mode}, "
                          f"+{write.rows_inserted} ~{write.rows_updated} -{write.rows_deleted})")
+    elif mode == "overwrite":  # an output equal to the latest version (see _same_content)
+        context.log.info(f"{name}: unchanged: stays at version {write.version}")
     else:
         context.log.info(f"{name}: nothing changed, stays at version {write.version}")
 

@@ -84,8 +84,11 @@ def build_version_jobs(
             new = t.rollback(config.to, run_id=context.run.run_id)
         except EmbedAssetsError as exc:
             raise Failure(str(exc)) from None
+        # ``new`` is the Restore's version (the user's); an index rebuild may follow it.
+        latest = t.version
+        rebuilt = "" if latest == new else f", index rebuilt up to v{latest}"
         context.log.info(f"rolled {config.table} back to v{target}: new latest v{new} "
-                         f"(was v{before})\n{config.table} after:\n{_listing(t)}")
+                         f"(was v{before}{rebuilt})\n{config.table} after:\n{_listing(t)}")
         record_run_version(context, config.table, new)
         key = _owner(config.table, config.asset_key)
         if key is not None:

@@ -234,8 +234,13 @@ def default_embedder(model: str | None = None, **kwargs: Any) -> Embedder:
     ``kwargs`` (device, batch_size...) apply to sentence-transformers models only.
     """
     if model and model.startswith("hash-bow"):
-        dim = int(model.split(":", 1)[1]) if ":" in model else 64
-        return HashEmbedder(dimension=dim)
+        spec = model.split(":", 1)[1] if ":" in model else "64"
+        if model[len("hash-bow"):len("hash-bow") + 1] not in ("", ":") \
+                or not (spec.strip().isascii() and spec.strip().isdigit()) or int(spec) < 1:
+            raise ValidationError(
+                f"model {model!r}: the hashing embedder is 'hash-bow' or 'hash-bow:DIM' with "
+                "DIM a positive integer")
+        return HashEmbedder(dimension=int(spec))
     return SentenceTransformerEmbedder(model=model, **kwargs)
 
 
@@ -245,6 +250,14 @@ def prepare_texts(
     """Return indices of rows to embed; refuse or skip blank texts per ``policy``."""
     if policy not in ("error", "skip"):
         raise ValidationError(f"empty-text policy must be 'error' or 'skip', got {policy!r}")
+    odd = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+    if odd:
+        kinds = sorted({type(texts[i]).__name__ for i in odd})
+        shown = ", ".join(repr(keys[i]) for i in odd[:5])
+        more = f" (and {len(odd) - 5} more)" if len(odd) > 5 else ""
+        raise ValidationError(
+            f"{len(odd)} row(s) hold {'/'.join(kinds)} values, not text (keys {shown}{more}); "
+            "cast the text column to strings first")
     blank = [i for i, t in enumerate(texts) if is_blank(t)]
     if blank and policy == "error":
         shown = ", ".join(repr(keys[i]) for i in blank[:5])

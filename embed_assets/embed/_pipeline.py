@@ -150,6 +150,7 @@ def _source(src: pa.Table, key: str, text: str, columns: Sequence[str] | None,
     if text not in src.column_names:
         raise ValidationError(
             f"text column {text!r} not found; columns are {', '.join(src.column_names)}")
+    _check_text_type(src.schema.field(text).type, text)
     validate_keys(src, key)
     reserved = [c for c in src.column_names if c == VECTOR_COLUMN or c.startswith("_")]
     if columns is None:
@@ -167,6 +168,17 @@ def _source(src: pa.Table, key: str, text: str, columns: Sequence[str] | None,
     if partition is not None:  # refuse before any text reaches the model
         check_partition(src, partition)
     return src, keep
+
+
+def _check_text_type(typ: pa.DataType, text: str) -> None:
+    """Refuse a text column that holds numbers, bytes, lists... (not "null or empty")."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if pa.types.is_null(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ) \
+            or pa.types.is_string_view(typ):
+        return
+    raise ValidationError(
+        f"text column {text!r} holds {typ} values, not text; cast it to strings first")
 
 
 def _drop_blank(src: pa.Table, key: str, text: str,
@@ -238,6 +250,11 @@ def _embed_changed(plan: _Diff, texts: list[str], embedder: Embedder, name: str)
         if new.ndim != 2 or new.shape[0] != to_embed.size:
             raise ValidationError(
                 f"embedder {embedder.name!r} returned shape {new.shape} for {to_embed.size} texts")
+        declared = getattr(embedder, "dimension", None)
+        if isinstance(declared, int) and declared > 0 and new.shape[1] != declared:
+            raise ValidationError(
+                f"embedder {embedder.name!r} declares dimension {declared} but returned "
+                f"{new.shape[1]}-dimensional vectors; fix the embedder's dimension")
         if vectors is None:
             vectors = np.zeros((n, new.shape[1]), dtype=np.float32)
         elif new.shape[1] != vectors.shape[1]:

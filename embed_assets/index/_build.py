@@ -44,6 +44,7 @@ from ..store import (
     EmbeddingTable,
     centroids,
     ensure_scalar_indexes,
+    index_config,
     load_matrix,
 )
 from ..store._cache import probe_kind
@@ -116,13 +117,20 @@ def build_index(
     rows = table.count_rows()
     report = IndexReport(table=table.name, kind="exact", target_recall=recall, recall=1.0, k=k,
                          rows=rows, built_at=dt.datetime.now(dt.UTC).isoformat())
-    if ensure_scalar_indexes(table.dataset(), meta.key, meta.partition_column):
+    made_scalar = ensure_scalar_indexes(table.dataset(), meta.key, meta.partition_column)
+    if made_scalar:
         table.refresh()
     threshold = exact_threshold_rows()
     if rows < MIN_ANN_ROWS or (rows < threshold and not force_ann):
         report.reason = (f"{rows} rows is below the exact threshold of "
                          f"{threshold if rows >= MIN_ANN_ROWS else MIN_ANN_ROWS}")
-        _drop_vector_index(table.dataset())
+        dropped = _drop_vector_index(table.dataset())
+        current = index_config(table.dataset())
+        if not (made_scalar or dropped) and current is not None and current.get("kind") == "exact":
+            # Nothing changed: the table was exact and stays exact. Committing the same
+            # verdict again would only add a version that records nothing.
+            report.version = table.version
+            return report
         return _record(table, report)
     sample = _held_out(table, meta.metric, k, sample_queries, seed)
     params = {**default_params(rows, meta.dimension, index_type), **overrides}
@@ -234,9 +242,12 @@ def _choose(ds: lance.LanceDataset, sample: _Sample, report: IndexReport, params
         report.recall, report.p50_ms = report.lance_recall or 0.0, report.lance_p50_ms
 
 
-def _drop_vector_index(ds: lance.LanceDataset) -> None:
+def _drop_vector_index(ds: lance.LanceDataset) -> bool:
+    """Drop the vector index if there is one; whether one was dropped (a commit)."""
     if any(idx.name == VECTOR_INDEX_NAME for idx in ds.describe_indices()):
         ds.drop_index(VECTOR_INDEX_NAME)
+        return True
+    return False
 
 
 def _index_bytes(ds: lance.LanceDataset) -> int:

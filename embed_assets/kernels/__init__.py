@@ -5,6 +5,7 @@ from ._topk import (
     batch_distances,
     exact_topk,
     join_topk,
+    mahalanobis_topk,
     normalize,
     normalize_rows,
     pair_distances,
@@ -13,6 +14,7 @@ from ._topk import (
     top_k,
     top_k_rows,
     whitening,
+    whitening_key,
 )
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "default_rank",
     "exact_topk",
     "join_topk",
+    "mahalanobis_topk",
     "normalize",
     "normalize_rows",
     "pair_distances",
@@ -30,4 +33,5 @@ __all__ = [
     "top_k",
     "top_k_rows",
     "whitening",
+    "whitening_key",
 ]

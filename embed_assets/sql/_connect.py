@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ..errors import QueryError, ValidationError, first_line
+from ..errors import QueryError, ValidationError, describe
 from ..store import Store, is_local
 from . import _native
 from ._connection import SQLConnection
@@ -139,8 +139,10 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
         last = stmts[-1].query if stmts else query
         rel = con.sql(last)
         return rel.to_arrow_table() if rel is not None else pa.table({})
+    except QueryError:
+        raise
     except duckdb.Error as exc:
-        raise QueryError(first_line(exc)) from None
+        raise QueryError(describe(exc)) from None
     finally:
         con.close()
 

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ValidationError, VersionNotFoundError
+from ..errors import QueryError, ValidationError, VersionNotFoundError, unknown_column_message
 from ..store import VECTOR_COLUMN, Store, TableMeta, version_number
 from . import _ranking
 from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
@@ -52,6 +52,13 @@ from ._pushdown import ScanDataset
 from ._views import View
 
 __all__ = ["SQLConnection"]
+
+
+class UnknownColumnError(QueryError, duckdb.BinderException):
+    """A ``key :=`` / ``vector :=`` of ``knn``/``similarity_join`` names no column of its
+    table; both a :class:`~embed_assets.QueryError` and the ``duckdb.BinderException``
+    DuckDB raised, so ``except duckdb.Error`` keeps catching it."""
+
 
 # -- the connection ------------------------------------------------------------------------
 class SQLConnection:
@@ -96,8 +103,13 @@ class SQLConnection:
     def execute(self, query: str, parameters: Any = None) -> SQLConnection:
         self._prepare(query)
         self._drop_released(self._exec_names)
+        original = query
         query, parameters, self._exec_names = self._fast_knn(query, parameters)
-        self.con.execute(query, parameters)
+        try:
+            self.con.execute(query, parameters)
+        except duckdb.BinderException as exc:
+            self._raise_unknown_column(exc, original)
+            raise
         return self
 
     def executemany(self, query: str, parameters: Any = None) -> SQLConnection:
@@ -109,15 +121,34 @@ class SQLConnection:
         self._prepare(query)
         self._drop_released()
         names: list[str] = []
+        original = query
         if "params" in kwargs and not args:
             query, kwargs["params"], names = self._fast_knn(query, kwargs["params"])
-        rel = self.con.sql(query, *args, **kwargs)
+        try:
+            rel = self.con.sql(query, *args, **kwargs)
+        except duckdb.BinderException as exc:
+            self._raise_unknown_column(exc, original)
+            raise
         if names:
             if rel is None:
                 self._released.extend(names)
             else:  # the result tables live as long as the relation that reads them
                 weakref.finalize(rel, self._released.extend, names)
         return rel
+
+    def _raise_unknown_column(self, exc: duckdb.BinderException, query: str) -> None:
+        """DuckDB's binder text for a ``key :=``/``vector :=`` naming no column, as one
+        line naming it (other binder errors go on unchanged)."""
+        msg = unknown_column_message(str(exc), query, self._columns_of)
+        if msg is not None:
+            raise UnknownColumnError(msg) from None
+
+    def _columns_of(self, name: str) -> list[str] | None:
+        try:
+            quoted = '"' + name.replace('"', '""') + '"'
+            return [d[0] for d in self.con.execute(f"SELECT * FROM {quoted} LIMIT 0").description]
+        except duckdb.Error:
+            return None
 
     def _drop_released(self, extra: list[str] | None = None) -> None:
         with self._lock:

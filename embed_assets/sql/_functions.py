@@ -18,7 +18,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..kernels import join_topk
+from ..kernels import join_topk, mahalanobis_topk, whitening
+from . import _ranking
 from . import _udf as udf
 
 
@@ -68,6 +69,7 @@ def _functions(owner: _Views) -> list[_Function]:
         _Function("_ea_list_vec_cov", udf.list_vec_cov, (_DD,), _DD),
         _Function("_ea_mat_inverse", udf.mat_inverse, (_DD,), _DD),
         _Function("_ea_distance", udf.pair_distance, ("DOUBLE[]", "DOUBLE[]", "VARCHAR", _DD), "DOUBLE"),
+        _Function("_ea_knn_rows", _knn_rows, ("DOUBLE[]", _DD, "BIGINT", _DD), _HIT),
         _Function("_ea_topk", partial(_topk, _first_matrix), (_LFL, _LFL, *join_args), _HIT),
         _Function("_ea_topk_packed", partial(_topk, udf.packed_matrix), ("BLOB", "BLOB", *join_args),
                   _HIT),
@@ -75,8 +77,8 @@ def _functions(owner: _Views) -> list[_Function]:
                   _HIT, side_effects=False),
         _Function("_ea_topk_store_packed", partial(_topk_store, owner, udf.packed_matrix),
                   ("BLOB", *store_args), _HIT, side_effects=False),
-        _Function("_ea_knn_hits", partial(_knn_hits, owner), ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN"),
-                  _KNN_HIT),
+        _Function("_ea_knn_hits", partial(_knn_hits, owner),
+                  ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN", _DD), _KNN_HIT),
     ]
 
 
@@ -84,12 +86,32 @@ def _agg(vs: pa.Array, how: pa.Array) -> pa.Array:
     return udf.list_vec_agg(vs, udf._scalar(how) or "mean")
 
 
+def _knn_rows(q: pa.Array, vs: pa.Array, k: pa.Array, inv: pa.Array) -> pa.Array:
+    """Mahalanobis knn over one list of vectors (a table that is not a store view):
+    hits as 1-based positions ``r`` in that list, whitened once (see mahalanobis_topk)."""
+    cell = _combine(vs)[0]
+    qc = _combine(q)[0]
+    if not cell.is_valid or len(cell.values) == 0 or not qc.is_valid:
+        return _repeat(udf.hits_array(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 1),
+                       len(vs))
+    mat = udf.vectors_matrix(cell.values, "knn", np.float64)
+    qv = qc.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    if qv.shape[0] != mat.shape[1]:
+        raise ValueError(f"knn: dimension mismatch ({mat.shape[1]} vs {qv.shape[0]})")
+    if np.isnan(qv).any():
+        raise ValueError("knn: the query vector has NULL or NaN elements")
+    w = whitening(udf.matrix_value(inv), mat.shape[1])
+    kk = int(udf._scalar(k))
+    idx, dist = mahalanobis_topk(mat, qv, kk, w)
+    return _repeat(udf.hits_array(np.zeros(len(idx), np.int64), idx, dist, max(len(idx), 1)), len(vs))
+
+
 def _topk(matrix: Callable[[pa.Array], np.ndarray], lv: pa.Array, rv: pa.Array, k: pa.Array,
           metric: pa.Array, inv: pa.Array, approx: pa.Array) -> pa.Array:
     """similarity_join of two plain sides: each is one list (or packed BLOB) of vectors."""
     left, right = matrix(lv), matrix(rv)
     kk = int(udf._scalar(k))
-    li, ri, dist = join_topk(left, right, kk, udf._scalar(metric), udf._scalar(inv))
+    li, ri, dist = join_topk(left, right, kk, udf._scalar(metric), udf.matrix_value(inv))
     return _repeat(udf.hits_array(li, ri, dist, min(kk, right.shape[0])), len(lv))
 
 
@@ -100,13 +122,14 @@ def _topk_store(owner: _Views, matrix: Callable[[pa.Array], np.ndarray], lv: pa.
     cell = _combine(keys)[0]
     sql_keys = cell.values if cell.is_valid else pa.array([], pa.string())
     res = owner._topk_store(matrix(lv), udf._scalar(view), sql_keys, int(udf._scalar(k)),
-                            udf._scalar(metric), udf._scalar(inv), bool(udf._scalar(approx)))
+                            udf._scalar(metric), udf.matrix_value(inv), bool(udf._scalar(approx)))
     return _repeat(res, len(lv))
 
 
 def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: pa.Array,
-              use_index: pa.Array) -> pa.Array:
-    """knn on a store view: the keys, distances and ranks of the k nearest rows."""
+              use_index: pa.Array, inv: pa.Array) -> pa.Array:
+    """knn on a store view: the keys, distances and ranks of the k nearest rows
+    (mahalanobis: ranked on the view's cached matrix, whitened once per inv_cov)."""
     views, qs, ks = _combine(view), _combine(q), _combine(k)
     metrics, idx = _combine(metric), _combine(use_index)
     out: list[list[dict[str, Any]]] = []
@@ -123,6 +146,10 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
             raise ValueError("knn: the query vector has NULL or NaN elements")
         if not np.any(qv) and str(metrics[i].as_py()).lower() == "cosine":
             raise ValueError("knn: the query vector is all zeros: it has no cosine distance to any row")
+        if str(metrics[i].as_py()).lower() == "mahalanobis":
+            out.append(_ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
+                                                 udf.matrix_value(inv, i)))
+            continue
         out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
                                    bool(idx[i].as_py())))
     return pa.array(out, _KNN_HITS)

@@ -5,13 +5,14 @@ batched probes of its ANN index (``approximate := true``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..kernels import join_topk, pair_distances
+from ..kernels import join_topk, mahalanobis_topk, pair_distances, whitening, whitening_key
 from ..store import CACHE, VECTOR_COLUMN, EmbeddingTable, Store, search_defaults
 from . import _udf as udf
 from ._views import JoinSide, View
@@ -51,6 +52,44 @@ def knn_hits(table: EmbeddingTable, info: View, q: np.ndarray, k: int, metric: s
     field = "ki" if pa.types.is_integer(res.schema.field(meta.key).type) else "ks"
     return [{field: key if field == "ki" else str(key), "distance": d, "rank": i + 1}
             for i, (key, d) in enumerate(zip(keys, dist, strict=True))]
+
+@dataclass
+class _Whitened:
+    mat: np.ndarray  # float32, the view's vectors @ W
+    sq: np.ndarray  # their squared norms, float64
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.mat.nbytes + self.sq.nbytes)
+
+
+def mahalanobis_hits(info: View, q: np.ndarray, k: int, inv_cov: Any) -> list[dict[str, Any]]:
+    """knn in the Mahalanobis metric on a store view: the version's cached matrix is
+    whitened once per inverse covariance (cached beside it), then ranked like l2."""
+    mat, keys = join_side(info)
+    d = info.meta.dimension
+    if inv_cov is None:
+        raise ValueError("metric 'mahalanobis' needs inv_cov := <inverse covariance matrix>")
+    w = whitening(udf.matrix_value(inv_cov) if isinstance(inv_cov, pa.Array | pa.ChunkedArray)
+                  else inv_cov, d)
+    if mat.shape[0] == 0:
+        return []
+
+    def build() -> _Whitened:
+        mw = (mat.astype(np.float64) @ w).astype(np.float32)
+        return _Whitened(mw, np.einsum("ij,ij->i", mw, mw, dtype=np.float64))
+
+    white = CACHE.get_or_build(info.dataset.cache_key, f"whitened/{whitening_key(w)}",
+                               lambda: mat.nbytes + mat.shape[0] * 8, build) or build()
+    idx, dist = mahalanobis_topk(mat, q, k, w, white.mat, white.sq)
+    key_type = info.dataset.schema.field(info.meta.key).type
+    hit_keys = keys.take(pa.array(idx, pa.int64())).to_pylist()
+    if pa.types.is_integer(key_type):
+        return [{"ki": int(kv), "distance": float(dv), "rank": i + 1}
+                for i, (kv, dv) in enumerate(zip(hit_keys, dist, strict=True))]
+    return [{"ks": kv, "distance": float(dv), "rank": i + 1}
+            for i, (kv, dv) in enumerate(zip(hit_keys, dist, strict=True))]
+
 
 def index_serves(info: View, metric: str) -> bool:
     """Whether the view's ANN index can answer an approximate join in ``metric``."""

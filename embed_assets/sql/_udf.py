@@ -29,6 +29,20 @@ def _scalar(arr: Any, i: int = 0) -> Any:
     return _combine(arr)[i].as_py() if len(arr) else None
 
 
+def matrix_value(ms: Any, i: int = 0) -> np.ndarray | None:
+    """Cell ``i`` of a list-of-lists Arrow array (a DOUBLE[][] argument such as inv_cov)
+    as a float64 matrix, without a trip through Python lists; None for a NULL cell."""
+    ms = _combine(ms)
+    if i >= len(ms) or not ms[i].is_valid:
+        return None
+    rows = ms[i].values
+    if len(rows) == 0:
+        return np.zeros((0, 0))
+    if rows.null_count:
+        raise ValueError("inv_cov: the matrix has NULL rows")
+    return vectors_matrix(rows, "inv_cov", np.float64)
+
+
 def vectors_matrix(vs: pa.Array, what: str = "vectors", dtype: Any = np.float32) -> np.ndarray:
     """A list-of-numbers Arrow array (one vector per slot, no NULL slots) -> (n, d) matrix.
 
@@ -167,7 +181,7 @@ def pair_distance(vs: pa.Array, qs: pa.Array, metrics: pa.Array, invs: pa.Array)
         b = vectors_matrix(qs.take(idx), "knn", np.float64)
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"knn: dimension mismatch ({a.shape[1]} vs {b.shape[1]})")
-        d = pair_distances(a, b, metric, _scalar(invs) if metric == "mahalanobis" else None)
+        d = pair_distances(a, b, metric, matrix_value(invs) if metric == "mahalanobis" else None)
         out[idx] = d
     return pa.array(out, pa.float64(), mask=~np.isfinite(out))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError
@@ -40,10 +41,36 @@ def as_arrow(data: Any) -> pa.Table:
     if mod.startswith("polars"):
         return normalize_types(data.to_arrow())
     if mod.startswith("pandas"):
-        return normalize_types(pa.Table.from_pandas(data, preserve_index=False))
+        try:
+            return normalize_types(pa.Table.from_pandas(data, preserve_index=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ValidationError(f"cannot convert the DataFrame to Arrow: {exc}") from None
     if isinstance(data, Mapping):
-        return normalize_types(pa.table(dict(data)))
+        cols = {str(name): _column(str(name), values) for name, values in data.items()}
+        try:
+            return normalize_types(pa.table(cols))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ValidationError(f"cannot convert the columns to Arrow: {exc}") from None
     raise ValidationError(
         f"cannot write data of type {type(data).__name__}; "
         "pass a pyarrow Table, a polars or pandas DataFrame, or a dict of columns"
     )
+
+
+def _column(name: str, values: Any) -> Any:
+    """A dict's column as Arrow takes it: a 2-D numpy array (one row per vector, how
+    people hold embeddings) becomes a fixed-size list column; anything else unchanged."""
+    if isinstance(values, np.ndarray) and values.ndim >= 2:
+        if values.ndim > 2:
+            raise ValidationError(
+                f"column {name!r} is a {values.ndim}-D array of shape {values.shape}; "
+                "a vector column must be 2-D (rows x dimension)")
+        if values.dtype.kind not in "fiub":
+            raise ValidationError(
+                f"column {name!r} must hold numbers, got dtype {values.dtype}")
+        n, d = values.shape
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        if d == 0:
+            return pa.array([[] for _ in range(n)], pa.list_(flat.type))
+        return pa.FixedSizeListArray.from_arrays(flat, d)
+    return values

@@ -16,11 +16,30 @@ class VersionInfo:
     rows: int
     tags: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    # Index and config bookkeeping (Lance CreateIndex / UpdateConfig, an ``index`` record):
+    # such a version changes no rows and is hidden from ``versions()`` by default.
+    maintenance: bool = False
+    # The maintenance versions that followed this version (before the next user version).
+    indexed_by: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["timestamp"] = self.timestamp.isoformat()
         return d
+
+
+# Lance operations that change no rows: index builds, drops and config updates.
+MAINTENANCE_OPERATIONS = frozenset({"CreateIndex", "UpdateConfig"})
+
+
+def is_maintenance(properties: dict[str, str]) -> bool:
+    """Whether a version's provenance (``EmbeddingTable.properties``) says it is index or
+    config bookkeeping rather than a user's write: our ``mode`` ``index``, or a Lance
+    CreateIndex / UpdateConfig commit that no write of ours made."""
+    mode = properties.get("mode")
+    if mode is not None:
+        return mode == "index"
+    return properties.get("operation") in MAINTENANCE_OPERATIONS
 
 
 @dataclass

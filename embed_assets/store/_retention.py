@@ -54,10 +54,19 @@ class Sweep:
 
 def choose(versions: list[tuple[int, dt.datetime]], latest: int, tagged: set[int], *,
            keep_last: int | None, older_than: dt.timedelta | None, grace: dt.timedelta,
-           now: dt.datetime) -> list[int]:
-    """The versions to remove (see the module docstring), oldest first."""
+           now: dt.datetime, maintenance: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """The versions to remove (see the module docstring), oldest first.
+
+    ``keep_last`` counts the user's versions: ``maintenance`` versions (index and config
+    bookkeeping, hidden by ``versions()``) do not count, and those that follow a kept
+    user version are kept with it.
+    """
     ordered = sorted(versions)
-    recent = {v for v, _ in ordered[-keep_last:]} if keep_last else set()
+    user = [v for v, _ in ordered if v not in maintenance]
+    recent: set[int] = set()
+    if keep_last and user:
+        first_kept = user[-keep_last:][0]
+        recent = {v for v, _ in ordered if v >= first_kept}
     # When each version stopped being the latest: a reader may have resolved it up to then.
     superseded = {v: ordered[i + 1][1] for i, (v, _) in enumerate(ordered[:-1])}
     out = []
@@ -175,8 +184,11 @@ class RetentionMixin:
         ds = self.refresh()._ds
         listed = [(int(v["version"]), v["timestamp"].astimezone(dt.UTC)) for v in ds.versions()]
         now = dt.datetime.now(dt.UTC)
+        maintenance = {v.version for v in self.versions(with_properties=False,
+                                                        include_maintenance=True)
+                       if v.maintenance} if keep_last is not None else set()
         remove = choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
-                                   older_than=older_than, grace=grace, now=now)
+                        older_than=older_than, grace=grace, now=now, maintenance=maintenance)
         remaining = [v for v, _ in listed if v not in set(remove)]
         if not is_local(self.uri):
             return self._cleanup_by_lance(ds, remove, remaining, grace)

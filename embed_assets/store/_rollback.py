@@ -39,7 +39,11 @@ class RollbackMixin:
         rebuilt (and re-tuned to the same recall target) so the table stays searchable
         with an index. The Restore commit records that intent (``index_pending``), so a
         crash before the rebuild is visible: :func:`embed_assets.freshness` reports it and
-        :func:`embed_assets.refresh_index` finishes it. Returns the new version number.
+        :func:`embed_assets.refresh_index` finishes it.
+
+        Returns the Restore's version: the user's new version, equal to ``to``. The index
+        rebuild that may follow commits maintenance versions after it (``versions()``
+        lists them under ``indexed_by``; :attr:`version` is the latest).
         """
         target = self.resolve(to)  # refuses unknown and partly removed versions
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
@@ -52,7 +56,7 @@ class RollbackMixin:
             meta = self.meta
             if ensure_scalar_indexes(self.refresh()._ds, meta.key, meta.partition_column):
                 self.refresh()
-        return self.version
+        return int(ds.version)
 
     def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
         latest = self.refresh()._ds

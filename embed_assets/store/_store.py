@@ -12,12 +12,13 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, overload
 
 import lance
 
 from .._config import settings
-from ..errors import StorageError, TableNotFoundError, ValidationError, first_line
+from ..errors import StorageError, TableNotFoundError, ValidationError, describe
 from . import _writes
 from ._cache import CACHE
 from ._index_facts import forget_facts
@@ -57,6 +58,24 @@ def _usable(names: list[str], where: str) -> list[str]:
         except ValidationError as exc:
             warnings.warn(f"skipping {name + '.lance'!r} in {where}: {exc}", stacklevel=3)
     return out
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One line of :meth:`Store.tables` (what ``embed-assets tables`` prints): the
+    latest version of a table and its facts."""
+
+    name: str
+    version: int
+    rows: int
+    dimension: int
+    model: str | None
+    metric: str
+    key: str
+    tags: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Store:
@@ -113,8 +132,21 @@ class Store:
         try:
             names = lancedb.connect(self.uri, storage_options=self.storage_options).table_names()
         except Exception as exc:  # credentials, endpoint, network: say so
-            raise StorageError(f"cannot list tables in {self.uri}: {first_line(exc)}") from None
+            raise StorageError(f"cannot list tables in {self.uri}: {describe(exc)}") from None
         return sorted(_usable(list(names), self.uri))
+
+    def tables(self) -> list[TableInfo]:
+        """Every table with its latest version, row count, dimension, model, metric, key
+        and tags, sorted by name (:meth:`table_names` lists the names only)."""
+        out = []
+        for name in self.table_names():
+            t = self.table(name)
+            ds = t.dataset()
+            m = t.meta_at()
+            out.append(TableInfo(name=name, version=ds.version, rows=ds.count_rows(),
+                                 dimension=m.dimension, model=m.model, metric=m.metric,
+                                 key=m.key, tags=sorted(t.tags())))
+        return out
 
     def exists(self, name: str) -> bool:
         return self.open_dataset(name) is not None
@@ -137,7 +169,7 @@ class Store:
             except Exception as exc:
                 if not _is_missing(exc) or is_local(uri):
                     raise StorageError(f"cannot open table {name!r} in {self.uri}: "
-                                       f"{first_line(exc)}") from None
+                                       f"{describe(exc)}") from None
         if not required:
             return None
         names = self.table_names()

@@ -10,7 +10,7 @@ from typing import Any
 import lance
 import pyarrow as pa
 
-from ..errors import StorageError, ValidationError, VersionNotFoundError, first_line
+from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _retention, _search
 from ._cache import CACHE, VersionKey, take_rows
@@ -24,7 +24,7 @@ from ._meta import (
     local_path,
     version_number,
 )
-from ._results import VersionInfo
+from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
 from ._validation import validate_tag, validate_where
@@ -94,8 +94,14 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """Tag name -> version."""
         return {t: int(d["version"]) for t, d in self._ds.tags.list().items()}
 
-    def versions(self, *, with_properties: bool = True) -> list[VersionInfo]:
-        """All readable versions, oldest first, with row counts, tags and provenance.
+    def versions(self, *, with_properties: bool = True,
+                 include_maintenance: bool = False) -> list[VersionInfo]:
+        """Readable versions, oldest first, with row counts, tags and provenance.
+
+        By default only the user's versions are listed: a version whose only change is
+        index or config bookkeeping (Lance CreateIndex / UpdateConfig, an index report)
+        is hidden, and the version it followed lists it in ``indexed_by``.
+        ``include_maintenance=True`` lists every version (those marked ``maintenance``).
 
         A version whose files are partly gone (a cleanup by other tools killed midway) is
         not listed: it cannot be read, tagged or rolled back to.
@@ -104,19 +110,25 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         by_version: dict[int, list[str]] = {}
         for t, v in self.tags().items():
             by_version.setdefault(v, []).append(t)
-        out = []
+        out: list[VersionInfo] = []
         for v in self._ds.versions():
             num = int(v["version"])
             if not self._readable(num):
                 continue
-            out.append(VersionInfo(
+            props = self._properties(num)
+            info = VersionInfo(
                 version=num,
                 timestamp=v["timestamp"].astimezone(dt.UTC),  # Lance gives naive local time
                 rows=int(v.get("metadata", {}).get("total_rows", -1)),
                 tags=sorted(by_version.get(num, [])),
-                properties=self._properties(num) if with_properties else {},
-            ))
-        return out
+                properties=props if with_properties else {},
+                # the first version holds the table's rows whatever its operation says
+                maintenance=bool(out) and is_maintenance(props),
+            )
+            if info.maintenance:
+                next(u for u in reversed(out) if not u.maintenance).indexed_by.append(num)
+            out.append(info)
+        return out if include_maintenance else [v for v in out if not v.maintenance]
 
     def _readable(self, version: int) -> bool:
         """Whether every file a version references is there (local stores; object stores
@@ -187,7 +199,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             numbers = [int(v["version"]) for v in self.refresh()._ds.versions()]
             if n in numbers:  # it exists, so opening failed for another reason
                 raise StorageError(f"cannot open version {n} of {self.name!r}: "
-                                   f"{first_line(exc)}") from None
+                                   f"{describe(exc)}") from None
             raise VersionNotFoundError(
                 f"table {self.name!r} has no version {n}; versions: {_ranges(numbers)}"
                 + self._tags_hint()) from None
@@ -251,7 +263,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
-            raise ValidationError(f"cannot read {self.name!r}: {first_line(exc)}") from None
+            raise ValidationError(f"cannot read {self.name!r}: {describe(exc)}") from None
 
     def _raise_if_vanished(self, version: int, exc: BaseException) -> None:
         """A read that failed because a cleanup removed its version meanwhile is a
@@ -269,12 +281,17 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             self._readable_cache.discard(version)
             raise VersionNotFoundError(
                 f"version {version} of {self.name!r} was removed by a cleanup while it was read "
-                f"({first_line(exc)})") from None
+                f"({describe(exc)})") from None
 
     def to_polars(self, version: VersionRef = None, **kwargs: Any) -> Any:
         import polars as pl
 
         return pl.from_arrow(self.read(version, **kwargs))
+
+    def to_pandas(self, version: VersionRef = None, **kwargs: Any) -> Any:
+        """The table at a version (or tag) as a pandas DataFrame; ``columns`` and ``where``
+        as in :meth:`read`. Vectors are numpy arrays (one per cell)."""
+        return self.read(version, **kwargs).to_pandas()
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
             columns: Sequence[str] | None = None) -> pa.Table:
@@ -311,7 +328,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         nprobes: int | None = None,
         refine_factor: int | None = None,
         metric: str | None = None,
-    ) -> pa.Table:
+        output: str = "arrow",
+    ) -> Any:
         """Nearest neighbours of a vector, or of a text embedded with ``embedder``.
 
         Everything is checked against the version searched: a text's embedder must be
@@ -325,16 +343,21 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             search otherwise. ``False`` forces exact search; ``True`` forces the index.
         nprobes, refine_factor : int, optional
             Override the stored search parameters.
+        output : {"arrow", "polars", "pandas"}
+            The type of the result (default a pyarrow Table).
         where : str, optional
             A SQL filter, applied before the search (prefilter); scalar indexes on the key
             and partition columns make it a true sub-index query.
 
         Returns
         -------
-        pyarrow.Table
+        pyarrow.Table (or polars / pandas DataFrame, see ``output``)
             The table's columns plus ``distance`` (the table's metric: cosine ``1 - cos``,
             dot ``1 - dot``, l2 Euclidean, as in the SQL macros) and ``rank`` (1 = nearest).
         """
+        if output not in _OUTPUTS:
+            raise ValidationError(
+                f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
         req = _search.SearchRequest(query, k, validate_where(where), list(columns) if columns else None,
                                     embedder,
                                     use_index, nprobes, refine_factor, metric)
@@ -344,12 +367,26 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         q = _search.query_vector(self.name, meta, query, embedder, rank_metric)
         p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta)
         try:
-            return _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
+            res = _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
+        return _as_output(res, output)
 
     # -- rollback and retention ----------------------------------------------------------
+_OUTPUTS = ("arrow", "polars", "pandas")
+
+
+def _as_output(tbl: pa.Table, output: str) -> Any:
+    if output == "polars":
+        import polars as pl
+
+        return pl.from_arrow(tbl)
+    if output == "pandas":
+        return tbl.to_pandas()
+    return tbl
+
+
 def table_identity(ds: lance.LanceDataset) -> str:
     """The table id from the schema metadata; for a table written without one (by an
     older embed_assets, or by Lance directly), the creation time of its oldest version."""

@@ -43,10 +43,17 @@ CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
 -- The query vector is bound once (__q): a scalar-subquery argument pasted into every
 -- distance expression would otherwise be re-planned as one cross product per use.
 
--- Whether knn on this name is served by the store's search (a store view, its vector
--- column, a metric the store searches with); everything else is an exact scan in SQL.
+-- Whether knn on this name is served by the store (a store view and its vector column):
+-- cosine/dot/l2 by the store's search, mahalanobis by the version's cached matrix
+-- whitened once per inv_cov; everything else is an exact scan in SQL.
 CREATE OR REPLACE MACRO __ea_served(t, metric, vector) AS
-    __ea_kind(t) IN ('i', 's') AND __ea_metric_of(t, metric) <> 'mahalanobis' AND vector = 'vector';
+    __ea_kind(t) IN ('i', 's') AND vector = 'vector';
+
+-- mahalanobis on anything else (a DuckDB table, a view with another vector column): the
+-- vectors go to one UDF call as a list, which whitens once and ranks like l2. A per-row
+-- UDF would receive the d x d inv_cov once per row (2,040 x 384 took 8-20 s).
+CREATE OR REPLACE MACRO __ea_maha_scan(t, metric, vector) AS
+    NOT __ea_served(t, metric, vector) AND __ea_metric_of(t, metric) = 'mahalanobis';
 
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
                             inv_cov := NULL, use_index := true) AS TABLE
@@ -56,8 +63,23 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
     __h AS MATERIALIZED (
         SELECT unnest(_ea_knn_hits(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
                                    CASE WHEN __ea_served(table_name, metric, vector) THEN k ELSE 0 END,
-                                   __ea_metric_of(table_name, metric), use_index),
-                      recursive := true))
+                                   __ea_metric_of(table_name, metric), use_index,
+                                   CASE WHEN __ea_served(table_name, metric, vector)
+                                        THEN inv_cov END),
+                      recursive := true)),
+    -- Mahalanobis outside the store: rows numbered once (materialized, so both uses agree),
+    -- ranked by one call over the list of their vectors (empty unless this arm is taken).
+    __mr AS MATERIALIZED (
+        SELECT *, row_number() OVER () AS __ea_pos
+        FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+              FROM query_table(__ea_src(table_name)))
+        WHERE __ea_maha_scan(table_name, metric, vector) AND COLUMNS(c -> c = vector) IS NOT NULL),
+    __mh AS MATERIALIZED (
+        SELECT unnest(_ea_knn_rows((SELECT CAST(__qv AS DOUBLE[]) FROM __q),
+                                   list(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]) ORDER BY __ea_pos),
+                                   k, inv_cov), recursive := true)
+        FROM __mr
+        HAVING count(*) > 0)
     SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
         -- store view, integer key: the key equality becomes a join filter that DuckDB pushes
         -- into the view's scan, which answers it from the version's key index
@@ -76,6 +98,10 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
           AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
                                     THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END) = __h.ks
         UNION ALL
+        SELECT __mr.* EXCLUDE (__ea_pos), __mh.distance, __mh.rank
+        FROM __mr JOIN __mh ON __mr.__ea_pos = __mh.r
+        WHERE __ea_maha_scan(table_name, metric, vector)
+        UNION ALL
         -- anything else: exact scan in SQL, distances by one vectorised UDF (see _ea_distance)
         SELECT * EXCLUDE (__qv), CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
         FROM (SELECT *, _ea_distance(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]), CAST(__qv AS DOUBLE[]),
@@ -83,6 +109,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
               FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
                     FROM query_table(__ea_src(table_name))), __q
               WHERE NOT __ea_served(table_name, metric, vector)
+                AND NOT __ea_maha_scan(table_name, metric, vector)
                 AND COLUMNS(c -> c = vector) IS NOT NULL
               ORDER BY distance NULLS LAST
               LIMIT k))

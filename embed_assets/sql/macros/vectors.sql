@@ -80,7 +80,7 @@ CREATE OR REPLACE MACRO mat_vec(m, v) AS
          ELSE list_transform(list_zip(m, list_resize([v], len(m), v)), r -> list_inner_product(r[1], r[2])) END;
 
 -- Mahalanobis distance sqrt((a-b)' S^-1 (a-b)) given the inverse covariance S^-1
--- (vec_covariance + mat_inverse in a connect()ed session, or any d x d list of rows).
+-- (mat_inverse(vec_covariance(v)), below, or any d x d list of rows).
 CREATE OR REPLACE MACRO vec_mahalanobis(a, b, inv_cov) AS
     CASE WHEN a IS NULL OR b IS NULL OR inv_cov IS NULL THEN NULL
          WHEN len(a) <> len(b) THEN __ea_dim_error('vec_mahalanobis', a, b)
@@ -118,6 +118,74 @@ CREATE OR REPLACE MACRO list_vec_mean(vs) AS
     vec_scale(__ea_list_vec_sum(vs, 'vec_mean'), 1.0 / len(list_filter(vs, v -> v IS NOT NULL)));
 CREATE OR REPLACE MACRO vec_mean(v) AS list_vec_mean(list(v));
 CREATE OR REPLACE MACRO vec_sum(v) AS list_vec_sum(list(v));
+
+-- Windows: DuckDB binds a macro before it sees OVER, and refuses a macro there
+-- ("Window function macros must be functions"), so in a plain DuckDB the window form is
+-- the list one: list_vec_mean(list(v) OVER w), list_vec_sum(list(v) OVER w),
+-- list_vec_covariance(list(v) OVER w). (In a connect()ed session with the ea_vec
+-- extension, vec_mean/vec_sum are real aggregates and OVER works on them too.)
+
+-- -- covariance and inverse (plain SQL versions; connect() swaps in numpy ones) -------------
+-- list_vec_covariance(list of vectors) / vec_covariance(v) (aggregate): the sample
+-- covariance (divisor n - 1) as a list of rows (DOUBLE[][]); NULL vectors are skipped,
+-- fewer than two vectors give NULL, mixed dimensions raise. It sums n outer products in
+-- lambdas, O(n d^2) list operations: fine for small d (500 x 16 in well under a second),
+-- far too slow for 384-dimensional embeddings (use connect(), whose version is numpy).
+CREATE OR REPLACE MACRO list_vec_covariance(vs) AS
+    list_transform(
+        [list_transform(list_filter(vs, __ea_v -> __ea_v IS NOT NULL), __ea_v -> CAST(__ea_v AS DOUBLE[]))],
+        __ea_vs -> CASE WHEN __ea_vs IS NULL OR len(__ea_vs) < 2 THEN NULL
+            ELSE list_transform(
+                [vec_scale(__ea_list_vec_sum(__ea_vs, 'vec_covariance'), 1.0 / len(__ea_vs))],
+                __ea_mu -> list_transform(
+                    list_reduce(
+                        list_transform(__ea_vs, __ea_x -> list_transform(
+                            [list_transform(list_zip(__ea_x, __ea_mu), __ea_e -> __ea_e[1] - __ea_e[2])],
+                            __ea_c -> list_transform(__ea_c, __ea_a -> list_transform(__ea_c, __ea_b -> __ea_a * __ea_b)))[1]),
+                        (__ea_acc, __ea_o) -> list_transform(list_zip(__ea_acc, __ea_o),
+                            __ea_r -> list_transform(list_zip(__ea_r[1], __ea_r[2]), __ea_e -> __ea_e[1] + __ea_e[2]))),
+                    __ea_r -> list_transform(__ea_r, __ea_e -> __ea_e / (len(__ea_vs) - 1))))[1] END)[1];
+CREATE OR REPLACE MACRO vec_covariance(v) AS list_vec_covariance(list(v));
+
+-- mat_inverse in plain SQL: Gauss-Jordan elimination with partial pivoting, one
+-- list_reduce step per column on the augmented matrix [M | I]. O(d^3) list operations:
+-- fine for the small d of hand-written or low-dimensional covariances (d = 16 in ~30 ms,
+-- d = 64 in ~2 s); a singular matrix raises (connect()'s numpy version falls back to a
+-- pseudo-inverse instead). Lambda parameters carry __ea_ names: DuckDB identifiers
+-- ignore case, so a lambda's S would capture an argument's s.
+CREATE OR REPLACE MACRO __ea_gj_pivot(a, i) AS
+    i - 1 + list_position(list_transform(a[i:], __ea_x -> abs(__ea_x[i])),
+                          list_max(list_transform(a[i:], __ea_x -> abs(__ea_x[i]))));
+CREATE OR REPLACE MACRO __ea_gj_step(a, i) AS
+    list_transform(
+        [list_transform(range(1, len(a) + 1), __ea_r ->
+            CASE WHEN __ea_r = i THEN a[__ea_gj_pivot(a, i)]
+                 WHEN __ea_r = __ea_gj_pivot(a, i) THEN a[i]
+                 ELSE a[__ea_r] END)],
+        __ea_s -> list_transform(
+            [CASE WHEN abs(__ea_s[i][i]) <= 1e-12 * greatest(list_max(list_transform(__ea_s,
+                           __ea_x -> list_max(list_transform(__ea_x[1:len(__ea_s)], __ea_e -> abs(__ea_e))))), 1e-300)
+                  THEN error('mat_inverse: the matrix is singular (connect()''s mat_inverse gives a pseudo-inverse)')
+                  ELSE list_transform(__ea_s[i], __ea_e -> __ea_e / __ea_s[i][i]) END],
+            __ea_p -> list_transform(range(1, len(__ea_s) + 1), __ea_r ->
+                CASE WHEN __ea_r = i THEN __ea_p
+                     ELSE list_transform(list_zip(__ea_s[__ea_r], __ea_p),
+                                         __ea_e -> __ea_e[1] - __ea_s[__ea_r][i] * __ea_e[2]) END))[1])[1];
+
+CREATE OR REPLACE MACRO mat_inverse(m) AS
+    CASE WHEN m IS NULL THEN NULL
+         WHEN len(list_distinct(list_transform(m, __ea_r -> coalesce(len(__ea_r), -1)) || [len(m)])) > 1
+             THEN error('mat_inverse: matrix must be square, got ' || len(m) || ' rows of '
+                        || len(m[1]) || ' elements')
+         ELSE list_transform([CAST(m AS DOUBLE[][])], __ea_m ->
+             list_transform(
+                 list_reduce(
+                     list_transform(range(1, len(__ea_m) + 1), __ea_i -> [[__ea_i::DOUBLE]]),
+                     (__ea_a, __ea_step) -> __ea_gj_step(__ea_a, CAST(__ea_step[1][1] AS BIGINT)),
+                     list_transform(range(1, len(__ea_m) + 1), __ea_r ->
+                         __ea_m[__ea_r] || list_transform(range(1, len(__ea_m) + 1),
+                             __ea_c -> CASE WHEN __ea_r = __ea_c THEN 1.0 ELSE 0.0 END::DOUBLE))),
+                 __ea_r -> __ea_r[len(__ea_m) + 1:]))[1] END;
 
 -- -- table macros (exact, pure SQL) --------------------------------------------------------------
 -- knn('table', query_vector, k): the table's columns plus distance and rank (1 = nearest).
