@@ -306,3 +306,12 @@ def test_bad_hash_model_names_the_model_argument():
             default_embedder(bad)
     assert default_embedder("hash-bow").dimension == 64
     assert default_embedder("hash-bow:16").dimension == 16
+
+
+def test_the_dagster_embedder_resource_refuses_a_bad_hash_dimension() -> None:
+    from embed_assets import ValidationError
+    from embed_assets.dagster import EmbedderResource
+
+    assert EmbedderResource(model="hash-bow:16").get_embedder().dimension == 16
+    with pytest.raises(ValidationError, match="'hash-bow:abc'"):
+        EmbedderResource(model="hash-bow:abc").get_embedder()

@@ -11,7 +11,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from ..embed import DEFAULT_MODEL, Embedder, HashEmbedder, SentenceTransformerEmbedder
+from ..embed import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, default_embedder
 from ..errors import ValidationError
 from ..store import Store, default_store_uri
 
@@ -80,7 +80,7 @@ class EmbedderResource(ConfigurableResource):
             )
         if self.backend == "hash" or (self.model or "").startswith("hash-bow"):
             model = self.model or ""
-            dim = int(model.split(":", 1)[1]) if ":" in model else self.dimension
-            return HashEmbedder(dimension=dim)
+            # one parser for the hashing embedder's name: default_embedder refuses a bad DIM
+            return default_embedder(model if ":" in model else f"hash-bow:{self.dimension}")
         return SentenceTransformerEmbedder(model=self.model, device=self.device,
                                            batch_size=self.batch_size)
