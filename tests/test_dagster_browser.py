@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,44 @@ def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"dagster dev did not answer on {url} within {timeout}s")
 
 
+def _dagster_dev(port: int, env: dict[str, str], log: Any) -> subprocess.Popen:
+    # As `make ui` runs it: in the repository root, with no -w, so whatever decides the
+    # workspace there (workspace.yaml, or a [tool.dagster] table that would override it) is
+    # what is tested.
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBED_ASSETS_STORE": str(tmp_path / "store"),
+           "EMBED_ASSETS_MODEL": "hash-bow"}
+    query = ("{ workspaceOrError { ... on Workspace { locationEntries { name "
+             "locationOrLoadError { __typename } } } } }")
+    with open(tmp_path / "dagster_dev.log", "w") as log:
+        proc = _dagster_dev(port, env, log)
+        try:
+            _wait_up(url, proc)
+            deadline = time.monotonic() + 180
+            while True:  # code servers load after the webserver answers
+                req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    entries = json.loads(resp.read())["data"]["workspaceOrError"]["locationEntries"]
+                kinds = {e["name"]: (e["locationOrLoadError"] or {}).get("__typename") for e in entries}
+                if all(k is not None for k in kinds.values()) or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            assert kinds == {"embed_assets_demo": "RepositoryLocation",
+                             "embed_assets_by_section": "RepositoryLocation"}, kinds
+        finally:
+            _stop(proc)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     # dagster dev starts a webserver, a daemon and code servers in its own session:
     # signal the whole group (ours alone), then make sure.
@@ -83,10 +122,7 @@ def test_materialise_from_the_ui_shows_the_new_lance_version(tmp_path: Path) -> 
            # The UI flow is under test here, not the model: the hash embedder keeps it fast.
            "EMBED_ASSETS_MODEL": "hash-bow"}
     log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port),
-         "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _dagster_dev(port, env, log)
     try:
         _wait_up(url, proc)
         out = subprocess.run(
