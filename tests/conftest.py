@@ -64,3 +64,24 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if COUNTS:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items()))
         terminalreporter.write_line(f"fault-injection counts: {shown}")
+
+
+def plain_duckdb() -> Any:
+    """A plain DuckDB with sql/vectors.sql loaded, as an analyst's `.read` gives it."""
+    import duckdb
+
+    from embed_assets.sql import macro_file
+
+    con = duckdb.connect()
+    con.execute(macro_file("vectors.sql").read_text())
+    return con
+
+
+@pytest.fixture(params=["plain", "connect"])
+def con(request: pytest.FixtureRequest) -> Any:
+    """Every macro test runs twice: in a plain DuckDB and in a connect()ed session."""
+    from embed_assets.sql import connect
+
+    c = plain_duckdb() if request.param == "plain" else connect(extensions=())
+    yield c
+    c.close()

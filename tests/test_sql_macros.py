@@ -22,21 +22,12 @@ from hypothesis.extra import numpy as hnp
 
 from embed_assets.sql import connect, load_macros, macro_file
 
+from .conftest import plain_duckdb
+
 FIXTURES = Path(__file__).parent / "sql_fixtures"
 TOL = 1e-5
 
 
-def plain() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute(macro_file("vectors.sql").read_text())
-    return con
-
-
-@pytest.fixture(params=["plain", "connect"])
-def con(request: pytest.FixtureRequest) -> Any:
-    c = plain() if request.param == "plain" else connect(extensions=())
-    yield c
-    c.close()
 
 
 # -- fixture files -----------------------------------------------------------------------
@@ -229,7 +220,7 @@ def vector_pairs(draw: Any) -> tuple[np.ndarray, np.ndarray, float]:
     return a, b, s
 
 
-_PLAIN = plain()
+_PLAIN = plain_duckdb()
 _CONNECTED = connect(extensions=())
 
 

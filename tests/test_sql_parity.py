@@ -19,20 +19,11 @@ import pytest
 from embed_assets import Store
 from embed_assets.sql import connect, extension_path, macro_file
 
+from .conftest import plain_duckdb
+
 TOL = 1e-5
 
 
-def plain() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute(macro_file("vectors.sql").read_text())
-    return con
-
-
-@pytest.fixture(params=["plain", "connect"])
-def con(request: pytest.FixtureRequest) -> Any:
-    c = plain() if request.param == "plain" else connect(extensions=())
-    yield c
-    c.close()
 
 
 def _points(con: Any, x: np.ndarray, name: str = "pts") -> None:
@@ -49,7 +40,7 @@ def _oracle(x: np.ndarray, q: np.ndarray, inv: np.ndarray) -> np.ndarray:
 # -- windows ------------------------------------------------------------------------------
 def test_window_mean_is_the_list_form_in_a_plain_duckdb() -> None:
     x = np.random.default_rng(0).normal(size=(40, 6))
-    c = plain()
+    c = plain_duckdb()
     _points(c, x)
     rows = c.execute("""
         SELECT i, list_vec_mean(list(v) OVER (PARTITION BY g ORDER BY i
@@ -102,7 +93,7 @@ def test_mat_inverse_pivots_refuses_non_square_and_takes_a_subquery(con: Any) ->
 def test_singular_inverse_raises_in_plain_sql_and_is_the_pseudo_inverse_in_connect() -> None:
     s = [[1.0, 2.0], [2.0, 4.0]]
     with pytest.raises(duckdb.Error, match="mat_inverse: the matrix is singular"):
-        plain().execute("SELECT mat_inverse(?::DOUBLE[][])", [s]).fetchall()
+        plain_duckdb().execute("SELECT mat_inverse(?::DOUBLE[][])", [s]).fetchall()
     got = connect(extensions=()).execute("SELECT mat_inverse(?::DOUBLE[][])", [s]).fetchone()[0]
     np.testing.assert_allclose(np.array(got), np.linalg.pinv(np.array(s)), atol=1e-12)
 
@@ -110,7 +101,7 @@ def test_singular_inverse_raises_in_plain_sql_and_is_the_pseudo_inverse_in_conne
 def test_mahalanobis_from_sql_estimates_in_a_plain_duckdb() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
-    c = plain()
+    c = plain_duckdb()
     _points(c, x)
     inv = np.linalg.inv(np.cov(x, rowvar=False))
     want = _oracle(x, np.zeros(6), inv)

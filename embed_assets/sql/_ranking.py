@@ -117,9 +117,9 @@ def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: 
     tbl.checkout(info.version)
     li_parts, ri_parts, d_parts = [], [], []
     value_set = udf._combine(sql_keys)
+    params = _search_params(info.dataset)
     for s in range(0, left.shape[0], 256):
         block = left[s:s + 256]
-        params = _search_params(info.dataset)
         search = (tbl.search(list(block), vector_column_name=VECTOR_COLUMN)
                   .distance_type(metric).limit(int(k)).refine_factor(params["refine_factor"]))
         if "nprobes" in params:

@@ -36,6 +36,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
     def __init__(self, store: StoreLocation, name: str, ds: lance.LanceDataset) -> None:
         self.store = store
         self.name = name
+        self._uri = store.table_uri(name)  # validated once: cache keys ask for it per search
         self._ds = ds
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
@@ -46,7 +47,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
 
     @property
     def uri(self) -> str:
-        return self.store.table_uri(self.name)
+        return self._uri
 
     @property
     def identity(self) -> str:
