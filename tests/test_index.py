@@ -233,7 +233,7 @@ def test_offsets_stay_aligned_across_fragments_and_deletions(store, monkeypatch)
     assert len(t.dataset().get_fragments()) == 4
     build_index(t, recall=0.9, force_ann=True)
     for q in clustered(20, seed=31):
-        flat = t.search(q, k=5, where="id >= 0", use_index=False)  # Lance's own scan
+        flat = t.search(q, k=5, where="id >= 0", use_index=False, nprobes=1)  # Lance's own scan
         cached = t.search(q, k=5, use_index=False)
         probe = t.search(q, k=5)
         assert cached.column("id").to_pylist() == flat.column("id").to_pylist()

@@ -163,23 +163,40 @@ class IvfProbe:
         return IvfProbe(self.centroids, self.order, self.bounds, self.block, self.sq_norms,
                         self.metric, basis, self.center if rank else None, low, candidates, low8)
 
-    def search(self, q: np.ndarray, k: int, nprobes: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, nprobes: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Offsets and distances (Lance conventions) of the k nearest rows among the probed
-        partitions."""
+        partitions; with ``allowed`` (a boolean mask in partition order, see ``order``),
+        among the allowed rows only (fewer than k when fewer are allowed)."""
         q = normalize(q) if self.metric == "cosine" else np.asarray(q, dtype=np.float32)
         if k < 1 or not len(self.block):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         spans = self._spans(q, nprobes)
+        keep = None
+        if allowed is not None:
+            keep = allowed if spans is None else np.concatenate(
+                [allowed[a:b] for a, b in zip(*spans, strict=True)] or [np.zeros(0, bool)])
         if self.low is not None and self.basis is not None and self.center is not None:
             lq = self.basis @ q
             low = self.low8 if spans is None and self.low8 is not None else self.low
             lowscore = self._scores(low, lq, spans, float(self.center @ q))
-            pos = self._positions(spans, self._shortlist(lowscore, max(self.candidates, 40 * k)))
+            if keep is not None:
+                # Disallowed rows sort last, so the shortlist's threshold is a quantile of
+                # the allowed rows: ~candidates of them pass.
+                lowscore = np.where(keep, lowscore, -np.inf)
+            short = self._shortlist(lowscore, max(self.candidates, 40 * k))
+            if keep is not None:
+                short = short[keep[short]]
+            pos = self._positions(spans, short)
             s = self._exact_scores(pos, q)  # larger is nearer
         else:
             s = self._scores(self.block, q, spans, 0.0)
+            if keep is not None:
+                s = np.where(keep, s, -np.inf)
             pos = None
-        top = top_k(-s, k)
+        top = top_k(-s, min(k, len(s)))
+        if keep is not None:
+            top = top[np.isfinite(s[top])]
         pos = self._positions(spans, top) if pos is None else pos[top]
         best = s[top]
         # Lance conventions: cosine 1 - cos, dot 1 - dot, l2 squared Euclidean.

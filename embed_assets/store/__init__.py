@@ -37,6 +37,7 @@ from ._meta import (
 from ._results import CleanupReport, VersionInfo, WriteResult
 from ._retention import DEFAULT_GRACE
 from ._rollback import IndexKeeper, set_index_keeper
+from ._search import Plan
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
 from ._table import EmbeddingTable, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
@@ -58,6 +59,7 @@ __all__ = [
     "IndexKeeper",
     "KeyIndex",
     "MatrixCache",
+    "Plan",
     "Store",
     "TableInfo",
     "TableMeta",

@@ -6,8 +6,18 @@ Paths, cheapest first when they apply:
   when the index policy recorded probe settings for this version and the query has no
   filter and the table's metric;
 * ``exact``: one scan of the version's cached matrix (exact, no index, no filter);
+* ``filtered-exact``: a filter (``where``, a partition) selecting at most
+  :data:`BROAD_FILTER` of the rows: one exact scan of just those rows, gathered once per
+  version and filter (:mod:`._subsets`); exact, so the recall target holds by construction;
+* ``filtered-probe``: a broader filter on a table searched through the probe: the probe
+  restricted to the matching rows, with ``nprobes`` raised in proportion to the rows the
+  filter removes, so the probed partitions hold as many candidates as unfiltered;
 * ``lance``: Lance's own search: the ANN index with its recorded parameters, or a flat
-  scan, with a prefilter when there is a ``where``.
+  scan, with a prefilter when there is a ``where`` (what is left when the rows do not fit
+  in memory, or when the caller forces ``nprobes``/``refine_factor``).
+
+``search(..., explain=True)`` returns the :class:`Plan` that ran beside the rows: which
+path, why, and how many rows the filter selected.
 
 Everything here reads the version being searched: its facts (model, dimension, metric)
 and its index facts, never the latest version's.
@@ -25,8 +35,11 @@ import pyarrow as pa
 from ..errors import SchemaMismatchError, ValidationError, first_line
 from ..kernels import default_rank, exact_topk
 from ._cache import CACHE, VersionKey, take_rows
+from ._filters import eq as filter_eq
+from ._filters import in_list as filter_in
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
+from ._subsets import RowSubset, subset
 
 
 @dataclass
@@ -42,11 +55,74 @@ class SearchRequest:
     metric: str | None = None
 
 
+# A filter selecting more than this share of the rows is searched through the probe
+# restricted to them when the table has one (an exact scan of them would cost more than
+# the unfiltered probe); at most this share, exactly over just those rows.
+BROAD_FILTER = 0.25
+
+
 @dataclass
 class Plan:
-    path: str  # "probe", "exact" or "lance"
+    """How one search ran: ``path`` (see the module docstring), why, and the filter's rows.
+
+    Attributes
+    ----------
+    path : {"probe", "exact", "filtered-exact", "filtered-probe", "lance"}
+    reason : str
+        One sentence: why this path.
+    rows : int
+        Rows in the version searched.
+    matching : int or None
+        Rows the filter selected (None without a filter, or when Lance applied it).
+    params : dict
+        The search parameters used (``nprobes``...).
+    """
+
+    path: str
     ann: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    rows: int = 0
+    matching: int | None = None
+    subset: RowSubset | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason, "rows": self.rows,
+                "matching": self.matching, "ann": self.ann, "params": dict(self.params)}
+
+    def __str__(self) -> str:
+        sel = "" if self.matching is None else f", {self.matching:,} of {self.rows:,} rows match"
+        return f"{self.path}: {self.reason}{sel}"
+
+
+def partition_filter(name: str, meta: TableMeta, ds: lance.LanceDataset, partition: Any) -> str | None:
+    """The filter of ``search(partition=...)``: a value of the table's recorded partition
+    column, or an explicit ``(column, value)``."""
+    if partition is None:
+        return None
+    if isinstance(partition, tuple):
+        if len(partition) != 2 or not isinstance(partition[0], str):
+            raise ValidationError("partition must be a value or a (column, value) pair")
+        column, value = partition
+    else:
+        column, value = meta.partition_column, partition
+        if column is None:
+            raise ValidationError(
+                f"table {name!r} records no partition column (it was not created by a "
+                "partition write): pass partition=(column, value)")
+    if column not in ds.schema.names:
+        raise ValidationError(f"partition column {column!r} is not a column of {name!r}; "
+                              f"columns: {', '.join(ds.schema.names)}")
+    if isinstance(value, list | set | frozenset):
+        return filter_in(column, sorted(value))
+    return filter_eq(column, value)
+
+
+def combine_filters(*wheres: str | None) -> str | None:
+    parts = [w for w in wheres if w]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else " AND ".join(f"({w})" for w in parts)
 
 
 def check_request(req: SearchRequest, meta: TableMeta) -> str:
@@ -90,9 +166,10 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
 
 
 def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, metric: str,
-         meta: TableMeta) -> Plan:
+         meta: TableMeta, key: VersionKey | None = None) -> Plan:
     """Choose the path (see the module docstring)."""
     tid = table_id
+    rows = ds.count_rows()
     defaults = (search_defaults(ds, tid) or {}) if req.use_index is not False else {}
     ann = req.use_index is True or (req.use_index is None and bool(defaults))
     if ann and not has_vector_index(ds, tid):
@@ -101,31 +178,79 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
                 f"table {name!r} has no vector index at this version; "
                 "build one with build_index() or `embed-assets index`")
         ann = False
-    plain = req.where is None and metric == meta.metric
-    if (ann and plain and req.nprobes is None and req.refine_factor is None
-            and "probe_nprobes" in defaults):
-        return Plan("probe", True, defaults)
+    forced = req.nprobes is not None or req.refine_factor is not None
+    probe_ok = (ann and metric == meta.metric and not forced and "probe_nprobes" in defaults)
+    if req.where is None and metric == meta.metric and probe_ok:
+        return Plan("probe", True, defaults, "the index policy chose the tuned in-memory "
+                    "IVF probe for this version", rows)
     lance_params = {k: v for k, v in defaults.items() if not k.startswith("probe_")}
-    if ann and req.use_index is None and not lance_params and req.nprobes is None:
+    if ann and req.use_index is None and not lance_params and req.nprobes is None \
+            and not probe_ok:
         ann = False  # the tuner found no Lance setting meeting the target: stay exact
-    if not ann and plain:
-        return Plan("exact")
+    if req.where is None and not ann:
+        why = ("use_index=False" if req.use_index is False else
+               "no ANN index is recorded for this version" if not defaults else
+               f"metric {metric!r} is not the index's {meta.metric!r}")
+        return Plan("exact", False, {}, f"exact scan of the cached matrix ({why})", rows)
+    if req.where is not None and key is not None and not forced:
+        got = _filtered_plan(name, ds, key, req, metric, rows, probe_ok, defaults)
+        if got is not None:
+            return got
     if ann:
         if req.nprobes is not None:
             lance_params["nprobes"] = req.nprobes
         if req.refine_factor is not None:
             lance_params["refine_factor"] = req.refine_factor
-    return Plan("lance", ann, lance_params)
+    why = ("nprobes/refine_factor were given" if forced and ann else
+           "the filter's rows do not fit in the cache" if req.where is not None else
+           f"metric {metric!r} is not the index's {meta.metric!r}")
+    return Plan("lance", ann, lance_params,
+                f"Lance {'ANN' if ann else 'flat'} search{' with a prefilter' if req.where else ''}"
+                f" ({why})", rows)
+
+
+def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: SearchRequest,
+                   metric: str, rows: int, probe_ok: bool,
+                   defaults: dict[str, Any]) -> Plan | None:
+    where = req.where
+    assert where is not None
+    try:
+        # Row offsets first: a broad filter on a probed table needs no gathered vectors.
+        sub = subset(key, ds, where, metric, with_vectors=False)
+    except (ValueError, OSError) as exc:
+        raise ValidationError(f"search on {name!r}: bad filter {where!r}: {first_line(exc)}") from None
+    if sub is None:
+        return None
+    if probe_ok and sub.selectivity > BROAD_FILTER:
+        params = dict(defaults)
+        base = int(params["probe_nprobes"])
+        # The probed partitions hold a `selectivity` share of matching rows: probe that
+        # many more partitions so the shortlist sees as many candidates as unfiltered.
+        params["probe_nprobes"] = int(np.ceil(base / max(sub.selectivity, 1e-9)))
+        return Plan("filtered-probe", True, params,
+                    f"the filter keeps {sub.selectivity:.1%} of the rows (> {BROAD_FILTER:.0%}): "
+                    "the tuned IVF probe over the matching rows only", rows, sub.rows, sub)
+    full = subset(key, ds, where, metric, with_vectors=True)
+    if full is None:
+        return None
+    return Plan("filtered-exact", False, {},
+                f"the filter keeps {full.selectivity:.1%} of the rows: an exact scan of just "
+                "those rows (cached for this version and filter)", rows, full.rows, full)
 
 
 def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
         req: SearchRequest, metric: str, p: Plan) -> pa.Table:
     """Execute a plan; a cached path that cannot fit in memory falls back to Lance."""
-    if p.path == "probe":
-        got = _probe(ds, key, q, req.k, metric, p.params)
+    if p.path in ("probe", "filtered-probe"):
+        allowed = p.subset if p.path == "filtered-probe" else None
+        got = _probe(ds, key, q, req.k, metric, p.params, allowed)
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
         p = Plan("lance", True, {k: v for k, v in p.params.items() if not k.startswith("probe_")})
+    if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
+        sub = p.subset
+        idx, dist = exact_topk(sub.matrix, q, req.k, metric)
+        return rows_at(key, ds, sub.offsets[idx], dist, req.columns, metric)
     if p.path == "exact":
         mat = CACHE.matrix(key, ds, metric)
         if mat is not None:
@@ -135,7 +260,8 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
 
 
 def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metric: str,
-           params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+           params: dict[str, Any], allowed: RowSubset | None = None,
+           ) -> tuple[np.ndarray, np.ndarray] | None:
     if "probe_rank" in params:
         rank = int(params["probe_rank"])
     else:  # recorded before per-table projections: the fixed d/3 pre-scan, or none
@@ -144,7 +270,8 @@ def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metri
                         int(params.get("probe_candidates", 0)))
     if probe is None:
         return None
-    return probe.search(q, k, int(params["probe_nprobes"]))
+    mask = allowed.mask_for(probe.order) if allowed is not None else None
+    return probe.search(q, k, int(params["probe_nprobes"]), mask)
 
 
 def _lance(name: str, ds: lance.LanceDataset, q: np.ndarray, req: SearchRequest, metric: str,

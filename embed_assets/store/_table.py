@@ -330,6 +330,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         refine_factor: int | None = None,
         metric: str | None = None,
         output: str = "arrow",
+        partition: Any = None,
+        explain: bool = False,
     ) -> Any:
         """Nearest neighbours of a vector, or of a text embedded with ``embedder``.
 
@@ -347,32 +349,55 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         output : {"arrow", "polars", "pandas"}
             The type of the result (default a pyarrow Table).
         where : str, optional
-            A SQL filter, applied before the search (prefilter); scalar indexes on the key
-            and partition columns make it a true sub-index query.
+            A SQL filter (Lance/DataFusion syntax), applied before ranking: the rows it
+            selects on this version are found once and kept, and a selective filter is
+            answered by an exact scan of just those rows (see ``explain``).
+        partition : value or (column, value), optional
+            Search one partition: ``partition="editors"`` on a table written by partition
+            (its partition column is recorded), or ``("section", "editors")``. The same
+            sub-index as ``where="section = 'editors'"``; combined with ``where`` by AND.
+        explain : bool
+            Also return the :class:`~embed_assets.store.Plan` that ran (which path, why,
+            how many rows the filter selected): ``rows, plan = t.search(..., explain=True)``.
 
         Returns
         -------
         pyarrow.Table (or polars / pandas DataFrame, see ``output``)
             The table's columns plus ``distance`` (the table's metric: cosine ``1 - cos``,
             dot ``1 - dot``, l2 Euclidean, as in the SQL macros) and ``rank`` (1 = nearest).
+            With ``explain=True``, a ``(result, Plan)`` pair.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from embed_assets import Store
+        >>> s = Store(tempfile.mkdtemp())
+        >>> _ = s.write("t", {"id": [1, 2, 3], "section": ["a", "b", "a"],
+        ...                   "vector": np.eye(3, dtype=np.float32)}, key="id")
+        >>> rows, plan = s.table("t").search([1, 0, 0], k=2, where="section = 'a'", explain=True)
+        >>> rows.column("id").to_pylist(), plan.path
+        ([1, 3], 'filtered-exact')
         """
         if output not in _OUTPUTS:
             raise ValidationError(
                 f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
-        req = _search.SearchRequest(query, k, validate_where(where), list(columns) if columns else None,
-                                    embedder,
-                                    use_index, nprobes, refine_factor, metric)
         ds = self.dataset(version)
         meta = TableMeta.infer(ds.schema)
+        where = _search.combine_filters(validate_where(where),
+                                        _search.partition_filter(self.name, meta, ds, partition))
+        req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
+                                    embedder, use_index, nprobes, refine_factor, metric)
         rank_metric = _search.check_request(req, meta)
         q = _search.query_vector(self.name, meta, query, embedder, rank_metric)
-        p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta)
+        key = self.cache_key(ds.version)
         try:
-            res = _search.run(self.name, ds, self.cache_key(ds.version), q, req, rank_metric, p)
+            p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key)
+            res = _search.run(self.name, ds, key, q, req, rank_metric, p)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
-        return _as_output(res, output)
+        out = _as_output(res, output)
+        return (out, p) if explain else out
 
     # -- rollback and retention ----------------------------------------------------------
 _OUTPUTS = ("arrow", "polars", "pandas")
