@@ -309,24 +309,45 @@ class SQLConnection:
         pieces, last, answered, names = [], 0, set(), []
         with_vector = may_read_column(query, VECTOR_COLUMN) if calls else True
         for call in calls:
-            name = self._knn_table(call, parameters[call.param], with_vector) \
-                if call.param < len(parameters) else None
+            if call.param is not None:
+                if call.param >= len(parameters):
+                    continue
+                value = parameters[call.param]
+            else:
+                value = self._standalone_value(call.expr)
+                if value is None:
+                    continue
+            name = self._knn_table(call, value, with_vector)
             if name is None:
                 continue
             pieces += [query[last:call.start], name]
             last = call.end
-            answered.add(call.param)
+            if call.param is not None:
+                answered.add(call.param)
             names.append(name)
-        if not answered:
+        if not names:
             return query, parameters, []
         pieces.append(query[last:])
         return "".join(pieces), [p for i, p in enumerate(parameters) if i not in answered], names
 
+    def _standalone_value(self, expr: str | None) -> Any:
+        """The value of a knn query-vector expression evaluated on its own (a scalar
+        subquery, a literal), or None when it cannot stand alone (it refers to the
+        statement around it) or is not one vector: the macro then decides."""
+        if not expr:
+            return None
+        try:
+            row = self.con.execute(f"SELECT CAST(({expr}) AS FLOAT[])").fetchone()
+        except duckdb.Error:
+            return None
+        return None if row is None else row[0]
+
     def _knn_table(self, call: KnnCall, value: Any, with_vector: bool) -> str | None:
-        """Register the rows ``knn(call.view, value, call.k)`` returns; None leaves the call
-        to the macro (not a store view, a vector the store refuses...)."""
+        """Register the rows ``knn(call.view, value, call.k, **call.options)`` returns;
+        None leaves the call to the macro (not a store view, a vector the store
+        refuses...)."""
         info = self._views.get(call.view)
-        if info is None:
+        if info is None or value is None:
             return None
         meta = info.meta
         try:
@@ -335,10 +356,19 @@ class SQLConnection:
             return None
         if q.shape[0] != meta.dimension or not np.isfinite(q).all():
             return None
+        metric = str(call.options.get("metric") or meta.metric).lower()
+        if metric not in ("cosine", "dot", "l2"):
+            return None  # mahalanobis needs inv_cov: the macro
+        use_index = call.options.get("use_index", True)
+        where = call.options.get("filter")
+        if not isinstance(use_index, bool) or not (where is None or isinstance(where, str)):
+            return None
         table = self._table(info)
         cols = None if with_vector else [c for c in info.dataset.schema.names if c != VECTOR_COLUMN]
         try:
-            res = table.search(q, k=call.k, version=info.version, columns=cols)
+            res = table.search(q, k=call.k, version=info.version, columns=cols, metric=metric,
+                               where=where,
+                               use_index=None if use_index and metric == meta.metric else False)
         except ValidationError:
             return None
         i = res.column_names.index("distance")
@@ -360,9 +390,9 @@ class SQLConnection:
         return _ranking.join_side(info)
 
     def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool) -> list[dict[str, Any]]:
+                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]:
         info = self._view(view)
-        return _ranking.knn_hits(self._table(info), info, q, k, metric, use_index)
+        return _ranking.knn_hits(self._table(info), info, q, k, metric, use_index, where)
 
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array:

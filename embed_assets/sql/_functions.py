@@ -78,7 +78,7 @@ def _functions(owner: _Views) -> list[_Function]:
         _Function("_ea_topk_store_packed", partial(_topk_store, owner, udf.packed_matrix),
                   ("BLOB", *store_args), _HIT, side_effects=False),
         _Function("_ea_knn_hits", partial(_knn_hits, owner),
-                  ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN", _DD), _KNN_HIT),
+                  ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN", _DD, "VARCHAR"), _KNN_HIT),
     ]
 
 
@@ -127,11 +127,12 @@ def _topk_store(owner: _Views, matrix: Callable[[pa.Array], np.ndarray], lv: pa.
 
 
 def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: pa.Array,
-              use_index: pa.Array, inv: pa.Array) -> pa.Array:
-    """knn on a store view: the keys, distances and ranks of the k nearest rows
-    (mahalanobis: ranked on the view's cached matrix, whitened once per inv_cov)."""
+              use_index: pa.Array, inv: pa.Array, where: pa.Array) -> pa.Array:
+    """knn on a store view: the keys, distances and ranks of the k nearest rows among
+    those ``where`` selects (mahalanobis: ranked on the view's cached matrix, whitened
+    once per inv_cov)."""
     views, qs, ks = _combine(view), _combine(q), _combine(k)
-    metrics, idx = _combine(metric), _combine(use_index)
+    metrics, idx, wheres = _combine(metric), _combine(use_index), _combine(where)
     out: list[list[dict[str, Any]]] = []
     for i in range(len(views)):
         if not qs[i].is_valid or not ks[i].is_valid or ks[i].as_py() <= 0:
@@ -146,12 +147,15 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
             raise ValueError("knn: the query vector has NULL or NaN elements")
         if not np.any(qv) and str(metrics[i].as_py()).lower() == "cosine":
             raise ValueError("knn: the query vector is all zeros: it has no cosine distance to any row")
+        flt = wheres[i].as_py()
         if str(metrics[i].as_py()).lower() == "mahalanobis":
+            if flt is not None:
+                raise ValueError("knn: filter := is not supported with metric 'mahalanobis'")
             out.append(_ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
                                                  udf.matrix_value(inv, i)))
             continue
         out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
-                                   bool(idx[i].as_py())))
+                                   bool(idx[i].as_py()), flt))
     return pa.array(out, _KNN_HITS)
 
 

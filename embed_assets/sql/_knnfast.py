@@ -1,22 +1,37 @@
-"""Finding ``knn('view', ?, k)`` calls that the connect() wrapper can answer before DuckDB runs.
+"""Finding ``knn('view', <vector>, k, ...)`` calls that the connect() wrapper can answer
+before DuckDB runs.
 
 Why: a ``knn`` through the table macro pays DuckDB's fixed costs on every statement
 (binding three UNION ALL branches, a Python UDF call, a scan that fetches the k rows;
 ~17-20 ms at 120k rows, against ~2 ms for the store's own search; benchmarks/RESULTS.md).
-When the query vector is a bound positional parameter and ``k`` a literal, everything the
-macro needs is known in Python before the statement runs: the wrapper searches the store
-itself, registers the k result rows as an Arrow table, and the statement reads that table
-in place of the call. Any other form (a subquery for the vector, named arguments, ``$n``
-parameters) runs the macro, and so does anything the store refuses (the macro then
-raises its own error). Both paths return the same rows; tests/test_sql_store.py checks it.
+When everything the macro needs can be known before the statement runs, the wrapper
+searches the store itself, registers the k result rows as an Arrow table, and the
+statement reads that table in place of the call. The query vector may be:
+
+* a bound positional parameter (``?``, with or without a cast);
+* any expression that does not refer to the statement around it: a scalar subquery
+  (``(SELECT vector FROM centroids WHERE section = 'editors')``, what analysts write),
+  a list literal, a cast. It is evaluated first, on the same connection, by one
+  ``SELECT``; an expression that cannot stand alone (a LATERAL reference to another
+  table's column) leaves the call to the macro.
+
+``k`` is an integer literal; the named arguments ``filter :=``, ``metric :=`` and
+``use_index :=`` may follow as literals. Anything else (``vector :=``, ``inv_cov :=``,
+``$n`` parameters) runs the macro, and so does anything the store refuses (the macro then
+raises its own error). Both paths return the same rows; tests/test_sql_store.py and
+tests/test_sql_knn_forms.py check it.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
+
+# Named arguments of knn the fast path understands (others run the macro).
+FAST_OPTIONS = ("filter", "metric", "use_index")
 
 
 @dataclass(frozen=True)
@@ -24,8 +39,10 @@ class KnnCall:
     start: int  # character span of ``knn(...)`` in the statement
     end: int
     view: str
-    param: int  # index of the query vector among the statement's positional parameters
+    param: int | None  # the query vector's index among the positional parameters, or
+    expr: str | None  # the expression that computes it (no parameters in it)
     k: int
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -41,8 +58,8 @@ def tokens(query: str) -> list[tuple[int, int, str, object]]:
 
 
 def find_knn_calls(query: str) -> list[KnnCall]:
-    """The ``knn('<name>', ?[::TYPE], <int>)`` calls of a statement that uses only ``?``
-    parameters; [] when anything else is in the way."""
+    """The ``knn('<name>', <vector>, <int>[, option := literal]...)`` calls of a statement
+    that uses only ``?`` parameters; [] when anything else is in the way."""
     try:
         toks = tokens(query)
     except Exception:  # DuckDB will say what is wrong with the statement
@@ -58,46 +75,89 @@ def find_knn_calls(query: str) -> list[KnnCall]:
         if text == "?":
             n_params += 1
         if typ == tt.identifier and text.lower() == "knn" and i + 5 < len(toks):
-            call = _match(toks, i, n_params)
+            call = _match(query, toks, i, n_params)
             if call is not None:
                 calls.append(call[0])
-                n_params += 1
+                n_params += call[0].param is not None
                 i = call[1]
                 continue
         i += 1
     return calls
 
 
-def _match(toks: list[tuple[int, int, str, object]], i: int,
+def _argument_end(toks: list[tuple[int, int, str, object]], j: int) -> int | None:
+    """The index of the ``,`` or ``)`` that ends the argument starting at ``j``."""
+    depth = 0
+    while j < len(toks):
+        t = toks[j][2]
+        if depth == 0 and t in (",", ")"):
+            return j
+        if t in ("(", "["):
+            depth += 1
+        elif t in (")", "]"):
+            depth -= 1
+        j += 1
+    return None
+
+
+def _literal(tok: tuple[int, int, str, object]) -> tuple[bool, Any]:
+    tt = duckdb.token_type
+    text, typ = tok[2], tok[3]
+    if typ == tt.string_const and text.startswith("'"):
+        return True, text[1:-1].replace("''", "'")
+    if typ == tt.numeric_const:
+        try:
+            return True, int(text)
+        except ValueError:
+            return True, float(text)
+    if text.lower() in ("true", "false"):
+        return True, text.lower() == "true"
+    if text.lower() == "null":
+        return True, None
+    return False, None
+
+
+def _match(query: str, toks: list[tuple[int, int, str, object]], i: int,
            param: int) -> tuple[KnnCall, int] | None:
     tt = duckdb.token_type
     texts = [t[2] for t in toks]
-    if texts[i + 1] != "(" or toks[i + 2][3] != tt.string_const or texts[i + 3] != "," \
-            or texts[i + 4] != "?":
+    if texts[i + 1] != "(" or toks[i + 2][3] != tt.string_const or texts[i + 3] != ",":
         return None
-    lit = texts[i + 2]
-    view = lit[1:-1].replace("''", "'")
-    j = i + 5
-    if j < len(toks) and texts[j] == "::":  # a cast of the parameter, up to the next comma
-        depth = 0
-        while j < len(toks) and not (depth == 0 and texts[j] == ","):
-            if texts[j] in ("(", "["):
-                depth += 1
-            elif texts[j] in (")", "]"):
-                depth -= 1
-            if texts[j] == "?" or depth < 0:
-                return None
-            j += 1
-    if j + 2 >= len(toks) or texts[j] != "," or toks[j + 1][3] != tt.numeric_const \
-            or texts[j + 2] != ")":
+    view = texts[i + 2][1:-1].replace("''", "'")
+    a = i + 4
+    end = _argument_end(toks, a)
+    if end is None or end == a or texts[end] != ",":
+        return None
+    arg = texts[a:end]
+    if arg[0] == "?" and "?" not in arg[1:] and (len(arg) == 1 or arg[1] == "::"):
+        pidx, expr = param, None
+    elif "?" in arg:
+        return None  # a parameter inside an expression: the macro binds it
+    else:
+        pidx, expr = None, query[toks[a][0]:toks[end - 1][1]]
+    j = end + 1
+    if j + 1 >= len(toks) or toks[j][3] != tt.numeric_const or texts[j + 1] not in (",", ")"):
         return None
     try:
-        k = int(texts[j + 1])
+        k = int(texts[j])
     except ValueError:
         return None
     if k < 1:
         return None
-    return KnnCall(toks[i][0], toks[j + 2][1], view, param, k), j + 3
+    j += 1
+    options: dict[str, Any] = {}
+    while j < len(toks) and texts[j] == ",":
+        if j + 4 > len(toks) - 1 or texts[j + 2] != ":=":
+            return None
+        name = texts[j + 1].lower()
+        ok, value = _literal(toks[j + 3])
+        if name not in FAST_OPTIONS or not ok or texts[j + 4] not in (",", ")"):
+            return None
+        options[name] = value
+        j += 4
+    if j >= len(toks) or texts[j] != ")":
+        return None
+    return KnnCall(toks[i][0], toks[j][1], view, pidx, expr, k, options), j + 1
 
 
 def may_read_column(query: str, column: str) -> bool:

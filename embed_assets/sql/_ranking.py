@@ -38,14 +38,15 @@ def join_side(info: View) -> tuple[np.ndarray, pa.Array]:
     return side.mat, side.keys
 
 def knn_hits(table: EmbeddingTable, info: View, q: np.ndarray, k: int, metric: str,
-             use_index: bool) -> list[dict[str, Any]]:
-    """The k nearest rows of a store view by the store's own search (tuned index path or
-    cached exact scan): key (``ki`` for integer keys, ``ks`` for strings), distance
-    and rank. The macro then fetches those rows by key."""
+             use_index: bool, where: str | None = None) -> list[dict[str, Any]]:
+    """The k nearest rows of a store view by the store's own search (its planner: tuned
+    index path, cached exact scan, or the rows ``where`` selects): key (``ki`` for integer
+    keys, ``ks`` for strings), distance and rank. The macro then fetches those rows by key."""
     if metric not in ("cosine", "dot", "l2"):
         raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
     meta = info.meta
     res = table.search(q, k=int(k), version=info.version, columns=[meta.key], metric=metric,
+                       where=where,
                        use_index=None if use_index and metric == meta.metric else False)
     keys = res.column(meta.key).to_pylist()
     dist = res.column("distance").to_pylist()

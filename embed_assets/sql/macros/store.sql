@@ -37,6 +37,12 @@ CREATE OR REPLACE MACRO __ea_kind(t) AS coalesce(getvariable('__ea_keykind')[t],
 -- through unchanged, so 'main.t' still names a DuckDB table of schema main.
 CREATE OR REPLACE MACRO __ea_src(t) AS
     CASE WHEN __ea_kind(t) <> 'x' THEN '"' || replace(t, '"', '""') || '"' ELSE t END;
+-- __ea_rows (vectors.sql) builds its statement with this: store views quoted as above.
+CREATE OR REPLACE MACRO __ea_table_sql(t) AS
+    CASE WHEN __ea_kind(t) <> 'x' THEN '"' || replace(t, '"', '""') || '"'
+         WHEN regexp_full_match(t, '[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*')
+              OR t LIKE '"%' THEN t
+         ELSE '"' || replace(t, '"', '""') || '"' END;
 CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
     lower(coalesce(metric, getvariable('__ea_metric')[t], 'cosine'));
 
@@ -56,7 +62,7 @@ CREATE OR REPLACE MACRO __ea_maha_scan(t, metric, vector) AS
     NOT __ea_served(t, metric, vector) AND __ea_metric_of(t, metric) = 'mahalanobis';
 
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
-                            inv_cov := NULL, use_index := true) AS TABLE
+                            inv_cov := NULL, use_index := true, filter := NULL) AS TABLE
     WITH __q AS MATERIALIZED (SELECT query_vector AS __qv),
     -- Store views: the store's search ranks (k = 0 elsewhere, since DuckDB evaluates
     -- this CTE whichever branch below survives).
@@ -65,14 +71,16 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
                                    CASE WHEN __ea_served(table_name, metric, vector) THEN k ELSE 0 END,
                                    __ea_metric_of(table_name, metric), use_index,
                                    CASE WHEN __ea_served(table_name, metric, vector)
-                                        THEN inv_cov END),
+                                        THEN inv_cov END,
+                                   CAST(filter AS VARCHAR)),
                       recursive := true)),
     -- Mahalanobis outside the store: rows numbered once (materialized, so both uses agree),
     -- ranked by one call over the list of their vectors (empty unless this arm is taken).
     __mr AS MATERIALIZED (
         SELECT *, row_number() OVER () AS __ea_pos
         FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-              FROM query_table(__ea_src(table_name)))
+              FROM __ea_rows(table_name, CASE WHEN __ea_maha_scan(table_name, metric, vector)
+                                              THEN filter END))
         WHERE __ea_maha_scan(table_name, metric, vector) AND COLUMNS(c -> c = vector) IS NOT NULL),
     __mh AS MATERIALIZED (
         SELECT unnest(_ea_knn_rows((SELECT CAST(__qv AS DOUBLE[]) FROM __q),
@@ -107,7 +115,8 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
         FROM (SELECT *, _ea_distance(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]), CAST(__qv AS DOUBLE[]),
                                      __ea_metric_of(table_name, metric), inv_cov) AS distance
               FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
-                    FROM query_table(__ea_src(table_name))), __q
+                    FROM __ea_rows(table_name, CASE WHEN NOT __ea_served(table_name, metric, vector)
+                                                    THEN filter END)), __q
               WHERE NOT __ea_served(table_name, metric, vector)
                 AND NOT __ea_maha_scan(table_name, metric, vector)
                 AND COLUMNS(c -> c = vector) IS NOT NULL
@@ -122,30 +131,33 @@ CREATE OR REPLACE MACRO __ea_topk_call(l, r, k, metric, inv_cov, approximate) AS
     _ea_topk(l, r, k, metric, inv_cov, approximate);
 CREATE OR REPLACE MACRO __ea_topk_store_call(l, view, keys, k, metric, inv_cov, approximate) AS
     _ea_topk_store(l, view, keys, k, metric, inv_cov, approximate);
-CREATE OR REPLACE MACRO __ea_store_right(t, vector) AS __ea_kind(t) <> 'x' AND vector = 'vector';
+-- (A filtered right side goes the general way: its rows are chosen in SQL.)
+CREATE OR REPLACE MACRO __ea_store_right(t, vector, flt) AS
+    __ea_kind(t) <> 'x' AND vector = 'vector' AND flt IS NULL;
 
 CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
                                         left_key := NULL, right_key := NULL, metric := NULL,
-                                        inv_cov := NULL, approximate := false) AS TABLE
+                                        inv_cov := NULL, approximate := false,
+                                        left_filter := NULL, right_filter := NULL) AS TABLE
     WITH __l AS (
         SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
         FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(__ea_src(left_table)))
+              FROM __ea_rows(left_table, left_filter))
         WHERE __v IS NOT NULL),
     -- A store view on the right: its keys (the vectors come from Lance, cached per version).
     __rk AS (
         SELECT list(__k) AS __k, list(CAST(__k AS VARCHAR)) AS __ks
         FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(__ea_src(right_table)))
-        WHERE __v IS NOT NULL AND __ea_store_right(right_table, vector)),
+              FROM __ea_rows(right_table, right_filter))
+        WHERE __v IS NOT NULL AND __ea_store_right(right_table, vector, right_filter)),
     -- Anything else: keys and vectors from one aggregation, so they stay aligned.
     __rv AS (
         SELECT list(__k) AS __k, __ea_vectors(__v) AS __v
         FROM (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k, COLUMNS(c -> c = vector) AS __v
-              FROM query_table(__ea_src(right_table)))
-        WHERE __v IS NOT NULL AND NOT __ea_store_right(right_table, vector)),
+              FROM __ea_rows(right_table, right_filter))
+        WHERE __v IS NOT NULL AND NOT __ea_store_right(right_table, vector, right_filter)),
     __h AS (
-        SELECT unnest(CASE WHEN __ea_store_right(right_table, vector)
+        SELECT unnest(CASE WHEN __ea_store_right(right_table, vector, right_filter)
                            THEN __ea_topk_store_call(__l.__v, right_table, __rk.__ks, k,
                                                      __ea_metric_of(right_table, metric), inv_cov,
                                                      approximate)
@@ -157,7 +169,7 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
     __lk AS (SELECT unnest(__k) AS key, generate_subscripts(__k, 1) AS pos FROM __l),
     __rkk AS (
         SELECT unnest(__k) AS key, generate_subscripts(__k, 1) AS pos
-        FROM (SELECT CASE WHEN __ea_store_right(right_table, vector) THEN __rk.__k ELSE __rv.__k END AS __k
+        FROM (SELECT CASE WHEN __ea_store_right(right_table, vector, right_filter) THEN __rk.__k ELSE __rv.__k END AS __k
               FROM __rk, __rv))
     SELECT __lk.key AS left_key, __rkk.key AS right_key, __h.distance AS distance, __h.rank AS rank
     FROM __h JOIN __lk ON __lk.pos = __h.l JOIN __rkk ON __rkk.pos = __h.r

@@ -188,15 +188,28 @@ CREATE OR REPLACE MACRO mat_inverse(m) AS
                  __ea_r -> __ea_r[len(__ea_m) + 1:]))[1] END;
 
 -- -- table macros (exact, pure SQL) --------------------------------------------------------------
+-- A table name as SQL text: a plain (schema.)name as written, anything else quoted.
+CREATE OR REPLACE MACRO __ea_table_sql(t) AS
+    CASE WHEN regexp_full_match(t, '[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*')
+              OR t LIKE '"%' THEN t
+         ELSE '"' || replace(t, '"', '""') || '"' END;
+-- The rows of a table, or the rows a filter selects (a SQL predicate as a string, as
+-- knn's filter := takes it): query() runs the statement built from both.
+CREATE OR REPLACE MACRO __ea_rows(table_name, filter) AS TABLE
+    SELECT * FROM query('SELECT * FROM ' || __ea_table_sql(table_name)
+                        || coalesce(' WHERE (' || filter || ')', ''));
+
 -- knn('table', query_vector, k): the table's columns plus distance and rank (1 = nearest).
--- Works on any table or view with a vector column. connect() replaces it with a version
--- that reads store tables through Lance (using the table's ANN index when it has one)
--- and takes the metric from the table's metadata.
+-- Works on any table or view with a vector column; filter := 'section = ''editors'''
+-- ranks only the rows the predicate selects (before the top k, not after). connect()
+-- replaces it with a version that reads store tables through the store's search planner
+-- (the filter's rows exactly, or the table's ANN index) and takes the metric from the
+-- table's metadata.
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := 'cosine', vector := 'vector',
-                            inv_cov := NULL) AS TABLE
+                            inv_cov := NULL, filter := NULL) AS TABLE
     SELECT *, CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
     FROM (SELECT *, vec_distance(COLUMNS(c -> c = vector), query_vector, metric, inv_cov) AS distance
-          FROM query_table(table_name)
+          FROM __ea_rows(table_name, filter)
           ORDER BY distance
           LIMIT k)
     ORDER BY rank;
@@ -204,9 +217,11 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := 'cosine', vec
 -- similarity_join('left', 'right', k): for every left row its k nearest right rows, as
 -- (left_key, right_key, distance, rank). O(|left| x |right|) in SQL: fine for small
 -- tables; connect() replaces it with a blocked GEMM + partial sort that keeps pace with numpy.
+-- left_filter := / right_filter := (SQL predicates as strings) choose each side's rows first.
 CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id', vector := 'vector',
                                         left_key := NULL, right_key := NULL, metric := 'cosine',
-                                        inv_cov := NULL, approximate := false) AS TABLE
+                                        inv_cov := NULL, approximate := false,
+                                        left_filter := NULL, right_filter := NULL) AS TABLE
     -- left_key/right_key are also parameter names, so inner columns use other names.
     SELECT __lk AS left_key, __rk AS right_key, distance, rank FROM (
         SELECT *, CAST(row_number() OVER (PARTITION BY __lk ORDER BY distance) AS INTEGER) AS rank
@@ -214,10 +229,10 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
                      vec_distance(__l.__v, __r.__v, metric, inv_cov) AS distance
               FROM (SELECT COLUMNS(c -> c = coalesce(left_key, key)) AS __k,
                            COLUMNS(c -> c = vector) AS __v
-                    FROM query_table(left_table)) __l,
+                    FROM __ea_rows(left_table, left_filter)) __l,
                    (SELECT COLUMNS(c -> c = coalesce(right_key, key)) AS __k,
                            COLUMNS(c -> c = vector) AS __v
-                    FROM query_table(right_table)) __r
+                    FROM __ea_rows(right_table, right_filter)) __r
               WHERE __l.__v IS NOT NULL AND __r.__v IS NOT NULL))
     WHERE rank <= k
     ORDER BY 1, 4;
