@@ -45,11 +45,20 @@ from .errors import (
     ValidationError,
     VersionNotFoundError,
 )
-from .index import IndexReport, build_index, freshness, rebuild_after_rollback, refresh_index
+from .index import (
+    IndexReport,
+    build_index,
+    build_text_index,
+    freshness,
+    rebuild_after_rollback,
+    refresh_index,
+)
 from .sql import SQLConnection, connect, run_sql
 from .store import (
     CleanupReport,
     EmbeddingTable,
+    Fusion,
+    Plan,
     Store,
     TableMeta,
     VersionInfo,
@@ -67,8 +76,10 @@ __all__ = [
     "EmbedResult",
     "Embedder",
     "EmbeddingTable",
+    "Fusion",
     "HashEmbedder",
     "IndexReport",
+    "Plan",
     "QueryError",
     "SQLConnection",
     "SchemaMismatchError",
@@ -83,6 +94,7 @@ __all__ = [
     "WriteResult",
     "__version__",
     "build_index",
+    "build_text_index",
     "connect",
     "content_hash",
     "default_embedder",

@@ -19,7 +19,7 @@ from ._config import settings
 from ._demo import run_demo
 from .embed import SentenceTransformerEmbedder, default_embedder, embed_table
 from .errors import EmbedAssetsError, ValidationError, describe
-from .index import build_index, freshness, refresh_index
+from .index import build_index, build_text_index, freshness, refresh_index
 from .sql import format_result, run_sql
 from .store import DEFAULT_GRACE, Store, version_number
 
@@ -221,17 +221,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)  # the version searched decides the model, not the latest
-    embedder: Any = default_embedder(meta.model)
-    if isinstance(embedder, SentenceTransformerEmbedder):
-        embedder = _Announcing(embedder)
-    res = t.search(args.text, k=args.k, where=args.where, version=version, embedder=embedder)
+    embedder: Any = None
+    if args.mode != "text":
+        embedder = default_embedder(meta.model)
+        if isinstance(embedder, SentenceTransformerEmbedder):
+            embedder = _Announcing(embedder)
+    partition: Any = None
+    if args.partition is not None:
+        col, sep, val = args.partition.partition("=")
+        partition = (col, val) if sep else args.partition
+    res, plan = t.search(args.text, k=args.k, where=args.where, version=version, embedder=embedder,
+                         mode=args.mode, partition=partition, explain=True)
+    scores = [c for c in ("distance", "text_score", "score") if c in res.column_names]
     cols = [meta.key, *([meta.text_column] if meta.text_column in res.column_names else []),
-            "distance", "rank"]
+            *scores, "rank"]
     rows = res.select(cols).to_pylist()
     if args.json:
-        _dump(rows)
+        _dump({"rows": rows, "plan": plan.to_dict()} if args.explain else rows)
     else:
-        _print_table(rows, ["rank", meta.key, "distance",
+        if args.explain:
+            print(f"plan: {plan}")
+        _print_table(rows, ["rank", meta.key, *scores,
                             *([meta.text_column] if meta.text_column in cols else [])])
     return 0
 
@@ -276,6 +286,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
+    if args.text:
+        got = build_text_index(t)
+        if args.json:
+            _dump(got)
+        else:
+            print(f"{args.name}: full-text index on {', '.join(got['columns'])} "
+                  f"(version {got['version']})")
+        return 0
     if args.refresh:
         out = refresh_index(t)
         out["freshness"] = freshness(t)
@@ -322,10 +340,12 @@ EXAMPLES: dict[str, str] = {
     "tag": "embed-assets tag pkgs prod --version 3",
     "untag": "embed-assets untag pkgs prod",
     "rollback": "embed-assets rollback pkgs --to prod",
-    "search": "embed-assets search pkgs \"a text editor\" -k 5 --where \"section = 'editors'\"",
+    "search": "embed-assets search pkgs \"a text editor\" -k 5 --where \"section = 'editors'\"\n"
+              "  embed-assets search pkgs libxml2 --mode hybrid --explain",
     "export": "embed-assets export pkgs --to pkgs-prod.parquet --version prod",
     "cleanup": "embed-assets cleanup pkgs --keep-last 5 --older-than 7d --json",
-    "index": "embed-assets index pkgs --recall 0.95\n  embed-assets index pkgs --refresh",
+    "index": "embed-assets index pkgs --recall 0.95\n  embed-assets index pkgs --refresh\n"
+             "  embed-assets index pkgs --text",
     "sql": "embed-assets sql \"SELECT package, distance FROM knn('pkgs', "
            "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
     "demo": "embed-assets --store /tmp/demo demo",
@@ -411,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="search this version or tag (default: the latest)")
     sp.add_argument("--where", default=None, metavar="SQL",
                     help="filter rows first, e.g. \"section = 'admin'\"")
+    sp.add_argument("--partition", default=None, metavar="VALUE|COLUMN=VALUE",
+                    help="search one partition (the table's recorded partition column, or COLUMN=VALUE)")
+    sp.add_argument("--mode", default="vector", choices=["vector", "text", "hybrid"],
+                    help="vector (default), text (BM25 over the full-text index: `index --text`) "
+                         "or hybrid (both, fused by reciprocal rank)")
+    sp.add_argument("--explain", action="store_true",
+                    help="say which search plan ran and why (with --json: {rows, plan})")
     sp = verb("export", cmd_export, "write a version to Parquet", "print what was written as JSON")
     sp.add_argument("name", help="the table")
     sp.add_argument("--to", required=True, metavar="FILE.parquet",
@@ -437,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="build an ANN index even below the exact-search threshold")
     sp.add_argument("--refresh", action="store_true",
                     help="fold unindexed rows in (or retrain when the data drifted)")
+    sp.add_argument("--text", action="store_true",
+                    help="build the full-text (BM25) index of the text column and a string key "
+                         "instead, for search --mode text|hybrid")
     sp = verb("sql", cmd_sql, 'run DuckDB SQL over the store (views NAME, "NAME@N", "NAME@TAG", '
               "vec_* macros, knn, similarity_join)", "print the result rows as JSON")
     sp.add_argument("query", help="one or more SQL statements; the last one's result is printed")

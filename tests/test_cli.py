@@ -123,7 +123,7 @@ def test_listing_verbs_and_search_with_filter(small_store):
     (("export", "t", "--to", "out.csv"), "must end in .parquet"),
     (("search", "t", "   "), "search text is empty"),
     (("search", "t", "x", "-k", "0"), "-k: must be a positive integer"),
-    (("search", "t", "x", "--where", "nosuchcol = 1"), "search on 't' failed"),
+    (("search", "t", "x", "--where", "nosuchcol = 1"), "bad filter 'nosuchcol = 1'"),
     (("embed", "../x", "--from", "f.parquet", "--key", "a", "--text", "b"), "does not exist"),
     (("versions", "../etc"), "table name '../etc'"),
 ])

@@ -7,6 +7,7 @@ from ._build import EXACT_THRESHOLD_ROWS, MIN_ANN_ROWS, build_index, exact_thres
 from ._build import rebuild_after_rollback as rebuild_after_rollback
 from ._refresh import freshness, needs_retrain, refresh_index
 from ._report import INDEX_TYPES, IndexReport, default_params
+from ._text import build_text_index
 
 __all__ = [
     "EXACT_THRESHOLD_ROWS",
@@ -14,6 +15,7 @@ __all__ = [
     "MIN_ANN_ROWS",
     "IndexReport",
     "build_index",
+    "build_text_index",
     "default_params",
     "exact_threshold_rows",
     "freshness",

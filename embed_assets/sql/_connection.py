@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import QueryError, ValidationError, VersionNotFoundError, unknown_column_message
-from ..store import VECTOR_COLUMN, Store, TableMeta, version_number
+from ..store import VECTOR_COLUMN, Fusion, Store, TableMeta, version_number
 from . import _ranking
 from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
 from ._pushdown import ScanDataset
@@ -74,6 +74,7 @@ class SQLConnection:
         self.store = store
         self._views: dict[str, View] = {}
         self._handles: dict[str, Any] = {}
+        self._embedders: dict[str, Any] = {}  # model name -> embedder, for hybrid_search
         self._known: set[str] = set()  # store tables seen at connect/refresh or since
         self._lock = threading.RLock()
         self.fast_knn = True  # see _knnfast; False always runs the knn macro
@@ -394,6 +395,34 @@ class SQLConnection:
         info = self._view(view)
         return _ranking.knn_hits(self._table(info), info, q, k, metric, use_index, where)
 
+    def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
+                     text_weight: float, vector_weight: float) -> list[dict[str, Any]]:
+        """text_search / hybrid_search: the store's BM25 (and vector) search; the text is
+        embedded with the view's model (loaded once per connection)."""
+        info = self._view(view)
+        meta = info.meta
+        embedder = None
+        if mode != "text":
+            embedder = self._embedders.get(meta.model or "")
+            if embedder is None:
+                from ..embed import default_embedder
+
+                embedder = self._embedders[meta.model or ""] = default_embedder(meta.model)
+        res = self._table(info).search(
+            text, k=k, version=info.version, columns=[meta.key], where=where, mode=mode,
+            embedder=embedder, fusion=Fusion(vector_weight, text_weight))
+        field = "ki" if pa.types.is_integer(res.schema.field(meta.key).type) else "ks"
+        names = res.column_names
+        out = []
+        for row in res.to_pylist():
+            key = row[meta.key]
+            out.append({field: key if field == "ki" else str(key),
+                        "distance": row.get("distance") if "distance" in names else None,
+                        "text_score": row.get("text_score"),
+                        "score": row.get("score") if "score" in names else row.get("text_score"),
+                        "rank": row["rank"]})
+        return out
+
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array:
         info = self._view(view)
@@ -412,7 +441,7 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
-_TABLE_FUNCTIONS = ("knn", "similarity_join", "query_table")
+_TABLE_FUNCTIONS = ("knn", "similarity_join", "query_table", "hybrid_search")
 
 
 def _candidate_names(query: str) -> set[tuple[str, bool]]:

@@ -31,7 +31,10 @@ class _Views(Protocol):
     def _view(self, name: str) -> Any: ...
 
     def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool) -> list[dict[str, Any]]: ...
+                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]: ...
+
+    def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
+                     text_weight: float, vector_weight: float) -> list[dict[str, Any]]: ...
 
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array: ...
@@ -41,6 +44,11 @@ _HIT = "STRUCT(l INTEGER, r INTEGER, distance DOUBLE, rank INTEGER)[]"
 _KNN_HIT = "STRUCT(ki BIGINT, ks VARCHAR, distance DOUBLE, rank INTEGER)[]"
 _KNN_HITS = pa.list_(pa.struct([("ki", pa.int64()), ("ks", pa.string()),
                                 ("distance", pa.float64()), ("rank", pa.int32())]))
+_TEXT_HIT = ("STRUCT(ki BIGINT, ks VARCHAR, distance DOUBLE, text_score DOUBLE, score DOUBLE, "
+             "rank INTEGER)[]")
+_TEXT_HITS = pa.list_(pa.struct([("ki", pa.int64()), ("ks", pa.string()), ("distance", pa.float64()),
+                                 ("text_score", pa.float64()), ("score", pa.float64()),
+                                 ("rank", pa.int32())]))
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ def _functions(owner: _Views) -> list[_Function]:
                   ("BLOB", *store_args), _HIT, side_effects=False),
         _Function("_ea_knn_hits", partial(_knn_hits, owner),
                   ("VARCHAR", _FL, "BIGINT", "VARCHAR", "BOOLEAN", _DD, "VARCHAR"), _KNN_HIT),
+        _Function("_ea_text_hits", partial(_text_hits, owner),
+                  ("VARCHAR", "VARCHAR", "BIGINT", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE"),
+                  _TEXT_HIT),
     ]
 
 
@@ -157,6 +168,22 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
         out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
                                    bool(idx[i].as_py()), flt))
     return pa.array(out, _KNN_HITS)
+
+
+def _text_hits(owner: _Views, view: pa.Array, text: pa.Array, k: pa.Array, mode: pa.Array,
+               where: pa.Array, text_weight: pa.Array, vector_weight: pa.Array) -> pa.Array:
+    """hybrid_search / text_search on a store view: keys and scores of the k best rows."""
+    cols = [_combine(a) for a in (view, text, k, mode, where, text_weight, vector_weight)]
+    out: list[list[dict[str, Any]]] = []
+    for i in range(len(cols[0])):
+        v, t, kk, m, w, tw, vw = (c[i].as_py() for c in cols)
+        if t is None or kk is None or kk <= 0:
+            out.append([])
+            continue
+        out.append(owner._hybrid_hits(v, t, int(kk), m or "hybrid", w,
+                                      1.0 if tw is None else float(tw),
+                                      1.0 if vw is None else float(vw)))
+    return pa.array(out, _TEXT_HITS)
 
 
 def _combine(arr: Any) -> pa.Array:

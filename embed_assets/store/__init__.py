@@ -10,6 +10,7 @@ from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
 from ._filters import literal as sql_literal
 from ._filters import quote_ident
+from ._hybrid import RRF_K, SEARCH_MODES, Fusion
 from ._index_facts import (
     CONFIG_KEY,
     VECTOR_INDEX_NAME,
@@ -50,12 +51,15 @@ __all__ = [
     "METRICS",
     "OFFSET_COLUMN",
     "PROP_PREFIX",
+    "RRF_K",
     "SCAN_ALL",
+    "SEARCH_MODES",
     "VECTOR_COLUMN",
     "VECTOR_INDEX_NAME",
     "WRITE_MODES",
     "CleanupReport",
     "EmbeddingTable",
+    "Fusion",
     "IndexKeeper",
     "KeyIndex",
     "MatrixCache",

@@ -3,16 +3,18 @@ are mixed in from :mod:`._rollback` and :mod:`._retention`."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lance
+import numpy as np
 import pyarrow as pa
 
 from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
-from . import _retention, _search
+from . import _hybrid, _retention, _search
 from ._cache import CACHE, VersionKey, take_rows
 from ._meta import (
     PROP_PREFIX,
@@ -332,6 +334,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         output: str = "arrow",
         partition: Any = None,
         explain: bool = False,
+        mode: str = "vector",
+        fusion: _hybrid.Fusion | None = None,
     ) -> Any:
         """Nearest neighbours of a vector, or of a text embedded with ``embedder``.
 
@@ -359,6 +363,15 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         explain : bool
             Also return the :class:`~embed_assets.store.Plan` that ran (which path, why,
             how many rows the filter selected): ``rows, plan = t.search(..., explain=True)``.
+        mode : {"vector", "text", "hybrid"}
+            ``"text"``: BM25 over the full-text index (:func:`~embed_assets.build_text_index`),
+            no embedder needed; ``"hybrid"``: the vector ranking and the BM25 ranking fused
+            by reciprocal rank (see ``fusion``), so a term that only appears literally (a
+            package name) is found beside what the text means. Both add ``text_score``
+            (BM25, null for a row the text search did not return); hybrid adds ``score``
+            (the fused score) and keeps ``distance`` (exact, for every row).
+        fusion : Fusion, optional
+            Weights of the two rankings and the RRF constant (default 1, 1 and 60).
 
         Returns
         -------
@@ -381,6 +394,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if output not in _OUTPUTS:
             raise ValidationError(
                 f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
+        if mode not in _hybrid.SEARCH_MODES:
+            raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
+                                  f"got {mode!r}")
         ds = self.dataset(version)
         meta = TableMeta.infer(ds.schema)
         where = _search.combine_filters(validate_where(where),
@@ -388,16 +404,62 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
                                     embedder, use_index, nprobes, refine_factor, metric)
         rank_metric = _search.check_request(req, meta)
-        q = _search.query_vector(self.name, meta, query, embedder, rank_metric)
         key = self.cache_key(ds.version)
         try:
-            p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key)
-            res = _search.run(self.name, ds, key, q, req, rank_metric, p)
+            if mode == "text":
+                res, p = self._text_search(ds, meta, key, req)
+            else:
+                q = _search.query_vector(self.name, meta, query, embedder, rank_metric)
+                if mode == "hybrid":
+                    res, p = self._hybrid_search(ds, meta, key, req, q, rank_metric,
+                                                 (fusion or _hybrid.Fusion()).check())
+                else:
+                    p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key)
+                    res = _search.run(self.name, ds, key, q, req, rank_metric, p)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
         out = _as_output(res, output)
         return (out, p) if explain else out
+
+    def _text_search(self, ds: lance.LanceDataset, meta: TableMeta, key: VersionKey,
+                     req: _search.SearchRequest) -> tuple[pa.Table, _search.Plan]:
+        hits = _hybrid.text_hits(self.name, ds, meta, req.query, req.k, req.where)
+        rows, _ = _hybrid.rows_by_key(key, ds, meta, hits.column(meta.key).to_pylist(), req.columns)
+        rows = rows.append_column("text_score", hits.column("text_score").cast(pa.float32()))
+        rows = rows.append_column("rank", pa.array(np.arange(1, rows.num_rows + 1), pa.int32()))
+        cols = ", ".join(_hybrid.text_columns(ds))
+        return rows, _search.Plan("text", False, {}, f"BM25 over the full-text index on {cols}",
+                                  ds.count_rows())
+
+    def _hybrid_search(self, ds: lance.LanceDataset, meta: TableMeta, key: VersionKey,
+                       req: _search.SearchRequest, q: np.ndarray, metric: str,
+                       fusion: _hybrid.Fusion) -> tuple[pa.Table, _search.Plan]:
+        n = max(4 * req.k, 50)
+        texts = _hybrid.text_hits(self.name, ds, meta, req.query, n, req.where)
+        vreq = dataclasses.replace(req, k=n, columns=[meta.key])
+        vp = _search.plan(self.name, self._identity, ds, vreq, metric, meta, key)
+        vec = _search.run(self.name, ds, key, q, vreq, metric, vp)
+        vkeys = vec.column(meta.key).to_pylist()
+        fused = _hybrid.fuse(vkeys, texts.column(meta.key).to_pylist(), req.k, fusion)
+        keys = [f[0] for f in fused]
+        rows, offsets = _hybrid.rows_by_key(key, ds, meta, keys, req.columns)
+        vdist = dict(zip(vkeys, vec.column("distance").to_pylist(), strict=True))
+        tscore = dict(zip(texts.column(meta.key).to_pylist(),
+                          texts.column("text_score").to_pylist(), strict=True))
+        missing = [i for i, k in enumerate(keys) if k not in vdist]
+        dist = np.array([vdist.get(k, np.nan) for k in keys], np.float32)
+        if missing:
+            dist[missing] = _hybrid.vector_distances(ds, offsets[missing], q, metric)
+        rows = rows.append_column("distance", pa.array(dist, pa.float32()))
+        rows = rows.append_column("text_score", pa.array([tscore.get(k) for k in keys], pa.float32()))
+        rows = rows.append_column("score", pa.array([f[1] for f in fused], pa.float32()))
+        rows = rows.append_column("rank", pa.array(np.arange(1, rows.num_rows + 1), pa.int32()))
+        p = _search.Plan("hybrid", vp.ann, vp.params,
+                         f"reciprocal rank fusion (rrf_k={fusion.rrf_k}, vector weight "
+                         f"{fusion.vector_weight:g}, text weight {fusion.text_weight:g}) of BM25 "
+                         f"and the vector search ({vp.path}: {vp.reason})", vp.rows, vp.matching)
+        return rows, p
 
     # -- rollback and retention ----------------------------------------------------------
 _OUTPUTS = ("arrow", "polars", "pandas")

@@ -174,3 +174,30 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
     SELECT __lk.key AS left_key, __rkk.key AS right_key, __h.distance AS distance, __h.rank AS rank
     FROM __h JOIN __lk ON __lk.pos = __h.l JOIN __rkk ON __rkk.pos = __h.r
     ORDER BY 1, 4;
+
+-- hybrid_search('view', 'query text', k): BM25 over the view's full-text index and the
+-- vector search (the text embedded with the view's model) fused by reciprocal rank:
+-- the view's columns plus distance, text_score (BM25, NULL for rows the text search did
+-- not return), score (fused) and rank. mode := 'text' is BM25 alone (no model needed);
+-- filter := is a predicate on the view's columns; text_weight := / vector_weight :=
+-- weigh the two rankings (default 1 each; see embed_assets.store.Fusion).
+CREATE OR REPLACE MACRO hybrid_search(table_name, query_text, k, mode := 'hybrid', filter := NULL,
+                                      text_weight := 1.0, vector_weight := 1.0) AS TABLE
+    WITH __h AS MATERIALIZED (
+        SELECT unnest(_ea_text_hits(table_name, query_text, k, mode, CAST(filter AS VARCHAR),
+                                    text_weight, vector_weight), recursive := true))
+    SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
+        SELECT __t.*, __h.distance, __h.text_score, __h.score, __h.rank
+        FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+              FROM query_table(__ea_src(table_name))) __t, __h
+        WHERE __ea_kind(table_name) = 'i'
+          AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 'i'
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ki' END) = __h.ki
+        UNION ALL
+        SELECT __t.*, __h.distance, __h.text_score, __h.score, __h.rank
+        FROM (SELECT *, NULL::BIGINT AS __ea_ki, NULL::VARCHAR AS __ea_ks
+              FROM query_table(__ea_src(table_name))) __t, __h
+        WHERE __ea_kind(table_name) = 's'
+          AND COLUMNS(c -> c = CASE WHEN __ea_kind(table_name) = 's'
+                                    THEN getvariable('__ea_key')[table_name] ELSE '__ea_ks' END) = __h.ks)
+    ORDER BY rank;
