@@ -7,6 +7,7 @@ bad images; paths, bytes and arrays; any torch model or CLIP model given by path
 # No `from __future__ import annotations`: Dagster resolves the test assets' annotations.
 import io
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,9 +276,17 @@ def test_any_torch_model_by_path(store: Store, tmp_path: Path) -> None:
         TorchImageEmbedder(str(pickled), size=(16, 16))
     emb = TorchImageEmbedder(str(pickled), size=(16, 16), allow_pickle=True)
     assert emb.dimension == 16 and emb.name == "tiny.pt" and len(emb.revision) == 16
+    exported = tmp_path / "tiny.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 16, 16),),
+                                          dynamic_shapes=({0: batch},)), str(exported))
+    emb2 = TorchImageEmbedder(str(exported), size=(16, 16))  # no pickle needed
+    assert emb2.dimension == 16 and emb2.revision != emb.revision
     scripted = tmp_path / "tiny_script.pt"
-    torch.jit.script(model).save(str(scripted))
-    emb2 = TorchImageEmbedder(str(scripted), size=(16, 16))  # TorchScript: no pickle needed
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13; users still have files
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(model).save(str(scripted))
+    emb3 = TorchImageEmbedder(str(scripted), size=(16, 16))
     rng = np.random.default_rng(1)
     pngs = [_png((rng.random((20, 24, 3)) * 255).astype(np.uint8)) for _ in range(6)]
     r = embed_images(store, "photos", {"id": list(range(6)), "img": pngs}, key="id", image="img",
@@ -286,6 +295,8 @@ def test_any_torch_model_by_path(store: Store, tmp_path: Path) -> None:
     t = store.table("photos")
     assert t.meta.model == "tiny.pt" and t.meta.model_revision == emb.revision
     np.testing.assert_allclose(emb2.embed_images([decode_image(p) for p in pngs]),
+                               np.stack(t.read().sort_by("id").column("vector").to_pylist()), atol=1e-5)
+    np.testing.assert_allclose(emb3.embed_images([decode_image(p) for p in pngs]),
                                np.stack(t.read().sort_by("id").column("vector").to_pylist()), atol=1e-5)
     hits = t.search(emb.embed_images([decode_image(pngs[3])])[0], k=1)
     assert hits.column("id").to_pylist() == [3]

@@ -484,9 +484,11 @@ def fit_pixel_pca(images: Sequence[Image], k: int, *, size: tuple[int, int] = (8
 @dataclass
 class TorchImageEmbedder:
     """A torch image model given by path: the encoder of this package's trained CNN
-    (:func:`~embed_assets.embed.train_digits_cnn`), a TorchScript file, or a whole
-    ``nn.Module`` saved with ``torch.save`` (a torchvision model with its classifier
-    replaced by ``nn.Identity()``, say).
+    (:func:`~embed_assets.embed.train_digits_cnn`), a program saved with
+    ``torch.export.save`` (export it with a dynamic batch dimension), a TorchScript file,
+    or a whole ``nn.Module`` saved with ``torch.save`` (a torchvision model with its
+    classifier replaced by ``nn.Identity()``, say). The model's output, flattened, is
+    the vector.
 
     Parameters
     ----------
@@ -501,8 +503,8 @@ class TorchImageEmbedder:
         ImageNet's for RGB and none for L).
     allow_pickle : bool
         A ``torch.save``'d module is a pickle, which runs code when loaded: only with
-        ``True`` (for files you trust). Artefacts of this package and TorchScript files
-        load without it.
+        ``True`` (for files you trust). Artefacts of this package, exported programs and
+        TorchScript files load without it.
     name : str, optional
         The model name stored with the vectors (default: the artefact's, else the file name).
 
@@ -540,10 +542,13 @@ class TorchImageEmbedder:
         from ._cnn import ARTEFACT_FORMAT, build_encoder, weights_hash
 
         spec: dict[str, Any] = {}
-        try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # not a plain-tensor file: TorchScript or a pickled module
-            obj = None
+        kind = _torch_file_kind(self.path)
+        obj = None
+        if kind == "torch":
+            try:
+                obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception:  # not plain tensors and containers: a pickled module
+                obj = None
         if isinstance(obj, dict) and obj.get("format") == ARTEFACT_FORMAT:
             spec = dict(obj["config"])
             model = build_encoder(spec)
@@ -557,9 +562,9 @@ class TorchImageEmbedder:
         elif isinstance(obj, dict):
             raise ValidationError(
                 f"model file {self.path!r} holds a state_dict without its architecture; save "
-                "the module itself (torch.save(model) or TorchScript)")
+                "the module itself (torch.export.save, TorchScript or torch.save(model))")
         else:
-            model = self._load_module(torch)
+            model = self._load_module(torch, kind)
             with open(self.path, "rb") as fh:
                 self._revision = hashlib.blake2b(fh.read(), digest_size=8).hexdigest()
             self.name = self.name or os.path.basename(self.path)
@@ -578,15 +583,23 @@ class TorchImageEmbedder:
             probe = self._model(torch.zeros(1, channels, h, w, device=self.device))
         self._dimension = int(np.prod(probe.shape[1:]))
 
-    def _load_module(self, torch: Any) -> Any:
+    def _load_module(self, torch: Any, kind: str) -> Any:
+        import warnings
+
         try:
-            return torch.jit.load(self.path, map_location="cpu")
-        except Exception:  # not TorchScript
-            pass
+            if kind == "export":
+                return _Exported(torch.export.load(self.path).module())
+            if kind == "script":
+                with warnings.catch_warnings():  # deprecated in torch 2.13, still what users have
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    return torch.jit.load(self.path, map_location="cpu")
+        except Exception as exc:
+            raise ValidationError(f"cannot load model file {self.path!r}: {exc}") from None
         if not self.allow_pickle:
             raise ValidationError(
                 f"model file {self.path!r} is a pickled module (torch.save(model)); loading it "
-                "runs code from the file: pass allow_pickle=True if you trust it")
+                "runs code from the file: pass allow_pickle=True if you trust it, or save it "
+                "with torch.export.save")
         try:
             model = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as exc:
@@ -636,6 +649,39 @@ class TorchImageEmbedder:
                 out.append(self._model(x).reshape(x.shape[0], -1).float().cpu().numpy())
         m = np.concatenate(out).astype(np.float32)
         return _normalise_rows(m) if self.normalize else m
+
+
+def _torch_file_kind(path: str) -> str:
+    """``export`` (torch.export.save), ``script`` (TorchScript) or ``torch`` (torch.save),
+    from the archive's entries: each loader fails noisily on the others' files."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "torch"  # the legacy non-zip torch.save format
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("/archive_format") for n in names):
+        return "export"
+    if any("/code/" in n for n in names):
+        return "script"
+    return "torch"
+
+
+class _Exported:
+    """An exported program's module, which refuses ``.eval()`` / ``.to()`` (it is already
+    an inference graph on the device it was exported on)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def to(self, _device: Any) -> _Exported:
+        return self
+
+    def eval(self) -> _Exported:
+        return self
+
+    def __call__(self, x: Any) -> Any:
+        return self.module(x)
 
 
 @dataclass
