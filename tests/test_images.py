@@ -300,6 +300,16 @@ def test_any_torch_model_by_path(store: Store, tmp_path: Path) -> None:
                                np.stack(t.read().sort_by("id").column("vector").to_pylist()), atol=1e-5)
     hits = t.search(emb.embed_images([decode_image(pngs[3])])[0], k=1)
     assert hits.column("id").to_pylist() == [3]
+    # real photos by path: scikit-learn's two bundled sample JPEGs (640 x 427, resized)
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().filenames
+    r = embed_images(store, "sample_photos", {"name": ["china", "flower"], "path": photos},
+                     key="name", image="path", embedder=emb3)
+    assert r.rows_embedded == 2
+    hits = store.table("sample_photos").search(
+        emb3.embed_images([decode_image(photos[1])])[0], k=2)
+    assert hits.column("name").to_pylist()[0] == "flower"
     # another model into the same table is refused unless it overwrites
     with pytest.raises(embed_assets.SchemaMismatchError):
         embed_images(store, "photos", {"id": [9], "img": pngs[:1]}, key="id", image="img", embedder=emb2)

@@ -221,6 +221,8 @@ def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB"
     out = LoadedImages([], [], [], [])
     for i, (k, v) in enumerate(zip(keys, values, strict=True)):
         try:
+            if isinstance(v, str | os.PathLike):
+                v = _read_path(os.fspath(v))  # read once: decoded and hashed from the same bytes
             im = decode_image(v, mode)
             h = image_hash(v)
         except BadImage as exc:
