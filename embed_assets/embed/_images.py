@@ -198,18 +198,23 @@ def decode_image(value: Any, mode: str = "RGB") -> Image:
 
 @dataclass
 class LoadedImages:
-    """The usable rows of an image column: their indices, decoded images and hashes, and
-    the ``(key, reason)`` of each row left out."""
+    """The usable rows of an image column: their indices, images and hashes, and the
+    ``(key, reason)`` of each row left out. ``images`` holds the decoded Pillow images,
+    or with ``keep_decoded=False`` the inputs themselves (a path's bytes)."""
 
     indices: list[int]
-    images: list[Image]
+    images: list[Any]
     hashes: list[str]
     bad: list[tuple[Any, str]]
 
 
 def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB",
-                on_bad: BadImagePolicy = "error") -> LoadedImages:
+                on_bad: BadImagePolicy = "error", keep_decoded: bool = True) -> LoadedImages:
     """Decode and hash every image; refuse (``"error"``) or leave out (``"skip"``) bad ones.
+
+    ``keep_decoded=False`` keeps the encoded inputs instead of the decoded images: a
+    decoded photo is ten to a hundred times its file, and most rows of an incremental
+    run never reach the model; those that do are decoded again.
 
     Raises
     ------
@@ -229,7 +234,7 @@ def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB"
             out.bad.append((k, str(exc)))
             continue
         out.indices.append(i)
-        out.images.append(im)
+        out.images.append(im if keep_decoded else v)
         out.hashes.append(h)
     if out.bad and on_bad == "error":
         shown = "; ".join(f"{k!r}: {why}" for k, why in out.bad[:5])
@@ -256,10 +261,12 @@ class ImageEmbedResult(EmbedResult):
 @dataclass
 class _HashedImages:
     """The text pipeline's view of an image embedder: it is handed image hashes (the
-    hidden "text" column) and embeds the decoded images behind them."""
+    hidden "text" column) and embeds the images behind them, decoded here (only the
+    rows that reach the model)."""
 
     inner: Any
-    by_hash: dict[str, Image]
+    by_hash: dict[str, Any]
+    mode: str
 
     @property
     def name(self) -> str:
@@ -274,7 +281,8 @@ class _HashedImages:
         return self.inner.dimension
 
     def embed(self, hashes: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.inner.embed_images([self.by_hash[h] for h in hashes]), np.float32)
+        images = [decode_image(self.by_hash[h], self.mode) for h in hashes]
+        return np.asarray(self.inner.embed_images(images), np.float32)
 
 
 def _split_source(data: Any, image: str) -> tuple[pa.Table, list[Any], bool]:
@@ -357,7 +365,8 @@ def embed_images(
                               f"{', '.join(tbl.column_names) or 'none'}")
     validate_keys(tbl, key)
     image_mode = getattr(embedder, "image_mode", "RGB")
-    loaded = load_images(tbl.column(key).to_pylist(), values, mode=image_mode, on_bad=on_bad)
+    loaded = load_images(tbl.column(key).to_pylist(), values, mode=image_mode, on_bad=on_bad,
+                         keep_decoded=False)
     if loaded.bad:
         tbl = tbl.take(pa.array(loaded.indices, pa.int64()))
     src = tbl.append_column(IMAGE_HASH_COLUMN, pa.array(loaded.hashes, pa.string()))
@@ -367,7 +376,7 @@ def embed_images(
     props = {"input_kind": "image", "image_column": image, **(properties or {})}
     res = embed_table(store, name, src, key=key, text=IMAGE_HASH_COLUMN,
                       embedder=_HashedImages(embedder, dict(zip(loaded.hashes, loaded.images,
-                                                                strict=True))),
+                                                                strict=True)), image_mode),
                       mode=mode, columns=columns, partition=partition, run_id=run_id,
                       properties=props)
     base = replace(res, rows_source=res.rows_source + len(loaded.bad),
