@@ -97,15 +97,21 @@ def _write(context: AssetExecutionContext, store: Store, name: str, source: pl.D
                                  "model_revision": MetadataValue.text(embedder.revision)})
 
 
-def _neighbour_picture(store: Store, table: str, source: pl.DataFrame, k: int) -> tuple[bytes, float]:
-    """The first held-out image of each label and its k nearest training images, found
-    by searching the table with the image's stored vector; green frame = same label."""
+def _neighbour_picture(store: Store, table: str, source: pl.DataFrame, k: int,
+                       hard: list[int] | None = None) -> tuple[bytes, float]:
+    """The first held-out image of each label, then the ``hard`` ones (the worst
+    neighbour lists, so the picture shows failures too), each with its k nearest training
+    images found by searching the table with the image's stored vector; green frame =
+    same label, red = another. Returns the PNG and the share of green frames."""
     tbl = store.table(table)
     test = source.filter(pl.col("split") == "test").group_by("label", maintain_order=True).first() \
         .sort("label")
     pngs = dict(zip(source["digit_id"].to_list(), source["png"].to_list(), strict=True))
+    label_of = dict(zip(source["digit_id"].to_list(), source["label"].to_list(), strict=True))
+    queries = test["digit_id"].to_list() + [h for h in (hard or []) if h not in test["digit_id"]]
     rows, marks, same = [], [], []
-    for qid, qlab in zip(test["digit_id"].to_list(), test["label"].to_list(), strict=True):
+    for qid in queries:
+        qlab = label_of[qid]
         vec = tbl.get([qid], columns=["vector"]).column("vector")[0].as_py()
         hits = tbl.search(vec, k=k, where="split = 'train'", columns=["digit_id", "label"])
         labs = hits.column("label").to_pylist()
@@ -201,7 +207,11 @@ def build_image_definitions(prefix: str = "digits", *,
         store = context.resources.embed_store.get_store()
         cnn = knn_label_accuracy(store.table(emb_table), k=config.k)
         pca = knn_label_accuracy(store.table(pca_table), k=config.k)
-        png, picture_agreement = _neighbour_picture(store, emb_table, images, config.k)
+        labels = dict(zip(images["digit_id"].to_list(), images["label"].to_list(), strict=True))
+        shares = [np.mean([labels[n] == labels[q] for n in row])
+                  for q, row in zip(cnn.queries.tolist(), cnn.neighbours.tolist(), strict=True)]
+        hard = [int(cnn.queries[i]) for i in np.argsort(shares, kind="stable")[:2] if shares[i] < 1]
+        png, picture_agreement = _neighbour_picture(store, emb_table, images, config.k, hard)
         verdict = "beats" if cnn.accuracy > pca.accuracy else "does not beat"
         context.log.info(f"k-NN accuracy (k={config.k}): CNN {cnn.accuracy:.4f} (v{cnn.version}) "
                          f"{verdict} PCA {pca.accuracy:.4f} (v{pca.version})")
@@ -211,7 +221,8 @@ def build_image_definitions(prefix: str = "digits", *,
             "cnn_beats_baseline": MetadataValue.bool(cnn.accuracy > pca.accuracy),
             "k": MetadataValue.int(config.k), "held_out": MetadataValue.int(cnn.n_test),
             "cnn_version": MetadataValue.int(cnn.version), "pca_version": MetadataValue.int(pca.version),
-            "neighbours": projection_markdown(png, f"held-out digits and their {config.k} nearest "
+            "neighbours": projection_markdown(png, f"held-out digits (one per label, then the "
+                                                   f"{len(hard)} worst) and their {config.k} nearest "
                                                    f"training images in {emb_table}"),
             "picture_agreement": _f(picture_agreement),
         })
