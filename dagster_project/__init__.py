@@ -14,7 +14,8 @@ it imports this module, so nothing here can create it (the README's command does
 """
 
 from .demo import build_demo_definitions
+from .images import with_image_assets  # the image group (digits CNN, PCA baseline) beside the text one
 
 # The demo location tags the embeddings version it left as ``prod`` (the README's
 # ``"debian_embeddings@prod"`` SQL example reads it).
-defs = build_demo_definitions("debian", tag_prod=True)
+defs = with_image_assets(build_demo_definitions("debian", tag_prod=True))

@@ -32,7 +32,7 @@ def test_cli_materialises_whole_demo_fast(tmp_path: Path) -> None:
     assert store.table_names() == [
         "debian_dependency_factors", "debian_directions", "debian_embeddings", "debian_embeddings_pca32",
         "debian_package_factors", "debian_pair_embeddings", "debian_section_centroids",
-        "debian_user_vectors"]
+        "debian_user_vectors", "digits_embeddings", "digits_pca"]  # + the image group
     t = store.table("debian_embeddings")
     assert t.count_rows() == 2040 and t.version == 1
     assert "embedded 2040 row(s)" in p.stderr + p.stdout

@@ -1,5 +1,15 @@
-"""Embedding: the embedder protocol, the text embedders, and the incremental pipeline."""
+"""Embedding: the embedder protocols, the text and image embedders, the incremental pipeline."""
 
+from ._cnn import (
+    DIGITS_MODEL,
+    KnnReport,
+    TrainedCNN,
+    digits_dataset,
+    knn_label_accuracy,
+    model_provenance,
+    save_model,
+    train_digits_cnn,
+)
 from ._embedders import (
     DEFAULT_MODEL,
     Embedder,
@@ -9,19 +19,53 @@ from ._embedders import (
     content_hash,
     default_embedder,
 )
+from ._images import (
+    BadImage,
+    BadImagePolicy,
+    ImageEmbedder,
+    ImageEmbedResult,
+    PixelEmbedder,
+    SentenceTransformerImageEmbedder,
+    TorchImageEmbedder,
+    decode_image,
+    embed_images,
+    fit_pixel_pca,
+    image_grid_png,
+    image_hash,
+)
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DIGITS_MODEL",
     "EMBED_MODES",
     "PROVENANCE_COLUMNS",
+    "BadImage",
+    "BadImagePolicy",
     "EmbedMode",
     "EmbedResult",
     "Embedder",
     "EmptyTextPolicy",
     "HashEmbedder",
+    "ImageEmbedResult",
+    "ImageEmbedder",
+    "KnnReport",
+    "PixelEmbedder",
     "SentenceTransformerEmbedder",
+    "SentenceTransformerImageEmbedder",
+    "TorchImageEmbedder",
+    "TrainedCNN",
     "content_hash",
+    "decode_image",
     "default_embedder",
+    "digits_dataset",
+    "embed_images",
     "embed_table",
+    "fit_pixel_pca",
+    "image_grid_png",
+    "image_hash",
+    "knn_label_accuracy",
+    "model_provenance",
+    "save_model",
+    "train_digits_cnn",
 ]
