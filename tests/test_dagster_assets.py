@@ -255,6 +255,21 @@ def test_partitioned_by_section_replaces_one_partition_per_commit(
     assert md["rows_embedded"] == 0 and md["rows_deleted"] == 10 and t.version == 3
     assert t.count_rows() == 330
     assert set(t.read(columns=["section"]).column("section").to_pylist()) == {"games", "editors"}
+    # one sub-index per partition, reported per partition (issue 11): the version that
+    # last wrote each, and the plan a search of it takes
+    t = env["store"].table(table_name)
+    parts = {p["value"]: p for p in t.partitions()}
+    assert {v: (p["rows"], p["last_written"]) for v, p in parts.items()} == \
+        {"editors": (170, 2), "games": (160, 3)}
+    fresh = [e for e in r3.get_asset_check_evaluations() if e.check_name == "index_freshness"]
+    assert fresh and fresh[0].passed
+    table_md = fresh[0].metadata["partitions"].value
+    assert "| editors | 170 | 2 | filtered-exact |" in table_md and "| games | 160 | 3 |" in table_md
+    q = t.read(columns=["vector"]).column("vector")[0].as_py()
+    got, plan = t.search(q, k=5, partition="editors", explain=True)
+    assert plan.path == "filtered-exact" and "gathered at version 2" in plan.reason
+    exact = t.search(q, k=5, where="section = 'editors'", use_index=False, nprobes=1)
+    assert got.column("package").to_pylist() == exact.column("package").to_pylist()
 
 
 def test_io_manager_types_modes_partitions_and_version_pins(env: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from ..index import freshness
+from ..index import freshness, partition_freshness
 from ..kernels import batch_distances, top_k_rows
 from ..store import CACHE, VECTOR_INDEX_NAME, EmbeddingTable, load_matrix
 from ._compat import CoercibleToAssetKey
@@ -144,7 +144,28 @@ def build_embedding_checks(
     return _checks
 
 
+def _partition_table(parts: list[dict[str, Any]]) -> MetadataValue:
+    lines = ["| partition | rows | last written (version) | search plan | unindexed rows |",
+             "|---|---:|---:|---|---:|"]
+    lines += [f"| {p['value']} | {p['rows']} | {p['last_written']} | {p['plan']} | "
+              f"{p['unindexed_rows']} |" for p in parts]
+    return MetadataValue.md("\n".join(lines))
+
+
 def _index_freshness(t: EmbeddingTable, version: int, result: Any, max_share: float) -> AssetCheckResult:
+    parts = partition_freshness(t)
+    if parts:
+        # One row per partition: which sub-index serves it, and how fresh its rows are.
+        stale = [str(p["value"]) for p in parts if p["rows"] and p["unindexed_rows"] / p["rows"] > max_share]
+        got = _whole_table_freshness(t, version, result, max_share)
+        md = {**got.metadata, "partitions": _partition_table(parts),
+              "stale_partitions": MetadataValue.json(stale)}
+        return result("index_freshness", got.passed and not stale, AssetCheckSeverity.WARN, **md)
+    return _whole_table_freshness(t, version, result, max_share)
+
+
+def _whole_table_freshness(t: EmbeddingTable, version: int, result: Any,
+                           max_share: float) -> AssetCheckResult:
     warn = AssetCheckSeverity.WARN
     fresh = freshness(t)  # the index policy's own measure, on the latest version
     if fresh["pending_rebuild"]:  # a rollback or build stopped before the index was ready

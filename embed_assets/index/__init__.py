@@ -5,7 +5,7 @@ Sits above the store: it reads and writes tables through :mod:`embed_assets.stor
 
 from ._build import EXACT_THRESHOLD_ROWS, MIN_ANN_ROWS, build_index, exact_threshold_rows
 from ._build import rebuild_after_rollback as rebuild_after_rollback
-from ._refresh import freshness, needs_retrain, refresh_index
+from ._refresh import freshness, needs_retrain, partition_freshness, refresh_index
 from ._report import INDEX_TYPES, IndexReport, default_params
 from ._text import build_text_index
 
@@ -20,6 +20,7 @@ __all__ = [
     "exact_threshold_rows",
     "freshness",
     "needs_retrain",
+    "partition_freshness",
     "rebuild_after_rollback",
     "refresh_index",
 ]

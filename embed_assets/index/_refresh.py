@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import normalize_rows
-from ..store import VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
+from ..store import BROAD_FILTER, VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
 from ._build import build_index, mean_centroid_distance
 
 
@@ -41,6 +41,37 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
                   "build_index)", "target_recall": (cfg or {}).get("target_recall", 0.95)}
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
             "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": untuned}
+
+
+def partition_freshness(table: EmbeddingTable) -> list[dict[str, Any]]:
+    """Per partition of the recorded partition column: its rows, the version that last
+    wrote it, the plan a search of it takes, and its rows outside the vector index (rows
+    in fragments the index does not cover; searched exactly either way)."""
+    ds = table.dataset()
+    parts = table.partitions()
+    if not parts:
+        return []
+    covered: set[int] = set()
+    if has_vector_index(ds, table.identity):
+        for idx in ds.list_indices():
+            if idx.get("name") == VECTOR_INDEX_NAME:
+                covered = {int(f) for f in idx.get("fragment_ids") or []}
+    total = max(ds.count_rows(), 1)
+    column = table.meta.partition_column
+    out = []
+    for p in parts:
+        outside = [f for f in p["fragments"] if f not in covered]
+        unindexed = 0
+        if covered and outside:
+            for f in outside:
+                frag = ds.get_fragment(f)
+                vals = frag.to_table(columns=[column]).column(column).to_pylist()
+                unindexed += sum(1 for v in vals if v == p["value"])
+        share = p["rows"] / total
+        out.append({"value": p["value"], "rows": p["rows"], "last_written": p["last_written"],
+                    "plan": "filtered-probe" if covered and share > BROAD_FILTER else "filtered-exact",
+                    "unindexed_rows": unindexed if covered else 0})
+    return out
 
 
 def needs_retrain(table: EmbeddingTable) -> tuple[bool, str]:

@@ -38,13 +38,14 @@ from ._meta import (
 from ._results import CleanupReport, VersionInfo, WriteResult
 from ._retention import DEFAULT_GRACE
 from ._rollback import IndexKeeper, set_index_keeper
-from ._search import Plan
+from ._search import BROAD_FILTER, Plan
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
 from ._table import EmbeddingTable, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 from ._writes import check_partition
 
 __all__ = [
+    "BROAD_FILTER",
     "CACHE",
     "CONFIG_KEY",
     "DEFAULT_GRACE",

@@ -86,8 +86,14 @@ class MatrixCache:
                 self._bytes -= int(old.nbytes)
         return item
 
-    def put(self, key: VersionKey, kind: str, item: Any) -> None:
-        """Seed the cache with an item built elsewhere (the index tuner's probe)."""
+    def put(self, key: VersionKey, kind: str, item: Any, replace: bool = False) -> None:
+        """Seed the cache with an item built elsewhere (the index tuner's probe);
+        ``replace`` drops an entry already there (it no longer describes its rows)."""
+        if replace:
+            with self._lock:
+                old = self._items.pop((key, kind), None)
+                if old is not None:
+                    self._bytes -= int(old.nbytes)
         self.get_or_build(key, kind, lambda: int(item.nbytes), lambda: item)
 
     def forget(self, uri: str) -> None:

@@ -25,6 +25,7 @@ and its index facts, never the latest version's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,8 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
 
 
 def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, metric: str,
-         meta: TableMeta, key: VersionKey | None = None) -> Plan:
+         meta: TableMeta, key: VersionKey | None = None,
+         epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None = None) -> Plan:
     """Choose the path (see the module docstring)."""
     tid = table_id
     rows = ds.count_rows()
@@ -193,7 +195,7 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
                f"metric {metric!r} is not the index's {meta.metric!r}")
         return Plan("exact", False, {}, f"exact scan of the cached matrix ({why})", rows)
     if req.where is not None and key is not None and not forced:
-        got = _filtered_plan(name, ds, key, req, metric, rows, probe_ok, defaults)
+        got = _filtered_plan(name, ds, key, req, metric, rows, probe_ok, defaults, epoch_of)
         if got is not None:
             return got
     if ann:
@@ -210,13 +212,19 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
 
 
 def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: SearchRequest,
-                   metric: str, rows: int, probe_ok: bool,
-                   defaults: dict[str, Any]) -> Plan | None:
+                   metric: str, rows: int, probe_ok: bool, defaults: dict[str, Any],
+                   epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None) -> Plan | None:
     where = req.where
     assert where is not None
+    part = epoch_of(where) if epoch_of is not None else None
     try:
-        # Row offsets first: a broad filter on a probed table needs no gathered vectors.
-        sub = subset(key, ds, where, metric, with_vectors=False)
+        if part is not None:
+            # One partition: its block, kept since the partition was last written.
+            where, epoch = part
+            sub = subset(key, ds, where, metric, with_vectors=True, epoch=epoch)
+        else:
+            # Row offsets first: a broad filter on a probed table needs no gathered vectors.
+            sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
         raise ValidationError(f"search on {name!r}: bad filter {where!r}: {first_line(exc)}") from None
     if sub is None:
@@ -230,12 +238,14 @@ def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: Sear
         return Plan("filtered-probe", True, params,
                     f"the filter keeps {sub.selectivity:.1%} of the rows (> {BROAD_FILTER:.0%}): "
                     "the tuned IVF probe over the matching rows only", rows, sub.rows, sub)
-    full = subset(key, ds, where, metric, with_vectors=True)
+    full = sub if sub.matrix is not None else subset(key, ds, where, metric, with_vectors=True)
     if full is None:
         return None
+    kept = (f"partition {where} (gathered at version {part[1].version}, when it was last "
+            "written)" if part is not None else "cached for this version and filter")
     return Plan("filtered-exact", False, {},
                 f"the filter keeps {full.selectivity:.1%} of the rows: an exact scan of just "
-                "those rows (cached for this version and filter)", rows, full.rows, full)
+                f"those rows ({kept})", rows, full.rows, full)
 
 
 def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,

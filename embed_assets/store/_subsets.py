@@ -28,19 +28,41 @@ ADDRESS_COLUMN = "_rowaddr"
 @dataclass
 class RowAddresses:
     """The row address (fragment << 32 | offset in fragment) of every row of a version,
-    with the order that sorts them: a filter scan returns addresses, a search wants
+    sorted, with each one's offset: a filter scan returns addresses, a search wants
     offsets in the version."""
 
-    addresses: np.ndarray  # uint64, scan order
-    order: np.ndarray  # int64, argsort of addresses
+    sorted: np.ndarray  # uint64 addresses, ascending
+    order: np.ndarray  # int64: the offset of each sorted address
 
     @property
     def nbytes(self) -> int:
-        return int(self.addresses.nbytes + self.order.nbytes)
+        return int(self.sorted.nbytes + self.order.nbytes)
 
-    def offsets(self, wanted: np.ndarray) -> np.ndarray:
-        sorted_addr = self.addresses[self.order]
-        return self.order[np.searchsorted(sorted_addr, wanted)]
+    @property
+    def rows(self) -> int:
+        return len(self.sorted)
+
+    def offsets(self, wanted: np.ndarray) -> np.ndarray | None:
+        """Offsets of the wanted addresses; None if any is not a row of this version."""
+        if not len(wanted):
+            return np.zeros(0, np.int64)
+        pos = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+        if not len(self.sorted) or not np.array_equal(self.sorted[pos], wanted):
+            return None
+        return self.order[pos]
+
+
+@dataclass
+class PartitionBlock:
+    """One partition's rows as gathered at its epoch (see :mod:`._partitions`): their
+    addresses (valid until the partition is written again) and vectors."""
+
+    addresses: np.ndarray  # uint64, in the order of ``matrix``'s rows
+    matrix: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.addresses.nbytes + self.matrix.nbytes)
 
 
 @dataclass
@@ -88,19 +110,27 @@ def row_addresses(key: VersionKey, ds: lance.LanceDataset) -> RowAddresses | Non
     def build() -> RowAddresses:
         t = ds.to_table(columns=[], filter=SCAN_ALL, with_row_address=True)
         addr = t.column(ADDRESS_COLUMN).to_numpy().astype(np.uint64, copy=False)
-        return RowAddresses(addr, np.argsort(addr, kind="stable").astype(np.int64))
+        order = np.argsort(addr, kind="stable").astype(np.int64)
+        return RowAddresses(addr[order], order)
 
     return CACHE.get_or_build(key, "rowaddr", lambda: ds.count_rows() * 16, build)
 
 
 def subset(key: VersionKey, ds: lance.LanceDataset, where: str, metric: str,
-           with_vectors: bool = True) -> RowSubset | None:
+           with_vectors: bool = True, epoch: VersionKey | None = None) -> RowSubset | None:
     """The rows ``where`` selects on this version (cached), or None when they cannot be
-    held in memory. Raises Lance's own error for a filter it cannot evaluate."""
-    dim = ds.schema.field(VECTOR_COLUMN).type.list_size
-    kind = f"subset/{'unit' if metric == 'cosine' else 'raw'}/{int(with_vectors)}/{where}"
+    held in memory. Raises Lance's own error for a filter it cannot evaluate.
 
-    def build() -> RowSubset | None:
+    ``epoch``: for one partition, the version it was last written at (see
+    :mod:`._partitions`); its gathered block is kept under that version and reused by
+    every later version whose rows it still matches, so a write of another partition
+    costs this one no Lance read."""
+    dim = ds.schema.field(VECTOR_COLUMN).type.list_size
+    unit = "unit" if metric == "cosine" else "raw"
+    kind = f"subset/{unit}/{int(with_vectors)}/{where}"
+
+    def scan() -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """(offsets ascending, their addresses, their vectors) from one Lance scan."""
         addrs = row_addresses(key, ds)
         if addrs is None:
             return None
@@ -108,6 +138,7 @@ def subset(key: VersionKey, ds: lance.LanceDataset, where: str, metric: str,
         t = ds.to_table(columns=cols, filter=where, with_row_address=True)
         got = t.column(ADDRESS_COLUMN).to_numpy().astype(np.uint64, copy=False)
         offsets = addrs.offsets(got)
+        assert offsets is not None  # the scan read this very version
         order = np.argsort(offsets, kind="stable")
         mat = None
         if with_vectors:
@@ -116,7 +147,36 @@ def subset(key: VersionKey, ds: lance.LanceDataset, where: str, metric: str,
             mat = np.ascontiguousarray(mat[order], dtype=np.float32)
             if metric == "cosine":
                 mat = normalize_rows(mat)
-        return RowSubset(where, offsets[order].astype(np.int64), len(addrs.addresses), mat)
+        return offsets[order].astype(np.int64), got[order], mat
+
+    def build() -> RowSubset | None:
+        if epoch is not None and with_vectors:
+            block = CACHE.get_or_build(epoch, f"pblock/{unit}/{where}", lambda: 0, lambda: None)
+            addrs = row_addresses(key, ds) if block is not None else None
+            if block is not None and addrs is not None:
+                offsets = addrs.offsets(block.addresses)
+                if offsets is not None:  # every row of the block is still there
+                    return _Borrowed(where, offsets, addrs.rows, block.matrix)
+        got = scan()
+        if got is None:
+            return None
+        offsets, addresses, mat = got
+        if epoch is not None and mat is not None:
+            CACHE.put(epoch, f"pblock/{unit}/{where}", PartitionBlock(addresses, mat), replace=True)
+            return _Borrowed(where, offsets, len(row_addresses(key, ds).sorted), mat)  # type: ignore[union-attr]
+        return RowSubset(where, offsets, row_addresses(key, ds).rows, mat)  # type: ignore[union-attr]
 
     per_row = 8 + (4 * dim if with_vectors else 0)
-    return CACHE.get_or_build(key, kind, lambda: ds.count_rows(filter=where) * per_row, build)
+    # A partition with an epoch is bounded by the table (whose matrix the budget was
+    # sized for); counting it would cost the Lance scan a carried block exists to avoid.
+    return CACHE.get_or_build(
+        key, kind, (lambda: 0) if epoch is not None else (lambda: ds.count_rows(filter=where) * per_row),
+        build)
+
+
+class _Borrowed(RowSubset):
+    """A subset whose vectors belong to a cached :class:`PartitionBlock` (counted there)."""
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets.nbytes + sum(m.nbytes for m in self._masks.values()))

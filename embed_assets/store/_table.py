@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lance
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
-from . import _hybrid, _retention, _search
+from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, take_rows
 from ._meta import (
     PROP_PREFIX,
@@ -414,13 +414,69 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                     res, p = self._hybrid_search(ds, meta, key, req, q, rank_metric,
                                                  (fusion or _hybrid.Fusion()).check())
                 else:
-                    p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key)
+                    p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key,
+                                     self._partition_epoch(meta, key))
                     res = _search.run(self.name, ds, key, q, req, rank_metric, p)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
         out = _as_output(res, output)
         return (out, p) if explain else out
+
+    def partitions(self, version: VersionRef = None) -> list[dict[str, Any]]:
+        """The partitions of the recorded partition column at a version, sorted by value:
+        ``value``, ``rows``, ``last_written`` (the version that last wrote the partition's
+        rows: its sub-index is gathered once per such version, see :meth:`search`) and
+        ``fragments`` (the data fragments holding its rows). ``[]`` for a table that
+        records no partition column.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from embed_assets import Store
+        >>> s = Store(tempfile.mkdtemp())
+        >>> for sec in ("a", "b"):
+        ...     _ = s.write("t", {"id": [ord(sec)], "section": [sec],
+        ...                       "vector": np.ones((1, 2), np.float32)}, key="id",
+        ...                 mode="replace_partition", partition=("section", sec))
+        >>> [(p["value"], p["rows"], p["last_written"]) for p in s.table("t").partitions()]
+        [('a', 1, 1), ('b', 1, 2)]
+        """
+        ds = self.dataset(version)
+        meta = TableMeta.infer(ds.schema)
+        column = meta.partition_column
+        if column is None or column not in ds.schema.names:
+            return []
+        key = self.cache_key(ds.version)
+        by_value: dict[Any, dict[str, Any]] = {}
+        for frag in ds.get_fragments():
+            col = frag.to_table(columns=[column]).column(column)
+            values, counts = np.unique(np.asarray(col.to_pylist(), dtype=object), return_counts=True)
+            for v, n in zip(values.tolist(), counts.tolist(), strict=True):
+                entry = by_value.setdefault(v, {"value": v, "rows": 0, "fragments": []})
+                entry["rows"] += int(n)
+                entry["fragments"].append(frag.fragment_id)
+        out = []
+        for v in sorted(by_value, key=str):
+            entry = by_value[v]
+            entry["last_written"] = _partitions.epoch(key, column, str(v), self._properties)
+            out.append(entry)
+        return out
+
+    def _partition_epoch(self, meta: TableMeta, key: VersionKey,
+                         ) -> Callable[[str], tuple[str, VersionKey] | None]:
+        """For the planner: a filter selecting one partition of the recorded partition
+        column -> (its canonical filter, the version it was last written at)."""
+
+        def epoch_of(where: str) -> tuple[str, VersionKey] | None:
+            column = meta.partition_column
+            value = _partitions.partition_value(where, column)
+            if column is None or value is None:
+                return None
+            v = _partitions.epoch(key, column, value, self._properties)
+            return _partitions.canonical(column, value), self.cache_key(v)
+
+        return epoch_of
 
     def _text_search(self, ds: lance.LanceDataset, meta: TableMeta, key: VersionKey,
                      req: _search.SearchRequest) -> tuple[pa.Table, _search.Plan]:
@@ -438,7 +494,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         n = max(4 * req.k, 50)
         texts = _hybrid.text_hits(self.name, ds, meta, req.query, n, req.where)
         vreq = dataclasses.replace(req, k=n, columns=[meta.key])
-        vp = _search.plan(self.name, self._identity, ds, vreq, metric, meta, key)
+        vp = _search.plan(self.name, self._identity, ds, vreq, metric, meta, key,
+                          self._partition_epoch(meta, key))
         vec = _search.run(self.name, ds, key, q, vreq, metric, vp)
         vkeys = vec.column(meta.key).to_pylist()
         fused = _hybrid.fuse(vkeys, texts.column(meta.key).to_pylist(), req.k, fusion)
