@@ -59,16 +59,23 @@ def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"dagster dev did not answer on {url} within {timeout}s")
 
 
-def _dagster_dev(port: int, env: dict[str, str], log: Any) -> subprocess.Popen:
-    # As `make ui` runs it: in the repository root, with no -w, so whatever decides the
-    # workspace there (workspace.yaml, or a [tool.dagster] table that would override it) is
-    # what is tested.
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def _dagster_dev(port: int, env: dict[str, str], log: Any, how: str = "make ui") -> subprocess.Popen:
+    """The UI server in the repository root, started as a user would: ``make ui`` (dg dev on
+    workspace.yaml) or a bare ``dagster dev`` (no -w: whatever decides the workspace there,
+    workspace.yaml or a [tool.dagster]/[tool.dg] table that would override it, is tested)."""
+    if how == "make ui":
+        # -o: take the venv's install stamp as it is (this interpreter is the installed one)
+        cmd = ["make", "-o", ".venv/.installed-stamp", "ui", f"UI_PORT={port}"]
+    else:
+        cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["make ui", "dagster dev"])
+def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path, how: str) -> None:
+    if how == "make ui" and shutil.which("make") is None:
+        pytest.skip("make is not installed")
     home = tmp_path / "home"
     home.mkdir()
     port = _free_port()
@@ -78,7 +85,7 @@ def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path) -> N
     query = ("{ workspaceOrError { ... on Workspace { locationEntries { name "
              "locationOrLoadError { __typename } } } } }")
     with open(tmp_path / "dagster_dev.log", "w") as log:
-        proc = _dagster_dev(port, env, log)
+        proc = _dagster_dev(port, env, log, how)
         try:
             _wait_up(url, proc)
             deadline = time.monotonic() + 180
