@@ -286,6 +286,11 @@ def test_rollback_refuses_an_unknown_version_or_no_previous_one(env: dict[str, A
                                  run_config=_rollback_to("99"))
     assert not res.success
     assert "no version 99" in res.failure_data_for_node(f"{rollback_job_name(TABLE)}_op").error.message
+    # the latest version itself: nothing to undo, and no copy of it is written
+    res = job.execute_in_process(instance=env["instance"], run_config=_rollback_to("1"))
+    assert res.success and not res.get_asset_materialization_events()
+    logs = " ".join(e.message for e in env["instance"].all_logs(res.run_id) if e.message)
+    assert "v1 is already the latest version; nothing rolled back" in logs
     assert [v.version for v in table.versions()] == [1]  # nothing stored changed
 
 

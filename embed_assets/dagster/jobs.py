@@ -163,13 +163,19 @@ def build_version_jobs(
             before = t.version
             context.log.info(f"{table} before (latest v{before}):\n{_listing(t)}")
             target = resolve_rollback_target(t, to)
+            asked = "" if str(target) == to.strip() else f" ({to})"
+            current = t.versions(with_properties=False)[-1].version  # the latest user version
+            if target == current:
+                # a Restore of the latest would only add a copy of it: a version of nothing
+                context.log.info(f"{table}: v{target}{asked} is already the latest version; "
+                                 "nothing rolled back")
+                return
             new = t.rollback(target, run_id=context.run.run_id)
         except EmbedAssetsError as exc:
             raise Failure(str(exc)) from None
         # ``new`` is the Restore's version (the user's); an index rebuild may follow it.
         latest = t.version
         rebuilt = "" if latest == new else f", index rebuilt up to v{latest}"
-        asked = "" if str(target) == to.strip() else f" ({to})"
         context.log.info(f"rolled {table} back to v{target}{asked}: new latest v{new} "
                          f"(was v{before}{rebuilt})\n{table} after:\n{_listing(t)}")
         record_run_version(context, table, new)
