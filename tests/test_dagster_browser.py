@@ -1,6 +1,8 @@
-"""The Dagster UI in headless Chromium: `dagster dev` (workspace.yaml) serves the demo, a
-click on "Materialize all" launches a run, and the asset page then shows the new Lance
-version in the materialisation metadata.
+"""The Dagster UI in headless Chromium: `make ui` (dg dev on workspace.yaml) and a bare
+`dagster dev` serve both code locations; a click on "Materialize all" launches a run and
+the asset page then shows the new Lance version in the materialisation metadata; a
+rollback started from the asset page's link to its Launchpad, launched as the Launchpad
+opens, shows the new version and its checks evaluated.
 
 Needs Debian's chromium and npm playwright-core: ``scripts/install_browser_deps.sh``.
 """
