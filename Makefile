@@ -7,9 +7,13 @@ export HF_HUB_OFFLINE := 1
 export LANCE_LOG := error
 export EMBED_ASSETS_STORE ?= $(CURDIR)/.embed_store
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+UI_PORT ?= 3000
 
 .PHONY: install demo test stress ui lint bench browser-deps
 
+# dg, Dagster 1.13's CLI, with this venv as the project's ("activated": else dg warns that
+# ./.venv is not the active environment).
+DG      := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/native/*.c embed_assets/sql/native/*.h) embed_assets/sql/native/build.py
@@ -20,10 +24,10 @@ $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/na
 install: $(STAMP)
 
 # The demo pipeline (Dagster, real model, real Debian text) into the default store,
-# then a query on what it wrote.
+# then a query on what it wrote. dg.toml makes the root the demo's dg project.
 demo: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster asset materialize -m dagster_project --select '*'
+	$(DG) launch --assets '*'
 	$(BIN)/embed-assets versions debian_embeddings
 	$(BIN)/embed-assets search debian_embeddings "edit source code with syntax highlighting" -k 5
 	$(BIN)/embed-assets sql "SELECT k.package, k.section, round(k.distance, 3) AS distance, k.rank \
@@ -31,11 +35,12 @@ demo: $(STAMP)
 	$(BIN)/embed-assets sql "SELECT section, count(*) AS packages, \
 	  round(vec_norm(vec_mean(vector)), 3) AS mean_norm FROM \"debian_embeddings@prod\" GROUP BY section ORDER BY packages DESC, section LIMIT 4"
 	@echo
-	@echo "Browse it: make ui   (dagster dev on http://127.0.0.1:3000)"
+	@echo "Browse it: make ui   (dg dev on http://127.0.0.1:$(UI_PORT))"
 
+# Both code locations (workspace.yaml): plain `dg dev` would serve the dg project alone.
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(DG) dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 # Chromium + playwright-core for the browser test; the test skips (with a reason) without them.
 browser-deps:

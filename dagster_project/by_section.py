@@ -3,8 +3,7 @@
 Each partition run embeds that section's packages and replaces exactly those rows of the
 table in one Lance commit. From the CLI, one run for all sections::
 
-    dagster asset materialize -m dagster_project.by_section --select '*' \\
-        --partition-range admin...web
+    dg launch -m dagster_project.by_section --assets '*' --partition-range admin...web
 """
 
 from .demo import build_demo_definitions

@@ -38,6 +38,7 @@ from embed_assets.dagster import (
     build_embedding_asset,
     build_embedding_checks,
     build_version_jobs,
+    rollback_link,
 )
 from embed_assets.dagster.metadata import column_schema, preview_markdown, standard_table_metadata
 
@@ -99,6 +100,7 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False,
         return df
 
     partitions = StaticPartitionsDefinition(sections()) if partitioned else None
+    emb_table, cent_table = "_".join(embeddings_key.path), "_".join(centroids_key.path)
     embeddings = build_embedding_asset(
         embeddings_key,
         source=descriptions_key,
@@ -109,6 +111,11 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False,
         partition_expr="section" if partitioned else None,
         group_name=group,
         label_column="section",
+        # The asset page's way to the undo: the Launchpad of rollback_<table>, prefilled.
+        description=(f"Embeddings of the package descriptions, keyed by package, in store table "
+                     f"`{emb_table}`; only new or changed rows are embedded.\n\n"
+                     f"[Roll back this asset]({rollback_link(emb_table)}) (to the previous "
+                     "version; its checks then run on the new version)"),
     )
     checks = build_embedding_checks(embeddings_key)
 
@@ -116,7 +123,8 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False,
            kinds={"lancedb", "polars"},
            ins={"embeddings": AssetIn(key=embeddings_key, metadata={"columns": ["section", "vector"]})},
            metadata={"key": "section", "write_mode": "overwrite"},
-           description="The mean (re-normalised) embedding of each Debian section.")
+           description=("The mean (re-normalised) embedding of each Debian section.\n\n"
+                        f"[Roll back this asset]({rollback_link(cent_table)})"))
     def section_centroids(embeddings: pl.DataFrame) -> pl.DataFrame:
         rows = []
         for (section,), part in embeddings.group_by(["section"], maintain_order=True):
@@ -181,8 +189,10 @@ def build_demo_definitions(prefix: str = "debian", *, partitioned: bool = False,
         executor=in_process_executor,
         assets=[descriptions, embeddings, section_centroids, semantic_search, *extra, *recipes],
         asset_checks=[checks],
-        jobs=build_version_jobs(tables={"_".join(embeddings_key.path): embeddings_key,
-                                        "_".join(centroids_key.path): centroids_key}),
+        # rollback_table and tag_table_version offer these tables; rollback_<table> per
+        # table; a rollback of the embeddings runs their checks on the new version.
+        jobs=build_version_jobs(tables={emb_table: embeddings_key, cent_table: centroids_key},
+                                checks=[checks]),
         resources={
             "embed_store": store,
             "embedder": EmbedderResource(model=model),

@@ -22,27 +22,34 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    DagsterInvalidConfigError,
     DailyPartitionsDefinition,
     Definitions,
     asset,
     materialize,
 )
+from dagster import Enum as DagsterEnum
 
 from embed_assets import Store
 from embed_assets._demo import demo_source
 from embed_assets.dagster import (
     INTEGRITY_CHECKS,
+    PREVIOUS,
     PROJECTION_KEY,
     RUN_TAG_PREFIX,
     VERSION_KEY,
     EmbedStoreResource,
     LanceDBIOManager,
+    resolve_rollback_target,
+    rollback_job_name,
+    rollback_link,
     run_for_version,
     versions_for_run,
 )
@@ -209,6 +216,111 @@ def test_rollback_job_makes_latest_equal_chosen_version(env: dict[str, Any]) -> 
     bad = tag.execute_in_process(instance=env["instance"], raise_on_error=False, run_config={
         "ops": {"tag_table_version_op": {"config": {"table": TABLE, "tag": "x", "version": "99"}}}})
     assert not bad.success
+
+
+def _two_versions(env: dict[str, Any]) -> Any:
+    """v1: the demo slice; v2: 540 packages gone upstream. Returns the table."""
+    _run(env, selection=[EMB.to_user_string(), "debian/descriptions"])
+    path = env["tmp"] / "fewer.parquet"
+    demo_source().head(1500).write_parquet(path)
+    _run(env, selection=[EMB.to_user_string(), "debian/descriptions"],
+         run_config=_descriptions_config(path))
+    table = env["store"].table(TABLE)
+    assert [v.version for v in table.versions()] == [1, 2] and table.count_rows() == 1500
+    return table
+
+
+def _rollback_to(to: str) -> dict[str, Any]:
+    """Run config of rollback_debian_embeddings with ``to`` set."""
+    return {"ops": {f"{rollback_job_name(TABLE)}_op": {"config": {"to": to}}}}
+
+
+def test_rollback_jobs_offer_the_owned_tables_as_an_enum(env: dict[str, Any]) -> None:
+    table = _two_versions(env)
+    for job_name, op_name in (("rollback_table", "rollback_table_op"),
+                              ("tag_table_version", "tag_table_version_op")):
+        job = env["defs"].get_job_def(job_name)
+        field = (job.run_config_schema.config_type.fields["ops"].config_type.fields[op_name]
+                 .config_type.fields["config"].config_type.fields["table"])
+        assert isinstance(field.config_type, DagsterEnum)
+        assert sorted(v.config_value for v in field.config_type.enum_values) == [
+            "debian_embeddings", "debian_section_centroids"]
+    # a table that is not offered is refused before the run starts, naming the value
+    job = env["defs"].get_job_def("rollback_table")
+    with pytest.raises(DagsterInvalidConfigError, match="debian_embedings"):
+        job.execute_in_process(instance=env["instance"], run_config={
+            "ops": {"rollback_table_op": {"config": {"table": "debian_embedings", "to": "1"}}}})
+    assert table.version == 2  # nothing stored changed
+    # one job per owned table, its config all defaults: the Launchpad opens ready to launch
+    names = {j.name for j in env["defs"].jobs}
+    assert {rollback_job_name(TABLE), rollback_job_name("debian_section_centroids")} <= names
+    emb_asset = env["defs"].resolve_assets_def(EMB)
+    assert rollback_link(TABLE) in (emb_asset.descriptions_by_key[EMB] or "")
+
+
+def test_rollback_defaults_to_the_previous_version(env: dict[str, Any]) -> None:
+    table = _two_versions(env)
+    res = env["defs"].get_job_def(rollback_job_name(TABLE)).execute_in_process(
+        instance=env["instance"])  # no run config at all
+    assert res.success
+    assert table.version == 3 and table.read(3).sort_by("package").equals(table.read(1).sort_by("package"))
+    md = env["instance"].get_latest_materialization_event(EMB).asset_materialization.metadata
+    assert md[VERSION_KEY].value == 3 and md["rollback_to"].value == 1 and md["rollback_from"].value == 2
+    assert run_for_version(env["store"], TABLE, 3) == res.run_id
+    # "previous" counts user versions: the one before v3 is v2, so a second undo redoes
+    res = env["defs"].get_job_def("rollback_table").execute_in_process(
+        instance=env["instance"], run_config={"ops": {"rollback_table_op": {"config": {"table": TABLE}}}})
+    assert res.success and table.version == 4 and table.count_rows() == 1500
+    assert resolve_rollback_target(table, PREVIOUS) == 3
+
+
+def test_rollback_refuses_an_unknown_version_or_no_previous_one(env: dict[str, Any]) -> None:
+    _run(env, selection=[EMB.to_user_string(), "debian/descriptions"])
+    table = env["store"].table(TABLE)
+    job = env["defs"].get_job_def(rollback_job_name(TABLE))
+    res = job.execute_in_process(instance=env["instance"], raise_on_error=False)
+    assert not res.success
+    failure = res.failure_data_for_node(f"{rollback_job_name(TABLE)}_op").error.message
+    assert "one version (v1): there is no previous version" in failure
+    res = job.execute_in_process(instance=env["instance"], raise_on_error=False,
+                                 run_config=_rollback_to("99"))
+    assert not res.success
+    assert "no version 99" in res.failure_data_for_node(f"{rollback_job_name(TABLE)}_op").error.message
+    # the latest version itself: nothing to undo, and no copy of it is written
+    res = job.execute_in_process(instance=env["instance"], run_config=_rollback_to("1"))
+    assert res.success and not res.get_asset_materialization_events()
+    logs = " ".join(e.message for e in env["instance"].all_logs(res.run_id) if e.message)
+    assert "v1 is already the latest version; nothing rolled back" in logs
+    assert [v.version for v in table.versions()] == [1]  # nothing stored changed
+
+
+def test_rollback_runs_the_asset_checks_on_the_new_version(env: dict[str, Any]) -> None:
+    _run(env, selection=[EMB.to_user_string(), "debian/descriptions"])
+    _plant_nan(env["store"], demo_source()["package"][100])  # v2: one NaN vector
+    table = env["store"].table(TABLE)
+    job = env["defs"].get_job_def(rollback_job_name(TABLE))
+    res = job.execute_in_process(instance=env["instance"])  # back to v1: the checks pass
+    assert res.success and table.version == 3
+    evals = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    assert set(evals) == set(INTEGRITY_CHECKS) | {"index_freshness", "drift"}
+    assert all(evals[c].passed for c in INTEGRITY_CHECKS)
+    assert {e.metadata[VERSION_KEY].value for e in evals.values()} == {3}
+    # what the UI shows: each check's latest execution is in the run of the asset's latest
+    # materialisation, so it counts as evaluated on that version (not "Not Evaluated")
+    latest_mat = env["instance"].get_latest_materialization_event(EMB)
+    assert latest_mat.run_id == res.run_id
+    for name in evals:
+        rec = env["instance"].event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(EMB, name), limit=1)[0]
+        assert rec.run_id == res.run_id
+    # back to the corrupt v2: the rollback happens, the blocking check fails the run
+    bad = job.execute_in_process(instance=env["instance"], raise_on_error=False,
+                                 run_config=_rollback_to("2"))
+    assert not bad.success and table.version == 4
+    finite = {e.check_name: e for e in bad.get_asset_check_evaluations()}["vectors_finite"]
+    assert finite.passed is False and finite.severity == AssetCheckSeverity.ERROR
+    msg = bad.failure_data_for_node(f"{rollback_job_name(TABLE)}_op").error.message
+    assert "fails blocking checks: vectors_finite" in msg
 
 
 def test_drift_check_warns_when_the_space_changes(env: dict[str, Any]) -> None:

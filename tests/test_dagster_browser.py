@@ -1,6 +1,8 @@
-"""The Dagster UI in headless Chromium: `dagster dev` (workspace.yaml) serves the demo, a
-click on "Materialize all" launches a run, and the asset page then shows the new Lance
-version in the materialisation metadata.
+"""The Dagster UI in headless Chromium: `make ui` (dg dev on workspace.yaml) and a bare
+`dagster dev` serve both code locations; a click on "Materialize all" launches a run and
+the asset page then shows the new Lance version in the materialisation metadata; a
+rollback started from the asset page's link to its Launchpad, launched as the Launchpad
+opens, shows the new version and its checks evaluated.
 
 Needs Debian's chromium and npm playwright-core: ``scripts/install_browser_deps.sh``.
 """
@@ -59,16 +61,23 @@ def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"dagster dev did not answer on {url} within {timeout}s")
 
 
-def _dagster_dev(port: int, env: dict[str, str], log: Any) -> subprocess.Popen:
-    # As `make ui` runs it: in the repository root, with no -w, so whatever decides the
-    # workspace there (workspace.yaml, or a [tool.dagster] table that would override it) is
-    # what is tested.
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def _dagster_dev(port: int, env: dict[str, str], log: Any, how: str = "make ui") -> subprocess.Popen:
+    """The UI server in the repository root, started as a user would: ``make ui`` (dg dev on
+    workspace.yaml) or a bare ``dagster dev`` (no -w: whatever decides the workspace there,
+    workspace.yaml or a [tool.dagster]/[tool.dg] table that would override it, is tested)."""
+    if how == "make ui":
+        # -o: take the venv's install stamp as it is (this interpreter is the installed one)
+        cmd = ["make", "-o", ".venv/.installed-stamp", "ui", f"UI_PORT={port}"]
+    else:
+        cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["make ui", "dagster dev"])
+def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path, how: str) -> None:
+    if how == "make ui" and shutil.which("make") is None:
+        pytest.skip("make is not installed")
     home = tmp_path / "home"
     home.mkdir()
     port = _free_port()
@@ -78,7 +87,7 @@ def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path) -> N
     query = ("{ workspaceOrError { ... on Workspace { locationEntries { name "
              "locationOrLoadError { __typename } } } } }")
     with open(tmp_path / "dagster_dev.log", "w") as log:
-        proc = _dagster_dev(port, env, log)
+        proc = _dagster_dev(port, env, log, how)
         try:
             _wait_up(url, proc)
             deadline = time.monotonic() + 180
@@ -137,6 +146,93 @@ def test_materialise_from_the_ui_shows_the_new_lance_version(tmp_path: Path) -> 
         assert seen["version"] == table.version == 1
         # the run launched from the page is the run recorded with that version
         assert seen["runId"] == run_for_version(store, "debian_embeddings", seen["version"])
+    finally:
+        _stop(proc)
+        log.close()
+
+
+CHECKS_QUERY = """
+query ($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks { checks { name executionForLatestMaterialization { runId status } } }
+      }
+    }
+  }
+}"""
+
+
+def _graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/graphql",
+                                 data=json.dumps({"query": query, "variables": variables}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["data"]
+
+
+def test_rollback_from_the_asset_page_launchpad(tmp_path: Path) -> None:
+    """From the embeddings asset page to its rollback job's Launchpad, Launch Run with the
+    config as it opens (to: previous), then the asset page shows the new version and the
+    checks evaluated on it."""
+    reason = _skip_reason() or (None if shutil.which("make") else "make is not installed")
+    if reason:
+        pytest.skip(reason)
+    from embed_assets._demo import demo_source
+
+    home = tmp_path / "home"
+    home.mkdir()
+    store_dir = tmp_path / "store"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBED_ASSETS_STORE": str(store_dir),
+           "EMBED_ASSETS_MODEL": "hash-bow", "VIRTUAL_ENV": sys.prefix}
+    # Two versions through Dagster: the slice, then the slice less 540 packages.
+    fewer = tmp_path / "fewer.parquet"
+    demo_source().head(1500).write_parquet(fewer)
+    dg = str(Path(sys.executable).with_name("dg"))
+    cfg = json.dumps({"ops": {"debian__descriptions": {"config": {"path": str(fewer)}}}})
+    for extra in ([], ["--config-json", cfg]):
+        p = subprocess.run([dg, "launch", "--assets", "debian/descriptions,debian/embeddings", *extra],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+    table = Store(str(store_dir)).table("debian_embeddings")
+    assert [v.version for v in table.versions()] == [1, 2]
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
+    proc = _dagster_dev(port, env, log)
+    try:
+        _wait_up(url, proc)
+        out = subprocess.run(
+            ["node", str(BROWSER_DIR / "rollback_from_asset_page.js"), url, "3"],
+            cwd=BROWSER_DIR, capture_output=True, text=True, timeout=420,
+            env={**os.environ, "CHROMIUM": CHROMIUM, "SCREENSHOT_DIR": str(shots)})
+        dev_log = (tmp_path / "dagster_dev.log").read_text()[-3000:]
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{dev_log}"
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        # the Launchpad opened with the default, to: previous, and nothing was typed
+        assert "previous" in (seen["config"] or ""), seen
+        # the asset page shows the version the rollback made, equal to v1
+        assert seen["version"] == table.version == 3
+        assert table.read(3).sort_by("package").equals(table.read(1).sort_by("package"))
+        assert seen["runId"] == run_for_version(Store(str(store_dir)), "debian_embeddings", 3)
+        # every check was evaluated in that run, on that version (the checks tab's data)
+        data = _graphql(url, CHECKS_QUERY, {"key": {"path": ["debian", "embeddings"]}})
+        checks = data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+        assert len(checks) == 6
+        for c in checks:
+            ex = c["executionForLatestMaterialization"]
+            assert ex is not None and ex["runId"] == seen["runId"], c
+        assert {c["name"]: c["executionForLatestMaterialization"]["status"] for c in checks
+                }["vectors_finite"] == "SUCCEEDED"
+        # and the checks tab says so: each check's status, none "Not evaluated"
+        assert seen["checks"] == {"vectors_finite": "Succeeded", "vector_dimension": "Succeeded",
+                                  "no_zero_vectors": "Succeeded", "unique_keys": "Succeeded",
+                                  "index_freshness": "Succeeded",
+                                  # 540 packages came back: the space moved vs v2 (a WARN)
+                                  "drift": "Failed"}, seen["checks"]
     finally:
         _stop(proc)
         log.close()

@@ -23,7 +23,13 @@ Examples
 """
 
 from .assets import EmbedConfig, build_embedding_asset
-from .checks import INTEGRITY_CHECKS, WARN_CHECKS, build_embedding_checks
+from .checks import (
+    INTEGRITY_CHECKS,
+    WARN_CHECKS,
+    EmbeddingCheckSettings,
+    build_embedding_checks,
+    evaluate_embedding_checks,
+)
 from .io_manager import (
     LanceArrowTypeHandler,
     LanceDbClient,
@@ -31,7 +37,16 @@ from .io_manager import (
     LancePandasTypeHandler,
     LancePolarsTypeHandler,
 )
-from .jobs import RollbackConfig, TagConfig, build_version_jobs
+from .jobs import (
+    PREVIOUS,
+    RollbackConfig,
+    TableRollbackConfig,
+    TagConfig,
+    build_version_jobs,
+    resolve_rollback_target,
+    rollback_job_name,
+    rollback_link,
+)
 from .metadata import (
     PROJECTION_KEY,
     RUN_TAG_PREFIX,
@@ -45,6 +60,7 @@ from .resources import EmbedderResource, EmbedStoreResource
 
 __all__ = [
     "INTEGRITY_CHECKS",
+    "PREVIOUS",
     "PROJECTION_KEY",
     "RUN_TAG_PREFIX",
     "VERSION_KEY",
@@ -52,17 +68,23 @@ __all__ = [
     "EmbedConfig",
     "EmbedStoreResource",
     "EmbedderResource",
+    "EmbeddingCheckSettings",
     "LanceArrowTypeHandler",
     "LanceDBIOManager",
     "LanceDbClient",
     "LancePandasTypeHandler",
     "LancePolarsTypeHandler",
     "RollbackConfig",
+    "TableRollbackConfig",
     "TagConfig",
     "build_embedding_asset",
     "build_embedding_checks",
     "build_version_jobs",
+    "evaluate_embedding_checks",
     "lance_table_name",
+    "resolve_rollback_target",
+    "rollback_job_name",
+    "rollback_link",
     "run_for_version",
     "table_metadata",
     "versions_for_run",

@@ -9,6 +9,7 @@ not worth stopping a pipeline.
 # No `from __future__ import annotations`: Dagster reads the Config and context
 # annotations of the decorated functions at definition time.
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,53 @@ def centroid_shift(a: np.ndarray, b: np.ndarray) -> float:
     return float(1.0 - ca @ cb / (na * nb))
 
 
+# The settings of a checks definition ride in its specs' metadata (shown in the UI beside
+# each check), so a rollback job handed the definition runs the very same checks.
+CHECK_SETTINGS_KEY = "embed_assets/check_settings"
+
+
+@dataclass(frozen=True)
+class EmbeddingCheckSettings:
+    """What :func:`build_embedding_checks` checks the table behind an asset against."""
+
+    table: str
+    expected_dimension: int | None = None
+    max_centroid_shift: float = 0.05
+    min_neighbour_overlap: float = 0.8
+    drift_sample: int = 100
+    max_unindexed_share: float = 0.1
+
+    def descriptions(self) -> dict[str, str]:
+        """One line per check, as the UI shows it."""
+        return {
+            "vectors_finite": "every vector is finite (no NaN or infinity)",
+            "vector_dimension": "vectors have the expected dimension",
+            "no_zero_vectors": "no vector is all zeros (cosine distance is undefined for it)",
+            "unique_keys": "keys are unique and not null",
+            "index_freshness": f"at most {self.max_unindexed_share:.0%} of rows are outside the ANN index",
+            "drift": (f"vs the previous version: centroid shift <= {self.max_centroid_shift} and "
+                      f"neighbour overlap@10 >= {self.min_neighbour_overlap} on {self.drift_sample} "
+                      "fixed keys"),
+        }
+
+
+def check_settings_of(checks: AssetChecksDefinition) -> tuple[AssetKey, EmbeddingCheckSettings]:
+    """The asset and settings of a definition made by :func:`build_embedding_checks`.
+
+    Raises
+    ------
+    ValueError
+        If ``checks`` was not made by :func:`build_embedding_checks`.
+    """
+    for spec in checks.check_specs:
+        raw = (spec.metadata or {}).get(CHECK_SETTINGS_KEY)
+        if raw is not None:
+            value = raw.value if isinstance(raw, MetadataValue) else raw
+            return spec.asset_key, EmbeddingCheckSettings(**value)
+    raise ValueError(f"{checks.node_def.name!r} was not made by build_embedding_checks "
+                     "(its specs carry no check settings)")
+
+
 def build_embedding_checks(
     asset: CoercibleToAssetKey,
     *,
@@ -92,56 +140,66 @@ def build_embedding_checks(
     """Checks on the latest version of the table behind ``asset``.
 
     ``expected_dimension`` defaults to the dimension recorded when the table was created.
+    Hand the result to :func:`~embed_assets.dagster.build_version_jobs` (``checks=``) and
+    a rollback evaluates the same checks on the version it makes.
     """
     asset_key = AssetKey.from_coercible(asset)
-    tname = table or lance_table_name(asset_key)
-    descriptions = {
-        "vectors_finite": "every vector is finite (no NaN or infinity)",
-        "vector_dimension": "vectors have the expected dimension",
-        "no_zero_vectors": "no vector is all zeros (cosine distance is undefined for it)",
-        "unique_keys": "keys are unique and not null",
-        "index_freshness": f"at most {max_unindexed_share:.0%} of rows are outside the ANN index",
-        "drift": (f"vs the previous version: centroid shift <= {max_centroid_shift} and "
-                  f"neighbour overlap@10 >= {min_neighbour_overlap} on {drift_sample} fixed keys"),
-    }
+    settings = EmbeddingCheckSettings(
+        table=table or lance_table_name(asset_key), expected_dimension=expected_dimension,
+        max_centroid_shift=max_centroid_shift, min_neighbour_overlap=min_neighbour_overlap,
+        drift_sample=drift_sample, max_unindexed_share=max_unindexed_share)
+    descriptions = settings.descriptions()
+    spec_md = {CHECK_SETTINGS_KEY: MetadataValue.json(asdict(settings))}
     specs = [AssetCheckSpec(n, asset=asset_key, blocking=n in INTEGRITY_CHECKS,
-                            description=descriptions[n]) for n in (*INTEGRITY_CHECKS, *WARN_CHECKS)]
+                            description=descriptions[n], metadata=spec_md)
+             for n in (*INTEGRITY_CHECKS, *WARN_CHECKS)]
 
-    @multi_asset_check(specs=specs, name=name or f"{tname}_checks",
+    @multi_asset_check(specs=specs, name=name or f"{settings.table}_checks",
                        required_resource_keys={store_key})
     def _checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
         store = getattr(context.resources, store_key).get_store()
-        t = store.table(tname)
-        version = t.version
-        meta = t.meta
-        tbl, mat = _version_vectors(t, version)
-        base = {VERSION_KEY: MetadataValue.int(version)}
-
-        def result(check: str, passed: bool, severity: AssetCheckSeverity,
-                   **md: Any) -> AssetCheckResult:
-            return AssetCheckResult(check_name=check, asset_key=asset_key, passed=bool(passed),
-                                    severity=severity, metadata={**base, **md})
-
-        err = AssetCheckSeverity.ERROR
-        finite = np.isfinite(mat).all(axis=1)
-        bad_keys = tbl.column(meta.key).filter(pa.array(~finite)).to_pylist()[:10]
-        yield result("vectors_finite", finite.all(), err,
-                     non_finite_rows=int((~finite).sum()), examples=MetadataValue.json(
-                         [str(k) for k in bad_keys]))
-        want = expected_dimension or meta.dimension
-        yield result("vector_dimension", mat.shape[1] == want, err,
-                     dimension=int(mat.shape[1]), expected=int(want))
-        zero = ~np.any(mat != 0, axis=1)
-        yield result("no_zero_vectors", not zero.any(), err, zero_vectors=int(zero.sum()))
-        keys = tbl.column(meta.key)
-        dups = int(tbl.num_rows - len(pc.unique(keys)))
-        yield result("unique_keys", dups == 0 and keys.null_count == 0, err,
-                     duplicate_keys=dups, null_keys=int(keys.null_count))
-        yield _index_freshness(t, version, result, max_unindexed_share)
-        yield _drift(t, version, tbl, mat, finite, result, max_centroid_shift,
-                     min_neighbour_overlap, drift_sample)
+        yield from evaluate_embedding_checks(store.table(settings.table), asset_key, settings)
 
     return _checks
+
+
+def evaluate_embedding_checks(t: EmbeddingTable, asset_key: AssetKey,
+                              settings: EmbeddingCheckSettings) -> list[AssetCheckResult]:
+    """The six checks on the latest version of ``t``, as the checks definition reports them.
+
+    Shared by the checks definition and the rollback job, so a rolled-back version is
+    judged exactly as a materialised one.
+    """
+    version = t.version
+    meta = t.meta
+    tbl, mat = _version_vectors(t, version)
+    base = {VERSION_KEY: MetadataValue.int(version)}
+
+    def result(check: str, passed: bool, severity: AssetCheckSeverity,
+               **md: Any) -> AssetCheckResult:
+        return AssetCheckResult(check_name=check, asset_key=asset_key, passed=bool(passed),
+                                severity=severity, metadata={**base, **md})
+
+    err = AssetCheckSeverity.ERROR
+    out = []
+    finite = np.isfinite(mat).all(axis=1)
+    bad_keys = tbl.column(meta.key).filter(pa.array(~finite)).to_pylist()[:10]
+    out.append(result("vectors_finite", finite.all(), err,
+                      non_finite_rows=int((~finite).sum()), examples=MetadataValue.json(
+                          [str(k) for k in bad_keys])))
+    want = settings.expected_dimension or meta.dimension
+    out.append(result("vector_dimension", mat.shape[1] == want, err,
+                      dimension=int(mat.shape[1]), expected=int(want)))
+    zero = ~np.any(mat != 0, axis=1)
+    out.append(result("no_zero_vectors", not zero.any(), err, zero_vectors=int(zero.sum())))
+    keys = tbl.column(meta.key)
+    dups = int(tbl.num_rows - len(pc.unique(keys)))
+    out.append(result("unique_keys", dups == 0 and keys.null_count == 0, err,
+                      duplicate_keys=dups, null_keys=int(keys.null_count)))
+    out.append(_index_freshness(t, version, result, settings.max_unindexed_share))
+    out.append(_drift(t, version, tbl, mat, finite, result, settings.max_centroid_shift,
+                      settings.min_neighbour_overlap, settings.drift_sample))
+    return out
 
 
 def _partition_table(parts: list[dict[str, Any]]) -> MetadataValue:
