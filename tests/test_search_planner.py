@@ -37,7 +37,8 @@ def indexed(tmp_path_factory):
         "id": np.arange(N), "section": sec,
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])}),
         key="id")
-    rep = build_index(store.table("t"), recall=0.95, force_ann=True)
+    # graph=False: these tests are about the probe and the filtered paths
+    rep = build_index(store.table("t"), recall=0.95, force_ann=True, graph=False)
     assert rep.kind == "ann"
     return store, mat, sec
 
@@ -199,3 +200,48 @@ def test_a_partition_sub_index_is_rebuilt_only_when_its_partition_changes(tmp_pa
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat[1]), 16)}), key="id").version
     _, plan = store.table("p").search(q, k=5, partition="a", explain=True)
     assert f"gathered at version {v_up}" in plan.reason
+
+
+def test_the_hnsw_graph_serves_its_rows_and_steps_aside_after_a_write(tmp_path):
+    """build_index tunes an HNSW graph (hnswlib) beside the IVF index; unfiltered searches
+    use it while the rows are the ones it was built from."""
+    from embed_assets import freshness
+
+    store = Store(str(tmp_path))
+    mat = clustered(6000, dim=32, clusters=50)
+    store.write("g", pa.table({
+        "id": np.arange(6000),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), 32)}), key="id")
+    rep = build_index(store.table("g"), recall=0.95, force_ann=True, graph=True)
+    assert {"graph_ef", "graph_fingerprint"} <= set(rep.params) and rep.recall >= 0.95
+    assert "HNSW graph" in rep.summary()
+    t = store.table("g")
+    indexed = t.version
+    queries = clustered(40, dim=32, clusters=50, seed=9)
+    hits = 0
+    for q in queries:
+        got, plan = t.search(q, k=10, explain=True)
+        assert plan.path == "graph"
+        hits += len(set(got.column("id").to_pylist()) & set(exact_ids(mat, np.ones(6000, bool), q, 10)))
+    assert hits / 400 >= 0.95
+    assert freshness(t)["graph"] == {"fresh": True, "ef": rep.params["graph_ef"]}
+    # a write changes the rows: the probe answers, and the graph is reported stale
+    store.write("g", pa.table({"id": [0], "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(mat[1]), 32)}), key="id")
+    t = store.table("g")
+    got = t.search(mat[1], k=2, columns=["id"])
+    assert set(got.column("id").to_pylist()) == {0, 1}
+    assert freshness(t)["graph"]["fresh"] is False
+    # time travel to the indexed version reads its graph again
+    _, plan = t.search(mat[3], k=3, version=indexed, explain=True)
+    assert plan.path == "graph"
+    # no graph file (another machine): the probe answers
+    for f in (tmp_path / ".embed_assets" / "graphs").rglob("*.hnsw"):
+        f.unlink()
+    from embed_assets.store import CACHE as cache
+    cache.clear()
+    got, plan = store.table("g").search(mat[3], k=3, version=indexed, explain=True)
+    assert got.column("id").to_pylist()[0] == 3
+    assert plan.path == "probe" and "graph unavailable" in plan.reason
+    no_graph = build_index(store.table("g"), recall=0.95, force_ann=True, graph=False)
+    assert "graph_ef" not in no_graph.params

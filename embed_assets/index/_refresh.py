@@ -16,6 +16,7 @@ import numpy as np
 
 from ..kernels import normalize_rows
 from ..store import BROAD_FILTER, VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
+from ..store._graph import fingerprint
 from ._build import build_index, mean_centroid_distance
 
 
@@ -30,7 +31,8 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
         cfg = index_config(ds, table.identity)
         ann = bool(pending) or bool(cfg and cfg.get("kind") == "ann")
         return {"indexed": False, "rows": rows, "unindexed_rows": rows if ann else 0,
-                "share_unindexed": 1.0 if ann and rows else 0.0, "pending_rebuild": pending}
+                "share_unindexed": 1.0 if ann and rows else 0.0, "pending_rebuild": pending,
+                "graph": None}
     stats = ds.stats.index_stats(VECTOR_INDEX_NAME)
     unindexed = int(stats.get("num_unindexed_rows", 0))
     cfg = index_config(ds, table.identity)
@@ -39,8 +41,14 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
     untuned = None if cfg and cfg.get("kind") == "ann" else {
         "reason": "the vector index exists but its tuning was never recorded (an interrupted "
                   "build_index)", "target_recall": (cfg or {}).get("target_recall", 0.95)}
+    p = (cfg or {}).get("params", {})
+    # The HNSW graph serves the rows it was built from; after a write searches use the
+    # probe until build_index builds a graph of the new rows.
+    graph = None if "graph_fingerprint" not in p else {
+        "fresh": fingerprint(ds) == p["graph_fingerprint"], "ef": p.get("graph_ef")}
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
-            "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": untuned}
+            "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": untuned,
+            "graph": graph}
 
 
 def partition_freshness(table: EmbeddingTable) -> list[dict[str, Any]]:

@@ -42,7 +42,10 @@ class IndexReport:
             return f"{self.table}: exact search ({self.reason}); recall 1.0"
         lance = (f"; Lance path (filters) recall {self.lance_recall:.3f} p50 "
                  f"{self.lance_p50_ms:.2f} ms" if self.lance_recall is not None else "")
-        return (f"{self.table}: {self.index_type} recall@{self.k} {self.recall:.3f} "
+        path = (f"HNSW graph (ef {self.params['graph_ef']}) over {self.index_type}"
+                if "graph_ef" in self.params else
+                f"{self.index_type} probe" if "probe_nprobes" in self.params else self.index_type)
+        return (f"{self.table}: {path} recall@{self.k} {self.recall:.3f} "
                 f"(target {self.target_recall}) p50 {self.p50_ms or 0:.2f} ms{lance}, built in "
                 f"{self.build_seconds:.1f}s + tuned in {self.tune_seconds:.1f}s, "
                 f"{self.index_bytes / 1e6:.1f} MB, params {self.params}")

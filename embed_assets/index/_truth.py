@@ -58,9 +58,9 @@ class Truth:
 
 
 def exact_truth(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int,
-                 metric: str) -> Truth:
+                 metric: str, without: np.ndarray | None = None) -> Truth:
     """Exact top-k for each query, its own row excluded (``data`` and ``queries`` already
-    normalised for cosine)."""
+    normalised for cosine); ``without``: rows that are no answer for any query."""
     ids = np.empty((len(queries), k), dtype=np.int64)
     kth = np.empty(len(queries), dtype=np.float32)
     sq = (data * data).sum(1) if metric == "l2" else None
@@ -70,6 +70,8 @@ def exact_truth(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: i
         if sq is not None:
             scores = 2 * scores - sq[None, :]
         scores[np.arange(len(q)), exclude[i:i + 50]] = -np.inf
+        if without is not None:
+            scores[:, without] = -np.inf
         top = smallest_k(-scores, k)
         ids[i:i + 50] = top
         kth[i:i + 50] = np.take_along_axis(scores, top, axis=1).min(1)

@@ -213,6 +213,19 @@ def _exact_keys(wanted: list[Any], typ: pa.DataType) -> np.ndarray | None:
 
 CACHE = MatrixCache()
 
+# A version's schema never changes; ``LanceDataset.schema`` builds it anew on every call
+# (~30-50 us), several times per search otherwise.
+_SCHEMAS: dict[VersionKey, pa.Schema] = {}
+
+
+def schema_of(key: VersionKey, ds: lance.LanceDataset) -> pa.Schema:
+    got = _SCHEMAS.get(key)
+    if got is None:
+        if len(_SCHEMAS) > 4096:
+            _SCHEMAS.clear()
+        got = _SCHEMAS[key] = ds.schema
+    return got
+
 
 def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
               columns: Sequence[str] | None) -> pa.Table:
@@ -222,11 +235,12 @@ def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
     version's scalar columns are kept in memory instead (:meth:`MatrixCache.scalars`), so
     a search that does not ask for the vector column never goes back to Lance.
     """
-    names = list(columns) if columns else ds.schema.names
-    unknown = [c for c in names if c not in ds.schema.names]
+    schema = schema_of(key, ds)
+    names = list(columns) if columns else schema.names
+    unknown = [c for c in names if c not in schema.names]
     if unknown:
         raise ValidationError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
-                              f"columns: {', '.join(ds.schema.names)}")
+                              f"columns: {', '.join(schema.names)}")
     small = [c for c in names if c != VECTOR_COLUMN]
     mem = CACHE.scalars(key, ds) if small else None
     if small and mem is None:
@@ -235,7 +249,7 @@ def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
     got = mem.select(small).take(idx) if mem is not None else None
     vec = ds.take(offsets.tolist(), columns=[VECTOR_COLUMN]) if VECTOR_COLUMN in names else None
     arrays = [(vec if c == VECTOR_COLUMN else got).column(c) for c in names]  # type: ignore[union-attr]
-    return pa.Table.from_arrays(arrays, schema=pa.schema([ds.schema.field(c) for c in names]))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in names]))
 
 
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:

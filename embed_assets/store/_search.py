@@ -2,6 +2,9 @@
 
 Paths, cheapest first when they apply:
 
+* ``graph``: the version's HNSW graph (:mod:`._graph`), when the index policy found it
+  met the recall target faster than the probe, for an unfiltered query in the table's
+  metric on the rows it was built from;
 * ``probe``: the tuned in-memory IVF probe (:class:`embed_assets.kernels.IvfProbe`),
   when the index policy recorded probe settings for this version and the query has no
   filter and the table's metric;
@@ -35,9 +38,11 @@ import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError, first_line
 from ..kernels import default_rank, exact_topk
-from ._cache import CACHE, VersionKey, take_rows
+from ._cache import CACHE, VersionKey, schema_of, take_rows
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
+from ._graph import Graph, fingerprint, graph_path, normalized_query
+from ._graph import load as load_graph
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
 from ._subsets import RowSubset, subset
@@ -68,7 +73,7 @@ class Plan:
 
     Attributes
     ----------
-    path : {"probe", "exact", "filtered-exact", "filtered-probe", "lance"}
+    path : {"graph", "probe", "exact", "filtered-exact", "filtered-probe", "lance", "text", "hybrid"}
     reason : str
         One sentence: why this path.
     rows : int
@@ -86,6 +91,13 @@ class Plan:
     rows: int = 0
     matching: int | None = None
     subset: RowSubset | None = field(default=None, repr=False, compare=False)
+
+    def fall_back(self, path: str, why: str) -> None:
+        """The path that runs instead of the planned one (explain reports what ran)."""
+        self.reason = f"{self.reason}; {self.path} unavailable ({why}): {path}"
+        self.path = path
+        if path == "lance" and self.subset is None:
+            self.ann = self.ann and bool(lance_only(self.params))
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "reason": self.reason, "rows": self.rows,
@@ -182,10 +194,14 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
         ann = False
     forced = req.nprobes is not None or req.refine_factor is not None
     probe_ok = (ann and metric == meta.metric and not forced and "probe_nprobes" in defaults)
+    graph_ok = ann and metric == meta.metric and not forced and "graph_ef" in defaults
+    if req.where is None and graph_ok:
+        return Plan("graph", True, defaults, "the index policy chose the tuned HNSW graph of "
+                    "these rows", rows)
     if req.where is None and metric == meta.metric and probe_ok:
         return Plan("probe", True, defaults, "the index policy chose the tuned in-memory "
                     "IVF probe for this version", rows)
-    lance_params = {k: v for k, v in defaults.items() if not k.startswith("probe_")}
+    lance_params = lance_only(defaults)
     if ann and req.use_index is None and not lance_params and req.nprobes is None \
             and not probe_ok:
         ann = False  # the tuner found no Lance setting meeting the target: stay exact
@@ -248,15 +264,30 @@ def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: Sear
                 f"those rows ({kept})", rows, full.rows, full)
 
 
+def lance_only(params: dict[str, Any]) -> dict[str, Any]:
+    """The recorded parameters Lance's own search takes."""
+    return {k: v for k, v in params.items() if not k.startswith(("probe_", "graph_"))}
+
+
 def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
         req: SearchRequest, metric: str, p: Plan) -> pa.Table:
     """Execute a plan; a cached path that cannot fit in memory falls back to Lance."""
+    if p.path == "graph":
+        g = _graph_of(ds, key, metric, p.params)
+        if g is not None:
+            idx, dist = g.search(normalized_query(q, metric), req.k)
+            return rows_at(key, ds, idx, dist, req.columns, metric)
+        # a write since the graph was built (other rows), or no file on this machine
+        p.fall_back("probe" if "probe_nprobes" in p.params else "lance",
+                    "the HNSW graph was built from other rows (a write since) or its file "
+                    "is not on this machine")
     if p.path in ("probe", "filtered-probe"):
         allowed = p.subset if p.path == "filtered-probe" else None
         got = _probe(ds, key, q, req.k, metric, p.params, allowed)
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
-        p = Plan("lance", True, {k: v for k, v in p.params.items() if not k.startswith("probe_")})
+        p.fall_back("lance", "the probe does not fit in the cache")
+        p.params = lance_only(p.params)
     if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
         sub = p.subset
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
@@ -265,8 +296,25 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
         mat = CACHE.matrix(key, ds, metric)
         if mat is not None:
             return rows_at(key, ds, *exact_topk(mat, q, req.k, metric), req.columns, metric)
-        p = Plan("lance")
+        p.fall_back("lance", "the matrix does not fit in the cache")
     return _lance(name, ds, q, req, metric, p)
+
+
+_FINGERPRINTS: dict[VersionKey, str] = {}
+
+
+def _graph_of(ds: lance.LanceDataset, key: VersionKey, metric: str,
+              params: dict[str, Any]) -> Graph | None:
+    fp = _FINGERPRINTS.get(key)
+    if fp is None:
+        if len(_FINGERPRINTS) > 4096:
+            _FINGERPRINTS.clear()
+        fp = _FINGERPRINTS[key] = fingerprint(ds)
+    if fp != params.get("graph_fingerprint"):
+        return None
+    path = graph_path(key.uri, key.table_id, fp)
+    return load_graph(key, path, schema_of(key, ds).field(VECTOR_COLUMN).type.list_size, metric,
+                      int(params.get("graph_rows", ds.count_rows())), int(params["graph_ef"]))
 
 
 def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metric: str,

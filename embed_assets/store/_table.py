@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
-from ._cache import CACHE, VersionKey, take_rows
+from ._cache import CACHE, VersionKey, schema_of, take_rows
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -398,13 +398,13 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
         ds = self.dataset(version)
-        meta = TableMeta.infer(ds.schema)
+        key = self.cache_key(ds.version)
+        meta = TableMeta.infer(schema_of(key, ds))
         where = _search.combine_filters(validate_where(where),
                                         _search.partition_filter(self.name, meta, ds, partition))
         req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
                                     embedder, use_index, nprobes, refine_factor, metric)
         rank_metric = _search.check_request(req, meta)
-        key = self.cache_key(ds.version)
         try:
             if mode == "text":
                 res, p = self._text_search(ds, meta, key, req)
