@@ -245,3 +245,7 @@ def test_the_hnsw_graph_serves_its_rows_and_steps_aside_after_a_write(tmp_path):
     assert plan.path == "probe" and "graph unavailable" in plan.reason
     no_graph = build_index(store.table("g"), recall=0.95, force_ann=True, graph=False)
     assert "graph_ef" not in no_graph.params
+    build_index(store.table("g"), recall=0.95, force_ann=True, graph=True)
+    assert list((tmp_path / ".embed_assets" / "graphs").rglob("*.hnsw"))
+    store.drop("g")
+    assert not list((tmp_path / ".embed_assets" / "graphs").rglob("*.hnsw"))

@@ -21,6 +21,7 @@ from .._config import settings
 from ..errors import StorageError, TableNotFoundError, ValidationError, describe
 from . import _writes
 from ._cache import CACHE
+from ._graph import graph_path
 from ._index_facts import forget_facts
 from ._meta import WriteMode, is_local, local_path
 from ._results import WriteResult
@@ -181,10 +182,14 @@ class Store:
         return EmbeddingTable(self, name, self.open_dataset(name, required=True))
 
     def drop(self, name: str) -> None:
-        """Delete a table and all its versions."""
-        uri = self.table(name).uri
+        """Delete a table and all its versions (and its HNSW graphs)."""
+        t = self.table(name)
+        uri = t.uri
         CACHE.forget(uri)
         forget_facts(uri)
+        graphs = graph_path(uri, t.identity, "x").parent
+        if graphs.is_dir():
+            shutil.rmtree(graphs, ignore_errors=True)
         if is_local(self.uri):
             shutil.rmtree(local_path(uri))
         else:  # object stores
