@@ -24,7 +24,7 @@ import pyarrow as pa
 from .._config import settings
 from ..errors import ValidationError
 from ..kernels import IvfProbe, normalize_rows
-from ._meta import SCAN_ALL, VECTOR_COLUMN
+from ._meta import SCAN_ALL, VECTOR_COLUMN, TableMeta
 
 OFFSET_COLUMN = "__ea_offset"
 
@@ -141,7 +141,7 @@ class MatrixCache:
     def scalars(self, key: VersionKey, ds: lance.LanceDataset) -> pa.Table | None:
         """Every column but the vector, in memory (None if it cannot fit), plus
         :data:`OFFSET_COLUMN`, each row's offset in the version."""
-        names = [n for n in ds.schema.names if n != VECTOR_COLUMN]
+        names = [n for n in schema_of(key, ds).names if n != VECTOR_COLUMN]
 
         def build() -> pa.Table:
             t = ds.to_table(columns=names, filter=SCAN_ALL).combine_chunks()
@@ -216,6 +216,19 @@ CACHE = MatrixCache()
 # A version's schema never changes; ``LanceDataset.schema`` builds it anew on every call
 # (~30-50 us), several times per search otherwise.
 _SCHEMAS: dict[VersionKey, pa.Schema] = {}
+
+
+def meta_of(key: VersionKey, ds: lance.LanceDataset) -> TableMeta:
+    """The version's TableMeta (parsed once: it is JSON in the schema metadata)."""
+    got = _METAS.get(key)
+    if got is None:
+        if len(_METAS) > 4096:
+            _METAS.clear()
+        got = _METAS[key] = TableMeta.infer(schema_of(key, ds))
+    return got
+
+
+_METAS: dict[VersionKey, TableMeta] = {}
 
 
 def schema_of(key: VersionKey, ds: lance.LanceDataset) -> pa.Schema:

@@ -183,7 +183,7 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
          epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None = None) -> Plan:
     """Choose the path (see the module docstring)."""
     tid = table_id
-    rows = ds.count_rows()
+    rows = _rows(key, ds)
     defaults = (search_defaults(ds, tid) or {}) if req.use_index is not False else {}
     ann = req.use_index is True or (req.use_index is None and bool(defaults))
     if ann and not has_vector_index(ds, tid):
@@ -225,6 +225,20 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
     return Plan("lance", ann, lance_params,
                 f"Lance {'ANN' if ann else 'flat'} search{' with a prefilter' if req.where else ''}"
                 f" ({why})", rows)
+
+
+_ROWS: dict[VersionKey, int] = {}
+
+
+def _rows(key: VersionKey | None, ds: lance.LanceDataset) -> int:
+    if key is None:
+        return ds.count_rows()
+    got = _ROWS.get(key)
+    if got is None:
+        if len(_ROWS) > 4096:
+            _ROWS.clear()
+        got = _ROWS[key] = ds.count_rows()
+    return got
 
 
 def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: SearchRequest,
@@ -301,6 +315,7 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
 
 
 _FINGERPRINTS: dict[VersionKey, str] = {}
+_PATHS: dict[VersionKey, Any] = {}
 
 
 def _graph_of(ds: lance.LanceDataset, key: VersionKey, metric: str,
@@ -309,12 +324,15 @@ def _graph_of(ds: lance.LanceDataset, key: VersionKey, metric: str,
     if fp is None:
         if len(_FINGERPRINTS) > 4096:
             _FINGERPRINTS.clear()
+        _PATHS.clear()
         fp = _FINGERPRINTS[key] = fingerprint(ds)
-    if fp != params.get("graph_fingerprint"):
+    if fp != params.get("graph_fingerprint") or "graph_rows" not in params:
         return None
-    path = graph_path(key.uri, key.table_id, fp)
+    path = _PATHS.get(key)
+    if path is None:
+        path = _PATHS[key] = graph_path(key.uri, key.table_id, fp)
     return load_graph(key, path, schema_of(key, ds).field(VECTOR_COLUMN).type.list_size, metric,
-                      int(params.get("graph_rows", ds.count_rows())), int(params["graph_ef"]))
+                      int(params["graph_rows"]), int(params["graph_ef"]))
 
 
 def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metric: str,

@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
-from ._cache import CACHE, VersionKey, schema_of, take_rows
+from ._cache import CACHE, VersionKey, meta_of, take_rows
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -399,7 +399,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                                   f"got {mode!r}")
         ds = self.dataset(version)
         key = self.cache_key(ds.version)
-        meta = TableMeta.infer(schema_of(key, ds))
+        meta = meta_of(key, ds)
         where = _search.combine_filters(validate_where(where),
                                         _search.partition_filter(self.name, meta, ds, partition))
         req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
