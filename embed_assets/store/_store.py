@@ -23,6 +23,7 @@ from . import _writes
 from ._cache import CACHE
 from ._index_facts import forget_facts
 from ._meta import WriteMode, is_local, local_path
+from ._objstore import explain
 from ._results import WriteResult
 from ._table import EmbeddingTable
 from ._validation import validate_table_name
@@ -132,7 +133,7 @@ class Store:
         try:
             names = lancedb.connect(self.uri, storage_options=self.storage_options).table_names()
         except Exception as exc:  # credentials, endpoint, network: say so
-            raise StorageError(f"cannot list tables in {self.uri}: {describe(exc)}") from None
+            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc)}") from None
         return sorted(_usable(list(names), self.uri))
 
     def tables(self) -> list[TableInfo]:
@@ -169,7 +170,7 @@ class Store:
             except Exception as exc:
                 if not _is_missing(exc) or is_local(uri):
                     raise StorageError(f"cannot open table {name!r} in {self.uri}: "
-                                       f"{describe(exc)}") from None
+                                       f"{describe(exc) if is_local(uri) else explain(exc)}") from None
         if not required:
             return None
         names = self.table_names()
