@@ -18,14 +18,12 @@ import pyarrow as pa  # module level: Dagster resolves the test assets' annotati
 import pytest
 
 from embed_assets import (
-    HashEmbedder,
     StorageError,
     Store,
     TableNotFoundError,
     VersionNotFoundError,
     build_index,
     connect,
-    embed_table,
 )
 from embed_assets.store import CACHE
 
@@ -58,7 +56,8 @@ def _ids(store: Store, name: str, version=None) -> list:
 
 def test_writes_in_every_mode_versions_tags_time_travel(s3_store):
     s = s3_store
-    assert s.write("t", vectors_table([1, 2, 3], sec=["a", "a", "b"]), key="id", mode="overwrite").version == 1
+    first = s.write("t", vectors_table([1, 2, 3], sec=["a", "a", "b"]), key="id", mode="overwrite")
+    assert first.version == 1
     assert s.write("t", vectors_table([4], sec=["b"]), key="id", mode="append").version == 2
     r = s.write("t", vectors_table([1, 5], seed=9, sec=["a", "b"]), key="id", mode="upsert", delete_keys=[3])
     assert (r.version, r.rows_inserted, r.rows_updated, r.rows_deleted) == (3, 1, 1, 1)
