@@ -5,7 +5,7 @@ this in CI, see ``.importlinter``)::
 
     cli, dagster          command line, Dagster integration (the only Dagster imports)
     sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
-    embed                 embedders and the incremental pipeline
+    embed, train          embedders and the incremental pipeline; training snapshots
     index                 building and tuning ANN indexes to a recall target
     store                 tables, writes, versions and tags, search, the shared cache
     kernels               distances, normalising, top-k, the in-memory IVF probe
@@ -57,6 +57,7 @@ from .store import (
     default_store_uri,
     set_index_keeper,
 )
+from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
 
 set_index_keeper(rebuild_after_rollback)
 
@@ -73,6 +74,7 @@ __all__ = [
     "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
+    "Snapshot",
     "StorageError",
     "Store",
     "TableMeta",
@@ -83,12 +85,15 @@ __all__ = [
     "WriteResult",
     "__version__",
     "build_index",
+    "cleanup_snapshots",
     "connect",
     "content_hash",
     "default_embedder",
     "default_store_uri",
     "embed_table",
     "freshness",
+    "open_snapshot",
     "refresh_index",
     "run_sql",
+    "snapshot",
 ]

@@ -370,3 +370,18 @@ def test_cli_on_s3_with_environment_credentials(s3, bucket, tmp_path, debian):
     assert n == [{"n": 200}]
     bad = cli("versions", "nope", ok=False)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_training_snapshot_of_an_s3_table(s3_store, tmp_path):
+    from embed_assets import snapshot
+
+    s3_store.write("t", vectors_table(list(range(50)), dim=8), key="id")
+    s3_store.write("t", vectors_table([99], dim=8), key="id", mode="append")
+    t = s3_store.table("t")
+    snap = snapshot(t, 1, cache_dir=tmp_path / "snaps")
+    assert snap.rows == 50 and snap.manifest["store"] == s3_store.uri and not snap.reused
+    stored = dict(zip(t.read(1).column("id").to_pylist(), t.read(1).column("vector").to_pylist(),
+                      strict=True))
+    for k, row in zip(snap.keys().tolist(), snap.vectors, strict=True):
+        assert np.array_equal(row, np.asarray(stored[k], np.float32))
+    assert snapshot(t, 1, cache_dir=tmp_path / "snaps").reused
