@@ -96,6 +96,28 @@ def test_rollback_and_cleanup(s3_store):
     assert _ids(s, "t", "keep") == [0] and _ids(s, "t") == [0, 1]
 
 
+def test_cleanup_on_s3_removes_orphans_of_killed_writes_and_keeps_versions_whole(s3_store):
+    import obstore as obs
+
+    from embed_assets.store._objstore import list_objects, object_store
+
+    s = s3_store
+    for i in range(3):
+        s.write("t", vectors_table([i], seed=i), key="id", mode="append" if i else "overwrite")
+    t = s.table("t")
+    uri, opts = t.uri, s.storage_options
+    # what a writer killed before its commit leaves: a data file no manifest references
+    obs.put(object_store(uri, opts), "data/orphan-of-a-killed-write.lance", b"x" * 100)
+    young = t.cleanup(keep_last=1)  # default grace: the orphan and versions are too young
+    assert young.removed_versions == [] and young.orphan_files == 0
+    rep = t.cleanup(keep_last=1, grace=dt.timedelta(0))
+    assert rep.removed_versions == [1, 2] and rep.orphan_files == 1
+    left = {m["path"] for m in list_objects(uri, opts, "data")}
+    assert "data/orphan-of-a-killed-write.lance" not in left
+    assert [v.version for v in t.versions()] == [3] and _ids(s, "t") == [0, 1, 2]
+    assert rep.files_removed >= 3  # two manifests and the orphan (versions 1-2 share data with 3)
+
+
 def test_index_build_and_search(s3_store):
     rng = np.random.default_rng(0)
     mat = rng.normal(size=(2000, 16)).astype(np.float32)
