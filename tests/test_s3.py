@@ -145,6 +145,23 @@ def test_duckdb_views_and_knn(s3_store):
     con.close()
 
 
+def test_plain_duckdb_lance_extension_reads_s3_with_environment_credentials(s3, s3_store, monkeypatch):
+    """Without embed_assets: DuckDB's lance extension (from its wheel) opens the table's
+    folder on S3 through Lance's object store, which reads the AWS_* variables. DuckDB's
+    own S3 secrets would need the httpfs extension, which the offline wheels lack."""
+    import duckdb
+
+    from embed_assets.sql import extension_path
+
+    s3_store.write("docs", vectors_table([1, 2, 3]), key="id")
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    plain = duckdb.connect()
+    plain.execute(f"LOAD '{extension_path('lance')}'")
+    uri = s3_store.table_uri("docs")
+    assert plain.sql(f"SELECT count(*), min(id) FROM '{uri}'").fetchone() == (3, 1)
+
+
 def test_credentials_from_the_standard_environment(s3, bucket, monkeypatch):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
