@@ -8,7 +8,10 @@ baseline from this run:
 
 * write / full read / exact and indexed search, S3 vs local disk;
 * one training epoch (every row once, batches of 1024) from a snapshot
-  (``embed_assets.snapshot``, memmap) vs reading the store (local, S3) vs Parquet.
+  (``embed_assets.snapshot``, memmap) vs reading the store (local, S3) vs Parquet;
+* the commit rate of small appends: one writer, local vs S3, and two processes racing on
+  S3 (through Lance alone, and through the store's lease lock), with the manifest PUTs
+  that lost a race (HTTP 412 in the server's log). ``--commits-only`` runs just this.
 
 moto keeps objects in memory on the same machine, so the S3 figures carry its HTTP and
 XML work on the shared CPU but no network: they bound the protocol's cost, not a real
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,12 +113,90 @@ def lance_index_times(ds, queries: np.ndarray) -> tuple[float, float]:
     return first, statistics.median(lat)
 
 
+# One racing writer: waits for the start file, then appends argv[2] single-row commits
+# with keys argv[1] * 1000 + i, through Lance alone or through the store.
+_RACER = r"""
+import os, sys, time
+sys.path.insert(0, {root!r})
+from embed_assets import Store
+from tests.conftest import vectors_table
+import lance
+opts, uri = {opts!r}, {uri!r}
+while not os.path.exists({go!r}):
+    time.sleep(0.01)
+w, n = int(sys.argv[1]), int(sys.argv[2])
+store = Store(uri, storage_options=opts)
+for i in range(n):
+    rows = vectors_table([w * 1000 + i])
+    if {mode!r} == "lance":
+        lance.write_dataset(rows, uri + "/raw.lance", mode="append", storage_options=opts)
+    else:
+        store.write("t", rows, key="id", mode="append")
+"""
+
+
+def commit_figures(s3, work: str, n: int = 20) -> list[tuple[str, str, str]]:
+    """Small appends (one row each): commits per second."""
+    from tests.conftest import vectors_table
+
+    out = []
+    rate = {}
+    for name, st in (("local", Store(os.path.join(work, "commits"))),
+                     ("s3", Store("s3://bench/commits", storage_options=s3.storage_options()))):
+        st.write("c", vectors_table([0]), key="id", mode="overwrite")
+        t0 = time.perf_counter()
+        for i in range(1, n + 1):
+            st.write("c", vectors_table([i]), key="id", mode="append")
+        rate[name] = n / (time.perf_counter() - t0)
+    out.append((f"store appends, one writer ({n} commits)", f"S3 {rate['s3']:.1f} commits/s "
+                f"({rate['local'] / rate['s3']:.1f}x slower)", f"local {rate['local']:.1f} commits/s"))
+    for mode, label in (("lance", "Lance appends (conditional PUT only)"),
+                        ("store", "store appends (lease lock + conditional PUT)")):
+        uri = f"s3://bench/race-{mode}"
+        go = os.path.join(work, f"go-{mode}")
+        if mode == "lance":
+            import lance
+
+            lance.write_dataset(vectors_table([0]), uri + "/raw.lance", storage_options=s3.storage_options())
+        else:
+            Store(uri, storage_options=s3.storage_options()).write("t", vectors_table([0]), key="id")
+        with open(s3.log_path, errors="replace") as f:
+            before = sum(" 412 " in ln and ".manifest" in ln for ln in f)
+        code = _RACER.format(root=str(ROOT), opts=s3.storage_options(), go=go, uri=uri, mode=mode)
+        argvs = [[str(w), str(n)] for w in (1, 2)]
+        procs = [subprocess.Popen([sys.executable, "-c", code, *a]) for a in argvs]
+        time.sleep(3)  # both started and waiting
+        t0 = time.perf_counter()
+        open(go, "w").close()
+        rcs = [p.wait() for p in procs]
+        dt_s = time.perf_counter() - t0
+        with open(s3.log_path, errors="replace") as f:
+            lost = sum(" 412 " in ln and ".manifest" in ln for ln in f) - before
+        out.append((f"2 racing writers on S3, {label}, {2 * n} commits",
+                    f"{2 * n / dt_s:.1f} commits/s, {lost} manifest PUT(s) lost a race (412)",
+                    f"exit codes {rcs}"))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--quick", action="store_true", help="20,000 rows, no index figures")
+    ap.add_argument("--commits-only", action="store_true", help="only the commit-rate figures")
     args = ap.parse_args()
+    if args.commits_only:
+        work = tempfile.mkdtemp(prefix="bench-scale-")
+        try:
+            with moto_server(work) as s3:
+                s3.create_bucket("bench")
+                rows_out = commit_figures(s3, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print("\n| figure | this | baseline |\n|---|---|---|")
+        for row in rows_out:
+            print(f"| {row[0]} | {row[1]} | {row[2]} |")
+        return 0
     rows = 20_000 if args.quick else args.rows
     tbl = data(rows, args.dim)
     mb = rows * args.dim * 4 / 1e6
@@ -191,6 +274,8 @@ def main() -> int:
                         f"{base / v:.1f}x vs store local"))
         out.append(("snapshot export (once per version)", f"local store {export_local:.2f} s, "
                     f"S3 {export_s3:.2f} s", f"reopen (size check) {reopen * 1e3:.1f} ms"))
+        out.extend(commit_figures(s3, work))
+    shutil.rmtree(work, ignore_errors=True)
     print("\n| figure | this | baseline |\n|---|---|---|")
     for row in out:
         print(f"| {row[0]} | {row[1]} | {row[2]} |")

@@ -47,7 +47,7 @@ LOCK_DIR = ".embed_assets/locks"
 # every LOCK_TTL_S / 3, so a live holder is never mistaken for a dead one unless it
 # cannot reach the store for 20 s; a killed writer blocks the next one for at most this.
 LOCK_TTL_S = 30.0
-_POLL_S = (0.05, 0.5)
+_POLL_S = (0.02, 0.2)  # a waiter polls with backoff 20 ms .. 200 ms (a PUT and a HEAD each)
 
 _stores: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 _stores_guard = threading.Lock()
