@@ -298,20 +298,25 @@ def test_a_dead_holders_lease_is_taken_over_and_a_live_one_is_not(s3, bucket):
     uri = f"s3://{bucket}/lease"
     # a holder that died: it took the lease and never renewed nor released it
     ObjectLock(uri, s3.storage_options(), "t", ttl=1.0).acquire()
-    heir = ObjectLock(uri, s3.storage_options(), "t", ttl=1.0)
+    heir = ObjectLock(uri, s3.storage_options(), "t", ttl=2.0)
     with heir.held():
         assert heir.takeovers == 1
-        # a live holder (renewing every ttl/3) keeps it: the waiter gets it only after release
+        # a live holder (renewing every ttl/3) keeps it for 2.5 ttl periods: the waiter
+        # gets it only after the release (a renewal would have to stall for 2/3 of the
+        # ttl for this to fail)
         events: list[str] = []
-        waiter = ObjectLock(uri, s3.storage_options(), "t", ttl=1.0)
+        waiter = ObjectLock(uri, s3.storage_options(), "t", ttl=2.0)
 
         def wait() -> None:
-            with waiter.held():
-                events.append("waiter acquired")
+            try:
+                with waiter.held():
+                    events.append("waiter acquired")
+            except Exception as exc:  # reported by the assertion below
+                events.append(f"waiter failed: {exc!r}")
 
         th = threading.Thread(target=wait)
         th.start()
-        th.join(timeout=3.5)  # several ttl periods of a renewing holder
+        th.join(timeout=5.0)
         events.append("holder releases")
     th.join(timeout=60)
     assert events == ["holder releases", "waiter acquired"]

@@ -131,7 +131,14 @@ class Store:
         import lancedb
 
         try:
-            names = lancedb.connect(self.uri, storage_options=self.storage_options).table_names()
+            db = lancedb.connect(self.uri, storage_options=self.storage_options)
+            names, token = [], None
+            while True:  # list_tables() is paged (table_names() is deprecated)
+                page = db.list_tables(page_token=token)
+                names += list(page.tables)
+                token = page.page_token
+                if not token:
+                    break
         except Exception as exc:  # credentials, endpoint, network: say so
             raise StorageError(f"cannot list tables in {self.uri}: {explain(exc)}") from None
         return sorted(_usable(list(names), self.uri))
