@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default=None, metavar="DIR",
                     help="the snapshot cache (default $EMBED_ASSETS_SNAPSHOT_DIR or "
                          "~/.cache/embed_assets/snapshots)")
-    sp.add_argument("--keep-last", type=int, default=None, metavar="N",
+    sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
                     help="then delete this table's snapshots beyond the N most recently used")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     return p

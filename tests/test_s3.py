@@ -36,6 +36,7 @@ _bucket_ids = itertools.count()
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
+    pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the local S3 server")
     with moto_server(str(tmp_path_factory.mktemp("moto"))) as server:
         yield server
 
