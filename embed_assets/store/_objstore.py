@@ -79,9 +79,12 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
         from obstore.store import from_url
     except ImportError:  # pragma: no cover - a dependency of the package
         raise StorageError("object stores need the 'obstore' package (pip install obstore)") from None
+    scheme, _, rest = uri.partition("://")
+    if scheme == "s3+ddb":  # Lance's DynamoDB-locked S3: the objects are plain S3 ones
+        scheme, uri = "s3", "s3://" + rest.split("?", 1)[0]
     client = {k: v for k, v in opts.items() if k in _CLIENT_KEYS}
-    config = {(k if k.startswith("aws_") else f"aws_{k}"): v for k, v in opts.items()
-              if k not in _CLIENT_KEYS}
+    config = {(k if k.startswith("aws_") or scheme not in ("s3", "s3a") else f"aws_{k}"): v
+              for k, v in opts.items() if k not in _CLIENT_KEYS}
     for _ in range(len(config) + 1):
         try:
             store = from_url(uri, config=config or None, client_options=client or None)
