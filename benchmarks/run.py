@@ -20,6 +20,7 @@ def main() -> int:
         ["bench_store.py"],
         ["bench_sql.py", *(["--quick"] if quick else [])],
         ["bench_index.py", *(["--only", "real"] if quick else [])],
+        ["bench_scale.py", *(["--quick"] if quick else [])],  # S3 vs local, training epochs
     ]
     rc = 0
     for args in runs:

@@ -5,7 +5,7 @@ this in CI, see ``.importlinter``)::
 
     cli, dagster          command line, Dagster integration (the only Dagster imports)
     sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
-    embed                 embedders and the incremental pipeline
+    embed, train          embedders and the incremental pipeline; training snapshots
     index                 building and tuning ANN indexes to a recall target
     store                 tables, writes, versions and tags, search, the shared cache
     kernels               distances, normalising, top-k, the in-memory IVF probe
@@ -70,6 +70,7 @@ from .store import (
     default_store_uri,
     set_index_keeper,
 )
+from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
 
 set_index_keeper(rebuild_after_rollback)
 
@@ -90,6 +91,7 @@ __all__ = [
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
+    "Snapshot",
     "StorageError",
     "Store",
     "TableMeta",
@@ -102,6 +104,7 @@ __all__ = [
     "__version__",
     "build_index",
     "build_text_index",
+    "cleanup_snapshots",
     "connect",
     "content_hash",
     "default_embedder",
@@ -109,6 +112,8 @@ __all__ = [
     "embed_images",
     "embed_table",
     "freshness",
+    "open_snapshot",
     "refresh_index",
     "run_sql",
+    "snapshot",
 ]

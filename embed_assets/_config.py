@@ -6,6 +6,7 @@
 ``EMBED_ASSETS_EXACT_THRESHOLD``  rows below which build_index keeps exact search (15000)
 ``EMBED_ASSETS_NATIVE``        ``0`` keeps the Python SQL aggregates instead of ea_vec
 ``EMBED_ASSETS_DEBUG``         the CLI shows tracebacks for unexpected errors
+``EMBED_ASSETS_SNAPSHOT_DIR``  training snapshots (~/.cache/embed_assets/snapshots)
 =============================  =========================================================
 """
 
@@ -24,6 +25,7 @@ class Settings:
     exact_threshold_rows: int = 15_000
     native: bool = True
     debug: bool = False
+    snapshot_dir: str = "~/.cache/embed_assets/snapshots"
 
 
 def _int(name: str, default: int) -> int:
@@ -46,4 +48,6 @@ def settings() -> Settings:
         exact_threshold_rows=_int("EMBED_ASSETS_EXACT_THRESHOLD", 15_000),
         native=env.get("EMBED_ASSETS_NATIVE", "1") != "0",
         debug=bool(env.get("EMBED_ASSETS_DEBUG")),
+        snapshot_dir=os.path.expanduser(env.get("EMBED_ASSETS_SNAPSHOT_DIR")
+                                        or "~/.cache/embed_assets/snapshots"),
     )

@@ -311,6 +311,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .train import cleanup_snapshots, snapshot
+
+    cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    t = _store(args).table(args.name)
+    snap = snapshot(t, _version_arg(args.version), columns=cols, cache_dir=args.dir)
+    out = snap.to_dict()
+    if args.keep_last is not None:
+        out["removed"] = cleanup_snapshots(args.dir, keep_last=args.keep_last, table=args.name)
+    if args.json:
+        _dump(out)
+    else:
+        print(f"{'reused' if snap.reused else 'exported'} {args.name} version {snap.version}: "
+              f"{snap.rows} x {snap.dimension} float32 at {snap.path}")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     print(format_result(run_sql(_store(args), args.query), as_json=args.json))
     return 0
@@ -349,6 +366,7 @@ EXAMPLES: dict[str, str] = {
     "sql": "embed-assets sql \"SELECT package, distance FROM knn('pkgs', "
            "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
     "demo": "embed-assets --store /tmp/demo demo",
+    "snapshot": "embed-assets snapshot pkgs --version prod --columns section --json",
 }
 
 
@@ -470,6 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("sql", cmd_sql, 'run DuckDB SQL over the store (views NAME, "NAME@N", "NAME@TAG", '
               "vec_* macros, knn, similarity_join)", "print the result rows as JSON")
     sp.add_argument("query", help="one or more SQL statements; the last one's result is printed")
+    sp = verb("snapshot", cmd_snapshot, "export a version to the local training-snapshot cache "
+              "(a memory-mapped float32 matrix; reused while it is intact)",
+              "print the snapshot (path, version, rows, reused) as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="the version or tag to snapshot (default: the latest)")
+    sp.add_argument("--columns", default=None, help="comma-separated columns to keep beside key and vector")
+    sp.add_argument("--dir", default=None, metavar="DIR",
+                    help="the snapshot cache (default $EMBED_ASSETS_SNAPSHOT_DIR or "
+                         "~/.cache/embed_assets/snapshots)")
+    sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
+                    help="then delete this table's snapshots beyond the N most recently used")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     return p
 

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
+# training snapshots made by tests (and README examples) go to a temporary cache, not ~/.cache
+import tempfile
+
+os.environ.setdefault("EMBED_ASSETS_SNAPSHOT_DIR", tempfile.mkdtemp(prefix="ea-snapshots-"))
 
 from collections import defaultdict
 from typing import Any

@@ -27,6 +27,7 @@ def connect(
     config: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
     native: bool = True,
+    progress_bar: bool = True,
 ) -> SQLConnection:
     """A DuckDB connection with the vector macros and the store's tables as views.
 
@@ -65,6 +66,10 @@ def connect(
         unless ``config`` says otherwise. A ``config`` value is kept as given:
         ``{'allow_unsigned_extensions': 'false'}`` gets the Python fallback, ``'true'``
         stays on for the connection's lifetime (the caller's choice).
+    progress_bar : bool, default True
+        DuckDB's progress bar for statements past 2 s; ``False`` turns it off before the
+        first statement (``run_sql`` does: it prints on stdout, which would corrupt
+        ``embed-assets sql --json`` on a slow object store).
 
     Returns
     -------
@@ -89,6 +94,8 @@ def connect(
     cfg = dict(config or {})
     ea_vec = _native.prepare(cfg, native)  # allow_unsigned_extensions on only to LOAD our file
     raw = duckdb.connect(database, config=cfg)
+    if not progress_bar:
+        raw.execute("SET enable_progress_bar = false")
     native_loaded = ea_vec.load(raw)  # ...and off again right after it
     for name in extensions:
         raw.execute(f"LOAD '{extension_path(name)}'")
@@ -131,7 +138,9 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
     """
     if not query or not query.strip():
         raise ValidationError("the SQL query is empty")
-    con = connect(store, extensions=extensions, storage_options=storage_options)
+    # DuckDB draws a progress bar on stdout for statements past 2 s (a slow object
+    # store), which would corrupt `embed-assets sql --json`
+    con = connect(store, extensions=extensions, storage_options=storage_options, progress_bar=False)
     try:
         stmts = duckdb.extract_statements(query)
         for st in stmts[:-1]:

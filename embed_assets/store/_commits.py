@@ -14,8 +14,9 @@ write) can still conflict; Lance then raises a retryable ``CommitConflictError``
 write is planned again on the new latest version and retried, with exponential backoff
 and jitter, up to :data:`MAX_ATTEMPTS` times. The number of retries is reported.
 
-Object stores have no ``fcntl``: there the lock is a no-op and only Lance's own commit
-protocol applies (see the README's "Guarantees").
+Object stores have no ``fcntl``: there the lock is a lease object taken and renewed with
+conditional writes (:class:`._objstore.ObjectLock`), and Lance's own commits are
+conditional writes too (see the README's "Object storage").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TypeVar
 from lance.commit import CommitConflictError
 
 from ..errors import StorageError
+from ._meta import StoreLocation
 
 T = TypeVar("T")
 
@@ -50,10 +52,15 @@ def _thread_lock(path: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def table_lock(store_path: str | None, name: str) -> Iterator[None]:
-    """Exclusive writer lock of one table (``store_path`` None: an object store, no lock)."""
+def table_lock(store: StoreLocation, name: str) -> Iterator[None]:
+    """Exclusive writer lock of one table: ``fcntl`` on a local store, a lease object on
+    an object store."""
+    store_path = store.lock_path
     if store_path is None:
-        yield
+        from ._objstore import ObjectLock
+
+        with _thread_lock(f"{store.uri}/{name}"), ObjectLock(store.uri, store.storage_options, name).held():
+            yield
         return
     import fcntl
 

@@ -16,8 +16,10 @@ cannot be read (seen in 3 of 3 kills of a 250-version cleanup). Here, on a local
    referenced by any manifest) is never touched.
 
 Rerunning after a crash finishes the job. Transaction files (a few hundred bytes each,
-the provenance of each version) are left in place. On object stores the same choice of
-versions is handed to Lance's cleanup, which is not crash-ordered (see the README).
+the provenance of each version) are left in place. On object stores the same steps run
+through the object store's own API (:func:`sweep_remote`: a listing of the table's
+prefix, one ``DELETE`` per manifest, oldest first, then the unreferenced files whose
+``last_modified`` is older than the grace period), so they are crash-ordered too.
 """
 
 from __future__ import annotations
@@ -159,6 +161,65 @@ def sweep(uri: str, table_path: str, remove: list[int], remaining: list[int],
     return out
 
 
+def _manifest_version(name: str) -> int | None:
+    """The version a manifest object is named for (V2 names count down from 2**64 - 1)."""
+    stem = name.rsplit("/", 1)[-1]
+    if not stem.endswith(".manifest") or not stem[: -len(".manifest")].isdigit():
+        return None
+    n = int(stem[: -len(".manifest")])
+    return U64_MAX - n if n > 2**63 else n
+
+
+def sweep_remote(uri: str, storage_options: dict[str, str] | None, remove: list[int],
+                 remaining: list[int], grace: dt.timedelta, now: dt.datetime) -> Sweep:
+    """:func:`sweep` on an object store: the same order, through object listings and deletes."""
+    from ._objstore import delete_objects, list_objects
+
+    out = Sweep(removed_versions=[], kept_versions=list(remaining))
+    of_removed: set[str] = set()
+    for v in remove:
+        with contextlib.suppress(Exception):
+            of_removed |= referenced_files(lance.dataset(uri, version=v, storage_options=storage_options))[0]
+    manifests = {}
+    for m in list_objects(uri, storage_options, "_versions"):
+        v = _manifest_version(m["path"])
+        if v is not None:
+            manifests[v] = m
+    for v in remove:  # one whole version per DELETE, oldest first
+        m = manifests.get(v)
+        if m is None:
+            continue
+        delete_objects(uri, storage_options, [m["path"]])
+        out.removed_versions.append(v)
+        out.bytes_freed += int(m["size"])
+        out.files_removed += 1
+    keep_files: set[str] = set()
+    keep_uuids: set[str] = set()
+    for v in remaining:
+        files, uuids = referenced_files(lance.dataset(uri, version=v, storage_options=storage_options))
+        keep_files |= files
+        keep_uuids |= uuids
+    cutoff = now - grace
+    doomed: list[str] = []
+    for sub in ("data", "_deletions", "_indices"):
+        for m in list_objects(uri, storage_options, sub):
+            rel = m["path"]
+            young = m["last_modified"] >= cutoff
+            if sub == "_indices":
+                parts = rel.split("/")
+                if len(parts) < 3 or parts[1] in keep_uuids or young:
+                    continue
+            elif rel in keep_files or young:
+                continue
+            doomed.append(rel)
+            out.bytes_freed += int(m["size"])
+            out.files_removed += 1
+            out.orphan_files += sub != "_indices" and rel not in of_removed
+    for i in range(0, len(doomed), 500):
+        delete_objects(uri, storage_options, doomed[i:i + 500])
+    return out
+
+
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
 
@@ -190,32 +251,12 @@ class RetentionMixin:
         remove = choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
                         older_than=older_than, grace=grace, now=now, maintenance=maintenance)
         remaining = [v for v, _ in listed if v not in set(remove)]
-        if not is_local(self.uri):
-            return self._cleanup_by_lance(ds, remove, remaining, grace)
-        got = sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
+        if is_local(self.uri):
+            got = sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
+        else:
+            got = sweep_remote(self.uri, self.store.storage_options, remove, remaining, grace, now)
         self.refresh()
         return CleanupReport(table=self.name, removed_versions=got.removed_versions,
                              kept_versions=got.kept_versions, bytes_freed=got.bytes_freed,
                              files_removed=got.files_removed, orphan_files=got.orphan_files,
-                             grace_seconds=grace.total_seconds())
-
-    def _cleanup_by_lance(self, ds: lance.LanceDataset, remove: list[int], remaining: list[int],
-                          grace: dt.timedelta) -> CleanupReport:
-        """Object stores: Lance removes versions by age and count (both must hold there),
-        so only its oldest cut that removes nothing we keep is asked for."""
-        before = {int(v["version"]) for v in ds.versions()}
-        if remove:
-            oldest_kept = min([v for v in remaining if v > max(remove)] or [ds.version])
-            keep = len([v for v in before if v >= oldest_kept])
-            stats = ds.cleanup_old_versions(older_than=grace, retain_versions=keep,
-                                            error_if_tagged_old_versions=False)
-        else:
-            stats = None
-        after = {int(v["version"]) for v in self.refresh()._ds.versions()}
-        return CleanupReport(table=self.name, removed_versions=sorted(before - after),
-                             kept_versions=sorted(after),
-                             bytes_freed=int(getattr(stats, "bytes_removed", 0) or 0),
-                             files_removed=sum(int(getattr(stats, a, 0) or 0) for a in (
-                                 "data_files_removed", "transaction_files_removed",
-                                 "index_files_removed", "deletion_files_removed")),
                              grace_seconds=grace.total_seconds())

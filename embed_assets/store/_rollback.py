@@ -47,7 +47,7 @@ class RollbackMixin:
         """
         target = self.resolve(to)  # refuses unknown and partly removed versions
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
-        with table_lock(self.store.lock_path, self.name):
+        with table_lock(self.store, self.name):
             (ds, report, lost, had_scalar), _ = with_retries(
                 lambda: self._restore(target, run_id))
         if lost and not vector_index_type(ds) and _index_keeper is not None:

@@ -24,6 +24,7 @@ from ._cache import CACHE
 from ._graph import graph_path
 from ._index_facts import forget_facts
 from ._meta import WriteMode, is_local, local_path
+from ._objstore import explain
 from ._results import WriteResult
 from ._table import EmbeddingTable
 from ._validation import validate_table_name
@@ -131,9 +132,16 @@ class Store:
         import lancedb
 
         try:
-            names = lancedb.connect(self.uri, storage_options=self.storage_options).table_names()
+            db = lancedb.connect(self.uri, storage_options=self.storage_options)
+            names, token = [], None
+            while True:  # list_tables() is paged (table_names() is deprecated)
+                page = db.list_tables(page_token=token)
+                names += list(page.tables)
+                token = page.page_token
+                if not token:
+                    break
         except Exception as exc:  # credentials, endpoint, network: say so
-            raise StorageError(f"cannot list tables in {self.uri}: {describe(exc)}") from None
+            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc)}") from None
         return sorted(_usable(list(names), self.uri))
 
     def tables(self) -> list[TableInfo]:
@@ -170,7 +178,7 @@ class Store:
             except Exception as exc:
                 if not _is_missing(exc) or is_local(uri):
                     raise StorageError(f"cannot open table {name!r} in {self.uri}: "
-                                       f"{describe(exc)}") from None
+                                       f"{describe(exc) if is_local(uri) else explain(exc)}") from None
         if not required:
             return None
         names = self.table_names()

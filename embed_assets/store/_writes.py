@@ -194,7 +194,7 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
     plans again on the newer version."""
     req.check()
     rows = prepare_rows(req, data)
-    with table_lock(store.lock_path, req.name):
+    with table_lock(store, req.name):
         try:
             result, retries = with_retries(lambda: _plan_and_commit(store, req, rows))
         except CommitConflictError as exc:
