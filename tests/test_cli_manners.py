@@ -138,7 +138,7 @@ BAD: list[tuple[tuple[str, ...], str]] = [
     (("embed", "t", "--from", "{d}/src.parquet", "--key", "id", "--text", "text",
       "--model", "hash-bow:8", "--batch-size", "0"), "--batch-size: must be a positive integer"),
     (("cleanup", "t", "--keep-last", "0"), "--keep-last: must be a positive integer"),
-    (("search", "t", "x", "--where", "((("), "search on 't' failed"),
+    (("search", "t", "x", "--where", "((("), "bad filter '((('"),
     (("embed", "t2", "--from", "{d}/fake.parquet", "--key", "id", "--text", "text",
       "--model", "hash-bow:8"), "cannot read"),
     (("embed", "t", "--from", "{d}/src.parquet", "--key", "id", "--text", "text", "--model",
