@@ -412,3 +412,16 @@ def test_image_tables_share_listing_tags_and_the_index_policy(store: Store) -> N
     assert fresh["indexed"] and fresh["unindexed_rows"] == 0
     q = t.get([7], columns=["vector"]).column("vector")[0].as_py()
     assert t.search(q, k=1).column("digit_id").to_pylist() == [7]  # through the index
+
+
+def test_the_demo_and_image_rollback_jobs_offer_their_own_tables() -> None:
+    """Both job sets live in one Definitions; each rollback job's table Enum holds its own
+    tables (a shared Enum name made Dagster refuse 'digits_embeddings' in the image job)."""
+    from dagster_project import defs
+
+    for job, table in (("rollback_image_table", "digits_embeddings"),
+                       ("rollback_table", "debian_embeddings")):
+        fields = defs.get_job_def(job).run_config_schema.config_type.fields
+        op_cfg = fields["ops"].config_type.fields[f"{job}_op"].config_type.fields["config"]
+        enum_type = op_cfg.config_type.fields["table"].config_type
+        assert table in [v.config_value for v in enum_type.enum_values], job

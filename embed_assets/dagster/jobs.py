@@ -9,6 +9,7 @@ op also reports a materialisation, so the asset page shows the rolled-back versi
 # No `from __future__ import annotations`: Dagster reads the Config and context
 # annotations of the decorated functions at definition time.
 import enum
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -147,7 +148,10 @@ def build_version_jobs(
         key, settings = check_settings_of(c)
         checked[key] = settings
     # A Python Enum in a Config class is a Dagster Enum in the config schema.
-    table_type: Any = enum.Enum("StoreTable", {n: n for n in owners}) if owners else str
+    # Named after the jobs: Dagster keys config types by name, so two job sets in one
+    # Definitions (the demo's and the image group's) each need their own Enum.
+    enum_name = "StoreTable_" + re.sub(r"\W", "_", rollback_name)
+    table_type: Any = enum.Enum(enum_name, {n: n for n in owners}) if owners else str
     rollback_config, tag_config = _rollback_config(table_type), _tag_config(table_type)
 
     def _owner(table: str, explicit: str | None) -> AssetKey | None:
