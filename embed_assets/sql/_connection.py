@@ -35,6 +35,7 @@ the views as they were last registered.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import weakref
 from typing import Any
@@ -337,6 +338,12 @@ class SQLConnection:
         statement around it) or is not one vector: the macro then decides."""
         if not expr:
             return None
+        lit = _LIST_LITERAL.match(expr)
+        if lit is not None:  # a list of numbers: no statement needed to read it
+            try:
+                return [float(x) for x in lit.group(1).split(",")]
+            except ValueError:
+                return None
         try:
             row = self.con.execute(f"SELECT CAST(({expr}) AS FLOAT[])").fetchone()
         except duckdb.Error:
@@ -440,6 +447,10 @@ def _map_literal(m: dict[str, str]) -> str:
         return "MAP {}::MAP(VARCHAR, VARCHAR)"
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
+
+# [1.0, -2e-3, ...] with an optional ::FLOAT[n] / ::DOUBLE[] cast
+_LIST_LITERAL = re.compile(r"^\s*\[([-+0-9.eE,\s]+)\]\s*(?:::\s*(?:FLOAT|DOUBLE|REAL)\s*\[\s*\d*\s*\])?\s*$",
+                           re.IGNORECASE)
 
 _TABLE_FUNCTIONS = ("knn", "similarity_join", "query_table", "hybrid_search")
 
