@@ -28,9 +28,11 @@ Examples
 from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
+    EMBED_BACKENDS,
     Embedder,
     EmbedResult,
     HashEmbedder,
+    OnnxEmbedder,
     SentenceTransformerEmbedder,
     content_hash,
     default_embedder,
@@ -62,6 +64,7 @@ set_index_keeper(rebuild_after_rollback)
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EMBED_BACKENDS",
     "CleanupReport",
     "EmbedAssetsError",
     "EmbedResult",
@@ -69,6 +72,7 @@ __all__ = [
     "EmbeddingTable",
     "HashEmbedder",
     "IndexReport",
+    "OnnxEmbedder",
     "QueryError",
     "SQLConnection",
     "SchemaMismatchError",

@@ -2,6 +2,7 @@
 
 from ._embedders import (
     DEFAULT_MODEL,
+    EMBED_BACKENDS,
     Embedder,
     EmptyTextPolicy,
     HashEmbedder,
@@ -9,10 +10,14 @@ from ._embedders import (
     content_hash,
     default_embedder,
 )
+from ._onnx import OnnxEmbedder, model_cache_dir
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
+from ._stream import DEFAULT_COMMIT_EVERY
 
 __all__ = [
+    "DEFAULT_COMMIT_EVERY",
     "DEFAULT_MODEL",
+    "EMBED_BACKENDS",
     "EMBED_MODES",
     "PROVENANCE_COLUMNS",
     "EmbedMode",
@@ -20,8 +25,10 @@ __all__ = [
     "Embedder",
     "EmptyTextPolicy",
     "HashEmbedder",
+    "OnnxEmbedder",
     "SentenceTransformerEmbedder",
     "content_hash",
     "default_embedder",
     "embed_table",
+    "model_cache_dir",
 ]
