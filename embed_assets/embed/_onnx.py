@@ -20,9 +20,11 @@ of 0.96 against fp32 on PyPI summaries, per channel it keeps 0.993.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,8 +209,15 @@ class OnnxEmbedder:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             tmp = int8.with_name(f".{int8.name}.{os.getpid()}.tmp")
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"])
+            # quantize_dynamic logs a hint about pre-processing on the root logger; the
+            # export is a one-off step the user did not ask to hear about.
+            root_level = logging.getLogger().level
+            logging.getLogger().setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8,
+                                 per_channel=True, op_types_to_quantize=["MatMul"])
+            finally:
+                logging.getLogger().setLevel(root_level)
             os.replace(tmp, int8)
         return int8
 
@@ -223,7 +232,10 @@ class OnnxEmbedder:
         fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".onnx", dir=dest.parent)
         os.close(fd)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # Tracer warnings about Python branches on shapes: the exported graph is
+                # checked against the PyTorch model in tests/test_backends.py.
+                warnings.simplefilter("ignore")
                 # The TorchScript exporter: it needs only `onnx`; the dynamo exporter would
                 # also need onnxscript and gives the same graph for an encoder.
                 torch.onnx.export(_Encoder.wrap(hf, names), tuple(sample[n] for n in names), tmp,
