@@ -258,6 +258,9 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
     **kwargs
         device, batch_size, ... for the model's embedder.
     """
+    if backend is not None and backend not in EMBED_BACKENDS:
+        raise ValidationError(
+            f"unknown embedder backend {backend!r}; choose one of {', '.join(EMBED_BACKENDS)}")
     if model and model.startswith("hash-bow"):
         spec = model.split(":", 1)[1] if ":" in model else "64"
         if model[len("hash-bow"):len("hash-bow") + 1] not in ("", ":") \
