@@ -32,12 +32,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import SchemaMismatchError, ValidationError
 from ..store import Store, WriteResult, as_arrow, validate_keys
-from ._embedders import Embedder, EmptyTextPolicy, content_hash, is_blank, prepare_texts
+from ._embedders import Embedder, EmptyTextPolicy, content_hash, is_blank
 
 #: Rows per committed group when streaming (one Lance version each).
 DEFAULT_COMMIT_EVERY = 50_000
@@ -123,16 +125,17 @@ def _scan_keys(src: _Source, key: str, text: str, on_empty: EmptyTextPolicy,
     kept: list[pa.Array] = []
     all_keys: list[pa.ChunkedArray] = []
     blank_n, blank_shown = 0, []
+    # The text column's type was checked on the schema (strings or nulls only), so the
+    # checks here are vectorised; only blank rows' keys reach Python.
     for b in src.batches([key, text], rows):
-        ks, ts = b.column(key).to_pylist(), b.column(text).to_pylist()
         all_keys.append(b.column(key))
-        prepare_texts(ks, ts, "skip")  # refuses non-text values, naming the keys
-        blank = [is_blank(t) for t in ts]
-        n = sum(blank)
+        blank = blank_mask(b.column(text))
+        n = int(blank.sum())
         if n:
             blank_n += n
-            blank_shown.extend([k for k, bl in zip(ks, blank, strict=True) if bl][:5 - len(blank_shown)])
-        kept.append(b.column(key).filter(pa.array([not bl for bl in blank])).combine_chunks())
+            idx = np.flatnonzero(blank)[:max(0, 5 - len(blank_shown))]
+            blank_shown.extend(b.column(key).take(pa.array(idx, pa.int64())).to_pylist())
+        kept.append(b.column(key).filter(pa.array(~blank)).combine_chunks())
     validate_keys(pa.table({key: pa.chunked_array(all_keys)}), key)
     if blank_n and on_empty == "error":
         shown = ", ".join(repr(k) for k in blank_shown)
@@ -141,6 +144,24 @@ def _scan_keys(src: _Source, key: str, text: str, on_empty: EmptyTextPolicy,
             f"{blank_n} row(s) have null or empty text (keys {shown}{more}); "
             "fix the source or pass on_empty='skip' (CLI: --skip-empty)")
     return pa.concat_arrays(kept) if kept else pa.array([], src.schema.field(key).type)
+
+
+def blank_mask(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Which texts are null or blank, as :func:`is_blank` decides, vectorised: Arrow trims
+    Unicode whitespace; the few short survivors are checked by Python's ``str.strip``
+    (which also counts a handful of control characters as whitespace)."""
+    if pa.types.is_null(col.type):
+        return np.ones(len(col), bool)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    trimmed = pc.utf8_length(pc.utf8_trim_whitespace(col))
+    lengths = pc.fill_null(trimmed, 0).to_numpy(zero_copy_only=False)
+    out = lengths == 0
+    short = np.flatnonzero((lengths > 0) & (lengths <= 16))
+    if short.size:
+        vals = col.take(pa.array(short, pa.int64())).to_pylist()
+        out[short] = [is_blank(v) for v in vals]
+    return out
 
 
 def _lookahead(it: Iterator[pa.Table]) -> Iterator[tuple[pa.Table, bool]]:
@@ -209,13 +230,12 @@ def embed_stream(
         for group, last in _lookahead(src.batches([key, text, *keep], commit_every)):
             group_no += 1
             src_rows = group.num_rows
-            texts_all = group.column(text).to_pylist()
-            idx = prepare_texts(group.column(key).to_pylist(), texts_all, "skip")
+            blank = blank_mask(group.column(text))
             totals["source"] += group.num_rows
-            totals["skipped"] += group.num_rows - len(idx)
-            if len(idx) < group.num_rows:
-                group = group.take(pa.array(idx, pa.int64()))
-            texts = [texts_all[i] for i in idx]
+            totals["skipped"] += int(blank.sum())
+            if blank.any():
+                group = group.filter(pa.array(~blank))
+            texts = group.column(text).to_pylist()
             base = group.select([key, *keep]).append_column(
                 "_content_hash", pa.array([content_hash(t) for t in texts], pa.string()))
             plan = _diff(store, name, base, existing, key, keep)
@@ -274,8 +294,6 @@ def _embed_in_chunks(plan: Any, base: pa.Table, texts: list[str], embedder: Embe
             self.name, self.dimension = embedder.name, getattr(embedder, "dimension", None)
 
         def embed(self, ts: Sequence[str]) -> Any:
-            import numpy as np
-
             parts = []
             for i in range(0, len(ts), _EMBED_CHUNK):
                 parts.append(np.asarray(embedder.embed(ts[i:i + _EMBED_CHUNK]), np.float32))
