@@ -17,7 +17,7 @@ from ..store import Store, default_store_uri
 
 # torch = sentence-transformers = PyTorch fp32; onnx / onnx-int8 run ONNX Runtime on the
 # CPU (embed_assets.OnnxEmbedder); hash is the weightless test embedder.
-BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8", "hash")
+BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8", "torch-fp16", "hash")
 
 
 class EmbedStoreResource(ConfigurableResource):
@@ -63,7 +63,8 @@ class EmbedderResource(ConfigurableResource):
     )
     backend: str = Field(default="sentence-transformers",
                          description="sentence-transformers (= torch, PyTorch fp32) | onnx | "
-                                     "onnx-int8 (dynamic int8, ~2x on a CPU) | hash")
+                                     "onnx-int8 (dynamic int8, ~2x on a CPU) | torch-fp16 "
+                                     "(CUDA, batch-pipelined) | hash")
     device: str | None = Field(default=None, description="cpu, cuda, mps...; empty: automatic")
     batch_size: int = Field(default=64, description="texts per forward pass")
     dimension: int = Field(default=64, description="vector size of the hash backend only")
@@ -88,5 +89,8 @@ class EmbedderResource(ConfigurableResource):
             return default_embedder(model if ":" in model else f"hash-bow:{self.dimension}")
         if self.backend in ("onnx", "onnx-int8"):
             return default_embedder(self.model, backend=self.backend, batch_size=self.batch_size)
+        if self.backend == "torch-fp16":  # the batch-pipelined CUDA embedder
+            return default_embedder(self.model, backend=self.backend, device=self.device,
+                                    batch_size=max(self.batch_size, 256))
         return SentenceTransformerEmbedder(model=self.model, device=self.device,
                                            batch_size=self.batch_size)

@@ -10,6 +10,7 @@ from ._embedders import (
     content_hash,
     default_embedder,
 )
+from ._gpu import FastTorchEmbedder
 from ._onnx import OnnxEmbedder, model_cache_dir
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
 from ._stream import DEFAULT_COMMIT_EVERY
@@ -24,6 +25,7 @@ __all__ = [
     "EmbedResult",
     "Embedder",
     "EmptyTextPolicy",
+    "FastTorchEmbedder",
     "HashEmbedder",
     "OnnxEmbedder",
     "SentenceTransformerEmbedder",

@@ -230,7 +230,9 @@ class HashEmbedder:
 
 #: Backends of :func:`default_embedder`: ``torch`` (alias ``sentence-transformers``) is
 #: plain PyTorch fp32; ``onnx`` / ``onnx-int8`` run ONNX Runtime (:class:`OnnxEmbedder`).
-EMBED_BACKENDS: tuple[str, ...] = ("torch", "sentence-transformers", "onnx", "onnx-int8")
+#: ``torch-fp16`` is the batch-pipelined fp16 embedder for CUDA (:class:`FastTorchEmbedder`).
+EMBED_BACKENDS: tuple[str, ...] = ("torch", "sentence-transformers", "onnx", "onnx-int8",
+                                   "torch-fp16")
 
 
 def split_backend(model: str | None) -> tuple[str | None, str | None]:
@@ -282,6 +284,11 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
         kwargs.pop("device", None)  # ONNX Runtime here is the CPU provider
         kwargs.pop("show_progress", None)
         return OnnxEmbedder(model=model, quantize=backend == "onnx-int8", **kwargs)
+    if backend == "torch-fp16":
+        from ._gpu import FastTorchEmbedder
+
+        kwargs.pop("show_progress", None)
+        return FastTorchEmbedder(model=model, half=True, **kwargs)
     return SentenceTransformerEmbedder(model=model, **kwargs)
 
 
