@@ -77,6 +77,14 @@ def test_parquet_streams_in_committed_groups_equal_to_in_memory(tmp_path, debian
     again = Counting()
     r2 = embed_table(streamed, "t", path, key="id", text="text", embedder=again, commit_every=100)
     assert again.texts == [] and not r2.write.committed and r2.rows_unchanged == 530
+    # 1% of the texts changed, spread over every group: one commit, five rows embedded
+    changed = df.with_columns(pl.when(pl.col("id") % 100 == 7).then(pl.col("text") + " (revised)")
+                              .otherwise(pl.col("text")).alias("text"))
+    emb = Counting()
+    r3 = embed_table(streamed, "t", write_parquet(changed, tmp_path / "c.parquet"), key="id",
+                     text="text", embedder=emb, commit_every=100)
+    assert len(emb.texts) == r3.rows_embedded == 6 and r3.write.rows_updated == 6
+    assert len(streamed.table("t").versions()) == 7
 
 
 def test_stream_refuses_bad_rows_before_committing_anything(tmp_path, debian) -> None:

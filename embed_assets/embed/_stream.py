@@ -9,16 +9,19 @@ Two passes over the source:
 1. keys and texts only: duplicate or null keys, non-text values and (with
    ``on_empty="error"``) blank texts are refused before anything is written, exactly as
    the in-memory path refuses them;
-2. each group of ``commit_every`` rows: hashes, the diff against the stored state as it
-   was when the run started, the model on new or changed texts, one commit.
+2. each group of ``commit_every`` source rows: hashes, the diff against the stored state
+   as it was when the run started, the model on new or changed texts; the rows to write
+   are committed once ``commit_every`` of them have gathered (and at the end), so
+   unchanged groups cost no version and a small change spread over the corpus is one
+   commit.
 
 Resuming: with ``upsert`` or ``sync`` a rerun after an interruption finds the committed
 groups' rows stored with the same content hash and embeds none of them again; the final
 table holds the same keys and vectors as an uninterrupted run. ``sync`` deletes the keys
 gone from the source in the last group's commit. ``overwrite`` streams too (the first
 group replaces the table, the others are upserted into it) but a rerun starts over: use
-``upsert`` to resume. Each committed group is one Lance version; its commit records the
-group number and rows done (``stream_group``, ``stream_rows_done``).
+``upsert`` to resume. Each commit is one Lance version; it records the group number and
+the source rows done (``stream_group``, ``stream_rows_done``).
 """
 
 from __future__ import annotations
@@ -226,6 +229,8 @@ def embed_stream(
     bar = _progress(src.num_rows, name, progress)
     first_write = True
     group_no = 0
+    pending: list[pa.Table] = []
+    since = {"rows_embedded": 0, "rows_reused": 0}
     with _quiet(embedder):
         for group, last in _lookahead(src.batches([key, text, *keep], commit_every)):
             group_no += 1
@@ -244,19 +249,30 @@ def embed_stream(
             totals["embedded"] += plan.n_embed
             totals["reused"] += plan.n_reused
             totals["unchanged"] += base.num_rows - plan.n_write
+            if out.num_rows:
+                pending.append(out)
+                since["rows_embedded"] += plan.n_embed
+                since["rows_reused"] += plan.n_reused
+            # A commit per commit_every rows *written*: groups with nothing changed cost
+            # no version, and a 1% change spread over the corpus is one commit, not one
+            # per group (each merge_insert scans the table's keys).
+            full = sum(t.num_rows for t in pending) >= commit_every
             deletes = gone if last and gone else None
-            if out.num_rows or deletes or (last and not writes):
+            if full or (last and (pending or deletes or not writes)):
                 wmode = "overwrite" if mode == "overwrite" and first_write else \
                     ("append" if mode == "append" else "upsert")
-                props = {"rows_embedded": plan.n_embed, "rows_reused": plan.n_reused,
-                         "rows_source": base.num_rows, "text_column": text,
+                rows_out = pa.concat_tables(pending) if len(pending) > 1 else \
+                    (pending[0] if pending else out)
+                props = {**since, "rows_source": totals["source"], "text_column": text,
                          **(properties or {}), "embed_mode": mode, "stream_group": group_no,
                          "stream_rows_done": totals["source"]}
                 writes.append(store.write(
-                    name, out, key=key, mode=wmode, delete_keys=deletes, model=embedder.name,
+                    name, rows_out, key=key, mode=wmode, delete_keys=deletes, model=embedder.name,
                     model_revision=embedder.revision, text_column=text, run_id=run_id,
                     properties=props))
                 first_write = False
+                pending.clear()
+                since = {"rows_embedded": 0, "rows_reused": 0}
             bar.set_postfix(embedded=totals["embedded"], committed=len(writes), refresh=False)
     bar.close()
     committed = [w for w in writes if w.committed]
