@@ -317,7 +317,8 @@ EXIT_CODES = """exit codes:
        tag, data the store refuses, a failed SQL statement); a refused input
        changes nothing stored
   1    an unexpected error (set EMBED_ASSETS_DEBUG=1 for a traceback)
-  130  interrupted (Ctrl-C); nothing partial was committed"""
+  130  interrupted (Ctrl-C); no commit is left half-done (a streamed embed keeps its
+       committed groups: rerun it to resume)"""
 
 EXAMPLES: dict[str, str] = {
     "embed": "embed-assets embed pkgs --from pkgs.parquet --key package --text description\n"
@@ -477,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embed-assets: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("embed-assets: interrupted; nothing partial was committed", file=sys.stderr)
+        print("embed-assets: interrupted; no commit was left half-done (a streamed embed "
+              "keeps the groups it committed: rerun it to resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # keep the promise of one line; full trace on request
         if settings().debug:
