@@ -200,11 +200,15 @@ def bench_stream(work: Path, sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_resume(work: Path, n_path: str, reference_store: str | None) -> list[dict[str, Any]]:
-    """SIGKILL the 841k stream when about half its rows are committed, then rerun."""
+def bench_resume(work: Path, n_path: str) -> list[dict[str, Any]]:
+    """SIGKILL the 841k stream when about half its rows are committed, then rerun; the
+    result is compared with an uninterrupted run of the same file into another store."""
     import lance
 
     from embed_assets import Store
+
+    reference_store = str(work / "uninterrupted")
+    child(reference_store, n_path)
 
     killed = str(work / "killed")
     t0 = time.perf_counter()
@@ -226,14 +230,14 @@ def bench_resume(work: Path, n_path: str, reference_store: str | None) -> list[d
     rows = [{"figure": "841k stream SIGKILLed", "seconds": killed_after,
              "committed_rows": committed, "returncode": proc.returncode},
             {"figure": "  rerun resumes", **rerun, "expected_embedded": total - committed}]
-    if reference_store:
-        a = Store(killed).table("t").read(columns=["name", "vector"]).sort_by("name")
-        b = Store(reference_store).table("t").read(columns=["name", "vector"]).sort_by("name")
-        same_keys = a.column("name").equals(b.column("name"))
-        va = a.column("vector").combine_chunks().values.to_numpy()
-        vb = b.column("vector").combine_chunks().values.to_numpy()
-        rows.append({"figure": "  final table vs uninterrupted run", "same_keys": bool(same_keys),
-                     "same_vectors": bool(same_keys and np.array_equal(va, vb))})
+    # the final table against the uninterrupted run's: keys and vectors
+    a = Store(killed).table("t").read(columns=["name", "vector"]).sort_by("name")
+    b = Store(reference_store).table("t").read(columns=["name", "vector"]).sort_by("name")
+    same_keys = a.column("name").equals(b.column("name"))
+    va = a.column("vector").combine_chunks().values.to_numpy()
+    vb = b.column("vector").combine_chunks().values.to_numpy()
+    rows.append({"figure": "  final table vs uninterrupted run", "same_keys": bool(same_keys),
+                 "same_vectors": bool(same_keys and np.array_equal(va, vb))})
     return rows
 
 
@@ -288,11 +292,10 @@ def main() -> int:
             show("streaming from Parquet (hash-bow:64), each run its own process", results["stream"])
             print(f"  baselines before issue 14 (whole corpus in memory): {BASELINE_ISSUE}")
         if "resume" in only:
-            ref = str(work / "store_841326") if (work / "store_841326").exists() else None
             full_path = str(work / "pypi_841326.parquet")
             if not Path(full_path).exists():
                 full_path = slices(work, [841_326])[841_326]
-            results["resume"] = bench_resume(work, full_path, ref)
+            results["resume"] = bench_resume(work, full_path)
             show("SIGKILL and resume at 841k", results["resume"])
         if "real" in only:
             results["real"] = bench_real(work, args.real_rows, args.backend)
