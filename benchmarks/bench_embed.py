@@ -3,7 +3,8 @@ incremental cost, resume after SIGKILL. `python benchmarks/bench_embed.py [--onl
 
 Sections (comma-separated for --only):
 
-- ``backends``: on N PyPI summaries (``--texts``, default 2000), in one process: bare
+- ``backends``: on N PyPI summaries (``--texts``, default 1000), ``--rounds`` interleaved
+  rounds (default 3, medians of per-round ratios), in one process: bare
   ``SentenceTransformer.encode`` fp32 (the baseline), then each backend bare (its own
   ``embed``) and through the pipeline (``embed_table`` into a fresh store); speed ratios vs
   the baseline and vs the backend's bare call, and agreement with fp32 vectors (mean
@@ -79,7 +80,10 @@ def agreement(v: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "top10_kept": float(np.mean(kept)), "top10_identical": float(np.mean(same))}
 
 
-def bench_backends(n: int, batch: int) -> list[dict[str, Any]]:
+def bench_backends(n: int, batch: int, rounds: int) -> list[dict[str, Any]]:
+    """Every method measured once per round, rounds interleaved: on a shared machine the
+    load drifts by 2x within minutes, so each ratio is taken against the baseline of its
+    own round and the median over rounds is reported (with the spread)."""
     import polars as pl
 
     from embed_assets import SentenceTransformerEmbedder, Store, default_embedder, embed_table
@@ -87,40 +91,50 @@ def bench_backends(n: int, batch: int) -> list[dict[str, Any]]:
     texts = sample_texts(n)
     src = pl.DataFrame({"id": list(range(n)), "text": texts})
     torch_emb = SentenceTransformerEmbedder(batch_size=batch, show_progress=False)
-    torch_emb.embed(texts[:64])  # load and warm up outside the timings
     st = torch_emb._load()
-    rows = []
+    embs = {"torch": torch_emb,
+            **{b: default_embedder(None, backend=b, batch_size=batch) for b in ("onnx", "onnx-int8")}}
+    for e in embs.values():
+        e.embed(texts[:64])  # export/quantise (cached), load and warm up outside the timings
 
-    def bare_encode() -> tuple[float, np.ndarray]:
-        t0 = time.perf_counter()
-        v = st.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)
-        return time.perf_counter() - t0, np.asarray(v, np.float32)
+    def encode() -> np.ndarray:
+        return np.asarray(st.encode(texts, batch_size=batch, normalize_embeddings=True,
+                                    convert_to_numpy=True), np.float32)
 
-    base_s, ref = bare_encode()
-    rows.append({"figure": "bare SentenceTransformer.encode fp32 (baseline)", "seconds": base_s,
-                 "texts_per_s": n / base_s})
-    for backend in ("torch", "onnx", "onnx-int8"):
-        emb = torch_emb if backend == "torch" else default_embedder(None, backend=backend,
-                                                                    batch_size=batch)
-        emb.embed(texts[:64])  # export/quantise (cached) and warm up outside the timings
-        t0 = time.perf_counter()
-        v = emb.embed(texts)
-        bare_s = time.perf_counter() - t0
+    def pipeline(e: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            r = embed_table(Store(d), "t", src, key="id", text="text", embedder=emb)
-            pipe_s = time.perf_counter() - t0
-            assert r.rows_embedded == n
-        rows.append({"figure": f"{backend}: bare embed", "backend": backend, "seconds": bare_s,
-                     "texts_per_s": n / bare_s, "vs_bare_encode": base_s / bare_s,
-                     **agreement(v, ref)})
-        rows.append({"figure": f"{backend}: pipeline (embed_table, store commit)",
-                     "backend": backend, "seconds": pipe_s, "texts_per_s": n / pipe_s,
-                     "vs_bare_encode": base_s / pipe_s, "vs_bare_backend": bare_s / pipe_s})
-    # the baseline again, to show the drift of a shared machine within the run
-    again_s, _ = bare_encode()
-    rows.append({"figure": "bare encode fp32, measured again at the end", "seconds": again_s,
-                 "texts_per_s": n / again_s})
+            assert embed_table(Store(d), "t", src, key="id", text="text", embedder=e).rows_embedded == n
+
+    times: dict[str, list[float]] = {}
+    vectors: dict[str, np.ndarray] = {}
+
+    def timed(label: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        times.setdefault(label, []).append(time.perf_counter() - t0)
+        return out
+
+    for _ in range(rounds):
+        ref = timed("encode", encode)
+        for b, e in embs.items():
+            vectors[b] = timed(f"{b}:bare", lambda e=e: e.embed(texts))
+            timed(f"{b}:pipeline", lambda e=e: pipeline(e))
+    base = np.array(times["encode"])
+    rows = [{"figure": "bare SentenceTransformer.encode fp32 (baseline)",
+             "seconds_median": float(np.median(base)), "seconds_min": float(base.min()),
+             "seconds_max": float(base.max()), "texts_per_s": n / float(np.median(base))}]
+    for b in embs:
+        bare, pipe = np.array(times[f"{b}:bare"]), np.array(times[f"{b}:pipeline"])
+        rows.append({"figure": f"{b}: bare embed", "seconds_median": float(np.median(bare)),
+                     "texts_per_s": n / float(np.median(bare)),
+                     "vs_bare_encode_median": float(np.median(base / bare)),
+                     "vs_bare_encode_range": f"{(base / bare).min():.2f}-{(base / bare).max():.2f}",
+                     **agreement(vectors[b], ref)})
+        rows.append({"figure": f"{b}: pipeline (embed_table, store commit)",
+                     "seconds_median": float(np.median(pipe)),
+                     "vs_bare_encode_median": float(np.median(base / pipe)),
+                     "vs_bare_backend_median": float(np.median(bare / pipe)),
+                     "vs_bare_backend_range": f"{(bare / pipe).min():.2f}-{(bare / pipe).max():.2f}"})
     return rows
 
 
@@ -268,8 +282,9 @@ def show(title: str, rows: list[dict[str, Any]]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="backends,stream,resume,real")
-    ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the backends section")
     ap.add_argument("--sizes", default="100000,400000,841326")
     ap.add_argument("--real-rows", type=int, default=20_000)
     ap.add_argument("--backend", default="onnx-int8")
@@ -284,7 +299,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     try:
         if "backends" in only:
-            results["backends"] = bench_backends(args.texts, args.batch)
+            results["backends"] = bench_backends(args.texts, args.batch, args.rounds)
             show(f"backends on {args.texts} PyPI summaries (batch {args.batch})", results["backends"])
         sizes = [int(s) for s in args.sizes.split(",")]
         if "stream" in only:
