@@ -384,6 +384,11 @@ def _commit(store: Store, name: str, out: pa.Table, key: str, mode: str, plan: _
     missing from the source, and ``replace_partition`` keeps the unchanged rows it did not
     send (``keep_keys``); the store computes what to delete against the version it
     commits on."""
+    if out.num_rows == 0 and mode in ("upsert", "append") and existing is not None:
+        return unchanged_result(store, name, mode)
+    if out.num_rows == 0 and mode == "sync" and existing is not None and \
+            existing.frame.height <= base.num_rows:  # every stored key is in the source
+        return unchanged_result(store, name, mode)
     common: dict[str, Any] = dict(key=key, model=embedder.name, model_revision=embedder.revision,
                                   text_column=text, run_id=run_id, properties=props)
     if mode == "replace_partition":
@@ -399,6 +404,13 @@ def _commit(store: Store, name: str, out: pa.Table, key: str, mode: str, plan: _
         gone = [k for k in stored if k not in wanted]
         return store.write(name, out, mode="upsert", delete_keys=gone or None, **common)
     return store.write(name, out, mode=mode, **common)  # type: ignore[arg-type]
+
+
+def unchanged_result(store: Store, name: str, mode: str) -> WriteResult:
+    """The result of a write with nothing to write, without calling the store: asking for
+    the embedder's revision there would load the model (seconds) for nothing."""
+    version = store.table(name).version
+    return WriteResult(name, version, version, mode)
 
 
 @dataclass

@@ -201,6 +201,7 @@ def embed_stream(
         _existing_state,
         _rows_to_write,
         _source,
+        unchanged_result,
     )
 
     t0 = time.perf_counter()
@@ -258,7 +259,11 @@ def embed_stream(
             # per group (each merge_insert scans the table's keys).
             full = sum(t.num_rows for t in pending) >= commit_every
             deletes = gone if last and gone else None
-            if full or (last and (pending or deletes or not writes)):
+            if last and not (pending or deletes or writes) and existing is not None:
+                # nothing to write at all: no store call (it would load the model for
+                # its revision)
+                writes.append(unchanged_result(store, name, mode))
+            elif full or (last and (pending or deletes or not writes)):
                 wmode = "overwrite" if mode == "overwrite" and first_write else \
                     ("append" if mode == "append" else "upsert")
                 rows_out = pa.concat_tables(pending) if len(pending) > 1 else \
