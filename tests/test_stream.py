@@ -272,3 +272,13 @@ def test_pyarrow_table_with_commit_every_streams_too(tmp_path, debian) -> None:
     tbl = corpus(debian, 90).to_arrow()
     r = embed_table(store, "t", tbl, key="id", text="text", embedder=HashEmbedder(32), commit_every=40)
     assert r.rows_embedded == 90 and len(store.table("t").versions()) == 3
+
+
+def test_progress_bar_shows_rows_per_second_and_eta(tmp_path, debian, capfd) -> None:
+    path = write_parquet(corpus(debian, 300), tmp_path / "src.parquet")
+    embed_table(Store(tmp_path / "s"), "t", path, key="id", text="text", embedder=HashEmbedder(32),
+                commit_every=100, progress=True)
+    err = capfd.readouterr().err
+    # tqdm's line: "embed t: 100%|...| 300/300 [00:00<00:00, 1.2k rows/s, committed=3, ...]"
+    assert "embed t" in err and "300/300" in err and "rows/s" in err and "<" in err
+    assert "committed=3" in err
