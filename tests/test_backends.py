@@ -81,7 +81,7 @@ def test_backend_is_part_of_the_model_identity(tmp_path, debian, minilm, cache, 
     int8 = _embedder("onnx-int8", cache, monkeypatch)
     assert int8.name == f"{minilm.name}#onnx-int8"
     assert int8.revision.startswith(minilm.revision) and "qint8" in int8.revision
-    assert _embedder("onnx", cache, monkeypatch).revision.endswith("+onnx-fp32-r1")
+    assert _embedder("onnx", cache, monkeypatch).revision.endswith("+onnx-fp32-r2")
     store = Store(tmp_path / "s")
     src = debian.head(40)
     embed_table(store, "t", src, key="package", text="description", embedder=minilm)
