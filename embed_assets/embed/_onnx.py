@@ -208,6 +208,9 @@ class OnnxEmbedder:
         self._dim = int(self._st.dimension)
         path = self._export(st)
         opts = ort.SessionOptions()
+        # No busy-waiting between runs: the embedder shares its cores with Lance, polars,
+        # DuckDB or another session in the same process, which spinning threads starve.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
