@@ -21,6 +21,8 @@ def main() -> int:
         ["bench_sql.py", *(["--quick"] if quick else [])],
         ["bench_index.py", *(["--only", "real"] if quick else [])],
         ["bench_scale.py", *(["--quick"] if quick else [])],  # S3 vs local, training epochs
+        ["bench_embed.py", *(["--only", "backends,stream", "--sizes", "100000,400000"]
+                             if quick else [])],
     ]
     rc = 0
     for args in runs:

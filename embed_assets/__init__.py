@@ -28,10 +28,12 @@ Examples
 from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
+    EMBED_BACKENDS,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    OnnxEmbedder,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
@@ -76,6 +78,7 @@ set_index_keeper(rebuild_after_rollback)
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EMBED_BACKENDS",
     "CleanupReport",
     "EmbedAssetsError",
     "EmbedResult",
@@ -85,6 +88,7 @@ __all__ = [
     "HashEmbedder",
     "ImageEmbedder",
     "IndexReport",
+    "OnnxEmbedder",
     "Plan",
     "QueryError",
     "SQLConnection",

@@ -7,6 +7,8 @@
 ``EMBED_ASSETS_NATIVE``        ``0`` keeps the Python SQL aggregates instead of ea_vec
 ``EMBED_ASSETS_DEBUG``         the CLI shows tracebacks for unexpected errors
 ``EMBED_ASSETS_SNAPSHOT_DIR``  training snapshots (~/.cache/embed_assets/snapshots)
+``EMBED_ASSETS_MODEL_CACHE``   exported ONNX models (else ~/.cache/embed_assets/onnx; read
+                               by :func:`embed_assets.embed.model_cache_dir`)
 =============================  =========================================================
 """
 

@@ -55,6 +55,13 @@ class EmbedConfig(Config):
             "changes; on a partitioned asset it drops the other partitions' rows."
         ),
     )
+    commit_every: int = Field(
+        default=50_000,
+        description=(
+            "Unpartitioned assets: commit every this many rows, so a run that fails halfway "
+            "and is re-executed resumes without re-embedding what it committed (0: one commit)."
+        ),
+    )
 
 
 def build_embedding_asset(
@@ -136,6 +143,10 @@ def build_embedding_asset(
             store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
             columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
             properties=properties,
+            # groups only where the source is larger than one: a small run stays one commit
+            commit_every=(config.commit_every if partition is None and config.commit_every
+                          and src.num_rows > config.commit_every else None),
+            progress=False,
         )
         context.log.info(res.summary())
         record_run_version(context, name, res.version)

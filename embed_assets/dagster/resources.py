@@ -15,7 +15,9 @@ from ..embed import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, defaul
 from ..errors import ValidationError
 from ..store import Store, default_store_uri
 
-BACKENDS = ("sentence-transformers", "hash")
+# torch = sentence-transformers = PyTorch fp32; onnx / onnx-int8 run ONNX Runtime on the
+# CPU (embed_assets.OnnxEmbedder); hash is the weightless test embedder.
+BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8", "torch-fp16", "hash")
 
 
 class EmbedStoreResource(ConfigurableResource):
@@ -59,7 +61,10 @@ class EmbedderResource(ConfigurableResource):
         default=None,
         description=f"sentence-transformers name or path; empty: {DEFAULT_MODEL} (shipped offline)",
     )
-    backend: str = Field(default="sentence-transformers", description="sentence-transformers | hash")
+    backend: str = Field(default="sentence-transformers",
+                         description="sentence-transformers (= torch, PyTorch fp32) | onnx | "
+                                     "onnx-int8 (dynamic int8, ~2x on a CPU) | torch-fp16 "
+                                     "(CUDA, batch-pipelined) | hash")
     device: str | None = Field(default=None, description="cpu, cuda, mps...; empty: automatic")
     batch_size: int = Field(default=64, description="texts per forward pass")
     dimension: int = Field(default=64, description="vector size of the hash backend only")
@@ -82,5 +87,10 @@ class EmbedderResource(ConfigurableResource):
             model = self.model or ""
             # one parser for the hashing embedder's name: default_embedder refuses a bad DIM
             return default_embedder(model if ":" in model else f"hash-bow:{self.dimension}")
+        if self.backend in ("onnx", "onnx-int8"):
+            return default_embedder(self.model, backend=self.backend, batch_size=self.batch_size)
+        if self.backend == "torch-fp16":  # the batch-pipelined CUDA embedder
+            return default_embedder(self.model, backend=self.backend, device=self.device,
+                                    batch_size=max(self.batch_size, 256))
         return SentenceTransformerEmbedder(model=self.model, device=self.device,
                                            batch_size=self.batch_size)

@@ -12,6 +12,7 @@ from ._cnn import (
 )
 from ._embedders import (
     DEFAULT_MODEL,
+    EMBED_BACKENDS,
     Embedder,
     EmptyTextPolicy,
     HashEmbedder,
@@ -19,6 +20,7 @@ from ._embedders import (
     content_hash,
     default_embedder,
 )
+from ._gpu import FastTorchEmbedder
 from ._images import (
     BadImage,
     BadImagePolicy,
@@ -33,11 +35,15 @@ from ._images import (
     image_grid_png,
     image_hash,
 )
+from ._onnx import OnnxEmbedder, model_cache_dir
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
+from ._stream import DEFAULT_COMMIT_EVERY
 
 __all__ = [
+    "DEFAULT_COMMIT_EVERY",
     "DEFAULT_MODEL",
     "DIGITS_MODEL",
+    "EMBED_BACKENDS",
     "EMBED_MODES",
     "PROVENANCE_COLUMNS",
     "BadImage",
@@ -46,10 +52,12 @@ __all__ = [
     "EmbedResult",
     "Embedder",
     "EmptyTextPolicy",
+    "FastTorchEmbedder",
     "HashEmbedder",
     "ImageEmbedResult",
     "ImageEmbedder",
     "KnnReport",
+    "OnnxEmbedder",
     "PixelEmbedder",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
@@ -65,6 +73,7 @@ __all__ = [
     "image_grid_png",
     "image_hash",
     "knn_label_accuracy",
+    "model_cache_dir",
     "model_provenance",
     "save_model",
     "train_digits_cnn",

@@ -7,6 +7,7 @@ changed are rewritten with the old vector; only new or changed texts reach the m
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError
 from ..store import (
+    SCAN_ALL,
     VECTOR_COLUMN,
     Store,
     WriteResult,
@@ -31,6 +33,7 @@ from ..store import (
     validate_table_name,
 )
 from ._embedders import Embedder, EmptyTextPolicy, content_hash, prepare_texts
+from ._stream import DEFAULT_COMMIT_EVERY, embed_stream, is_stream_source
 
 EmbedMode = Literal["overwrite", "append", "upsert", "sync", "replace_partition"]
 EMBED_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "sync", "replace_partition")
@@ -87,11 +90,18 @@ def embed_table(
     on_empty: EmptyTextPolicy = "error",
     run_id: str | None = None,
     properties: dict[str, Any] | None = None,
+    commit_every: int | None = None,
+    progress: bool | None = None,
 ) -> EmbedResult:
     """Embed ``data[text]`` keyed by ``data[key]`` into table ``name``.
 
     Parameters
     ----------
+    data : table-like or path
+        An Arrow/polars/pandas table, a dict of columns, or the path of a Parquet file.
+        A path is streamed: read in groups of ``commit_every`` rows, each group embedded
+        and committed in turn, in memory bounded by one group (see
+        :mod:`embed_assets.embed._stream`); a rerun after an interruption resumes.
     mode : {"upsert", "sync", "overwrite", "append", "replace_partition"}
         ``upsert`` inserts new keys and updates changed ones; ``sync`` also deletes keys
         missing from ``data`` (the table mirrors the source); ``replace_partition`` does
@@ -102,6 +112,13 @@ def embed_table(
         Source columns to keep beside key and vector (default: all source columns).
     on_empty : {"error", "skip"}
         What to do with null or blank texts (see :mod:`embed_assets._embedders`).
+    commit_every : int, optional
+        Commit every this many source rows (each group one version), so an interrupted
+        run resumes without re-embedding committed rows. Default: one commit for an
+        in-memory table, 50,000 rows for a Parquet path. Not with ``replace_partition``.
+    progress : bool, optional
+        A progress bar (rows/s, ETA) on stderr when streaming; ``None``: when stderr is a
+        terminal.
 
     Examples
     --------
@@ -120,6 +137,16 @@ def embed_table(
         raise ValidationError(f"unknown mode {mode!r}; choose one of {', '.join(EMBED_MODES)}")
     if mode == "replace_partition" and partition is None:
         raise ValidationError("mode 'replace_partition' needs partition=(column, value)")
+    if commit_every is not None and commit_every < 1:
+        raise ValidationError(f"commit_every must be >= 1, got {commit_every}")
+    if is_stream_source(data) or commit_every is not None:
+        if partition is not None:
+            raise ValidationError(
+                "a partitioned write is one commit: pass an in-memory table and no commit_every")
+        return embed_stream(store, name, data, key=key, text=text, embedder=embedder, mode=mode,
+                            columns=columns, on_empty=on_empty, run_id=run_id,
+                            properties=properties, progress=progress,
+                            commit_every=commit_every or DEFAULT_COMMIT_EVERY)
     src, keep = _source(as_arrow(data), key, text, columns, partition)
     src, texts, skipped = _drop_blank(src, key, text, on_empty)
     base = src.select([key, *keep]).append_column(
@@ -130,8 +157,8 @@ def embed_table(
         raise SchemaMismatchError(
             f"table {name!r} holds vectors from model {existing.model!r}; the embedder is "
             f"{embedder.name!r}; re-embed everything with mode 'overwrite' or use a new table")
-    plan = _diff(base, existing, key, keep)
-    vectors = _embed_changed(plan, texts, embedder, name)
+    plan = _diff(store, name, base, existing, key, keep)
+    vectors = _embed_changed(plan, base, texts, embedder, name, key)
     run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
     out = _rows_to_write(base, plan, vectors, embedder.name, run_id, key, keep)
     props = {"rows_embedded": plan.n_embed, "rows_reused": plan.n_reused, "rows_source": base.num_rows,
@@ -195,12 +222,12 @@ def _drop_blank(src: pa.Table, key: str, text: str,
 
 @dataclass
 class _Diff:
-    """Which source rows reach the model, which are written, what the stored rows give."""
+    """Which source rows reach the model, which are written, and the stored vectors and
+    provenance of the written rows that keep their vector (read for those rows only)."""
 
     embed_mask: np.ndarray
     write_mask: np.ndarray
-    reused: np.ndarray | None  # (n, dim) stored vectors, valid where ~embed_mask
-    old_prov: dict[str, list[Any]]
+    reused: dict[Any, tuple[Any, ...]]  # key -> (vector, _model, _embedded_at, _run_id)
     dimension: int | None
 
     @property
@@ -216,35 +243,83 @@ class _Diff:
         return int((self.write_mask & ~self.embed_mask).sum())
 
 
-def _diff(base: pa.Table, existing: _Existing | None, key: str, keep: list[str]) -> _Diff:
-    """Compare the source with the stored rows by key: a changed text is re-embedded, a
-    changed column rewritten with the stored vector, an unchanged row not written."""
+def _row_signature(tbl: pa.Table, keep: Sequence[str]) -> pl.Series:
+    """One 64-bit hash per row of the kept columns: the diff compares these, not the
+    columns themselves, so the stored state it holds is key + content hash + 8 bytes."""
+    if not keep:
+        return pl.Series("_sig", np.zeros(tbl.num_rows, np.uint64))
+    frame = pl.from_arrow(tbl.select(list(keep)))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.hash_rows(seed=0).alias("_sig")
+
+
+def _cast_like(tbl: pa.Table, schema: pa.Schema | None) -> pa.Table:
+    """Source columns cast to the stored types where they differ (int32 -> int64, ...),
+    so equal values hash equally; a column that does not cast is left for the write's
+    schema check to refuse."""
+    if schema is None:
+        return tbl
+    for i, f in enumerate(tbl.schema):
+        idx = schema.get_field_index(f.name)
+        if idx >= 0 and schema.field(idx).type != f.type:
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                tbl = tbl.set_column(i, pa.field(f.name, schema.field(idx).type),
+                                     tbl.column(i).cast(schema.field(idx).type))
+    return tbl
+
+
+def _diff(store: Store, name: str, base: pa.Table, existing: _Existing | None, key: str,
+          keep: list[str]) -> _Diff:
+    """Compare the source with the stored rows by key and hashes: a changed text is
+    re-embedded, a changed column rewritten with the stored vector (fetched for those
+    rows alone), an unchanged row not written."""
     n = base.num_rows
     if existing is None or not existing.frame.height:
-        return _Diff(np.ones(n, bool), np.ones(n, bool), None, {},
+        return _Diff(np.ones(n, bool), np.ones(n, bool), {},
                      existing.dimension if existing is not None else None)
-    joined = pl.from_arrow(base).with_row_index("_i").join(
-        existing.frame, on=key, how="left", suffix="__old", coalesce=True).sort("_i")
+    cast = _cast_like(base, existing.schema)
+    src = pl.DataFrame({key: pl.from_arrow(cast.column(key)),
+                        "_content_hash": pl.from_arrow(cast.column("_content_hash")),
+                        "_sig": _row_signature(cast, [c for c in keep if c in existing.sig_columns])})
+    joined = src.with_row_index("_i").join(existing.frame, on=key, how="left",
+                                           suffix="__old", coalesce=True).sort("_i")
     same_text = (joined["_content_hash"] == joined["_content_hash__old"]).fill_null(False)
-    same_row = same_text
-    for c in keep:
-        if f"{c}__old" in joined.columns:
-            same_row = same_row & joined[c].eq_missing(joined[f"{c}__old"])
+    same_row = same_text & (joined["_sig"] == joined["_sig__old"]).fill_null(False)
     embed_mask = ~same_text.to_numpy()
-    reused = np.zeros((n, existing.dimension), dtype=np.float32)
-    reuse_idx = np.flatnonzero(~embed_mask)
-    if reuse_idx.size:
-        reused[reuse_idx] = np.stack(joined["vector__old"].gather(reuse_idx).to_list()).astype(np.float32)
-    old_prov = {c: (joined[c].to_list() if c in joined.columns else [None] * n)
-                for c in ("_model", "_embedded_at", "_run_id")}
-    return _Diff(embed_mask, ~same_row.to_numpy(), reused, old_prov, existing.dimension)
+    write_mask = ~same_row.to_numpy()
+    reuse_keys = joined[key].filter(pl.Series(write_mask & ~embed_mask)).to_list()
+    return _Diff(embed_mask, write_mask, _stored_rows(store, name, key, reuse_keys),
+                 existing.dimension)
 
 
-def _embed_changed(plan: _Diff, texts: list[str], embedder: Embedder, name: str) -> np.ndarray:
-    """Every row's vector: the model's for new or changed texts, the stored one otherwise."""
+def _stored_rows(store: Store, name: str, key: str, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
+    """Vector and provenance of the stored rows with ``keys`` (those whose text did not
+    change but whose other columns did): the only vectors an incremental run reads."""
+    if not keys:
+        return {}
+    t = store.table(name)
+    names = set(t.dataset().schema.names)
+    prov = [c for c in ("_model", "_embedded_at", "_run_id") if c in names]
+    out: dict[Any, tuple[Any, ...]] = {}
+    for i in range(0, len(keys), 5000):
+        tbl = t.read(columns=[key, VECTOR_COLUMN, *prov], where=filter_in(key, keys[i:i + 5000]))
+        vecs = tbl.column(VECTOR_COLUMN).combine_chunks()
+        flat = vecs.values.to_numpy(zero_copy_only=False).reshape(len(vecs), -1)
+        cols = [tbl.column(c).to_pylist() if c in tbl.column_names else [None] * tbl.num_rows
+                for c in ("_model", "_embedded_at", "_run_id")]
+        for j, k in enumerate(tbl.column(key).to_pylist()):
+            out[k] = (flat[j], cols[0][j], cols[1][j], cols[2][j])
+    return out
+
+
+def _embed_changed(plan: _Diff, base: pa.Table, texts: list[str], embedder: Embedder, name: str,
+                   key: str) -> np.ndarray:
+    """The vectors of the written rows, in source order: the model's for new or changed
+    texts, the stored one for rows that keep theirs."""
     n = len(texts)
-    vectors = plan.reused
+    dim = plan.dimension
     to_embed = np.flatnonzero(plan.embed_mask)
+    new = None
     if to_embed.size:
         new = np.asarray(embedder.embed([texts[i] for i in to_embed]), dtype=np.float32)
         if new.ndim != 2 or new.shape[0] != to_embed.size:
@@ -255,15 +330,21 @@ def _embed_changed(plan: _Diff, texts: list[str], embedder: Embedder, name: str)
             raise ValidationError(
                 f"embedder {embedder.name!r} declares dimension {declared} but returned "
                 f"{new.shape[1]}-dimensional vectors; fix the embedder's dimension")
-        if vectors is None:
-            vectors = np.zeros((n, new.shape[1]), dtype=np.float32)
-        elif new.shape[1] != vectors.shape[1]:
+        if dim is not None and plan.reused and new.shape[1] != dim:
             raise SchemaMismatchError(
-                f"table {name!r} has dimension {vectors.shape[1]}; embedder {embedder.name!r} "
+                f"table {name!r} has dimension {dim}; embedder {embedder.name!r} "
                 f"produced {new.shape[1]}; use mode 'overwrite' or a new table")
+        dim = new.shape[1]
+    if dim is None:
+        dim = embedder.dimension if n else 1
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    if new is not None:
         vectors[to_embed] = new
-    if vectors is None:  # nothing to embed and nothing stored
-        vectors = np.zeros((n, embedder.dimension if n else (plan.dimension or 1)), dtype=np.float32)
+    if plan.reused:
+        reuse_idx = np.flatnonzero(plan.write_mask & ~plan.embed_mask)
+        keys = base.column(key).take(pa.array(reuse_idx, pa.int64())).to_pylist()
+        for i, k in zip(reuse_idx, keys, strict=True):
+            vectors[i] = plan.reused[k][0]
     return vectors
 
 
@@ -274,9 +355,15 @@ def _rows_to_write(base: pa.Table, plan: _Diff, vectors: np.ndarray, model: str,
     n = base.num_rows
     now = dt.datetime.now(dt.UTC)
 
+    slot = {"_model": 1, "_embedded_at": 2, "_run_id": 3}
+    keys = base.column(key).to_pylist() if plan.reused else None
+
     def prov(column: str, fresh: Any) -> list[Any]:
-        old = plan.old_prov.get(column) or [None] * n
-        return [fresh if plan.embed_mask[i] else old[i] for i in range(n)]
+        if not plan.reused:
+            return [fresh] * n  # every written row was embedded by this run
+        assert keys is not None
+        return [fresh if plan.embed_mask[i] or keys[i] not in plan.reused
+                else plan.reused[keys[i]][slot[column]] for i in range(n)]
 
     out = base.append_column(VECTOR_COLUMN, pa.FixedSizeListArray.from_arrays(
         pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]))
@@ -297,6 +384,11 @@ def _commit(store: Store, name: str, out: pa.Table, key: str, mode: str, plan: _
     missing from the source, and ``replace_partition`` keeps the unchanged rows it did not
     send (``keep_keys``); the store computes what to delete against the version it
     commits on."""
+    if out.num_rows == 0 and mode in ("upsert", "append") and existing is not None:
+        return unchanged_result(store, name, mode)
+    if out.num_rows == 0 and mode == "sync" and existing is not None and \
+            existing.frame.height <= base.num_rows:  # every stored key is in the source
+        return unchanged_result(store, name, mode)
     common: dict[str, Any] = dict(key=key, model=embedder.name, model_revision=embedder.revision,
                                   text_column=text, run_id=run_id, properties=props)
     if mode == "replace_partition":
@@ -314,11 +406,24 @@ def _commit(store: Store, name: str, out: pa.Table, key: str, mode: str, plan: _
     return store.write(name, out, mode=mode, **common)  # type: ignore[arg-type]
 
 
+def unchanged_result(store: Store, name: str, mode: str) -> WriteResult:
+    """The result of a write with nothing to write, without calling the store: asking for
+    the embedder's revision there would load the model (seconds) for nothing."""
+    version = store.table(name).version
+    return WriteResult(name, version, version, mode)
+
+
 @dataclass
 class _Existing:
-    frame: pl.DataFrame
+    """The stored side of the diff: key, content hash and row signature per row (never
+    vectors), the table's model and dimension, and its schema (to cast the source like)."""
+
+    frame: pl.DataFrame  # key, _content_hash__old, _sig__old
     model: str | None
     dimension: int
+    schema: pa.Schema
+    sig_columns: list[str]
+    version: int
 
 
 def _existing_state(store: Store, name: str, key: str, keep: list[str],
@@ -329,26 +434,32 @@ def _existing_state(store: Store, name: str, key: str, keep: list[str],
     meta = t.meta
     if meta.key != key:
         raise SchemaMismatchError(f"table {name!r} is keyed on {meta.key!r}, not {key!r}")
-    schema_names = set(t.dataset().schema.names)
+    ds = t.dataset()
+    schema_names = set(ds.schema.names)
     if "_content_hash" not in schema_names:
         raise SchemaMismatchError(
             f"table {name!r} was not written by the embedding pipeline (no _content_hash); "
             "use mode 'overwrite' or a new table"
         )
-    cols = [key, "_content_hash", VECTOR_COLUMN,
-            *[c for c in ("_model", "_embedded_at", "_run_id") if c in schema_names],
-            *[c for c in keep if c in schema_names]]
-    where = None
+    sig_columns = [c for c in keep if c in schema_names and c != key]
+    where = SCAN_ALL
     if partition is not None:
         # A list of values scopes the write to several partitions at once (a Dagster
         # partition range materialised in one run), still as one commit.
         col, val = partition
         where = filter_in(col, val) if isinstance(val, list | tuple) else filter_eq(col, val)
-    tbl = t.read(columns=list(dict.fromkeys(cols)), where=where)
-    frame = pl.from_arrow(tbl)
-    assert isinstance(frame, pl.DataFrame)
-    rename = {c: f"{c}__old" for c in frame.columns if c != key}
-    return _Existing(frame.rename(rename).rename({"_model__old": "_model",
-                                                  "_embedded_at__old": "_embedded_at",
-                                                  "_run_id__old": "_run_id"}, strict=False),
-                     meta.model, meta.dimension)
+    # Batch by batch: the kept columns are reduced to a 64-bit signature as they are read,
+    # so the state held is key + hash + signature, whatever the columns hold.
+    parts: list[pl.DataFrame] = []
+    for batch in ds.to_batches(columns=list(dict.fromkeys([key, "_content_hash", *sig_columns])),
+                               filter=where, batch_size=65_536):
+        tbl = pa.Table.from_batches([batch])
+        parts.append(pl.DataFrame({
+            key: pl.from_arrow(tbl.column(key)),
+            "_content_hash__old": pl.from_arrow(tbl.column("_content_hash")),
+            "_sig__old": _row_signature(tbl, sig_columns)}))
+    frame = pl.concat(parts) if parts else pl.DataFrame(
+        {key: pl.Series([], dtype=pl.from_arrow(pa.array([], ds.schema.field(key).type)).dtype),
+         "_content_hash__old": pl.Series([], dtype=pl.String),
+         "_sig__old": pl.Series([], dtype=pl.UInt64)})
+    return _Existing(frame, meta.model, meta.dimension, ds.schema, sig_columns, ds.version)
