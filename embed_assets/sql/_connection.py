@@ -309,7 +309,11 @@ class SQLConnection:
             return query, parameters, []
         calls = find_knn_calls(query)
         pieces, last, answered, names = [], 0, set(), []
-        with_vector = may_read_column(query, VECTOR_COLUMN) if calls else True
+        # Whether the statement reads the results' vectors: asked of the statement without
+        # the knn calls themselves (a subquery for the query vector names `vector` too).
+        outside = "".join(query[a:b] for a, b in zip(
+            [0, *(c.end for c in calls)], [*(c.start for c in calls), len(query)], strict=True))
+        with_vector = may_read_column(outside, VECTOR_COLUMN) if calls else True
         for call in calls:
             if call.param is not None:
                 if call.param >= len(parameters):
@@ -344,6 +348,15 @@ class SQLConnection:
                 return [float(x) for x in lit.group(1).split(",")]
             except ValueError:
                 return None
+        inner = _SUBQUERY.match(expr)
+        if inner is not None and _one_group(expr):
+            # (SELECT ...): run the SELECT itself; a scalar subquery's plan costs ~0.6 ms
+            # more. Anything but exactly one row is left to the macro (DuckDB's semantics).
+            try:
+                rows = self.con.execute(inner.group(1)).fetchmany(2)
+            except duckdb.Error:
+                return None
+            return rows[0][0] if len(rows) == 1 and len(rows[0]) == 1 else None
         try:
             row = self.con.execute(f"SELECT CAST(({expr}) AS FLOAT[])").fetchone()
         except duckdb.Error:
@@ -451,6 +464,24 @@ def _map_literal(m: dict[str, str]) -> str:
 # [1.0, -2e-3, ...] with an optional ::FLOAT[n] / ::DOUBLE[] cast
 _LIST_LITERAL = re.compile(r"^\s*\[([-+0-9.eE,\s]+)\]\s*(?:::\s*(?:FLOAT|DOUBLE|REAL)\s*\[\s*\d*\s*\])?\s*$",
                            re.IGNORECASE)
+
+# (SELECT ...) or (WITH ...), the whole expression
+_SUBQUERY = re.compile(r"^\s*\(\s*((?:SELECT|WITH)\b.*)\)\s*$", re.IGNORECASE | re.DOTALL)
+
+def _one_group(expr: str) -> bool:
+    """Whether the parenthesis opening ``expr`` is the one closing it (``(a) + (b)`` is
+    two groups); string literals are skipped by DuckDB's tokenizer."""
+    depth = 0
+    toks = tokens(expr)
+    for i, (_, _, text, _) in enumerate(toks):
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        if depth == 0:
+            return i == len(toks) - 1
+    return False
+
 
 _TABLE_FUNCTIONS = ("knn", "similarity_join", "query_table", "hybrid_search")
 
