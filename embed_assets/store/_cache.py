@@ -213,31 +213,30 @@ def _exact_keys(wanted: list[Any], typ: pa.DataType) -> np.ndarray | None:
 
 CACHE = MatrixCache()
 
-# A version's schema never changes; ``LanceDataset.schema`` builds it anew on every call
-# (~30-50 us), several times per search otherwise.
-_SCHEMAS: dict[VersionKey, pa.Schema] = {}
+def version_fact(key: VersionKey, kind: str, build: Callable[[], Any]) -> Any:
+    """A small fact of one immutable version (its schema, TableMeta, row count, fragment
+    fingerprint), computed once: each costs Lance or JSON work (``LanceDataset.schema``
+    builds the schema anew on every call, ~30-50 us) several times per search otherwise.
+    Bounded by count, not bytes: the facts are tiny."""
+    k = (key, kind)
+    got = _VERSION_FACTS.get(k)
+    if got is None:
+        if len(_VERSION_FACTS) > 16_384:
+            _VERSION_FACTS.clear()
+        got = _VERSION_FACTS[k] = build()
+    return got
+
+
+_VERSION_FACTS: dict[tuple[VersionKey, str], Any] = {}
 
 
 def meta_of(key: VersionKey, ds: lance.LanceDataset) -> TableMeta:
     """The version's TableMeta (parsed once: it is JSON in the schema metadata)."""
-    got = _METAS.get(key)
-    if got is None:
-        if len(_METAS) > 4096:
-            _METAS.clear()
-        got = _METAS[key] = TableMeta.infer(schema_of(key, ds))
-    return got
-
-
-_METAS: dict[VersionKey, TableMeta] = {}
+    return version_fact(key, "meta", lambda: TableMeta.infer(schema_of(key, ds)))
 
 
 def schema_of(key: VersionKey, ds: lance.LanceDataset) -> pa.Schema:
-    got = _SCHEMAS.get(key)
-    if got is None:
-        if len(_SCHEMAS) > 4096:
-            _SCHEMAS.clear()
-        got = _SCHEMAS[key] = ds.schema
-    return got
+    return version_fact(key, "schema", lambda: ds.schema)
 
 
 def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,

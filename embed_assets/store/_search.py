@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError, first_line
 from ..kernels import default_rank, exact_topk
-from ._cache import CACHE, VersionKey, schema_of, take_rows
+from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
 from ._graph import Graph, fingerprint, graph_path, normalized_query
@@ -227,18 +227,10 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
                 f" ({why})", rows)
 
 
-_ROWS: dict[VersionKey, int] = {}
-
-
 def _rows(key: VersionKey | None, ds: lance.LanceDataset) -> int:
     if key is None:
         return ds.count_rows()
-    got = _ROWS.get(key)
-    if got is None:
-        if len(_ROWS) > 4096:
-            _ROWS.clear()
-        got = _ROWS[key] = ds.count_rows()
-    return got
+    return version_fact(key, "rows", ds.count_rows)
 
 
 def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: SearchRequest,
@@ -314,23 +306,12 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
     return _lance(name, ds, q, req, metric, p)
 
 
-_FINGERPRINTS: dict[VersionKey, str] = {}
-_PATHS: dict[VersionKey, Any] = {}
-
-
 def _graph_of(ds: lance.LanceDataset, key: VersionKey, metric: str,
               params: dict[str, Any]) -> Graph | None:
-    fp = _FINGERPRINTS.get(key)
-    if fp is None:
-        if len(_FINGERPRINTS) > 4096:
-            _FINGERPRINTS.clear()
-        _PATHS.clear()
-        fp = _FINGERPRINTS[key] = fingerprint(ds)
+    fp = version_fact(key, "fingerprint", lambda: fingerprint(ds))
     if fp != params.get("graph_fingerprint") or "graph_rows" not in params:
         return None
-    path = _PATHS.get(key)
-    if path is None:
-        path = _PATHS[key] = graph_path(key.uri, key.table_id, fp)
+    path = version_fact(key, "graph_path", lambda: graph_path(key.uri, key.table_id, fp))
     return load_graph(key, path, schema_of(key, ds).field(VECTOR_COLUMN).type.list_size, metric,
                       int(params["graph_rows"]), int(params["graph_ef"]))
 

@@ -19,7 +19,7 @@ import lance
 import numpy as np
 
 from ..kernels import normalize_rows
-from ._cache import CACHE, VersionKey
+from ._cache import CACHE, VersionKey, schema_of
 from ._meta import SCAN_ALL, VECTOR_COLUMN
 
 ADDRESS_COLUMN = "_rowaddr"
@@ -125,15 +125,12 @@ def subset(key: VersionKey, ds: lance.LanceDataset, where: str, metric: str,
     :mod:`._partitions`); its gathered block is kept under that version and reused by
     every later version whose rows it still matches, so a write of another partition
     costs this one no Lance read."""
-    dim = ds.schema.field(VECTOR_COLUMN).type.list_size
+    dim = schema_of(key, ds).field(VECTOR_COLUMN).type.list_size
     unit = "unit" if metric == "cosine" else "raw"
     kind = f"subset/{unit}/{int(with_vectors)}/{where}"
 
-    def scan() -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    def scan(addrs: RowAddresses) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(offsets ascending, their addresses, their vectors) from one Lance scan."""
-        addrs = row_addresses(key, ds)
-        if addrs is None:
-            return None
         cols = [VECTOR_COLUMN] if with_vectors else []
         t = ds.to_table(columns=cols, filter=where, with_row_address=True)
         got = t.column(ADDRESS_COLUMN).to_numpy().astype(np.uint64, copy=False)
@@ -150,21 +147,21 @@ def subset(key: VersionKey, ds: lance.LanceDataset, where: str, metric: str,
         return offsets[order].astype(np.int64), got[order], mat
 
     def build() -> RowSubset | None:
+        addrs = row_addresses(key, ds)
+        if addrs is None:
+            return None
+        block_kind = f"pblock/{unit}/{where}"
         if epoch is not None and with_vectors:
-            block = CACHE.get_or_build(epoch, f"pblock/{unit}/{where}", lambda: 0, lambda: None)
-            addrs = row_addresses(key, ds) if block is not None else None
-            if block is not None and addrs is not None:
+            block = CACHE.get_or_build(epoch, block_kind, lambda: 0, lambda: None)
+            if block is not None:
                 offsets = addrs.offsets(block.addresses)
                 if offsets is not None:  # every row of the block is still there
                     return _Borrowed(where, offsets, addrs.rows, block.matrix)
-        got = scan()
-        if got is None:
-            return None
-        offsets, addresses, mat = got
+        offsets, addresses, mat = scan(addrs)
         if epoch is not None and mat is not None:
-            CACHE.put(epoch, f"pblock/{unit}/{where}", PartitionBlock(addresses, mat), replace=True)
-            return _Borrowed(where, offsets, len(row_addresses(key, ds).sorted), mat)  # type: ignore[union-attr]
-        return RowSubset(where, offsets, row_addresses(key, ds).rows, mat)  # type: ignore[union-attr]
+            CACHE.put(epoch, block_kind, PartitionBlock(addresses, mat), replace=True)
+            return _Borrowed(where, offsets, addrs.rows, mat)
+        return RowSubset(where, offsets, addrs.rows, mat)
 
     per_row = 8 + (4 * dim if with_vectors else 0)
     # A partition with an epoch is bounded by the table (whose matrix the budget was
