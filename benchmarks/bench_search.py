@@ -194,20 +194,35 @@ def main() -> int:
         h.set_num_threads(1)
         h.add_items(base, np.arange(len(base)))
         hb = time.perf_counter() - t0
-        h.set_ef(40)
-        both = interleaved({"ours": lambda q: t.search(q, k=10, columns=["id"]),
-                            "hnswlib": lambda q: h.knn_query(q, k=10)}, qs)
-        unf, hp = both["ours"], both["hnswlib"]
-        hr = recall_at([h.knn_query(q, k=10)[0][0] for q in qs], base, qs)
+        # hnswlib at a sweep of ef; the floor compares search() with the cheapest ef whose
+        # recall is at least search()'s ("p50 <= 2x hnswlib's at equal or higher recall").
+        sweep = []
+        for ef in (40, 64, 96, 128, 160, 200):
+            h.set_ef(ef)
+            hr = recall_at([h.knn_query(q, k=10)[0][0] for q in qs], base, qs)
+            sweep.append((ef, hr))
+            if hr >= unf_rec:
+                break
+        ef_eq, hr_eq = next(((e, r) for e, r in sweep if r >= unf_rec), sweep[-1])
         lines.append("")
-        lines.append("| unfiltered, 120k | p50 | recall@10 | build |")
+        lines.append("| unfiltered, 120k (interleaved with search()) | p50 | recall@10 | build |")
         lines.append("|---|---|---|---|")
-        lines.append(f"| search() ({'graph' if 'graph_ef' in rep.params else 'probe'}) | {unf:.2f} ms | "
-                     f"{unf_rec:.3f} | {ours_build:.0f} s (IVF_PQ + tuning + graph) |")
-        lines.append(f"| hnswlib M=16 ef 40, one thread | {hp:.2f} ms | {hr:.3f} | {hb:.0f} s |")
-        lines.append(f"| ratio | {unf / hp:.2f}x (floor 2x at equal or higher recall) | | |")
-        for ln in lines[-3:]:
-            print(ln, flush=True)
+        for ef, hr in sweep:
+            h.set_ef(ef)
+            both = interleaved({"ours": lambda q: t.search(q, k=10, columns=["id"]),
+                                "hnswlib": lambda q: h.knn_query(q, k=10)}, qs)
+            unf, hp = both["ours"], both["hnswlib"]
+            if ef == sweep[0][0]:
+                lines.append(f"| search() ({'graph' if 'graph_ef' in rep.params else 'probe'}, "
+                             f"ef {rep.params.get('graph_ef')}, rows fetched) | {unf:.2f} ms | "
+                             f"{unf_rec:.3f} | {ours_build:.0f} s (IVF_PQ + tuning + graph) |")
+            lines.append(f"| hnswlib M=16 ef {ef}, one thread, ids only (search() in the same "
+                         f"rounds: {unf:.2f} ms, {unf / hp:.2f}x) | {hp:.2f} ms | {hr:.3f} | {hb:.0f} s |")
+            print(lines[-1], flush=True)
+        verdict = "met" if unf / hp <= 2 and hr_eq >= unf_rec else "MISSED"
+        lines.append(f"| search() / hnswlib at ef {ef_eq} (the cheapest with recall >= search()'s) "
+                     f"| {unf / hp:.2f}x (floor 2x: {verdict}) | | |")
+        print(lines[-1], flush=True)
     print("\n".join(lines))
     return 0
 

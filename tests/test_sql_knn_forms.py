@@ -7,6 +7,7 @@ before DuckDB ran; the scalar-subquery form the demo prints went through the mac
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -229,3 +230,73 @@ def test_a_subquery_vector_is_read_by_its_own_select_and_no_vectors_are_fetched(
     else:
         con.fast_knn = False
         assert want == sorted(r[0] for r in con.execute(many).fetchall())
+
+
+# -- LATERAL: a query vector from the statement around the call ----------------------------
+LATERAL = ("SELECT q.section, k.id, k.distance, k.rank FROM queries q, "
+           "LATERAL knn('t', q.vector, 4{opts}) k ORDER BY q.section, k.rank")
+
+
+def lateral_searches(con) -> int:
+    return 0 if con._row_functions is None else con._row_functions.searches
+
+
+def test_lateral_knn_is_answered_per_outer_row_by_the_store_not_a_view_scan(store, con):
+    """Before: the macro decorrelated into a hash join built on the whole view (~75 ms per
+    outer row at 120k rows). Now one vectorised call searches each outer vector."""
+    before = lateral_searches(con)
+    fast = con.execute(LATERAL.format(opts="")).fetchall()
+    assert lateral_searches(con) - before == 3  # one search per outer row
+    con.fast_knn = False
+    macro = con.execute(LATERAL.format(opts="")).fetchall()
+    con.fast_knn = True
+    assert [(s, i, r) for s, i, _, r in fast] == [(s, i, r) for s, i, _, r in macro]
+    assert np.allclose([d for *_, d, _ in fast], [d for *_, d, _ in macro], atol=1e-6)
+    plan = con.execute("EXPLAIN " + LATERAL.format(opts="")).fetchall()[0][1]
+    assert "ARROW_SCAN" not in plan, plan
+
+
+def test_lateral_knn_takes_filter_metric_and_every_column(store, con):
+    opts = ", filter := 'section = ''b''', metric := 'l2'"
+    rows = con.execute(LATERAL.format(opts=opts)).fetchall()
+    for section in ("a", "b", "c"):
+        q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = ?",
+                                   [section]).fetchone()[0], np.float64)
+        t = store.table("t").read(columns=["id", "section", "vector"])
+        mat = np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float64)
+        keep = np.asarray(t.column("section").to_pylist()) == "b"
+        d = np.linalg.norm(mat[keep] - q, axis=1)
+        want = t.column("id").to_numpy()[keep][np.argsort(d, kind="stable")[:4]].tolist()
+        assert [i for s, i, _, _ in rows if s == section] == want
+    star = con.execute("SELECT k.* FROM queries q, LATERAL knn('t', q.vector, 2) k "
+                       "ORDER BY q.section, k.rank").fetchall()
+    cols = [c[0] for c in con.description]
+    assert cols == ["id", "section", "vector", "distance", "rank"]
+    assert len(star) == 6 and len(star[0][2]) == 24
+
+
+def test_lateral_knn_null_vectors_wrong_dimensions_and_versions(store, con):
+    con.execute("INSERT INTO queries VALUES ('none', NULL)")
+    rows = con.execute(LATERAL.format(opts="")).fetchall()
+    assert {s for s, *_ in rows} == {"a", "b", "c"}  # a NULL vector has no neighbours
+    con.execute("CREATE TABLE short AS SELECT 'x' AS section, [1.0, 2.0]::FLOAT[] AS vector")
+    with pytest.raises(duckdb.Error, match="dimension 2"):
+        con.execute("SELECT k.id FROM short q, LATERAL knn('t', q.vector, 3) k").fetchall()
+    # an earlier version by name, beside the latest one
+    v = store.table("t").version
+    got = con.execute(f"SELECT k.id FROM queries q, LATERAL knn('t@{v}', q.vector, 3) k "
+                      "WHERE q.section = 'a' ORDER BY k.rank").fetchall()
+    q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
+    assert [r[0] for r in got] == oracle(store, q, 3)
+
+
+def test_a_subquery_vector_without_parameters_is_answered_first(store, con):
+    """execute(sql) with no parameter list used to skip the fast path entirely, so the
+    demo's own subquery form ran the macro."""
+    before = con._fast_n
+    sql = ("SELECT id FROM knn('t', (SELECT vector FROM queries WHERE section = 'a'), 5) "
+           "ORDER BY rank")
+    fast = [r[0] for r in con.execute(sql).fetchall()]
+    assert con._fast_n - before == 1
+    q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
+    assert fast == oracle(store, q, 5)

@@ -49,6 +49,7 @@ from ..errors import QueryError, ValidationError, VersionNotFoundError, unknown_
 from ..store import VECTOR_COLUMN, Fusion, Store, TableMeta, version_number
 from . import _ranking
 from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
+from ._knnrows import RowFunctions
 from ._pushdown import ScanDataset
 from ._views import View
 
@@ -80,6 +81,7 @@ class SQLConnection:
         self._lock = threading.RLock()
         self.fast_knn = True  # see _knnfast; False always runs the knn macro
         self._fast_n = 0
+        self._row_functions: RowFunctions | None = None
         # knn result tables: those of the last execute() (its result is read through the
         # connection until the next statement), and those released by the relations of
         # sql() that held them (dropped at the next statement, not inside the finaliser).
@@ -305,10 +307,13 @@ class SQLConnection:
         """The statement with answered knn calls replaced by result tables, its remaining
         parameters, and the names of the tables registered for it."""
         if (self.store is None or not self.fast_knn or not isinstance(query, str)
-                or not isinstance(parameters, list | tuple) or "knn" not in query.lower()):
+                or not isinstance(parameters, list | tuple | None) or "knn" not in query.lower()):
             return query, parameters, []
+        given = parameters
+        parameters = [] if parameters is None else parameters
         calls = find_knn_calls(query)
         pieces, last, answered, names = [], 0, set(), []
+        rewritten = False
         # Whether the statement reads the results' vectors: asked of the statement without
         # the knn calls themselves (a subquery for the query vector names `vector` too).
         outside = "".join(query[a:b] for a, b in zip(
@@ -322,6 +327,13 @@ class SQLConnection:
             else:
                 value = self._standalone_value(call.expr)
                 if value is None:
+                    # It refers to the statement around it (a LATERAL column): one
+                    # vectorised call per chunk of outer rows, see _knnrows.
+                    sql = self._knn_rows(call, with_vector)
+                    if sql is not None:
+                        pieces += [query[last:call.start], sql]
+                        last = call.end
+                        rewritten = True
                     continue
             name = self._knn_table(call, value, with_vector)
             if name is None:
@@ -331,8 +343,8 @@ class SQLConnection:
             if call.param is not None:
                 answered.add(call.param)
             names.append(name)
-        if not names:
-            return query, parameters, []
+        if not names and not rewritten:
+            return query, given, []
         pieces.append(query[last:])
         return "".join(pieces), [p for i, p in enumerate(parameters) if i not in answered], names
 
@@ -399,6 +411,16 @@ class SQLConnection:
             name = f"__ea_knn_{self._fast_n}"
             self.con.register(name, res)
         return name
+
+    def _knn_rows(self, call: KnnCall, with_vector: bool) -> str | None:
+        info = self._views.get(call.view)
+        if info is None or call.expr is None:
+            return None
+        with self._lock:
+            if self._row_functions is None:
+                self._row_functions = RowFunctions(self.con)
+            return self._row_functions.call_sql(info, self._table(info), call.expr, call.k,
+                                                call.options, with_vector)
 
     # -- Python side of the SQL functions ------------------------------------------------
     def _view(self, name: str) -> View:

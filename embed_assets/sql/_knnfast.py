@@ -12,8 +12,9 @@ statement reads that table in place of the call. The query vector may be:
 * any expression that does not refer to the statement around it: a scalar subquery
   (``(SELECT vector FROM centroids WHERE section = 'editors')``, what analysts write),
   a list literal, a cast. It is evaluated first, on the same connection, by one
-  ``SELECT``; an expression that cannot stand alone (a LATERAL reference to another
-  table's column) leaves the call to the macro.
+  ``SELECT``. An expression that cannot stand alone (a LATERAL reference to another
+  table's column) is rewritten into a call of a vectorised row function instead
+  (:mod:`._knnrows`).
 
 ``k`` is an integer literal; the named arguments ``filter :=``, ``metric :=`` and
 ``use_index :=`` may follow as literals. Anything else (``vector :=``, ``inv_cov :=``,

@@ -240,28 +240,55 @@ def schema_of(key: VersionKey, ds: lance.LanceDataset) -> pa.Schema:
 
 
 def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
-              columns: Sequence[str] | None) -> pa.Table:
-    """The rows at ``offsets`` of one version, in that order.
+              columns: Sequence[str] | None,
+              extra: Sequence[tuple[pa.Field, pa.Array]] = ()) -> pa.Table:
+    """The rows at ``offsets`` of one version, in that order (then the ``extra`` columns).
 
     A Lance ``take`` of k random rows costs ~0.8 ms (a page read and decode per row); the
     version's scalar columns are kept in memory instead (:meth:`MatrixCache.scalars`), so
-    a search that does not ask for the vector column never goes back to Lance.
+    a search that does not ask for the vector column never goes back to Lance. A
+    fixed-width column without nulls is indexed as numpy, zero-copy: Arrow's ``take``
+    kernel and the table built around it cost ~0.1 ms per search at k = 10, a third of
+    an HNSW query.
     """
     schema = schema_of(key, ds)
-    names = list(columns) if columns else schema.names
+    names = tuple(columns) if columns else tuple(schema.names)
+    out_schema = version_fact(key, "take:" + "\x1f".join(names + tuple(f.name for f, _ in extra)),
+                              lambda: _take_schema(schema, names, extra))
+    small = [c for c in names if c != VECTOR_COLUMN]
+    mem = CACHE.scalars(key, ds) if small else None
+    if small and mem is None:
+        got = ds.take(offsets.tolist(), columns=list(names))
+        return pa.Table.from_arrays([*got.columns, *(a for _, a in extra)], schema=out_schema)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    idx: pa.Array | None = None
+    vec = ds.take(offsets.tolist(), columns=[VECTOR_COLUMN]) if VECTOR_COLUMN in names else None
+    arrays: list[Any] = []
+    for c in names:
+        if c == VECTOR_COLUMN:
+            arrays.append(vec.column(c))  # type: ignore[union-attr]
+            continue
+        col = mem.column(c)  # type: ignore[union-attr]
+        if col.num_chunks == 1 and col.null_count == 0 and _fixed_width(col.type):
+            arrays.append(pa.array(col.chunk(0).to_numpy(zero_copy_only=True)[offsets], col.type))
+        else:
+            idx = pa.array(offsets) if idx is None else idx
+            arrays.append(col.take(idx))
+    arrays.extend(a for _, a in extra)
+    return pa.Table.from_arrays(arrays, schema=out_schema)
+
+
+def _fixed_width(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _take_schema(schema: pa.Schema, names: tuple[str, ...],
+                 extra: Sequence[tuple[pa.Field, pa.Array]]) -> pa.Schema:
     unknown = [c for c in names if c not in schema.names]
     if unknown:
         raise ValidationError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
                               f"columns: {', '.join(schema.names)}")
-    small = [c for c in names if c != VECTOR_COLUMN]
-    mem = CACHE.scalars(key, ds) if small else None
-    if small and mem is None:
-        return ds.take(offsets.tolist(), columns=names)
-    idx = pa.array(np.asarray(offsets, dtype=np.int64))
-    got = mem.select(small).take(idx) if mem is not None else None
-    vec = ds.take(offsets.tolist(), columns=[VECTOR_COLUMN]) if VECTOR_COLUMN in names else None
-    arrays = [(vec if c == VECTOR_COLUMN else got).column(c) for c in names]  # type: ignore[union-attr]
-    return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in names]))
+    return pa.schema([*(schema.field(c) for c in names), *(f for f, _ in extra)])
 
 
 def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:

@@ -351,11 +351,23 @@ def _lance(name: str, ds: lance.LanceDataset, q: np.ndarray, req: SearchRequest,
 
 def rows_at(key: VersionKey, ds: lance.LanceDataset, idx: np.ndarray, dist: np.ndarray,
             columns: list[str] | None, metric: str) -> pa.Table:
-    return _with_rank(take_rows(key, ds, idx, columns), dist, metric)
+    return take_rows(key, ds, idx, columns, _rank_columns(dist, metric))
+
+
+_DISTANCE = pa.field("distance", pa.float32())
+_RANK = pa.field("rank", pa.int32())
+_RANKS = pa.array(np.arange(1, 1025, dtype=np.int32))
+
+
+def _rank_columns(dist: np.ndarray, metric: str) -> list[tuple[pa.Field, pa.Array]]:
+    if metric == "l2":  # Lance ranks by squared L2; users see Euclidean everywhere
+        dist = np.sqrt(np.maximum(dist, 0))
+    n = len(dist)
+    ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
+    return [(_DISTANCE, pa.array(np.asarray(dist, np.float32), pa.float32())), (_RANK, ranks)]
 
 
 def _with_rank(rows: pa.Table, dist: np.ndarray, metric: str) -> pa.Table:
-    if metric == "l2":  # Lance ranks by squared L2; users see Euclidean everywhere
-        dist = np.sqrt(np.maximum(dist, 0))
-    rows = rows.append_column("distance", pa.array(np.asarray(dist, np.float32), pa.float32()))
-    return rows.append_column("rank", pa.array(np.arange(1, rows.num_rows + 1), pa.int32()))
+    for f, a in _rank_columns(dist, metric):
+        rows = rows.append_column(f, a)
+    return rows
