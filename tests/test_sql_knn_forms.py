@@ -300,3 +300,14 @@ def test_a_subquery_vector_without_parameters_is_answered_first(store, con):
     assert con._fast_n - before == 1
     q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
     assert fast == oracle(store, q, 5)
+
+
+def test_sql_relations_take_the_fast_paths_too(store, con):
+    before, rows_before = con._fast_n, lateral_searches(con)
+    sub = con.sql("SELECT id FROM knn('t', (SELECT vector FROM queries WHERE section = 'a'), 5) "
+                  "ORDER BY rank").fetchall()
+    lat = con.sql(LATERAL.format(opts="")).fetchall()
+    assert con._fast_n - before == 1 and lateral_searches(con) - rows_before == 3
+    q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
+    assert [r[0] for r in sub] == oracle(store, q, 5)
+    assert [i for s, i, _, _ in lat if s == "a"] == oracle(store, q, 4)

@@ -126,8 +126,10 @@ class SQLConnection:
         self._drop_released()
         names: list[str] = []
         original = query
-        if "params" in kwargs and not args:
-            query, kwargs["params"], names = self._fast_knn(query, kwargs["params"])
+        if not args:
+            query, params, names = self._fast_knn(query, kwargs.get("params"))
+            if params or "params" in kwargs:
+                kwargs["params"] = params
         try:
             rel = self.con.sql(query, *args, **kwargs)
         except duckdb.BinderException as exc:
