@@ -249,3 +249,52 @@ def test_the_hnsw_graph_serves_its_rows_and_steps_aside_after_a_write(tmp_path):
     assert list((tmp_path / ".embed_assets" / "graphs").rglob("*.hnsw"))
     store.drop("g")
     assert not list((tmp_path / ".embed_assets" / "graphs").rglob("*.hnsw"))
+
+
+def test_refresh_index_updates_the_graph_in_place_after_an_upsert(tmp_path):
+    """Before: after any write the graph stepped aside until a full build_index (the
+    probe answered). refresh_index now marks replaced rows deleted and adds the new ones."""
+    from embed_assets import freshness, refresh_index
+
+    store = Store(str(tmp_path))
+    n, dim = 5000, 32
+    mat = clustered(n, dim=dim, clusters=50)
+    vec = lambda m: pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), dim)  # noqa: E731
+    store.write("g", pa.table({"id": np.arange(n), "vector": vec(mat)}), key="id")
+    build_index(store.table("g"), recall=0.95, force_ann=True, graph=True)
+    # 40 rows change, 60 are new
+    changed = np.arange(100, 140)
+    fresh = clustered(100, dim=dim, clusters=50, seed=5)
+    store.write("g", pa.table({"id": np.concatenate([changed, np.arange(n, n + 60)]),
+                               "vector": vec(fresh)}), key="id", mode="upsert")
+    t = store.table("g")
+    assert freshness(t)["graph"]["fresh"] is False
+    _, plan = t.search(mat[0], k=3, explain=True)
+    assert plan.path != "graph"
+    out = refresh_index(t)
+    assert out["graph"]["action"] == "updated"
+    assert out["graph"]["deleted"] == 40 and out["graph"]["added"] == 100
+    t = store.table("g")
+    assert freshness(t)["graph"]["fresh"] is True
+    now = mat.copy()
+    now[changed] = fresh[:40]
+    now = np.concatenate([now, fresh[40:]])
+    hits = 0
+    queries = clustered(40, dim=dim, clusters=50, seed=11)
+    for q in queries:
+        got, plan = t.search(q, k=10, explain=True)
+        assert plan.path == "graph"
+        hits += len(set(got.column("id").to_pylist()) & set(exact_ids(now, np.ones(len(now), bool), q, 10)))
+    assert hits / 400 >= 0.95
+    # a changed row is found at its new vector, never at its old one; a new row is found
+    for i in (100, 139, n, n + 59):
+        assert t.search(now[i], k=1, columns=["id"]).column("id").to_pylist() == [i]
+    for i in (100, 139):
+        rows = t.search(mat[i], k=1, columns=["id", "vector"])
+        assert np.allclose(np.asarray(rows.column("vector")[0].as_py()), now[rows.column("id")[0].as_py()])
+    # nothing changed since: a second refresh leaves it as it is
+    assert refresh_index(t)["graph"] == {"action": "fresh"}
+    # a new process reads the updated graph and its label map from disk
+    CACHE.clear()
+    got, plan = store.table("g").search(now[n + 1], k=1, explain=True)
+    assert plan.path == "graph" and got.column("id").to_pylist() == [n + 1]

@@ -271,7 +271,7 @@ def _add_graph(table: EmbeddingTable, sample: _Sample, report: IndexReport, reca
     report.p50_ms = p50
     report.build_seconds += built
     report.params.update(graph_ef=ef, graph_m=GRAPH_M, graph_rows=len(sample.mat),
-                         graph_fingerprint=fp)
+                         graph_fingerprint=fp, graph_version=ds.version)
 
 
 def _drop_vector_index(ds: lance.LanceDataset) -> bool:
@@ -298,25 +298,33 @@ def mean_centroid_distance(ds: lance.LanceDataset, vecs: np.ndarray) -> float | 
 
 def _record(table: EmbeddingTable, report: IndexReport) -> IndexReport:
     """Store the report in the table config, with the same facts as transaction properties."""
+    report.version = record_config(table, report.to_dict())
+    return report
+
+
+def record_config(table: EmbeddingTable, cfg: dict[str, Any]) -> int:
+    """Commit an index report (a dict, as :func:`index_config` returns it) as the table's
+    config; the new version's number."""
     ds = table.dataset()
     txn = lance.Transaction(
         read_version=ds.version,
         operation=LanceOperation.UpdateConfig(config_updates=LanceOperation.UpdateMap(
-            {CONFIG_KEY: json.dumps(report.to_dict(), sort_keys=True)}, replace=False)),
+            {CONFIG_KEY: json.dumps(cfg, sort_keys=True)}, replace=False)),
     )
+    params = cfg.get("params") or {}
     txn.transaction_properties = {
         f"{PROP_PREFIX}mode": "index",
-        f"{PROP_PREFIX}index.kind": report.kind,
-        f"{PROP_PREFIX}index.recall": f"{report.recall:.4f}",
-        f"{PROP_PREFIX}index.target_recall": str(report.target_recall),
-        f"{PROP_PREFIX}index.params": json.dumps(report.params, sort_keys=True),
-        f"{PROP_PREFIX}index.build_seconds": f"{report.build_seconds:.2f}",
-        f"{PROP_PREFIX}index.bytes": str(report.index_bytes),
-        f"{PROP_PREFIX}written_at": report.built_at,
+        f"{PROP_PREFIX}index.kind": str(cfg.get("kind")),
+        f"{PROP_PREFIX}index.recall": f"{float(cfg.get('recall') or 0.0):.4f}",
+        f"{PROP_PREFIX}index.target_recall": str(cfg.get("target_recall")),
+        f"{PROP_PREFIX}index.params": json.dumps(params, sort_keys=True),
+        f"{PROP_PREFIX}index.build_seconds": f"{float(cfg.get('build_seconds') or 0.0):.2f}",
+        f"{PROP_PREFIX}index.bytes": str(cfg.get("index_bytes")),
+        f"{PROP_PREFIX}written_at": str(cfg.get("built_at")),
     }
-    report.version = lance.LanceDataset.commit(ds, txn).version
+    version = lance.LanceDataset.commit(ds, txn).version
     table.refresh()
-    return report
+    return version
 
 
 def rebuild_after_rollback(table: EmbeddingTable, report: dict[str, Any], index_type: str) -> None:

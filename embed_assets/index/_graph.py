@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..store._graph import available, space
+from ..store._graph import available, label_map_path, space
 from ._truth import Truth, exact_truth
 
 GRAPH_M = 16
@@ -76,15 +76,91 @@ def tune_graph(truth: Truth, metric: str, recall: float, held_out: np.ndarray, r
     return None, top
 
 
-def save_graph(index: Any, path: Path) -> None:
-    """Write the graph atomically: a reader never loads half a file."""
+def save_graph(index: Any, path: Path, labels: np.ndarray | None = None) -> None:
+    """Write the graph (and its label map, if any) atomically: a reader never loads half a
+    file, and the map is in place before the graph that needs it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mp = label_map_path(path)
+    if labels is not None:
+        tmp_map = mp.with_name(f"{mp.name}.tmp{os.getpid()}")
+        with open(tmp_map, "wb") as f:
+            np.save(f, np.asarray(labels, dtype=np.int64))
+        os.replace(tmp_map, mp)
+    else:
+        mp.unlink(missing_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     index.save_index(str(tmp))
     os.replace(tmp, path)
-    for old in path.parent.glob("*.hnsw"):  # graphs of earlier row sets: never read again
-        if old != path:
+    for old in [*path.parent.glob("*.hnsw"), *path.parent.glob("*.map.npy")]:
+        if old not in (path, mp):  # graphs of earlier row sets: never read again
             old.unlink(missing_ok=True)
+
+
+# Past this share of rows changed (deleted + added) since the graph was built, a refresh
+# rebuilds it: marked-deleted nodes still route searches, and recall drifts.
+MAX_UPDATE_SHARE = 0.3
+
+
+def update_graph(old_ds: Any, new_ds: Any, old_key: Any, new_key: Any, path: Path,
+                 new_path: Path, metric: str, rows: int) -> tuple[int, int, int] | None:
+    """Bring the graph of ``old_ds``'s rows (file ``path``, ``rows`` labels) up to
+    ``new_ds``: rows gone or rewritten since are marked deleted, new rows are added.
+    Written to ``new_path`` with its label map. Returns (labels, deleted, added), or None
+    when the graph must be rebuilt instead (no file, rows rewritten by a compaction, more
+    than :data:`MAX_UPDATE_SHARE` of the rows changed)."""
+    import hnswlib
+
+    from ..store._cache import load_matrix
+    from ..store._subsets import row_addresses
+
+    if not path.exists():
+        return None
+    old_addr, new_addr = row_addresses(old_key, old_ds), row_addresses(new_key, new_ds)
+    if old_addr is None or new_addr is None:
+        return None
+    mp = label_map_path(path)
+    labels = np.load(mp) if mp.exists() else np.arange(rows, dtype=np.int64)
+    if len(labels) != rows:
+        return None
+    # old offset -> new offset, through the row address (stable unless a fragment is rewritten)
+    addr_of_old = np.empty(old_addr.rows, np.uint64)
+    addr_of_old[old_addr.order] = old_addr.sorted
+    pos = np.minimum(np.searchsorted(new_addr.sorted, addr_of_old), max(new_addr.rows - 1, 0))
+    kept = new_addr.sorted[pos] == addr_of_old if new_addr.rows else np.zeros(old_addr.rows, bool)
+    new_of_old = np.where(kept, new_addr.order[pos] if new_addr.rows else -1, -1)
+    live = labels >= 0
+    new_labels = np.full(rows, -1, np.int64)
+    new_labels[live] = new_of_old[labels[live]]
+    gone = np.flatnonzero(live & (new_labels < 0))
+    seen = np.zeros(new_addr.rows, bool)
+    seen[new_labels[new_labels >= 0]] = True
+    added = np.flatnonzero(~seen)
+    if (len(gone) + len(added)) > MAX_UPDATE_SHARE * max(new_addr.rows, 1):
+        return None
+    dim = new_ds.schema.field("vector").type.list_size
+    index = hnswlib.Index(space=space(metric), dim=dim)
+    index.load_index(str(path), max_elements=rows + len(added))
+    for label in gone:
+        index.mark_deleted(int(label))
+    if len(added):
+        # a take of scattered rows costs a page read each; many rows are cheaper as a scan
+        vecs = load_matrix(new_ds, metric)[added] if len(added) > 0.05 * new_addr.rows \
+            else _vectors_at(new_ds, added, metric)
+        index.set_num_threads(os.cpu_count() or 1)
+        index.add_items(vecs, np.arange(rows, rows + len(added)))
+    index.set_num_threads(1)
+    save_graph(index, new_path, np.concatenate([new_labels, added]).astype(np.int64))
+    return rows + len(added), len(gone), len(added)
+
+
+def _vectors_at(ds: Any, offsets: np.ndarray, metric: str) -> np.ndarray:
+    from ..kernels import normalize_rows
+
+    t = ds.take(offsets.tolist(), columns=["vector"])
+    dim = ds.schema.field("vector").type.list_size
+    m = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    m = m.reshape(len(offsets), dim).astype(np.float32)
+    return normalize_rows(m) if metric == "cosine" else np.ascontiguousarray(m)
 
 
 def graph_recall(index: Any, truth: Truth, ef: int) -> float:

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..kernels import normalize_rows
 from ..store import BROAD_FILTER, VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
-from ..store._graph import fingerprint
-from ._build import build_index, mean_centroid_distance
+from ..store._graph import fingerprint, graph_path
+from ._build import build_index, mean_centroid_distance, record_config
+from ._graph import update_graph
 
 
 def freshness(table: EmbeddingTable) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
                   "build_index)", "target_recall": (cfg or {}).get("target_recall", 0.95)}
     p = (cfg or {}).get("params", {})
     # The HNSW graph serves the rows it was built from; after a write searches use the
-    # probe until build_index builds a graph of the new rows.
+    # probe until refresh_index updates it (or build_index builds a new one).
     graph = None if "graph_fingerprint" not in p else {
         "fresh": fingerprint(ds) == p["graph_fingerprint"], "ef": p.get("graph_ef")}
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
@@ -137,5 +138,57 @@ def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
     if before:
         ds.optimize.optimize_indices(index_names=[VECTOR_INDEX_NAME])
         table.refresh()
-    return {"action": "optimized" if before else "none", "reason": why,
-            "rows_folded_in": before}
+    out: dict[str, Any] = {"action": "optimized" if before else "none", "reason": why,
+                           "rows_folded_in": before}
+    graph = refresh_graph(table)
+    if graph is not None:
+        out["graph"] = graph
+    return out
+
+
+def refresh_graph(table: EmbeddingTable) -> dict[str, Any] | None:
+    """Bring the HNSW graph up to the latest version's rows (see
+    :func:`~embed_assets.index._graph.update_graph`); None if the table has no graph.
+
+    ``{"action": "fresh"}``: it already serves these rows; ``"updated"``: rows marked
+    deleted and added, its new labels recorded in a config commit; ``"stale"``: it cannot
+    be updated (the reason says why) and searches use the probe until ``build_index``.
+    """
+    ds = table.dataset()
+    cfg = index_config(ds, table.identity) or {}
+    p = dict(cfg.get("params") or {})
+    if "graph_fingerprint" not in p or "graph_rows" not in p:
+        return None
+    fp = fingerprint(ds)
+    if fp == p["graph_fingerprint"]:
+        return {"action": "fresh"}
+    old = _version_with(table, p["graph_fingerprint"], p.get("graph_version"))
+    if old is None:
+        return {"action": "stale", "reason": "the version the graph was built from is gone "
+                "(cleaned up); build_index rebuilds it"}
+    got = update_graph(
+        old, ds, table.cache_key(old.version), table.cache_key(ds.version),
+        graph_path(table.uri, table.identity, p["graph_fingerprint"]),
+        graph_path(table.uri, table.identity, fp), table.meta.metric, int(p["graph_rows"]))
+    if got is None:
+        return {"action": "stale", "reason": "too many rows changed since the graph was built "
+                "(or its file is missing): build_index rebuilds it"}
+    labels, deleted, added = got
+    p.update(graph_fingerprint=fp, graph_rows=labels, graph_version=ds.version)
+    record_config(table, {**cfg, "params": p})
+    return {"action": "updated", "deleted": deleted, "added": added, "labels": labels}
+
+
+def _version_with(table: EmbeddingTable, fp: str, hint: Any) -> Any:
+    """The dataset of a version whose rows have fingerprint ``fp`` (the recorded
+    ``graph_version``, else the newest such among the last 100 versions)."""
+    candidates = [int(hint)] if hint is not None else \
+        sorted((v["version"] for v in table.dataset().versions()), reverse=True)[:100]
+    for v in candidates:
+        try:
+            ds = table.dataset(v)
+        except Exception:  # cleaned up
+            continue
+        if fingerprint(ds) == fp:
+            return ds
+    return None

@@ -10,7 +10,10 @@ stays the persistent index that other tools (LanceDB, DuckDB's lance extension) 
 A graph's labels are the row offsets of the rows it was built from. It is valid for any
 version with the same data fragments (index and config bookkeeping keep them); the first
 write after it makes the planner use the probe again until the index is rebuilt or
-refreshed (:func:`embed_assets.refresh_index`).
+refreshed (:func:`embed_assets.refresh_index`). A refresh updates the graph in place of
+rebuilding it: rows deleted or replaced since are marked deleted, new rows are added
+under new labels, and a label map (``<fingerprint>.map.npy``: label -> row offset in the
+new version, -1 for a deleted row) is saved beside it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Graph:
     index: Any  # hnswlib.Index
     rows: int
     ef: int
+    labels: np.ndarray | None = None  # label -> row offset (None: the labels are offsets)
 
     @property
     def nbytes(self) -> int:
@@ -82,7 +86,8 @@ class Graph:
         if k < 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         labels, dist = self.index.knn_query(q, k=k)
-        return labels[0].astype(np.int64), dist[0].astype(np.float32)
+        got = labels[0].astype(np.int64)
+        return (got if self.labels is None else self.labels[got]), dist[0].astype(np.float32)
 
 
 def load(key: VersionKey, path: Path, dim: int, metric: str, rows: int, ef: int) -> Graph | None:
@@ -100,12 +105,25 @@ def load(key: VersionKey, path: Path, dim: int, metric: str, rows: int, ef: int)
             return None
         if index.get_current_count() != rows:
             return None
+        labels = None
+        mp = label_map_path(path)
+        if mp.exists():
+            try:
+                labels = np.load(mp)
+            except (OSError, ValueError):
+                return None
+            if len(labels) != rows:
+                return None
         index.set_ef(max(ef, 1))
         index.set_num_threads(1)  # one query at a time: threads only add overhead
-        return Graph(index, rows, ef)
+        return Graph(index, rows, ef, labels)
 
     return CACHE.get_or_build(key, f"graph/{metric}/{ef}", lambda: path.stat().st_size
                               if path.exists() else 0, build)
+
+
+def label_map_path(graph: Path) -> Path:
+    return graph.with_suffix(".map.npy")
 
 
 def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
