@@ -141,13 +141,15 @@ class MatrixCache:
     def scalars(self, key: VersionKey, ds: lance.LanceDataset) -> pa.Table | None:
         """Every column but the vector, in memory (None if it cannot fit), plus
         :data:`OFFSET_COLUMN`, each row's offset in the version."""
-        names = [n for n in schema_of(key, ds).names if n != VECTOR_COLUMN]
+        # (the column names only on a miss: this runs on every search)
+        def names() -> list[str]:
+            return [n for n in schema_of(key, ds).names if n != VECTOR_COLUMN]
 
         def build() -> pa.Table:
-            t = ds.to_table(columns=names, filter=SCAN_ALL).combine_chunks()
+            t = ds.to_table(columns=names(), filter=SCAN_ALL).combine_chunks()
             return t.append_column(OFFSET_COLUMN, pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
-        return self.get_or_build(key, "scalars", lambda: ds.count_rows() * 32 * max(1, len(names)),
+        return self.get_or_build(key, "scalars", lambda: ds.count_rows() * 32 * max(1, len(names())),
                                  build)
 
 

@@ -364,7 +364,7 @@ def _rank_columns(dist: np.ndarray, metric: str) -> list[tuple[pa.Field, pa.Arra
         dist = np.sqrt(np.maximum(dist, 0))
     n = len(dist)
     ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
-    return [(_DISTANCE, pa.array(np.asarray(dist, np.float32), pa.float32())), (_RANK, ranks)]
+    return [(_DISTANCE, pa.array(np.asarray(dist, np.float32))), (_RANK, ranks)]
 
 
 def _with_rank(rows: pa.Table, dist: np.ndarray, metric: str) -> pa.Table:
