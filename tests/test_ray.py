@@ -46,9 +46,10 @@ OBJECT_STORE = 100 * 2**20
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A head node without CPUs and two worker nodes of one CPU each; its address."""
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE,
-                                "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE, "include_dashboard": False},
+    )
     try:
         for _ in range(2):
             c.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
@@ -77,8 +78,9 @@ def same_rows(store: Store, a: str, b: str) -> None:
     assert ta.equals(tb)
 
 
-def edit(src: pa.Table, *, texts: Sequence[int] = (), sections: Sequence[int] = (),
-         drop: int = 0) -> pa.Table:
+def edit(
+    src: pa.Table, *, texts: Sequence[int] = (), sections: Sequence[int] = (), drop: int = 0
+) -> pa.Table:
     """The source with some descriptions and sections changed and the last rows gone."""
     d = src.to_pydict()
     for i in texts:
@@ -125,8 +127,7 @@ class Poisoned(HashEmbedder):
 def test_first_embed_equals_in_process_and_is_one_version(cluster, source, tmp_path):
     store = Store(tmp_path / "s")
     emb = HashEmbedder(dimension=32)
-    r = embed_table_ray(store, "r", source, key="package", text="description", embedder=emb,
-                        rows_per_task=64)
+    r = embed_table_ray(store, "r", source, key="package", text="description", embedder=emb, rows_per_task=64)
     embed_table(store, "p", source, key="package", text="description", embedder=emb)
     same_rows(store, "r", "p")
     assert [v.version for v in store.table("r").versions()] == [1]
@@ -135,13 +136,25 @@ def test_first_embed_equals_in_process_and_is_one_version(cluster, source, tmp_p
     assert r.ray["nodes"] == 2  # both worker nodes embedded a share
     props = store.table("r").properties()
     want = store.table("p").properties()
-    for k in ("model", "model_revision", "mode", "rows_written", "rows_embedded", "text_column",
-              "embed_mode"):
+    for k in (
+        "model",
+        "model_revision",
+        "mode",
+        "rows_written",
+        "rows_embedded",
+        "text_column",
+        "embed_mode",
+    ):
         assert props[k] == want[k], k
     assert props["executor"] == "ray" and props["ray_tasks"] == "7"
     ma, mb = store.table("r").meta, store.table("p").meta
-    assert (ma.key, ma.dimension, ma.model, ma.model_revision, ma.text_column) == \
-        (mb.key, mb.dimension, mb.model, mb.model_revision, mb.text_column)
+    assert (ma.key, ma.dimension, ma.model, ma.model_revision, ma.text_column) == (
+        mb.key,
+        mb.dimension,
+        mb.model,
+        mb.model_revision,
+        mb.text_column,
+    )
     # search works on what the workers wrote
     hits = store.table("r").search("text editor", k=3, embedder=emb)
     assert hits.num_rows == 3
@@ -167,32 +180,38 @@ def test_second_run_equals_in_process_in_every_mode(cluster, source, tmp_path, m
         second = source.slice(300)
     else:
         second = edit(source, texts=[0, 1, 2], sections=[10, 11], drop=4)
-    kw: dict[str, Any] = dict(key="package", text="description", embedder=emb, mode=mode,
-                              partition=partition)
+    kw: dict[str, Any] = dict(key="package", text="description", embedder=emb, mode=mode, partition=partition)
     r = embed_table_ray(store, "r", second, rows_per_task=64, **kw)
     p = embed_table(store, "p", second, **kw)
     same_rows(store, "r", "p")
     assert r.version == 2 and len(store.table("r").versions()) == 2
-    assert (r.rows_embedded, r.rows_reused, r.rows_unchanged) == \
-        (p.rows_embedded, p.rows_reused, p.rows_unchanged)
+    assert (r.rows_embedded, r.rows_reused, r.rows_unchanged) == (
+        p.rows_embedded,
+        p.rows_reused,
+        p.rows_unchanged,
+    )
     w, q = r.write, p.write
-    assert (w.rows_inserted, w.rows_updated, w.rows_deleted) == \
-        (q.rows_inserted, q.rows_updated, q.rows_deleted)
+    assert (w.rows_inserted, w.rows_updated, w.rows_deleted) == (
+        q.rows_inserted,
+        q.rows_updated,
+        q.rows_deleted,
+    )
 
 
 def test_upsert_reembeds_only_changed_rows(cluster, source, tmp_path):
     store = Store(tmp_path / "s")
     emb = HashEmbedder(dimension=32)
-    first = embed_table_ray(store, "r", source, key="package", text="description", embedder=emb,
-                            run_id="run-1")
+    first = embed_table_ray(
+        store, "r", source, key="package", text="description", embedder=emb, run_id="run-1"
+    )
     assert first.version == 1
-    again = embed_table_ray(store, "r", source, key="package", text="description", embedder=emb,
-                            run_id="run-2")
+    again = embed_table_ray(
+        store, "r", source, key="package", text="description", embedder=emb, run_id="run-2"
+    )
     # nothing changed: no task, no version, no cluster work at all
     assert (again.rows_embedded, again.version, again.ray["tasks"]) == (0, 1, 0)
     changed = edit(source, texts=[5, 6, 7], sections=[8])
-    r = embed_table_ray(store, "r", changed, key="package", text="description", embedder=emb,
-                        run_id="run-3")
+    r = embed_table_ray(store, "r", changed, key="package", text="description", embedder=emb, run_id="run-3")
     assert (r.rows_embedded, r.rows_reused, r.rows_unchanged) == (3, 1, 396)
     assert r.ray["tasks"] == 1 and r.version == 2
     assert (r.write.rows_updated, r.write.rows_inserted, r.write.rows_deleted) == (4, 0, 0)
@@ -207,16 +226,15 @@ def test_upsert_reembeds_only_changed_rows(cluster, source, tmp_path):
 
 # -- failures ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["exit", "raise"])
-def test_a_task_that_fails_once_is_retried_and_the_run_commits_once(cluster, source, tmp_path,
-                                                                    how):
+def test_a_task_that_fails_once_is_retried_and_the_run_commits_once(cluster, source, tmp_path, how):
     store = Store(tmp_path / "s")
     marker = str(tmp_path / "crashed")
     emb = CrashOnce(marker, how)
-    r = embed_table_ray(store, "r", source, key="package", text="description", embedder=emb,
-                        rows_per_task=100, max_retries=2)
+    r = embed_table_ray(
+        store, "r", source, key="package", text="description", embedder=emb, rows_per_task=100, max_retries=2
+    )
     assert os.path.exists(marker)  # the first attempt of one slice did fail
-    embed_table(store, "p", source, key="package", text="description",
-                embedder=HashEmbedder(dimension=32))
+    embed_table(store, "p", source, key="package", text="description", embedder=HashEmbedder(dimension=32))
     same_rows(store, "r", "p")
     assert r.ray["tasks"] == 4 and [v.version for v in store.table("r").versions()] == [1]
 
@@ -224,15 +242,22 @@ def test_a_task_that_fails_once_is_retried_and_the_run_commits_once(cluster, sou
 def test_a_run_whose_slice_keeps_failing_commits_nothing(cluster, source, tmp_path):
     store = Store(tmp_path / "s")
     emb = HashEmbedder(dimension=32)
-    embed_table(store, "r", source.slice(0, 200), key="package", text="description",
-                embedder=emb)
+    embed_table(store, "r", source.slice(0, 200), key="package", text="description", embedder=emb)
     before = store.table("r").read().sort_by("package")
     data = Path(store.table("r").uri) / "data"
     files_before = sorted(os.listdir(data))
     poison = source.column("description")[390].as_py()
     with pytest.raises(RayEmbedError) as err:
-        embed_table_ray(store, "r", source, key="package", text="description",
-                        embedder=Poisoned(poison), rows_per_task=50, max_retries=1)
+        embed_table_ray(
+            store,
+            "r",
+            source,
+            key="package",
+            text="description",
+            embedder=Poisoned(poison),
+            rows_per_task=50,
+            max_retries=1,
+        )
     msg = str(err.value)
     assert "failed" in msg and "OSError" in msg and "planted" in msg
     assert "nothing was committed" in msg and "stays at version 1" in msg
@@ -249,9 +274,8 @@ def test_input_errors_are_not_retried(cluster, source, tmp_path):
             return super().embed(texts)[:, :3]
 
     store = Store(tmp_path / "s")
-    with pytest.raises(RayEmbedError, match="declares dimension 32 but returned 3.*not retried"):
-        embed_table_ray(store, "r", source, key="package", text="description",
-                        embedder=Wrong(dimension=32))
+    with pytest.raises(RayEmbedError, match=r"declares dimension 32 but returned 3.*not retried"):
+        embed_table_ray(store, "r", source, key="package", text="description", embedder=Wrong(dimension=32))
     assert not store.exists("r")
 
 
@@ -273,11 +297,16 @@ def test_uncommitted_fragments_are_invisible_and_cleanup_removes_them(cluster, s
 
 def test_model_and_dimension_refusals_hold(cluster, source, tmp_path):
     store = Store(tmp_path / "s")
-    embed_table(store, "r", source, key="package", text="description",
-                embedder=HashEmbedder(dimension=32))
+    embed_table(store, "r", source, key="package", text="description", embedder=HashEmbedder(dimension=32))
     with pytest.raises(ValidationError, match="holds vectors from model"):
-        embed_table_ray(store, "r", edit(source, texts=[0]), key="package", text="description",
-                        embedder=HashEmbedder(dimension=16))
+        embed_table_ray(
+            store,
+            "r",
+            edit(source, texts=[0]),
+            key="package",
+            text="description",
+            embedder=HashEmbedder(dimension=16),
+        )
     assert len(store.table("r").versions()) == 1
 
 
@@ -288,17 +317,40 @@ def test_addresses_are_checked():
     assert parse_address("ray://head:10001") == ("ray://head:10001", None)
     assert parse_address("auto") == ("auto", None)
     for bad in ("local:0", "local:x", "nohost", ""):
-        with pytest.raises(ValidationError, match="Ray address|local:N"):
+        with pytest.raises(ValidationError, match=r"Ray address|local:N"):
             parse_address(bad)
     assert task_rows(400, 2) == 256 and task_rows(100_000, 2) == 12_500
     assert task_rows(10**7, 2) == 32_768
 
 
+def test_resources_a_cluster_lacks_are_refused(cluster, source, tmp_path):
+    store = Store(tmp_path / "s")
+    with pytest.raises(ValidationError, match=r"no node .* has the resources .*gpu_box=1"):
+        embed_table_ray(
+            store,
+            "r",
+            source,
+            key="package",
+            text="description",
+            embedder=HashEmbedder(dimension=32),
+            resources={"gpu_box": 1},
+        )
+    with pytest.raises(ValidationError, match="CPU=2"):
+        embed_table_ray(
+            store,
+            "r",
+            source,
+            key="package",
+            text="description",
+            embedder=HashEmbedder(dimension=32),
+            cpus_per_task=2,
+        )
+    assert not store.exists("r")
+
+
 def test_an_unreachable_address_fails_fast_with_its_name(tmp_path):
-    code = ("from embed_assets.embed._ray import ray_session\n"
-            "with ray_session('127.0.0.1:9'):\n    pass\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = "from embed_assets.embed._ray import ray_session\nwith ray_session('127.0.0.1:9'):\n    pass\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "cannot reach the Ray cluster at 127.0.0.1:9" in proc.stderr
 
@@ -315,9 +367,26 @@ def test_cli_embed_ray(cluster, source, tmp_path):
 
     path = tmp_path / "src.parquet"
     pq.write_table(source, path)
-    cmd = [sys.executable, "-m", "embed_assets.cli", "--store", str(tmp_path / "s"), "embed",
-           "r", "--from", str(path), "--key", "package", "--text", "description",
-           "--model", "hash-bow:32", "--ray", cluster, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embed_assets.cli",
+        "--store",
+        str(tmp_path / "s"),
+        "embed",
+        "r",
+        "--from",
+        str(path),
+        "--key",
+        "package",
+        "--text",
+        "description",
+        "--model",
+        "hash-bow:32",
+        "--ray",
+        cluster,
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     import json
@@ -326,14 +395,11 @@ def test_cli_embed_ray(cluster, source, tmp_path):
     assert out["rows_embedded"] == 400 and out["ray"]["tasks"] >= 1
     assert out["write"]["version"] == 1
     store = Store(tmp_path / "s")
-    embed_table(store, "p", source, key="package", text="description",
-                embedder=HashEmbedder(dimension=32))
+    embed_table(store, "p", source, key="package", text="description", embedder=HashEmbedder(dimension=32))
     same_rows(store, "r", "p")
-    bad = subprocess.run([*cmd[:-3], "--ray", "local:zero"], capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run([*cmd[:-3], "--ray", "local:zero"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "local:N needs N a positive integer" in bad.stderr
-    both = subprocess.run([*cmd, "--commit-every", "10"], capture_output=True, text=True,
-                          timeout=120)
+    both = subprocess.run([*cmd, "--commit-every", "10"], capture_output=True, text=True, timeout=120)
     assert both.returncode == 2 and "--commit-every" in both.stderr
 
 
@@ -355,11 +421,15 @@ def test_dagster_asset_with_the_ray_option(cluster, source, tmp_path, monkeypatc
     def pkgs() -> pa.Table:
         return source
 
-    emb_asset = build_embedding_asset("pkg_vectors", source="pkgs", key_column="package",
-                                      text_column="description")
+    emb_asset = build_embedding_asset(
+        "pkg_vectors", source="pkgs", key_column="package", text_column="description"
+    )
     store_res = EmbedStoreResource(uri=str(tmp_path / "s"))
-    resources = {"embed_store": store_res, "lance_io_manager": LanceDBIOManager(store=store_res),
-                 "embedder": EmbedderResource(backend="hash", dimension=32, ray_address=cluster)}
+    resources = {
+        "embed_store": store_res,
+        "lance_io_manager": LanceDBIOManager(store=store_res),
+        "embedder": EmbedderResource(backend="hash", dimension=32, ray_address=cluster),
+    }
     with DagsterInstance.ephemeral() as instance:
         res = materialize([pkgs, emb_asset], resources=resources, instance=instance)
         assert res.success
@@ -369,14 +439,16 @@ def test_dagster_asset_with_the_ray_option(cluster, source, tmp_path, monkeypatc
         props = store.table("pkg_vectors").properties()
         assert props["executor"] == "ray" and props["run_id"] == res.run_id
         # the run config's address wins over the resource's; an unchanged source: 0 rows
-        again = materialize([pkgs, emb_asset], resources=resources, instance=instance,
-                            run_config={"ops": {"pkg_vectors": {"config": {
-                                "ray_address": cluster}}}})
+        again = materialize(
+            [pkgs, emb_asset],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"pkg_vectors": {"config": {"ray_address": cluster}}}},
+        )
         assert again.success
         md = again.asset_materializations_for_node("pkg_vectors")[0].metadata
         assert md["rows_embedded"].value == 0
-    embed_table(store, "p", source, key="package", text="description",
-                embedder=HashEmbedder(dimension=32))
+    embed_table(store, "p", source, key="package", text="description", embedder=HashEmbedder(dimension=32))
     a = store.table("pkg_vectors").read().sort_by("package").drop_columns(VOLATILE)
     assert a.equals(content(store, "p"))
 
@@ -388,9 +460,15 @@ def test_real_model_on_two_workers_equals_in_process(cluster, source, tmp_path, 
 
     store = Store(tmp_path / "s")
     src = source.slice(0, 160)
-    r = embed_table_ray(store, "r", src, key="package", text="description",
-                        embedder=SentenceTransformerEmbedder(show_progress=False),
-                        rows_per_task=40)
+    r = embed_table_ray(
+        store,
+        "r",
+        src,
+        key="package",
+        text="description",
+        embedder=SentenceTransformerEmbedder(show_progress=False),
+        rows_per_task=40,
+    )
     embed_table(store, "p", src, key="package", text="description", embedder=minilm)
     assert r.ray["nodes"] == 2 and r.ray["timings"]["worker_model_load_s"] > 0
     a = store.table("r").read().sort_by("package")

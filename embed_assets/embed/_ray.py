@@ -227,6 +227,7 @@ class _SliceResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     submitted_at: float = 0.0
+    fetch_s: float = 0.0
     load_s: float = 0.0
     embed_s: float = 0.0
     write_s: float = 0.0
@@ -258,12 +259,22 @@ def _worker_embedder(job: _SliceJob) -> tuple[Any, float]:
     return emb, time.perf_counter() - t0
 
 
-def _embed_slice(job: _SliceJob) -> _SliceResult:
-    """A Ray task: embed one slice and write it as uncommitted fragments."""
+def _embed_slice(refs: list[Any]) -> _SliceResult:
+    """A Ray task: fetch its slice, embed it, and write it as uncommitted fragments.
+
+    The slice comes as an object reference inside a list, so Ray does not resolve it
+    before the call: the fetch (transfer and unpickling) is timed here, apart."""
     import ray
 
+    started = time.time()
+    t0 = time.perf_counter()
+    job: _SliceJob = ray.get(refs[0])
     out = _SliceResult(
-        index=job.index, started_at=time.time(), submitted_at=job.submitted_at, pid=os.getpid()
+        index=job.index,
+        started_at=started,
+        submitted_at=job.submitted_at,
+        pid=os.getpid(),
+        fetch_s=time.perf_counter() - t0,
     )
     with contextlib.suppress(Exception):
         out.node = ray.get_runtime_context().get_node_id()
@@ -366,6 +377,7 @@ def embed_table_ray(
     rows_per_task: int | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
     cpus_per_task: int = 1,
+    resources: dict[str, float] | None = None,
 ) -> RayEmbedResult:
     """:func:`~embed_assets.embed_table` with the model running on a Ray cluster.
 
@@ -390,6 +402,9 @@ def embed_table_ray(
         fails; input errors are not retried.
     cpus_per_task : int
         CPUs each task reserves; also its torch threads.
+    resources : dict, optional
+        Custom Ray resources each task also needs (``{"embedder": 1}`` runs the tasks
+        only on nodes started with ``--resources '{"embedder": N}'``).
 
     Examples
     --------
@@ -481,7 +496,7 @@ def embed_table_ray(
     to_embed = np.flatnonzero(plan.embed_mask)
     reuse = np.flatnonzero(plan.write_mask & ~plan.embed_mask)
     with ray_session(address) as ray:
-        workers = _workers(ray, cpus_per_task)
+        workers = _workers(ray, cpus_per_task, resources)
         per_task = task_rows(len(to_embed), workers, rows_per_task)
         props.update({"executor": "ray", "ray_workers": workers})
         results, info = _run_slices(
@@ -497,6 +512,7 @@ def embed_table_ray(
             run_id,
             max_retries,
             cpus_per_task,
+            resources,
             timings,
         )
     fragments = [f for r in results for f in r.fragments]
@@ -568,13 +584,20 @@ def _refuse_stored_keys(store: Store, name: str, key: str, base: pa.Table) -> No
         )
 
 
-def _workers(ray: Any, cpus_per_task: int) -> int:
-    cpus = float(ray.cluster_resources().get("CPU", 0))
-    workers = int(cpus // cpus_per_task)
+def _workers(ray: Any, cpus_per_task: int, resources: dict[str, float] | None = None) -> int:
+    """How many tasks the cluster runs at once (each live node's share, summed)."""
+    need = {"CPU": float(cpus_per_task), **{k: float(v) for k, v in (resources or {}).items()}}
+    workers = 0
+    for node in ray.nodes():
+        if not node.get("Alive", True):
+            continue
+        have = node.get("Resources", {})
+        workers += int(min(have.get(k, 0.0) // v for k, v in need.items() if v > 0))
     if workers < 1:
+        shown = ", ".join(f"{k}={v:g}" for k, v in need.items())
         raise ValidationError(
-            f"the Ray cluster has {cpus:g} CPU(s); a task needs {cpus_per_task} "
-            "(lower cpus_per_task or add nodes)"
+            f"no node of the Ray cluster has the resources a task needs ({shown}); lower "
+            "cpus_per_task, add nodes, or check the resource names"
         )
     return workers
 
@@ -592,6 +615,7 @@ def _run_slices(
     run_id: str,
     max_retries: int,
     cpus_per_task: int,
+    resources: dict[str, float] | None,
     timings: dict[str, float],
 ) -> tuple[list[_SliceResult], dict[str, Any]]:
     """Submit one task per slice and wait for all; on a slice's final failure cancel
@@ -600,6 +624,7 @@ def _run_slices(
     recipe = _recipe_key(shipped)
     remote = ray.remote(_embed_slice).options(
         num_cpus=cpus_per_task,
+        resources=resources or {},
         max_retries=max_retries,
         retry_exceptions=True,
         scheduling_strategy="SPREAD",
@@ -624,7 +649,7 @@ def _run_slices(
         )
         job.submitted_at = time.time()
         # serialised into the object store here, once, by the driver
-        pending[remote.remote(ray.put(job))] = i
+        pending[remote.remote([ray.put(job)])] = i
     timings["submit_s"] = time.perf_counter() - t0
     tasks = len(pending)
     results: list[_SliceResult] = []
@@ -660,7 +685,7 @@ def _run_slices(
     timings.update(_worker_timings(results))
     nodes = sorted({r.node for r in results if r.node})
     return results, {
-        "workers": _workers(ray, cpus_per_task),
+        "workers": _workers(ray, cpus_per_task, resources),
         "tasks": tasks,
         "nodes": len(nodes),
         "processes": len({(r.node, r.pid) for r in results}),
@@ -679,9 +704,11 @@ def _worker_timings(results: list[_SliceResult]) -> dict[str, float]:
         "worker_model_load_s": sum(r.load_s for r in results),
         "worker_embed_s": sum(r.embed_s for r in results),
         "worker_write_s": sum(r.write_s for r in results),
-        # submit -> start: scheduling, moving the slice to the worker, unpickling it (and a
-        # worker process's first import of embed_assets)
-        "worker_wait_start_s": sum(max(0.0, r.started_at - r.submitted_at) for r in results),
+        # moving the slice to the worker and unpickling it
+        "worker_fetch_s": sum(r.fetch_s for r in results),
+        # submit -> start: the queue (more slices than workers), scheduling, and a worker
+        # process's first import of embed_assets
+        "worker_queue_s": sum(max(0.0, r.started_at - r.submitted_at) for r in results),
     }
 
 
