@@ -43,6 +43,7 @@ from datasets import SHARED  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # the worker nodes are children of this process: they must import this checkout
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(HERE.parent), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
