@@ -310,6 +310,56 @@ def test_model_and_dimension_refusals_hold(cluster, source, tmp_path):
     assert len(store.table("r").versions()) == 1
 
 
+def test_on_object_storage(cluster, source, tmp_path):
+    """The workers write their fragments to S3 (a local moto server), the driver commits."""
+    pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the local S3 server")
+    from .s3_server import moto_server
+
+    emb = HashEmbedder(dimension=32)
+    local = Store(tmp_path / "local")
+    with moto_server(str(tmp_path)) as s3:
+        bucket = s3.create_bucket("ea-ray")
+        remote = Store(f"s3://{bucket}/store", storage_options=s3.storage_options())
+        for store in (remote, local):
+            embed_table(store, "t", source.slice(0, 300), key="package", text="description", embedder=emb)
+        changed = edit(source, texts=[0, 1], sections=[2])
+        r = embed_table_ray(
+            remote,
+            "t",
+            changed,
+            key="package",
+            text="description",
+            embedder=emb,
+            mode="sync",
+            rows_per_task=40,
+        )
+        embed_table(local, "t", changed, key="package", text="description", embedder=emb, mode="sync")
+        assert r.version == 2 and r.ray["tasks"] == 3
+        assert content(remote, "t").equals(content(local, "t"))
+        with pytest.raises(RayEmbedError, match="stays at version 2"):
+            embed_table_ray(
+                remote,
+                "t",
+                edit(source, texts=[5]),
+                key="package",
+                text="description",
+                embedder=Poisoned("changed:"),
+                max_retries=0,
+            )
+        assert [v.version for v in remote.table("t").versions()] == [1, 2]
+        assert content(remote, "t").equals(content(local, "t"))
+        # every data file left is one a version references: the failed run deleted its own
+        from embed_assets.store._objstore import list_objects
+        from embed_assets.store._retention import referenced_files
+
+        t = remote.table("t")
+        listed = {m["path"] for m in list_objects(t.uri, s3.storage_options(), "data")}
+        kept: set[str] = set()
+        for v in (1, 2):
+            kept |= {f for f in referenced_files(t.dataset(v))[0] if f.startswith("data/")}
+        assert listed == kept
+
+
 # -- addresses --------------------------------------------------------------------------------
 def test_addresses_are_checked():
     assert parse_address("local:2") == ("local", 2)

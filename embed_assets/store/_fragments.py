@@ -120,17 +120,24 @@ def write_uncommitted(target: FragmentTarget, rows: pa.Table) -> list[FragmentMe
 
 def remove_uncommitted(target: FragmentTarget, fragments: Sequence[FragmentMetadata]) -> int:
     """Delete the data files of fragments that will never be committed (a failed run);
-    returns how many went. Best effort and local stores only: whatever is left (and the
-    files of attempts that died mid-write) is an orphan that ``cleanup`` removes."""
-    if not is_local(target.uri):
+    returns how many were asked to go. Best effort: whatever is left (and the files of
+    attempts that died mid-write) is an orphan that ``cleanup`` removes."""
+    paths = [f"data/{f.path}" for frag in fragments for f in frag.files]
+    if not paths:
         return 0
-    gone = 0
-    for frag in fragments:
-        for f in frag.files:
+    if is_local(target.uri):
+        gone = 0
+        for rel in paths:
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(local_path(target.uri), "data", f.path))
+                os.remove(os.path.join(local_path(target.uri), rel))
                 gone += 1
-    return gone
+        return gone
+    from ._objstore import delete_objects
+
+    with contextlib.suppress(Exception):  # the run's own error is the one to report
+        delete_objects(target.uri, target.storage_options, paths)
+        return len(paths)
+    return 0
 
 
 def commit_fragments(
