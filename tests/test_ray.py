@@ -295,6 +295,32 @@ def test_uncommitted_fragments_are_invisible_and_cleanup_removes_them(cluster, s
     assert t.count_rows() == 400
 
 
+def test_a_table_changed_under_the_run_is_not_committed_over(source, tmp_path):
+    """The store hook alone: fragments written for a new table are refused once someone
+    else has created it, and fragments in the old columns once it was overwritten."""
+    from embed_assets.errors import ConflictError
+    from embed_assets.store._fragments import commit_fragments
+    from embed_assets.store._writes import WriteRequest
+
+    store = Store(tmp_path / "s")
+    emb = HashEmbedder(dimension=32)
+    embed_table(store, "src", source, key="package", text="description", embedder=emb)
+    rows = store.table("src").read().slice(0, 20)
+    req = WriteRequest(name="t", key="package", mode="upsert", model=emb.name)
+    target = fragment_target(store, "t", replace=True)
+    frags = write_uncommitted(target, rows)
+    embed_table(store, "t", source.slice(100, 10), key="package", text="description", embedder=emb)
+    with pytest.raises(ConflictError, match="nothing was committed"):
+        commit_fragments(store, req, target, frags, schema=rows.schema, keys=rows.column("package"))
+    assert [v.version for v in store.table("t").versions()] == [1]
+    target = fragment_target(store, "t", replace=False)
+    frags = write_uncommitted(target, rows)
+    store.write("t", rows.drop_columns(["section"]), key="package", mode="overwrite", model=emb.name)
+    with pytest.raises(ConflictError, match="other columns"):
+        commit_fragments(store, req, target, frags, schema=rows.schema, keys=rows.column("package"))
+    assert [v.version for v in store.table("t").versions()] == [1, 2]
+
+
 def test_model_and_dimension_refusals_hold(cluster, source, tmp_path):
     store = Store(tmp_path / "s")
     embed_table(store, "r", source, key="package", text="description", embedder=HashEmbedder(dimension=32))
