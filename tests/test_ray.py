@@ -476,6 +476,12 @@ def test_cli_embed_ray(cluster, source, tmp_path):
     bad = subprocess.run([*cmd[:-3], "--ray", "local:zero"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "local:N needs N a positive integer" in bad.stderr
     both = subprocess.run([*cmd, "--commit-every", "10"], capture_output=True, text=True, timeout=120)
+    # local:N: the command starts (and stops) a cluster of its own
+    own = subprocess.run(
+        [*cmd[:-3], "--ray", "local:2", "--mode", "overwrite"], capture_output=True, text=True, timeout=300
+    )
+    assert own.returncode == 0, own.stderr
+    assert "on Ray: 2 task(s) over 2 worker(s)" in own.stdout and "version 2" in own.stdout
     assert both.returncode == 2 and "--commit-every" in both.stderr
 
 

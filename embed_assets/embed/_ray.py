@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import EmbedAssetsError, SchemaMismatchError, ValidationError, describe
+from ..errors import EmbedAssetsError, SchemaMismatchError, ValidationError, describe, first_line
 from ..store import Store, WriteResult, as_arrow, validate_table_name
 from ..store._fragments import (
     FragmentTarget,
@@ -179,12 +179,16 @@ def ray_session(address: str | None) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
     try:
         if where == "local":
-            ray.init(num_cpus=cpus, **kwargs)
+            # "local": always a new cluster, even with RAY_ADDRESS set or one running here
+            ray.init(address="local", num_cpus=cpus, **kwargs)
         else:
             _check_reachable(where)
             ray.init(address=where, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ValidationError(f"cannot connect to the Ray cluster at {address}: {describe(exc)}") from None
+        raise ValidationError(
+            f"cannot connect to the Ray cluster at {address}: {first_line(exc)} (start one with "
+            "`ray start --head`, or use local:N for a local cluster of N CPUs)"
+        ) from None
     try:
         yield ray
     finally:
