@@ -110,6 +110,15 @@ class CrashOnce(HashEmbedder):
         raise OSError("the disk hiccuped (planted)")
 
 
+class NeedsEnv(HashEmbedder):
+    """The hashing embedder, refusing to run where ``EA_RAY_PROBE`` is not set."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if os.environ.get("EA_RAY_PROBE") != "yes":
+            raise ValidationError("EA_RAY_PROBE is not set in this worker")
+        return super().embed(texts)
+
+
 class Poisoned(HashEmbedder):
     """The hashing embedder, failing every time it sees a text containing ``poison``."""
 
@@ -397,6 +406,15 @@ def test_addresses_are_checked():
             parse_address(bad)
     assert task_rows(400, 2) == 256 and task_rows(100_000, 2) == 12_500
     assert task_rows(10**7, 2) == 32_768
+
+
+def test_runtime_env_reaches_the_tasks(cluster, source, tmp_path):
+    store = Store(tmp_path / "s")
+    kw: dict[str, Any] = dict(key="package", text="description", embedder=NeedsEnv(dimension=32))
+    with pytest.raises(RayEmbedError, match="EA_RAY_PROBE is not set"):
+        embed_table_ray(store, "r", source, **kw)
+    r = embed_table_ray(store, "r", source, runtime_env={"env_vars": {"EA_RAY_PROBE": "yes"}}, **kw)
+    assert r.version == 1 and r.rows_embedded == 400
 
 
 def test_resources_a_cluster_lacks_are_refused(cluster, source, tmp_path):

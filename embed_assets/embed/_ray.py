@@ -382,6 +382,7 @@ def embed_table_ray(
     max_retries: int = DEFAULT_MAX_RETRIES,
     cpus_per_task: int = 1,
     resources: dict[str, float] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> RayEmbedResult:
     """:func:`~embed_assets.embed_table` with the model running on a Ray cluster.
 
@@ -409,6 +410,10 @@ def embed_table_ray(
     resources : dict, optional
         Custom Ray resources each task also needs (``{"embedder": 1}`` runs the tasks
         only on nodes started with ``--resources '{"embedder": N}'``).
+    runtime_env : dict, optional
+        Ray's runtime environment of the tasks: ``{"env_vars": {"HF_HUB_OFFLINE": "1"}}``,
+        ``{"py_modules": [...]}`` or ``{"pip": [...]}`` where the nodes lack the package
+        or the settings (see Ray's docs on runtime environments).
 
     Examples
     --------
@@ -516,7 +521,7 @@ def embed_table_ray(
             run_id,
             max_retries,
             cpus_per_task,
-            resources,
+            {"resources": resources or {}, **({"runtime_env": runtime_env} if runtime_env else {})},
             timings,
         )
     fragments = [f for r in results for f in r.fragments]
@@ -619,7 +624,7 @@ def _run_slices(
     run_id: str,
     max_retries: int,
     cpus_per_task: int,
-    resources: dict[str, float] | None,
+    options: dict[str, Any],
     timings: dict[str, float],
 ) -> tuple[list[_SliceResult], dict[str, Any]]:
     """Submit one task per slice and wait for all; on a slice's final failure cancel
@@ -628,11 +633,11 @@ def _run_slices(
     recipe = _recipe_key(shipped)
     remote = ray.remote(_embed_slice).options(
         num_cpus=cpus_per_task,
-        resources=resources or {},
         max_retries=max_retries,
         retry_exceptions=True,
         scheduling_strategy="SPREAD",
         name="embed_assets.embed_slice",
+        **options,  # resources, runtime_env
     )
     text_arr = pa.array(texts, pa.string())
     t0 = time.perf_counter()
@@ -689,7 +694,7 @@ def _run_slices(
     timings.update(_worker_timings(results))
     nodes = sorted({r.node for r in results if r.node})
     return results, {
-        "workers": _workers(ray, cpus_per_task, resources),
+        "workers": _workers(ray, cpus_per_task, options.get("resources")),
         "tasks": tasks,
         "nodes": len(nodes),
         "processes": len({(r.node, r.pid) for r in results}),
