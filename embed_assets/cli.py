@@ -130,7 +130,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     # A Parquet file is streamed (bounded memory, a commit every --commit-every rows, a
     # rerun resumes); a partitioned write or a CSV is read whole.
     stream = args.from_.endswith(".parquet") and not args.partition \
-        and args.mode != "replace_partition"
+        and args.mode != "replace_partition" and not args.ray
+    if args.ray and args.commit_every:
+        raise ValidationError("--commit-every streams in this process; a --ray run is one "
+                              "commit of the workers' fragments: drop one of the two")
     if stream and not os.path.exists(args.from_):
         raise ValidationError(f"input file {args.from_!r} does not exist")
     data: Any = args.from_ if stream else _read_source(args.from_)
@@ -146,6 +149,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValidationError("--mode replace_partition needs --partition COLUMN=VALUE")
     columns = args.columns.split(",") if args.columns else None
     embedder = default_embedder(args.model, backend=args.backend, batch_size=args.batch_size)
+    if args.ray:
+        from .embed import embed_table_ray
+
+        res: Any = embed_table_ray(
+            _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
+            address=args.ray, mode=args.mode, columns=columns, partition=partition,
+            on_empty="skip" if args.skip_empty else "error", run_id=args.run_id,
+            max_retries=args.ray_retries, rows_per_task=args.ray_rows_per_task)
+        if args.json:
+            _dump(res.to_dict())
+        else:
+            print(res.summary())
+        return 0
     res = embed_table(
         _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
         mode=args.mode, columns=columns, partition=partition,
@@ -360,7 +376,9 @@ EXAMPLES: dict[str, str] = {
              "  embed-assets embed pkgs --from new.csv --key package --text description "
              "--mode sync --json\n"
              "  embed-assets embed pkgs --from admin.parquet --key package --text description "
-             "--mode replace_partition --partition section=admin",
+             "--mode replace_partition --partition section=admin\n"
+             "  embed-assets embed pkgs --from pkgs.parquet --key package --text description "
+             "--ray 127.0.0.1:6379",
     "tables": "embed-assets tables --json",
     "versions": "embed-assets versions pkgs",
     "tag": "embed-assets tag pkgs prod --version 3",
@@ -439,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
                          ".parquet FILE: 50000, which is streamed in bounded memory)")
     sp.add_argument("--no-progress", action="store_true",
                     help="no progress bar (shown on a terminal: rows/s and ETA)")
+    sp.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="embed on a Ray cluster: auto, HOST:PORT (ray start --head prints it), "
+                         "ray://HOST:PORT, or local:N (a local cluster of N CPUs for this run); "
+                         "workers write fragments, committed as one version (needs the ray extra)")
+    sp.add_argument("--ray-retries", type=int, default=3, metavar="N",
+                    help="with --ray: retries of a failed task before the run fails and "
+                         "commits nothing (default 3)")
+    sp.add_argument("--ray-rows-per-task", type=_positive_int, default=None, metavar="N",
+                    help="with --ray: rows per task (default: about 4 tasks per worker)")
 
     verb("tables", cmd_tables, "list tables", "print the tables as JSON")
     sp = verb("versions", cmd_versions, "list a table's versions", "print the versions as JSON")

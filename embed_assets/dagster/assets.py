@@ -62,6 +62,15 @@ class EmbedConfig(Config):
             "and is re-executed resumes without re-embedding what it committed (0: one commit)."
         ),
     )
+    ray_address: str = Field(
+        default="",
+        description=(
+            "Embed this run on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT or local:N): "
+            "the workers write fragments, the run commits them as one version, a failed task "
+            "is retried and a failed run commits nothing. Empty: the embedder resource's "
+            "ray_address (empty there too: in this process). commit_every does not apply."
+        ),
+    )
 
 
 def build_embedding_asset(
@@ -139,15 +148,17 @@ def build_embedding_asset(
         properties = {"dagster_asset": asset_key.to_user_string()}
         if partition is not None:
             properties["dagster_partition"] = ",".join(context.partition_keys)
-        res = embed_table(
-            store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
-            columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
-            properties=properties,
-            # groups only where the source is larger than one: a small run stays one commit
-            commit_every=(config.commit_every if partition is None and config.commit_every
-                          and src.num_rows > config.commit_every else None),
-            progress=False,
-        )
+        ray_address = config.ray_address or getattr(
+            getattr(context.resources, embedder_key), "ray_address", None)
+        if ray_address:
+            res: EmbedResult = _embed_on_ray(context, store, name, src, embedder, mode, partition,
+                                             properties, ray_address, key_column=key_column,
+                                             text_column=text_column, columns=columns,
+                                             on_empty=on_empty)
+        else:
+            res = _embed_here(context, store, name, src, embedder, mode, partition, properties,
+                              config, key_column=key_column, text_column=text_column,
+                              columns=columns, on_empty=on_empty)
         context.log.info(res.summary())
         record_run_version(context, name, res.version)
         md = _embedding_metadata(store.table(name), res, mode, partition,
@@ -155,6 +166,45 @@ def build_embedding_asset(
         return MaterializeResult(metadata=md)
 
     return _embedding_asset
+
+
+def _embed_on_ray(context: AssetExecutionContext, store: Store, name: str, src: pa.Table,
+                  embedder: Embedder, mode: EmbedMode, partition: Partition | None,
+                  properties: dict[str, Any], address: str, *, key_column: str,
+                  text_column: str, columns: Sequence[str] | None,
+                  on_empty: EmptyTextPolicy) -> EmbedResult:
+    """The run's embedding on a Ray cluster (:func:`embed_assets.embed.embed_table_ray`)."""
+    from ..embed import embed_table_ray
+
+    context.log.info(f"embedding on Ray at {address}")
+    res = embed_table_ray(
+        store, name, src, key=key_column, text=text_column, embedder=embedder, address=address,
+        mode=mode, columns=columns, partition=partition, on_empty=on_empty,
+        run_id=context.run.run_id, properties={**properties, "ray_address": address})
+    if res.ray.get("tasks"):
+        t = res.ray.get("timings", {})
+        context.log.info(
+            f"Ray: {res.ray['tasks']} task(s) on {res.ray['workers']} worker(s); worker seconds: "
+            f"model load {t.get('worker_model_load_s', 0):.2f}, embed {t.get('worker_embed_s', 0):.2f}, "
+            f"fragment writes {t.get('worker_write_s', 0):.2f}; commit {t.get('commit_s', 0):.2f} s")
+    return res
+
+
+def _embed_here(context: AssetExecutionContext, store: Store, name: str, src: pa.Table,
+                embedder: Embedder, mode: EmbedMode, partition: Partition | None,
+                properties: dict[str, Any], config: EmbedConfig, *, key_column: str,
+                text_column: str, columns: Sequence[str] | None,
+                on_empty: EmptyTextPolicy) -> EmbedResult:
+    """The run's embedding in this process (:func:`embed_assets.embed_table`)."""
+    return embed_table(
+        store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
+        columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
+        properties=properties,
+        # groups only where the source is larger than one: a small run stays one commit
+        commit_every=(config.commit_every if partition is None and config.commit_every
+                      and src.num_rows > config.commit_every else None),
+        progress=False,
+    )
 
 
 def _partition_slice(context: AssetExecutionContext, src: pa.Table, partition_expr: str,

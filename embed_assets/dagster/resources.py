@@ -68,6 +68,12 @@ class EmbedderResource(ConfigurableResource):
     device: str | None = Field(default=None, description="cpu, cuda, mps...; empty: automatic")
     batch_size: int = Field(default=64, description="texts per forward pass")
     dimension: int = Field(default=64, description="vector size of the hash backend only")
+    ray_address: str | None = Field(
+        default=None,
+        description="embed on a Ray cluster: auto, HOST:PORT, ray://HOST:PORT or local:N (a "
+                    "local cluster of N CPUs per run); workers write fragments that the run "
+                    "commits as one version. Empty: embed in the Dagster process",
+    )
 
     # The model is loaded once per process, not once per asset that asks for it.
     _embedder: Any = PrivateAttr(default=None)

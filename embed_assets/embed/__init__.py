@@ -37,6 +37,7 @@ from ._images import (
 )
 from ._onnx import OnnxEmbedder, model_cache_dir
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
+from ._ray import RayEmbedError, RayEmbedResult, embed_table_ray
 from ._stream import DEFAULT_COMMIT_EVERY
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "KnnReport",
     "OnnxEmbedder",
     "PixelEmbedder",
+    "RayEmbedError",
+    "RayEmbedResult",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
     "TorchImageEmbedder",
@@ -69,6 +72,7 @@ __all__ = [
     "digits_dataset",
     "embed_images",
     "embed_table",
+    "embed_table_ray",
     "fit_pixel_pca",
     "image_grid_png",
     "image_hash",

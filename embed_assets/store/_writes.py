@@ -130,9 +130,16 @@ def check_partition(tbl: pa.Table, partition: Partition) -> None:
 
 def table_meta_for(req: WriteRequest, tbl: pa.Table, existing: lance.LanceDataset | None) -> TableMeta:
     """The facts the table has after this write (and the refusals that protect them)."""
+    dim = tbl.schema.field(VECTOR_COLUMN).type.list_size if tbl.num_rows else None
+    return table_meta_for_dimension(req, dim, existing)
+
+
+def table_meta_for_dimension(req: WriteRequest, dim: int | None,
+                             existing: lance.LanceDataset | None) -> TableMeta:
+    """:func:`table_meta_for` given the written vectors' dimension (``None``: no rows),
+    for a writer whose rows are already in fragment files (:mod:`._fragments`)."""
     old = TableMeta.from_schema(existing.schema) if existing is not None else None
-    dim = tbl.schema.field(VECTOR_COLUMN).type.list_size if tbl.num_rows else \
-        (old.dimension if old else None)
+    dim = dim if dim is not None else (old.dimension if old else None)
     if dim is None:
         raise ValidationError(f"cannot create table {req.name!r} from zero rows")
     if existing is not None and req.mode != "overwrite":

@@ -1,0 +1,787 @@
+"""Distributed embedding on Ray: workers embed slices and write Lance fragments, the
+driver commits them as one version.
+
+The driver (the process calling :func:`embed_table_ray`) does what the in-process
+pipeline does before the model runs: it checks the source, hashes the texts and diffs
+them against the stored keys and content hashes (:mod:`._pipeline`), so only new or
+changed texts leave it. Those rows are cut into slices, one Ray task each; a task loads
+the embedder once per worker process (later tasks on that worker reuse it), embeds its
+slice with one torch thread per CPU it holds, and writes the rows, vectors and
+provenance as Lance data files into the table's own directory
+(:func:`embed_assets.store._fragments.write_uncommitted`). It returns only the
+fragments' metadata. When every slice is done the driver commits all the fragments in
+one transaction through the store's commit path
+(:func:`~embed_assets.store._fragments.commit_fragments`): the table's writer lock, the
+same refusals and the same provenance (model, revision, run id, row counts) as any
+write, one version.
+
+Failures
+--------
+A task that raises, or whose worker process or node dies, is retried up to
+``max_retries`` times (Ray's own task retry). Bad input (an embedder returning the wrong
+shape, ...) is not retried: it would fail again. If a slice still fails, the other tasks
+are cancelled, the files of the fragments already written are deleted, and
+:class:`RayEmbedError` says which slice failed and why: no version is committed, the
+table stays exactly as it was. Files of attempts that died mid-write are referenced by
+no version, so no reader ever sees them, and ``cleanup`` deletes them once they are older
+than its grace period (they count as ``orphan_files``).
+
+Addresses
+---------
+``auto`` (a running cluster found by Ray: ``RAY_ADDRESS`` or ``ray start`` on this
+machine), ``HOST:PORT`` (a cluster's GCS address, ``ray start --head`` prints it),
+``ray://HOST:PORT`` (Ray Client), or ``local:N``: start a private one-node cluster of
+``N`` CPUs for this run and stop it after. A process that already called ``ray.init``
+is used as it is. Every node must be able to import ``embed_assets`` (the same
+version) and load the model, and reach the store's URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import EmbedAssetsError, SchemaMismatchError, ValidationError, describe, first_line
+from ..store import Store, WriteResult, as_arrow, validate_table_name
+from ..store._fragments import (
+    FragmentTarget,
+    commit_fragments,
+    fragment_target,
+    remove_uncommitted,
+    write_uncommitted,
+)
+from ..store._writes import WriteRequest, prepare_rows
+from ._embedders import Embedder, EmptyTextPolicy, content_hash
+from ._pipeline import EmbedResult
+
+#: Retries of a failed slice (after its first attempt) before the run fails.
+DEFAULT_MAX_RETRIES = 3
+# Slices per worker when ``rows_per_task`` is not given: more than one, so a slow or
+# retried slice does not leave the other workers idle; few, since each is a task and at
+# least one fragment file.
+_SLICES_PER_WORKER = 4
+# No slice above one full data file (the store's MAX_ROWS_PER_FILE), none below this.
+_MIN_ROWS_PER_TASK = 256
+_MAX_ROWS_PER_TASK = 32_768
+# Attributes the embedders keep their loaded model in: cleared before shipping, so a
+# task carries a recipe (a name, a path) and never the weights.
+_LOADED_STATE = ("_model", "_session", "_tokenizer", "_st")
+_CONNECT_TIMEOUT_S = 5.0
+# PyPI package extra that installs Ray.
+_INSTALL_HINT = "install the ray extra: pip install 'embed_assets[ray]'"
+
+
+class RayEmbedError(EmbedAssetsError, RuntimeError):
+    """A distributed embedding run failed; nothing was committed."""
+
+
+@dataclass
+class RayEmbedResult(EmbedResult):
+    """What :func:`embed_table_ray` did: an :class:`~embed_assets.EmbedResult` plus
+    ``ray``: workers, tasks, and where the time went (seconds)."""
+
+    ray: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        head = super().summary()
+        if not self.ray.get("tasks"):
+            return head
+        return f"{head}; on Ray: {self.ray['tasks']} task(s) over {self.ray['workers']} worker(s)"
+
+
+# -- connecting -----------------------------------------------------------------------------
+def import_ray() -> Any:
+    """The ``ray`` module, or a :class:`ValidationError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ValidationError(
+            f"distributed embedding needs Ray, which is not installed; {_INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def parse_address(address: str) -> tuple[str, int | None]:
+    """``("local", N)`` for ``local:N``, else ``(address, None)``; refuses what is
+    neither an address nor ``auto``."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValidationError("a Ray address is 'auto', HOST:PORT, ray://HOST:PORT or local:N")
+    address = address.strip()
+    if address.startswith("local"):
+        spec = address[len("local") :]
+        if spec == "":
+            return "local", os.cpu_count() or 1
+        if spec.startswith(":") and spec[1:].isdigit() and int(spec[1:]) >= 1:
+            return "local", int(spec[1:])
+        raise ValidationError(
+            f"Ray address {address!r}: local:N needs N a positive integer (the CPUs of the local cluster)"
+        )
+    if address != "auto":
+        host, _ = _host_port(address)
+        if host is None:
+            raise ValidationError(
+                f"Ray address {address!r} is not auto, HOST:PORT, ray://HOST:PORT or local:N"
+            )
+    return address, None
+
+
+def _host_port(address: str) -> tuple[str | None, int | None]:
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None, None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with the address in the message, where ``ray.init`` would retry
+    an unreachable GCS for minutes."""
+    host, port = _host_port(address)
+    if host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot reach the Ray cluster at {address}: {exc}; start one with "
+            "`ray start --head` (it prints the address), or use local:N for a local "
+            "cluster of N CPUs"
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Ray, connected to ``address`` for the duration (see the module docstring); a
+    process already connected keeps its connection, and a ``local:N`` cluster started
+    here is stopped at the end."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address is None:
+        raise ValidationError(
+            "no Ray address: pass 'auto', HOST:PORT, ray://HOST:PORT or local:N (or call ray.init() first)"
+        )
+    where, cpus = parse_address(address)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
+    try:
+        if where == "local":
+            # "local": always a new cluster, even with RAY_ADDRESS set or one running here
+            ray.init(address="local", num_cpus=cpus, **kwargs)
+        else:
+            _check_reachable(where)
+            ray.init(address=where, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ValidationError(
+            f"cannot connect to the Ray cluster at {address}: {first_line(exc)} (start one with "
+            "`ray start --head`, or use local:N for a local cluster of N CPUs)"
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# -- the worker side ------------------------------------------------------------------------
+@dataclass
+class _SliceJob:
+    """One task's input: the rows to write (key, kept columns, content hash), their
+    texts, and how to embed and where to write them."""
+
+    index: int
+    rows: pa.Table
+    texts: pa.Array
+    embedder: Any
+    embedder_key: str
+    target: FragmentTarget
+    key: str
+    keep: list[str]
+    run_id: str
+    threads: int
+    submitted_at: float = 0.0
+
+
+@dataclass
+class _SliceResult:
+    """One task's output: its fragments and what they hold, or the input error that a
+    retry would repeat (returned, not raised, so that Ray does not retry it)."""
+
+    index: int
+    fragments: list[Any] = field(default_factory=list)
+    schema: pa.Schema | None = None
+    rows: int = 0
+    revision: str = ""
+    error: str | None = None
+    error_type: str = ""
+    node: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    submitted_at: float = 0.0
+    fetch_s: float = 0.0
+    load_s: float = 0.0
+    embed_s: float = 0.0
+    write_s: float = 0.0
+
+
+# One loaded embedder per recipe per worker process: later tasks reuse the model.
+_WORKER_EMBEDDERS: dict[str, Any] = {}
+
+
+def _set_threads(n: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _worker_embedder(job: _SliceJob) -> tuple[Any, float]:
+    """The job's embedder, loaded on first use in this process; with the load seconds."""
+    emb = _WORKER_EMBEDDERS.get(job.embedder_key)
+    if emb is not None:
+        return emb, 0.0
+    t0 = time.perf_counter()
+    emb = job.embedder
+    load = getattr(emb, "_load", None)
+    if callable(load):  # load now, so the load is timed apart from the embedding
+        load()
+    if len(_WORKER_EMBEDDERS) >= 2:
+        _WORKER_EMBEDDERS.clear()
+    _WORKER_EMBEDDERS[job.embedder_key] = emb
+    return emb, time.perf_counter() - t0
+
+
+def _embed_slice(refs: list[Any]) -> _SliceResult:
+    """A Ray task: fetch its slice, embed it, and write it as uncommitted fragments.
+
+    The slice comes as an object reference inside a list, so Ray does not resolve it
+    before the call: the fetch (transfer and unpickling) is timed here, apart."""
+    import ray
+
+    started = time.time()
+    t0 = time.perf_counter()
+    job: _SliceJob = ray.get(refs[0])
+    out = _SliceResult(
+        index=job.index,
+        started_at=started,
+        submitted_at=job.submitted_at,
+        pid=os.getpid(),
+        fetch_s=time.perf_counter() - t0,
+    )
+    with contextlib.suppress(Exception):
+        out.node = ray.get_runtime_context().get_node_id()
+    try:
+        _set_threads(job.threads)
+        emb, out.load_s = _worker_embedder(job)
+        _set_threads(job.threads)  # the model's import of torch came after the first call
+        t0 = time.perf_counter()
+        texts = job.texts.to_pylist()
+        vectors = np.asarray(emb.embed(texts), dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise ValidationError(
+                f"embedder {emb.name!r} returned shape {vectors.shape} for {len(texts)} texts"
+            )
+        declared = getattr(emb, "dimension", None)
+        if isinstance(declared, int) and declared > 0 and vectors.shape[1] != declared:
+            raise ValidationError(
+                f"embedder {emb.name!r} declares dimension {declared} but returned "
+                f"{vectors.shape[1]}-dimensional vectors; fix the embedder's dimension"
+            )
+        out.embed_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = _slice_rows(job, vectors, emb.name)
+        out.fragments = write_uncommitted(job.target, rows)
+        out.schema = rows.schema.remove_metadata()
+        out.rows = rows.num_rows
+        out.revision = str(emb.revision)
+        out.write_s = time.perf_counter() - t0
+    except ValidationError as exc:  # bad input: the same on every attempt
+        out.error, out.error_type = describe(exc), type(exc).__name__
+    out.finished_at = time.time()
+    return out
+
+
+def _slice_rows(job: _SliceJob, vectors: np.ndarray, model: str) -> pa.Table:
+    """The slice's rows exactly as the in-process pipeline writes them."""
+    from ._pipeline import _Diff, _rows_to_write
+
+    n = job.rows.num_rows
+    every = np.ones(n, bool)
+    rows = _rows_to_write(
+        job.rows, _Diff(every, every, {}, None), vectors, model, job.run_id, job.key, job.keep
+    )
+    return prepare_rows(WriteRequest(name=job.target.table, key=job.key, mode="append"), rows)
+
+
+# -- the driver side ------------------------------------------------------------------------
+def _shippable(embedder: Any) -> Any:
+    """A copy of the embedder without its loaded model (each worker loads its own)."""
+    inner = getattr(embedder, "inner", None)  # the CLI's announcing wrapper
+    if inner is not None and hasattr(inner, "embed"):
+        embedder = inner
+    twin = copy.copy(embedder)
+    for attr in _LOADED_STATE:
+        if getattr(twin, attr, None) is not None:
+            with contextlib.suppress(AttributeError):
+                setattr(twin, attr, None)
+    return twin
+
+
+def _recipe_key(embedder: Any) -> str:
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        blob = cloudpickle.dumps(embedder)
+    except Exception as exc:
+        raise ValidationError(
+            f"embedder {getattr(embedder, 'name', embedder)!r} cannot be "
+            f"sent to Ray workers (it does not pickle): {exc}"
+        ) from None
+    return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+def task_rows(n: int, workers: int, requested: int | None = None) -> int:
+    """Rows per slice: ``requested``, else about :data:`_SLICES_PER_WORKER` slices per
+    worker, within [256, 32768] rows."""
+    if requested is not None:
+        if requested < 1:
+            raise ValidationError(f"rows_per_task must be >= 1, got {requested}")
+        return requested
+    want = math.ceil(n / max(1, workers * _SLICES_PER_WORKER))
+    return max(_MIN_ROWS_PER_TASK, min(_MAX_ROWS_PER_TASK, want))
+
+
+def embed_table_ray(
+    store: Store,
+    name: str,
+    data: Any,
+    *,
+    key: str,
+    text: str,
+    embedder: Embedder,
+    address: str | None = "auto",
+    mode: str = "upsert",
+    columns: Sequence[str] | None = None,
+    partition: tuple[str, Any] | None = None,
+    on_empty: EmptyTextPolicy = "error",
+    run_id: str | None = None,
+    properties: dict[str, Any] | None = None,
+    rows_per_task: int | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    cpus_per_task: int = 1,
+    resources: dict[str, float] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> RayEmbedResult:
+    """:func:`~embed_assets.embed_table` with the model running on a Ray cluster.
+
+    The same modes, diff and result; the rows to embed are embedded by Ray tasks that
+    write Lance fragments, and the driver commits them as one version (see the module
+    docstring for failures and addresses). With nothing to embed, no cluster is
+    contacted: the run is the in-process pipeline's.
+
+    Parameters
+    ----------
+    data : table-like or path
+        An Arrow/polars/pandas table, a dict of columns, or a Parquet path (read whole:
+        the driver holds the source's columns, never its vectors).
+    address : str, optional
+        ``auto``, ``HOST:PORT``, ``ray://HOST:PORT`` or ``local:N``; ignored when this
+        process is already connected (``ray.init`` was called).
+    rows_per_task : int, optional
+        Rows per Ray task (each writes at least one fragment). Default: about four
+        tasks per worker, between 256 and 32,768 rows.
+    max_retries : int
+        Retries of a failed task (an exception, a dead worker or node) before the run
+        fails; input errors are not retried.
+    cpus_per_task : int
+        CPUs each task reserves; also its torch threads.
+    resources : dict, optional
+        Custom Ray resources each task also needs (``{"embedder": 1}`` runs the tasks
+        only on nodes started with ``--resources '{"embedder": N}'``).
+    runtime_env : dict, optional
+        Ray's runtime environment of the tasks: ``{"env_vars": {"HF_HUB_OFFLINE": "1"}}``,
+        ``{"py_modules": [...]}`` or ``{"pip": [...]}`` where the nodes lack the package
+        or the settings (see Ray's docs on runtime environments).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from embed_assets import Store, HashEmbedder
+    >>> store = Store(tempfile.mkdtemp())
+    >>> src = {"id": [1, 2], "text": ["a text editor", "a web browser"]}
+    >>> r = embed_table_ray(store, "t", src, key="id", text="text", embedder=HashEmbedder(),
+    ...                     address="local:2")  # doctest: +SKIP
+    >>> r.rows_embedded, r.ray["tasks"]  # doctest: +SKIP
+    (2, 1)
+    """
+    from ._pipeline import (
+        EMBED_MODES,
+        _Diff,
+        _diff,
+        _drop_blank,
+        _existing_state,
+        _rows_to_write,
+        _source,
+    )
+
+    t_start = time.perf_counter()
+    validate_table_name(name)
+    if mode not in EMBED_MODES:
+        raise ValidationError(f"unknown mode {mode!r}; choose one of {', '.join(EMBED_MODES)}")
+    if mode == "replace_partition" and partition is None:
+        raise ValidationError("mode 'replace_partition' needs partition=(column, value)")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValidationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
+        raise ValidationError(f"cpus_per_task must be an integer >= 1, got {cpus_per_task!r}")
+    if address is not None:
+        parse_address(address)  # a typo fails before the source is read
+    src = _read(data)
+    src, keep = _source(src, key, text, columns, partition)
+    src, texts, skipped = _drop_blank(src, key, text, on_empty)
+    base = src.select([key, *keep]).append_column(
+        "_content_hash", pa.array([content_hash(t) for t in texts], pa.string())
+    )
+    existing = None if mode in ("overwrite", "append") else _existing_state(store, name, key, keep, partition)
+    if existing is not None and existing.model not in (None, embedder.name):
+        raise SchemaMismatchError(
+            f"table {name!r} holds vectors from model {existing.model!r}; the embedder is "
+            f"{embedder.name!r}; re-embed everything with mode 'overwrite' or use a new table"
+        )
+    plan = _diff(store, name, base, existing, key, keep)
+    run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
+    props: dict[str, Any] = {
+        "rows_embedded": plan.n_embed,
+        "rows_reused": plan.n_reused,
+        "rows_source": base.num_rows,
+        "text_column": text,
+        **(properties or {}),
+        "embed_mode": mode,
+    }
+    timings: dict[str, float] = {"diff_s": time.perf_counter() - t_start}
+
+    def result(write: WriteResult, ray_info: dict[str, Any]) -> RayEmbedResult:
+        return RayEmbedResult(
+            write=write,
+            rows_source=base.num_rows + skipped,
+            rows_embedded=plan.n_embed,
+            rows_reused=plan.n_reused,
+            rows_unchanged=base.num_rows - plan.n_write,
+            rows_skipped_empty=skipped,
+            seconds=time.perf_counter() - t_start,
+            model=embedder.name,
+            ray=ray_info,
+        )
+
+    if plan.n_embed == 0:
+        # Nothing for a model: the in-process pipeline's commit (reused rows, deletes, or
+        # nothing at all) without a cluster.
+        from ._pipeline import _commit, _embed_changed
+
+        vectors = _embed_changed(plan, base, texts, embedder, name, key)
+        out = _rows_to_write(base, plan, vectors, embedder.name, run_id, key, keep)
+        write = _commit(
+            store, name, out, key, mode, plan, base, partition, existing, embedder, text, run_id, props
+        )
+        return result(write, {"workers": 0, "tasks": 0, "timings": timings})
+
+    replace = mode == "overwrite" or existing is None
+    if mode == "append" and store.exists(name):
+        replace = False
+        _refuse_stored_keys(store, name, key, base)
+    target = fragment_target(store, name, replace=replace)
+    to_embed = np.flatnonzero(plan.embed_mask)
+    reuse = np.flatnonzero(plan.write_mask & ~plan.embed_mask)
+    with ray_session(address) as ray:
+        workers = _workers(ray, cpus_per_task, resources)
+        per_task = task_rows(len(to_embed), workers, rows_per_task)
+        props.update({"executor": "ray", "ray_workers": workers})
+        results, info = _run_slices(
+            ray,
+            base,
+            texts,
+            to_embed,
+            per_task,
+            embedder,
+            target,
+            key,
+            keep,
+            run_id,
+            max_retries,
+            cpus_per_task,
+            {"resources": resources or {}, **({"runtime_env": runtime_env} if runtime_env else {})},
+            timings,
+        )
+    fragments = [f for r in results for f in r.fragments]
+    try:
+        schema = _agreed(results, "schema", "schemas")
+        revision = _agreed(results, "revision", "model revisions")
+        t0 = time.perf_counter()
+        if reuse.size:  # text unchanged, other columns changed: stored vectors, driver-side
+            sub = base.take(pa.array(reuse, pa.int64()))
+            keys = sub.column(key).to_pylist()
+            vecs = np.stack([plan.reused[k][0] for k in keys]).astype(np.float32)
+            every = np.ones(len(keys), bool)
+            rows = _rows_to_write(
+                sub, _Diff(~every, every, plan.reused, plan.dimension), vecs, embedder.name, run_id, key, keep
+            )
+            rows = prepare_rows(WriteRequest(name=name, key=key, mode="append"), rows)
+            fragments += write_uncommitted(target, rows)
+        timings["driver_write_s"] = time.perf_counter() - t0
+        written = base.column(key).take(pa.array(np.flatnonzero(plan.write_mask), pa.int64()))
+        req = _request(
+            name,
+            key,
+            mode,
+            plan,
+            base,
+            partition,
+            existing,
+            embedder.name,
+            revision,
+            text,
+            run_id,
+            {**props, "ray_tasks": info["tasks"]},
+        )
+        t0 = time.perf_counter()
+        write = commit_fragments(store, req, target, fragments, schema=schema, keys=written)
+        timings["commit_s"] = time.perf_counter() - t0
+    except BaseException:
+        remove_uncommitted(target, fragments)
+        raise
+    info["timings"] = timings
+    info["rows_per_task"] = per_task
+    return result(write, info)
+
+
+def _read(data: Any) -> pa.Table:
+    if isinstance(data, str | os.PathLike):
+        import pyarrow.parquet as pq
+
+        path = os.fspath(data)
+        if not os.path.exists(path):
+            raise ValidationError(f"input file {path!r} does not exist")
+        try:
+            return pq.read_table(path)
+        except Exception as exc:
+            raise ValidationError(f"cannot read {path!r} as Parquet: {exc}") from None
+    return as_arrow(data)
+
+
+def _refuse_stored_keys(store: Store, name: str, key: str, base: pa.Table) -> None:
+    """Mode append: refuse stored keys before any worker embeds (the commit checks again)."""
+    from ..store._writes import existing_keys
+
+    ds = store.open_dataset(name, required=True)
+    clash = existing_keys(ds, key, base.column(key).to_pylist())
+    if clash:
+        raise ValidationError(
+            f"{len(clash)} key(s) already exist in table {name!r} "
+            f"(e.g. {', '.join(repr(k) for k in clash[:5])}); use mode 'upsert'"
+        )
+
+
+def _workers(ray: Any, cpus_per_task: int, resources: dict[str, float] | None = None) -> int:
+    """How many tasks the cluster runs at once (each live node's share, summed)."""
+    need = {"CPU": float(cpus_per_task), **{k: float(v) for k, v in (resources or {}).items()}}
+    workers = 0
+    for node in ray.nodes():
+        if not node.get("Alive", True):
+            continue
+        have = node.get("Resources", {})
+        workers += int(min(have.get(k, 0.0) // v for k, v in need.items() if v > 0))
+    if workers < 1:
+        shown = ", ".join(f"{k}={v:g}" for k, v in need.items())
+        raise ValidationError(
+            f"no node of the Ray cluster has the resources a task needs ({shown}); lower "
+            "cpus_per_task, add nodes, or check the resource names"
+        )
+    return workers
+
+
+def _run_slices(
+    ray: Any,
+    base: pa.Table,
+    texts: list[str],
+    to_embed: np.ndarray,
+    per_task: int,
+    embedder: Any,
+    target: FragmentTarget,
+    key: str,
+    keep: list[str],
+    run_id: str,
+    max_retries: int,
+    cpus_per_task: int,
+    options: dict[str, Any],
+    timings: dict[str, float],
+) -> tuple[list[_SliceResult], dict[str, Any]]:
+    """Submit one task per slice and wait for all; on a slice's final failure cancel
+    the rest, delete what was written and raise :class:`RayEmbedError`."""
+    shipped = _shippable(embedder)
+    recipe = _recipe_key(shipped)
+    remote = ray.remote(_embed_slice).options(
+        num_cpus=cpus_per_task,
+        max_retries=max_retries,
+        retry_exceptions=True,
+        scheduling_strategy="SPREAD",
+        name="embed_assets.embed_slice",
+        **options,  # resources, runtime_env
+    )
+    text_arr = pa.array(texts, pa.string())
+    t0 = time.perf_counter()
+    pending: dict[Any, int] = {}
+    for i, start in enumerate(range(0, len(to_embed), per_task)):
+        idx = pa.array(to_embed[start : start + per_task], pa.int64())
+        job = _SliceJob(
+            index=i,
+            rows=base.take(idx),
+            texts=text_arr.take(idx),
+            embedder=shipped,
+            embedder_key=recipe,
+            target=target,
+            key=key,
+            keep=keep,
+            run_id=run_id,
+            threads=cpus_per_task,
+        )
+        job.submitted_at = time.time()
+        # serialised into the object store here, once, by the driver
+        pending[remote.remote([ray.put(job)])] = i
+    timings["submit_s"] = time.perf_counter() - t0
+    tasks = len(pending)
+    results: list[_SliceResult] = []
+    t0 = time.perf_counter()
+    failure: tuple[int, str] | None = None
+    while pending and failure is None:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i = pending.pop(ref)
+            try:
+                got: _SliceResult = ray.get(ref)
+            except Exception as exc:  # retries spent: a task error, a dead worker or node
+                failure = (i, f"{type(exc).__name__} after {max_retries + 1} attempt(s): {_first_lines(exc)}")
+                break
+            if got.error is not None:
+                failure = (i, f"{got.error_type}: {got.error} (bad input: not retried)")
+                results.append(got)
+                break
+            results.append(got)
+    if failure is not None:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        remove_uncommitted(target, [f for r in results for f in r.fragments])
+        i, why = failure
+        raise RayEmbedError(
+            f"slice {i + 1} of {tasks} failed: {why}; "
+            f"nothing was committed: table {target.table!r} stays at version "
+            f"{target.base_version if target.base_version is not None else '(none: not created)'}"
+        )
+    timings["wait_s"] = time.perf_counter() - t0
+    results.sort(key=lambda r: r.index)
+    timings.update(_worker_timings(results))
+    nodes = sorted({r.node for r in results if r.node})
+    return results, {
+        "workers": _workers(ray, cpus_per_task, options.get("resources")),
+        "tasks": tasks,
+        "nodes": len(nodes),
+        "processes": len({(r.node, r.pid) for r in results}),
+    }
+
+
+def _first_lines(exc: BaseException, n: int = 3) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    # RayTaskError puts the worker's traceback first; its last lines say what happened
+    return " | ".join(lines[-n:]) if lines else type(exc).__name__
+
+
+def _worker_timings(results: list[_SliceResult]) -> dict[str, float]:
+    """Where the workers' time went, summed over tasks (seconds of worker time)."""
+    return {
+        "worker_model_load_s": sum(r.load_s for r in results),
+        "worker_embed_s": sum(r.embed_s for r in results),
+        "worker_write_s": sum(r.write_s for r in results),
+        # moving the slice to the worker and unpickling it
+        "worker_fetch_s": sum(r.fetch_s for r in results),
+        # submit -> start: the queue (more slices than workers), scheduling, and a worker
+        # process's first import of embed_assets
+        "worker_queue_s": sum(max(0.0, r.started_at - r.submitted_at) for r in results),
+    }
+
+
+def _agreed(results: list[_SliceResult], attr: str, what: str) -> Any:
+    values = [getattr(r, attr) for r in results]
+    first = values[0]
+    if any(v != first for v in values[1:]):
+        shown = sorted({str(v) for v in values})[:3]
+        raise RayEmbedError(
+            f"the workers disagree on the {what} ({'; '.join(shown)}): install "
+            "the same embed_assets and model on every node; nothing was committed"
+        )
+    return first
+
+
+def _request(
+    name: str,
+    key: str,
+    mode: str,
+    plan: Any,
+    base: pa.Table,
+    partition: tuple[str, Any] | None,
+    existing: Any,
+    model: str,
+    revision: str,
+    text: str,
+    run_id: str,
+    props: dict[str, Any],
+) -> WriteRequest:
+    """The store write the in-process pipeline would make (:func:`._pipeline._commit`)."""
+    common: dict[str, Any] = dict(
+        name=name,
+        key=key,
+        model=model,
+        model_revision=revision or None,
+        text_column=text,
+        run_id=run_id,
+        properties=props,
+    )
+    if mode == "replace_partition":
+        assert partition is not None
+        col, val = partition
+        unchanged = base.column(key).filter(pa.array(~plan.write_mask)).to_pylist()
+        return WriteRequest(
+            mode="replace_partition",
+            partition=(col, list(val) if isinstance(val, list | tuple) else val),
+            keep_keys=unchanged,
+            **common,
+        )
+    if mode == "sync":
+        stored = existing.frame[key].to_list() if existing is not None else []
+        wanted = set(base.column(key).to_pylist())
+        gone = [k for k in stored if k not in wanted]
+        return WriteRequest(mode="upsert", delete_keys=gone or None, **common)
+    return WriteRequest(mode=mode, **common)
+
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "RayEmbedError",
+    "RayEmbedResult",
+    "embed_table_ray",
+    "import_ray",
+    "parse_address",
+    "ray_session",
+    "task_rows",
+]
