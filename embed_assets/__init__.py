@@ -34,6 +34,8 @@ from .embed import (
     HashEmbedder,
     ImageEmbedder,
     OnnxEmbedder,
+    RayEmbedError,
+    RayEmbedResult,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
@@ -41,6 +43,7 @@ from .embed import (
     default_embedder,
     embed_images,
     embed_table,
+    embed_table_ray,
 )
 from .errors import (
     EmbedAssetsError,
@@ -91,6 +94,8 @@ __all__ = [
     "OnnxEmbedder",
     "Plan",
     "QueryError",
+    "RayEmbedError",
+    "RayEmbedResult",
     "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
@@ -115,6 +120,7 @@ __all__ = [
     "default_store_uri",
     "embed_images",
     "embed_table",
+    "embed_table_ray",
     "freshness",
     "open_snapshot",
     "refresh_index",
