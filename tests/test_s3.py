@@ -324,6 +324,34 @@ def test_a_dead_holders_lease_is_taken_over_and_a_live_one_is_not(s3, bucket):
     assert waiter.takeovers == 0
 
 
+def test_a_lease_released_between_the_create_and_the_head_is_retried(s3, bucket, monkeypatch):
+    """The race CI hit (two writers, test_racing_store_writers_keep_keys_unique): the
+    holder released the lease after the waiter's conditional create failed and before its
+    HEAD. obstore's head raises the builtin FileNotFoundError for that 404, which the
+    waiter did not catch: the write failed instead of taking the free lease."""
+    import obstore
+
+    from embed_assets.store._objstore import ObjectLock
+
+    uri = f"s3://{bucket}/released"
+    holder = ObjectLock(uri, s3.storage_options(), "t", ttl=30.0)
+    lease = holder.acquire()
+    real_head = obstore.head
+    calls = []
+
+    def head_after_release(store, key):  # the holder releases just before the waiter looks
+        if not calls:
+            holder.release(lease)
+        calls.append(key)
+        return real_head(store, key)
+
+    monkeypatch.setattr(obstore, "head", head_after_release)
+    waiter = ObjectLock(uri, s3.storage_options(), "t", ttl=30.0)
+    with waiter.held() as got:
+        assert got.etag and calls  # it looked, found nothing, and took the free lease
+    assert waiter.takeovers == 0
+
+
 # -- the cache --------------------------------------------------------------------------------
 def test_cached_matrices_never_shared_between_buckets_or_prefixes(s3):
     """The same table (same id, same version number) copied to another bucket and another

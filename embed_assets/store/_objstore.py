@@ -162,8 +162,10 @@ class ObjectLock:
                                    f"{explain(exc)}") from None
             try:
                 etag = obs.head(self.store, self.key)["e_tag"] or ""
-            except NotFoundError:
-                continue  # released meanwhile: try again at once
+            except (NotFoundError, FileNotFoundError):
+                # released meanwhile: try again at once (obstore's head raises the
+                # builtin FileNotFoundError for a 404, not its own NotFoundError)
+                continue
             now = time.monotonic()
             if seen is None or seen[0] != etag:
                 seen = (etag, now)  # the holder is alive (or new): start its clock
@@ -172,7 +174,7 @@ class ObjectLock:
                     res = obs.put(self.store, self.key, self._body(), mode={"e_tag": etag})
                     self.takeovers += 1
                     return _Lease(self.key, res["e_tag"] or "")
-                except (PreconditionError, NotFoundError):
+                except (PreconditionError, NotFoundError, FileNotFoundError):
                     seen = None
                     continue
             time.sleep(delay)
