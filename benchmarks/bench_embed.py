@@ -170,6 +170,7 @@ def bench_backends(n: int, batch: int, rounds: int, backends: list[str]) -> list
             "seconds_min": float(base.min()),
             "seconds_max": float(base.max()),
             "texts_per_s": n / float(np.median(base)),
+            "seconds_rounds": " ".join(f"{x:.2f}" for x in base),
         }
     ]
     for b in [*embs, "torch-bf16-autocast"]:
@@ -181,6 +182,7 @@ def bench_backends(n: int, batch: int, rounds: int, backends: list[str]) -> list
                 "texts_per_s": n / float(np.median(bare)),
                 "vs_bare_encode_median": float(np.median(base / bare)),
                 "vs_bare_encode_range": f"{(base / bare).min():.2f}-{(base / bare).max():.2f}",
+                "seconds_rounds": " ".join(f"{x:.2f}" for x in bare),
                 **agreement(vectors[b], ref),
             }
         )
