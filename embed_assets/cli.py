@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recorded on the version written (default: a fresh manual-... id)")
     sp.add_argument("--backend", default=None, metavar="B",
                     help="how the model runs: torch (default, PyTorch fp32), onnx (ONNX Runtime "
-                         "fp32) or onnx-int8 (dynamic int8, about 2x faster on a CPU); the "
+                         "fp32), onnx-int8 (dynamic int8, about 2x faster on a CPU), openvino "
+                         "(fp32) or openvino-bf16 (bf16 on AMX CPUs, the fastest here); the "
                          "backend is part of the table's model, so switching needs --mode overwrite")
     sp.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
                     help="commit every N rows so an interrupted run resumes (default for a "

@@ -16,8 +16,10 @@ from ..errors import ValidationError
 from ..store import Store, default_store_uri
 
 # torch = sentence-transformers = PyTorch fp32; onnx / onnx-int8 run ONNX Runtime on the
-# CPU (embed_assets.OnnxEmbedder); hash is the weightless test embedder.
-BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8", "torch-fp16", "hash")
+# CPU (embed_assets.OnnxEmbedder), openvino / openvino-bf16 the OpenVINO runtime
+# (OpenVinoEmbedder; bf16 on AMX CPUs); hash is the weightless test embedder.
+BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16",
+            "torch-fp16", "hash")
 
 
 class EmbedStoreResource(ConfigurableResource):
@@ -63,7 +65,8 @@ class EmbedderResource(ConfigurableResource):
     )
     backend: str = Field(default="sentence-transformers",
                          description="sentence-transformers (= torch, PyTorch fp32) | onnx | "
-                                     "onnx-int8 (dynamic int8, ~2x on a CPU) | torch-fp16 "
+                                     "onnx-int8 (dynamic int8, ~2x on a CPU) | openvino | "
+                                     "openvino-bf16 (bf16 on AMX CPUs) | torch-fp16 "
                                      "(CUDA, batch-pipelined) | hash")
     device: str | None = Field(default=None, description="cpu, cuda, mps...; empty: automatic")
     batch_size: int = Field(default=64, description="texts per forward pass")
@@ -93,7 +96,7 @@ class EmbedderResource(ConfigurableResource):
             model = self.model or ""
             # one parser for the hashing embedder's name: default_embedder refuses a bad DIM
             return default_embedder(model if ":" in model else f"hash-bow:{self.dimension}")
-        if self.backend in ("onnx", "onnx-int8"):
+        if self.backend in ("onnx", "onnx-int8", "openvino", "openvino-bf16"):
             return default_embedder(self.model, backend=self.backend, batch_size=self.batch_size)
         if self.backend == "torch-fp16":  # the batch-pipelined CUDA embedder
             return default_embedder(self.model, backend=self.backend, device=self.device,

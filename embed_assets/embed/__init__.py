@@ -36,6 +36,7 @@ from ._images import (
     image_hash,
 )
 from ._onnx import OnnxEmbedder, model_cache_dir
+from ._openvino import OpenVinoEmbedder
 from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
 from ._ray import RayEmbedError, RayEmbedResult, embed_table_ray
 from ._stream import DEFAULT_COMMIT_EVERY
@@ -59,6 +60,7 @@ __all__ = [
     "ImageEmbedder",
     "KnnReport",
     "OnnxEmbedder",
+    "OpenVinoEmbedder",
     "PixelEmbedder",
     "RayEmbedError",
     "RayEmbedResult",

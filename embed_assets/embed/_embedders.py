@@ -129,8 +129,9 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
 
             try:
-                self._model = SentenceTransformer(path, device=self.device,
-                                                  local_files_only=self._path is None)
+                self._model = SentenceTransformer(
+                    path, device=self.device, local_files_only=self._path is None
+                )
             except Exception as exc:  # any loader failure is a bad model argument
                 raise ValidationError(f"cannot load model {self._name!r}: {exc}") from exc
             self._revision = _model_revision(self._model, path)
@@ -229,10 +230,19 @@ class HashEmbedder:
 
 
 #: Backends of :func:`default_embedder`: ``torch`` (alias ``sentence-transformers``) is
-#: plain PyTorch fp32; ``onnx`` / ``onnx-int8`` run ONNX Runtime (:class:`OnnxEmbedder`).
-#: ``torch-fp16`` is the batch-pipelined fp16 embedder for CUDA (:class:`FastTorchEmbedder`).
-EMBED_BACKENDS: tuple[str, ...] = ("torch", "sentence-transformers", "onnx", "onnx-int8",
-                                   "torch-fp16")
+#: plain PyTorch fp32; ``onnx`` / ``onnx-int8`` run ONNX Runtime (:class:`OnnxEmbedder`);
+#: ``openvino`` (fp32) / ``openvino-bf16`` (bf16 on AMX CPUs) run OpenVINO
+#: (:class:`OpenVinoEmbedder`). ``torch-fp16`` is the batch-pipelined fp16 embedder for
+#: CUDA (:class:`FastTorchEmbedder`).
+EMBED_BACKENDS: tuple[str, ...] = (
+    "torch",
+    "sentence-transformers",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-bf16",
+    "torch-fp16",
+)
 
 
 def split_backend(model: str | None) -> tuple[str | None, str | None]:
@@ -245,8 +255,7 @@ def split_backend(model: str | None) -> tuple[str | None, str | None]:
     return model, None
 
 
-def default_embedder(model: str | None = None, *, backend: str | None = None,
-                     **kwargs: Any) -> Embedder:
+def default_embedder(model: str | None = None, *, backend: str | None = None, **kwargs: Any) -> Embedder:
     """The embedder for a model argument: ``hash-bow[:DIM]`` or a sentence-transformers model.
 
     Parameters
@@ -254,7 +263,9 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
     model : str, optional
         ``hash-bow[:DIM]``, a sentence-transformers name or path, or a stored model name
         with its backend suffix (``MODEL#onnx-int8``).
-    backend : {"torch", "sentence-transformers", "onnx", "onnx-int8"}, optional
+    backend : str, optional
+        One of :data:`EMBED_BACKENDS`: ``torch`` / ``sentence-transformers``, ``onnx``,
+        ``onnx-int8``, ``openvino``, ``openvino-bf16``, ``torch-fp16``.
         How a sentence-transformers model runs (default ``torch``, or the suffix of
         ``model``). Ignored by the hashing embedder.
     **kwargs
@@ -262,19 +273,25 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
     """
     if backend is not None and backend not in EMBED_BACKENDS:
         raise ValidationError(
-            f"unknown embedder backend {backend!r}; choose one of {', '.join(EMBED_BACKENDS)}")
+            f"unknown embedder backend {backend!r}; choose one of {', '.join(EMBED_BACKENDS)}"
+        )
     if model and model.startswith("hash-bow"):
         spec = model.split(":", 1)[1] if ":" in model else "64"
-        if model[len("hash-bow"):len("hash-bow") + 1] not in ("", ":") \
-                or not (spec.strip().isascii() and spec.strip().isdigit()) or int(spec) < 1:
+        if (
+            model[len("hash-bow") : len("hash-bow") + 1] not in ("", ":")
+            or not (spec.strip().isascii() and spec.strip().isdigit())
+            or int(spec) < 1
+        ):
             raise ValidationError(
                 f"model {model!r}: the hashing embedder is 'hash-bow' or 'hash-bow:DIM' with "
-                "DIM a positive integer")
+                "DIM a positive integer"
+            )
         return HashEmbedder(dimension=int(spec))
     model, suffix = split_backend(model)
     if backend is not None and backend not in EMBED_BACKENDS:
         raise ValidationError(
-            f"unknown embedder backend {backend!r}; choose one of {', '.join(EMBED_BACKENDS)}")
+            f"unknown embedder backend {backend!r}; choose one of {', '.join(EMBED_BACKENDS)}"
+        )
     if backend is not None and suffix is not None and backend != suffix:
         raise ValidationError(f"model {model}#{suffix} names backend {suffix!r}, not {backend!r}")
     backend = backend or suffix or "torch"
@@ -284,6 +301,14 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
         kwargs.pop("device", None)  # ONNX Runtime here is the CPU provider
         kwargs.pop("show_progress", None)
         return OnnxEmbedder(model=model, quantize=backend == "onnx-int8", **kwargs)
+    if backend in ("openvino", "openvino-bf16"):
+        from ._openvino import OpenVinoEmbedder
+
+        kwargs.pop("device", None)  # the OpenVINO CPU plugin
+        kwargs.pop("show_progress", None)
+        return OpenVinoEmbedder(
+            model=model, precision="bf16" if backend == "openvino-bf16" else "fp32", **kwargs
+        )
     if backend == "torch-fp16":
         from ._gpu import FastTorchEmbedder
 
@@ -292,9 +317,7 @@ def default_embedder(model: str | None = None, *, backend: str | None = None,
     return SentenceTransformerEmbedder(model=model, **kwargs)
 
 
-def prepare_texts(
-    keys: Sequence[Any], texts: Sequence[Any], policy: EmptyTextPolicy = "error"
-) -> list[int]:
+def prepare_texts(keys: Sequence[Any], texts: Sequence[Any], policy: EmptyTextPolicy = "error") -> list[int]:
     """Return indices of rows to embed; refuse or skip blank texts per ``policy``."""
     if policy not in ("error", "skip"):
         raise ValidationError(f"empty-text policy must be 'error' or 'skip', got {policy!r}")
@@ -305,7 +328,8 @@ def prepare_texts(
         more = f" (and {len(odd) - 5} more)" if len(odd) > 5 else ""
         raise ValidationError(
             f"{len(odd)} row(s) hold {'/'.join(kinds)} values, not text (keys {shown}{more}); "
-            "cast the text column to strings first")
+            "cast the text column to strings first"
+        )
     blank = [i for i, t in enumerate(texts) if is_blank(t)]
     if blank and policy == "error":
         shown = ", ".join(repr(keys[i]) for i in blank[:5])
