@@ -273,6 +273,12 @@ def test_lateral_knn_takes_filter_metric_and_every_column(store, con):
     cols = [c[0] for c in con.description]
     assert cols == ["id", "section", "vector", "distance", "rank"]
     assert len(star) == 6 and len(star[0][2]) == 24
+    # the vectors are the rows' own, also when two outer rows share their neighbours
+    twice = con.execute("SELECT k.id, k.vector FROM (SELECT * FROM queries UNION ALL "
+                        "SELECT * FROM queries) q, LATERAL knn('t', q.vector, 3) k").fetchall()
+    assert len(twice) == 18
+    stored = store.table("t").get([i for i, _ in twice], columns=["vector"]).column("vector")
+    assert [list(v) for _, v in twice] == [list(map(float, v)) for v in stored.to_pylist()]
 
 
 def test_lateral_knn_null_vectors_wrong_dimensions_and_versions(store, con):
@@ -302,11 +308,13 @@ def test_a_subquery_vector_without_parameters_is_answered_first(store, con):
     assert fast == oracle(store, q, 5)
 
 
-def test_sql_relations_take_the_fast_paths_too(store, con):
+@pytest.mark.parametrize("method", ["sql", "query", "from_query"])
+def test_sql_relations_take_the_fast_paths_too(store, con, method):
     before, rows_before = con._fast_n, lateral_searches(con)
-    sub = con.sql("SELECT id FROM knn('t', (SELECT vector FROM queries WHERE section = 'a'), 5) "
+    run_sql = getattr(con, method)
+    sub = run_sql("SELECT id FROM knn('t', (SELECT vector FROM queries WHERE section = 'a'), 5) "
                   "ORDER BY rank").fetchall()
-    lat = con.sql(LATERAL.format(opts="")).fetchall()
+    lat = run_sql(LATERAL.format(opts="")).fetchall()
     assert con._fast_n - before == 1 and lateral_searches(con) - rows_before == 3
     q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
     assert [r[0] for r in sub] == oracle(store, q, 5)

@@ -122,6 +122,16 @@ class SQLConnection:
         return self
 
     def sql(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return self._relation(self.con.sql, query, args, kwargs)
+
+    def query(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return self._relation(self.con.query, query, args, kwargs)
+
+    def from_query(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return self._relation(self.con.from_query, query, args, kwargs)
+
+    def _relation(self, method: Any, query: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """sql/query/from_query: the statement's knn calls answered first, as in execute()."""
         self._prepare(query)
         self._drop_released()
         names: list[str] = []
@@ -131,7 +141,7 @@ class SQLConnection:
             if params or "params" in kwargs:
                 kwargs["params"] = params
         try:
-            rel = self.con.sql(query, *args, **kwargs)
+            rel = method(query, *args, **kwargs)
         except duckdb.BinderException as exc:
             self._raise_unknown_column(exc, original)
             raise
@@ -163,14 +173,6 @@ class SQLConnection:
             for name in names:
                 with contextlib.suppress(duckdb.Error):  # the connection is closed
                     self.con.unregister(name)
-
-    def query(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._prepare(query)
-        return self.con.query(query, *args, **kwargs)
-
-    def from_query(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._prepare(query)
-        return self.con.from_query(query, *args, **kwargs)
 
     def table(self, name: str) -> Any:
         self._ensure_name(name)

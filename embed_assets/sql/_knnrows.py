@@ -99,7 +99,7 @@ class RowFunctions:
         self._n += 1
         name = f"__ea_knn_rows_{self._n}"
         self.con.create_function(
-            name, _rows_function(self, table, spec, out), [duckdb.sqltype("FLOAT[]")],
+            name, _rows_function(self, table, spec, out, info.meta.key), [duckdb.sqltype("FLOAT[]")],
             duckdb.list_type(duckdb.struct_type(fields)), type="arrow", null_handling="special",
             side_effects=False)
         self._fns[spec] = name
@@ -109,8 +109,15 @@ class RowFunctions:
         return name
 
 
-def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema) -> Callable[[Any], pa.Array]:
+def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
+                   key: str) -> Callable[[Any], pa.Array]:
     columns = [f.name for f in out if f.name not in _RESULT_COLUMNS]
+    # The vectors of all the chunk's result rows come from one fetch by key after the
+    # searches (a Lance take per search cost ~1 ms per outer row).
+    scalar = [c for c in columns if c != VECTOR_COLUMN]
+    with_vectors = len(scalar) < len(columns)
+    if with_vectors and key not in scalar:
+        scalar.append(key)
 
     def rows(vectors: Any) -> pa.Array:
         if isinstance(vectors, pa.ChunkedArray):
@@ -123,7 +130,7 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema)
             if v is not None:
                 owner.searches += 1
                 res = table.search(np.asarray(v, dtype=np.float32), k=spec.k, version=spec.version,
-                                   columns=columns, metric=spec.metric, where=spec.where,
+                                   columns=scalar, metric=spec.metric, where=spec.where,
                                    use_index=spec.use_index)
                 i = res.column_names.index("distance")
                 parts.append(res.set_column(i, "distance", pc.cast(res.column(i), pa.float64())))
@@ -131,6 +138,10 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema)
             else:
                 offsets.append(offsets[-1])
         got = pa.concat_tables(parts).combine_chunks() if parts else out.empty_table()
+        if parts and with_vectors:
+            vecs = table.get(got.column(key).to_pylist(), version=spec.version,
+                             columns=[VECTOR_COLUMN]).column(VECTOR_COLUMN)
+            got = got.append_column(VECTOR_COLUMN, vecs)
         values = pa.StructArray.from_arrays(
             [pa.concat_arrays(got.column(f.name).chunks) if got.column(f.name).num_chunks
              else pa.array([], f.type) for f in out], fields=list(out))
