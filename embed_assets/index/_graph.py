@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..store import VECTOR_COLUMN
 from ..store._graph import available, label_map_path, space
 from ._truth import Truth, exact_truth
 
@@ -141,7 +142,7 @@ def update_graph(old_ds: Any, new_ds: Any, old_key: Any, new_key: Any, path: Pat
     added = np.flatnonzero(~seen)
     if (len(gone) + len(added)) > MAX_UPDATE_SHARE * max(new_addr.rows, 1):
         return None
-    dim = new_ds.schema.field("vector").type.list_size
+    dim = new_ds.schema.field(VECTOR_COLUMN).type.list_size
     index = hnswlib.Index(space=space(metric), dim=dim)
     index.load_index(str(path), max_elements=rows + len(added))
     for label in gone:
@@ -160,9 +161,9 @@ def update_graph(old_ds: Any, new_ds: Any, old_key: Any, new_key: Any, path: Pat
 def _vectors_at(ds: Any, offsets: np.ndarray, metric: str) -> np.ndarray:
     from ..kernels import normalize_rows
 
-    t = ds.take(offsets.tolist(), columns=["vector"])
-    dim = ds.schema.field("vector").type.list_size
-    m = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    t = ds.take(offsets.tolist(), columns=[VECTOR_COLUMN])
+    dim = ds.schema.field(VECTOR_COLUMN).type.list_size
+    m = t.column(VECTOR_COLUMN).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     m = m.reshape(len(offsets), dim).astype(np.float32)
     return normalize_rows(m) if metric == "cosine" else np.ascontiguousarray(m)
 

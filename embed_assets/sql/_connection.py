@@ -43,12 +43,11 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import QueryError, ValidationError, VersionNotFoundError, unknown_column_message
 from ..store import VECTOR_COLUMN, Fusion, Store, TableMeta, version_number
 from . import _ranking
-from ._knnfast import KnnCall, find_knn_calls, may_read_column, tokens
+from ._knnfast import KnnCall, find_knn_calls, may_read_column, sql_distances, store_search, tokens
 from ._knnrows import RowFunctions
 from ._pushdown import ScanDataset
 from ._views import View
@@ -393,23 +392,17 @@ class SQLConnection:
             return None
         if q.shape[0] != meta.dimension or not np.isfinite(q).all():
             return None
-        metric = str(call.options.get("metric") or meta.metric).lower()
-        if metric not in ("cosine", "dot", "l2"):
-            return None  # mahalanobis needs inv_cov: the macro
-        use_index = call.options.get("use_index", True)
-        where = call.options.get("filter")
-        if not isinstance(use_index, bool) or not (where is None or isinstance(where, str)):
+        how = store_search(call.options, meta)
+        if how is None:
             return None
         table = self._table(info)
         cols = None if with_vector else [c for c in info.dataset.schema.names if c != VECTOR_COLUMN]
         try:
-            res = table.search(q, k=call.k, version=info.version, columns=cols, metric=metric,
-                               where=where,
-                               use_index=None if use_index and metric == meta.metric else False)
+            res = sql_distances(table.search(q, k=call.k, version=info.version, columns=cols,
+                                             metric=how.metric, where=how.where,
+                                             use_index=how.use_index))
         except ValidationError:
             return None
-        i = res.column_names.index("distance")
-        res = res.set_column(i, "distance", pc.cast(res.column(i), pa.float64()))
         with self._lock:
             self._fast_n += 1
             name = f"__ea_knn_{self._fast_n}"

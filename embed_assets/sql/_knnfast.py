@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Named arguments of knn the fast path understands (others run the macro).
 FAST_OPTIONS = ("filter", "metric", "use_index")
@@ -159,6 +161,33 @@ def _match(query: str, toks: list[tuple[int, int, str, object]], i: int,
     if j >= len(toks) or texts[j] != ")":
         return None
     return KnnCall(toks[i][0], toks[j][1], view, pidx, expr, k, options), j + 1
+
+
+@dataclass(frozen=True)
+class StoreSearch:
+    """How the store's search answers a knn call's options (``search()``'s arguments)."""
+
+    metric: str
+    use_index: bool | None
+    where: str | None
+
+
+def store_search(options: dict[str, Any], meta: Any) -> StoreSearch | None:
+    """The search for a call's literal options on a view with TableMeta ``meta``; None
+    leaves the call to the macro (mahalanobis needs inv_cov; a non-literal type)."""
+    metric = str(options.get("metric") or meta.metric).lower()
+    use_index = options.get("use_index", True)
+    where = options.get("filter")
+    if metric not in ("cosine", "dot", "l2") or not isinstance(use_index, bool) \
+            or not (where is None or isinstance(where, str)):
+        return None
+    return StoreSearch(metric, None if use_index and metric == meta.metric else False, where)
+
+
+def sql_distances(res: Any) -> Any:
+    """A search result with ``distance`` as DOUBLE, the type the macro returns."""
+    i = res.column_names.index("distance")
+    return res.set_column(i, "distance", pc.cast(res.column(i), pa.float64()))
 
 
 def may_read_column(query: str, column: str) -> bool:

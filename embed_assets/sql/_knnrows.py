@@ -25,9 +25,9 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..store import VECTOR_COLUMN
+from ._knnfast import sql_distances, store_search
 from ._views import View
 
 # Functions kept registered per connection (one per view version and option set).
@@ -60,19 +60,11 @@ class RowFunctions:
         """The SQL that replaces ``knn(info, <expr>, k, **options)``, or None to leave the
         call to the macro (an option the store path does not take, a view whose columns
         clash with ``distance``/``rank``)."""
-        meta = info.meta
-        metric = str(options.get("metric") or meta.metric).lower()
-        use_index = options.get("use_index", True)
-        where = options.get("filter")
-        if metric not in ("cosine", "dot", "l2") or not isinstance(use_index, bool) \
-                or not (where is None or isinstance(where, str)):
-            return None
-        names = info.dataset.schema.names
-        if any(c in names for c in _RESULT_COLUMNS):
+        how = store_search(options, info.meta)
+        if how is None or any(c in info.dataset.schema.names for c in _RESULT_COLUMNS):
             return None
         spec = _Spec(info.table if info.ref is None else f"{info.table}@{info.ref}", info.version,
-                     k, metric, None if use_index and metric == meta.metric else False, where,
-                     with_vector)
+                     k, how.metric, how.use_index, how.where, with_vector)
         name = self._fns.get(spec)
         if name is None:
             name = self._register(spec, info, table)
@@ -132,8 +124,7 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
                 res = table.search(np.asarray(v, dtype=np.float32), k=spec.k, version=spec.version,
                                    columns=scalar, metric=spec.metric, where=spec.where,
                                    use_index=spec.use_index)
-                i = res.column_names.index("distance")
-                parts.append(res.set_column(i, "distance", pc.cast(res.column(i), pa.float64())))
+                parts.append(sql_distances(res))
                 offsets.append(offsets[-1] + res.num_rows)
             else:
                 offsets.append(offsets[-1])
