@@ -45,7 +45,7 @@ SESSION: list[tuple[str, str, str]] = [
      "           FROM debian_embeddings GROUP BY section)\n"
      "SELECT a.section, round(vec_cosine(a.v, b.v), 3) AS cosine_to_games\n"
      "FROM c a, c b WHERE b.section = 'games' AND a.section <> 'games'\n"
-     "ORDER BY cosine_to_games DESC LIMIT 5"),
+     "ORDER BY cosine_to_games DESC, a.section LIMIT 5"),
     ("A direction: from a library to its -dev package",
      "`debian_directions` holds named direction vectors (the mean difference over real "
      "library / `-dev` pairs). Adding `dev` to a library's vector lands next to its `-dev` "
