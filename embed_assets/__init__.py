@@ -27,8 +27,6 @@ Examples
 
 from ._version import __version__
 from .embed import (
-    DEFAULT_MODEL,
-    EMBED_BACKENDS,
     Embedder,
     EmbedResult,
     HashEmbedder,
@@ -36,18 +34,18 @@ from .embed import (
     OnnxEmbedder,
     OpenVinoEmbedder,
     RayEmbedError,
-    RayEmbedResult,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
-    content_hash,
     default_embedder,
     embed_images,
     embed_table,
     embed_table_ray,
 )
 from .errors import (
+    ConflictError,
     EmbedAssetsError,
+    MissingExtraError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -56,34 +54,31 @@ from .errors import (
     VersionNotFoundError,
 )
 from .index import (
-    IndexReport,
     build_index,
     build_text_index,
     freshness,
     rebuild_after_rollback,
     refresh_index,
 )
-from .sql import SQLConnection, connect, run_sql
+from .sql import SQLConnection, connect
 from .store import (
-    CleanupReport,
     EmbeddingTable,
     Fusion,
-    Plan,
     Store,
-    TableMeta,
+    TableInfo,
     VersionInfo,
     WriteResult,
-    default_store_uri,
     set_index_keeper,
 )
 from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
 
 set_index_keeper(rebuild_after_rollback)
 
+# The public names (tests/test_public_api.py pins them): what a user imports. Everything
+# else lives in its subpackage (embed_assets.store, .index, .sql, .embed, .recipes,
+# .dagster, .train), documented there where it is meant for users.
 __all__ = [
-    "DEFAULT_MODEL",
-    "EMBED_BACKENDS",
-    "CleanupReport",
+    "ConflictError",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -91,13 +86,11 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
-    "IndexReport",
+    "MissingExtraError",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
-    "Plan",
     "QueryError",
     "RayEmbedError",
-    "RayEmbedResult",
     "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
@@ -105,7 +98,7 @@ __all__ = [
     "Snapshot",
     "StorageError",
     "Store",
-    "TableMeta",
+    "TableInfo",
     "TableNotFoundError",
     "TorchImageEmbedder",
     "ValidationError",
@@ -117,15 +110,39 @@ __all__ = [
     "build_text_index",
     "cleanup_snapshots",
     "connect",
-    "content_hash",
     "default_embedder",
-    "default_store_uri",
     "embed_images",
     "embed_table",
     "embed_table_ray",
     "freshness",
     "open_snapshot",
     "refresh_index",
-    "run_sql",
     "snapshot",
 ]
+
+# Names the package root exported before issue 22 trimmed it to the public ones: they
+# still resolve (from their subpackage), with a DeprecationWarning naming the new home.
+_MOVED = {
+    "DEFAULT_MODEL": "embed_assets.embed",
+    "EMBED_BACKENDS": "embed_assets.embed",
+    "content_hash": "embed_assets.embed",
+    "RayEmbedResult": "embed_assets.embed",
+    "IndexReport": "embed_assets.index",
+    "run_sql": "embed_assets.sql",
+    "CleanupReport": "embed_assets.store",
+    "Plan": "embed_assets.store",
+    "TableMeta": "embed_assets.store",
+    "default_store_uri": "embed_assets.store",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    warnings.warn(f"embed_assets.{name} moved: import it from {home}", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(importlib.import_module(home), name)

@@ -106,8 +106,7 @@ def materialise(store_dir: Path) -> None:
 
 
 def run(store_dir: Path) -> list[str]:
-    from embed_assets import run_sql
-    from embed_assets.sql import format_result
+    from embed_assets.sql import format_result, run_sql
 
     outputs = []
     for _title, _prose, sql in SESSION:

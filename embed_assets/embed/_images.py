@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from .._extras import require
 from ..errors import ValidationError
 from ..store import VECTOR_COLUMN, Store, as_arrow, validate_keys
 from ._embedders import SentenceTransformerEmbedder
@@ -83,11 +84,7 @@ class BadImage(ValueError):
 
 
 def _pil() -> Any:
-    try:
-        from PIL import Image as PILImage
-    except ImportError as exc:  # pragma: no cover - Pillow is a dependency
-        raise ValidationError("image embeddings need Pillow (pip install pillow)") from exc
-    return PILImage
+    return require("PIL.Image", "image embeddings (decoding images)", "images")
 
 
 def _read_path(path: str) -> bytes:

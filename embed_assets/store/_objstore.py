@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .._extras import require
 from ..errors import StorageError, describe
 
 LOCK_DIR = ".embed_assets/locks"
@@ -75,10 +76,7 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
     with _stores_guard:
         if cache_key in _stores:
             return _stores[cache_key]
-    try:
-        from obstore.store import from_url
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise StorageError("object stores need the 'obstore' package (pip install obstore)") from None
+    from_url = require("obstore.store", "writing to an object store", "s3").from_url
     scheme, _, rest = uri.partition("://")
     if scheme == "s3+ddb":  # Lance's DynamoDB-locked S3: the objects are plain S3 ones
         scheme, uri = "s3", "s3://" + rest.split("?", 1)[0]

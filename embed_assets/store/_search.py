@@ -36,7 +36,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import SchemaMismatchError, ValidationError, first_line
+from ..errors import SchemaMismatchError, ValidationError, describe
 from ..kernels import default_rank, exact_topk
 from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
 from ._filters import eq as filter_eq
@@ -248,7 +248,7 @@ def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: Sear
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {name!r}: bad filter {where!r}: {first_line(exc)}") from None
+        raise ValidationError(f"search on {name!r}: bad filter {where!r}: {describe(exc)}") from None
     if sub is None:
         return None
     if probe_ok and sub.selectivity > BROAD_FILTER:
@@ -341,7 +341,7 @@ def _lance(name: str, ds: lance.LanceDataset, q: np.ndarray, req: SearchRequest,
         res = ds.to_table(nearest=nearest, filter=req.where, prefilter=req.where is not None,
                           columns=req.columns)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {name!r} failed: {first_line(exc)}") from None
+        raise ValidationError(f"search on {name!r} failed: {describe(exc)}") from None
     res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
     res = res.sort_by([("distance", "ascending")])
     i = res.column_names.index("distance")

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.commit import CommitConflictError
 
-from ..errors import ConflictError, SchemaMismatchError, ValidationError, first_line
+from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe
 from . import _filters as sqlx
 from ._arrow import as_arrow
 from ._commits import MAX_ATTEMPTS, table_lock, with_retries
@@ -207,7 +207,7 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
         except CommitConflictError as exc:
             raise ConflictError(
                 f"write to {req.name!r} kept conflicting with concurrent commits "
-                f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
+                f"({MAX_ATTEMPTS} attempts); nothing was written: {describe(exc)}") from None
     result.retries = retries
     return result
 
