@@ -20,16 +20,15 @@ os.environ.setdefault("LANCE_LOG", "error")
 import numpy as np
 
 from embed_assets import Store
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.embed import (
     PixelEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
     knn_label_accuracy,
     save_model,
-    train_digits_cnn,
 )
 
 

@@ -33,6 +33,7 @@ from dagster import (
 from pydantic import Field
 
 from embed_assets import Store
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.dagster import (
     EmbedStoreResource,
     build_embedding_checks,
@@ -44,13 +45,11 @@ from embed_assets.embed import (
     ImageEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
     image_grid_png,
     knn_label_accuracy,
     save_model,
-    train_digits_cnn,
 )
 
 

@@ -60,12 +60,11 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
-from .sql import SQLConnection, connect
+from .sql import SQLConnection, UnknownColumnError, connect
 from .store import (
     EmbeddingTable,
     Fusion,
     Store,
-    TableInfo,
     VersionInfo,
     WriteResult,
     set_index_keeper,
@@ -98,9 +97,9 @@ __all__ = [
     "Snapshot",
     "StorageError",
     "Store",
-    "TableInfo",
     "TableNotFoundError",
     "TorchImageEmbedder",
+    "UnknownColumnError",
     "ValidationError",
     "VersionInfo",
     "VersionNotFoundError",

@@ -20,20 +20,19 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 import embed_assets
 from embed_assets import Store, ValidationError
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.embed import (
     BadImage,
     PixelEmbedder,
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
     image_hash,
     knn_label_accuracy,
     model_provenance,
     save_model,
-    train_digits_cnn,
 )
 
 PREFIX = "digits"

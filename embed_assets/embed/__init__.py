@@ -4,11 +4,9 @@ from ._cnn import (
     DIGITS_MODEL,
     KnnReport,
     TrainedCNN,
-    digits_dataset,
     knn_label_accuracy,
     model_provenance,
     save_model,
-    train_digits_cnn,
 )
 from ._embedders import (
     DEFAULT_MODEL,
@@ -71,7 +69,6 @@ __all__ = [
     "content_hash",
     "decode_image",
     "default_embedder",
-    "digits_dataset",
     "embed_images",
     "embed_table",
     "embed_table_ray",
@@ -82,5 +79,18 @@ __all__ = [
     "model_cache_dir",
     "model_provenance",
     "save_model",
-    "train_digits_cnn",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The digits data and the CNN trained on it are the image demo's (issue 22); the README
+    # imported them from here, so the old names resolve, with a warning.
+    if name in ("digits_dataset", "train_digits_cnn"):
+        import warnings
+
+        from . import _cnn
+
+        warnings.warn(f"embed_assets.embed.{name} is the image demo's, not library API: it moved "
+                      "to embed_assets._demo", DeprecationWarning, stacklevel=2)
+        return getattr(_cnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

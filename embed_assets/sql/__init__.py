@@ -7,13 +7,14 @@ from memory, :mod:`._native` loads the ea_vec C extension, ``macros/`` holds the
 """
 
 from . import _native as native
-from ._connect import connect, run_sql, timed_connect
-from ._connection import SQLConnection
+from ._connect import connect, run_sql
+from ._connection import SQLConnection, UnknownColumnError
 from ._files import extension_path, load_macros, macro_file
 from ._format import format_result
 
 __all__ = [
     "SQLConnection",
+    "UnknownColumnError",
     "connect",
     "extension_path",
     "format_result",
@@ -21,5 +22,4 @@ __all__ = [
     "macro_file",
     "native",
     "run_sql",
-    "timed_connect",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -160,10 +159,3 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
         raise QueryError(describe(exc)) from None
     finally:
         con.close()
-
-
-def timed_connect(store: Store | str, **kwargs: Any) -> tuple[SQLConnection, float]:
-    """:func:`connect` and the seconds it took (used by the benchmark)."""
-    t0 = time.perf_counter()
-    con = connect(store, **kwargs)
-    return con, time.perf_counter() - t0
