@@ -8,6 +8,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export LANCE_LOG := error
+# mkdocs-material prints a banner about its successor on every build otherwise
+export NO_MKDOCS_2_WARNING := 1
 export EMBED_ASSETS_STORE ?= $(CURDIR)/.embed_store
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 UI_PORT ?= 3000

@@ -107,6 +107,8 @@ def build_embedding_asset(
     table : str, optional
         Store table name (default: the asset key path joined with ``_``).
 
+    Notes
+    -----
     A model change with the same dimension re-embeds everything (unpartitioned assets);
     a dimension change, or a model change on a partitioned asset, needs run config
     ``overwrite: true`` or a new ``table``: a table never mixes models.

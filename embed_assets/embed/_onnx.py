@@ -412,6 +412,8 @@ class OnnxEmbedder(ExportedEmbedder):
     threads : int, optional
         ONNX Runtime intra-op threads (``None``: its default, one per physical core).
 
+    Notes
+    -----
     The name is ``MODEL#onnx`` / ``MODEL#onnx-int8`` and the revision appends the backend
     and quantisation scheme to the weights' revision, so a table's provenance tells int8
     vectors from fp32 ones and the store refuses to mix them without an overwrite.
