@@ -123,3 +123,11 @@ def test_pca_of_identical_vectors_is_refused_and_keeps_the_old_model(items):
     with pytest.raises(ValidationError, match="no variance to explain"):
         fit_pca(items.table("flat"), 2, store=items, name="pca")
     assert items.table("pca").version == before  # nothing stored changed
+
+
+@pytest.mark.parametrize("uri", ["s3:bucket/x", "s3:/bucket/x", "gs:bucket"])
+def test_a_scheme_without_slashes_is_not_a_local_folder(tmp_path, monkeypatch, uri):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="looks like a URI without '//'"):
+        Store(uri)
+    assert list(tmp_path.iterdir()) == []
