@@ -49,7 +49,7 @@ class RollbackMixin:
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
         with table_lock(self.store, self.name):
             (ds, report, lost, had_scalar), _ = with_retries(
-                lambda: self._restore(target, run_id))
+                lambda n: self._restore(target, run_id, n))
         if lost and not vector_index_type(ds) and _index_keeper is not None:
             _index_keeper(self.refresh(), report, lost)
         elif had_scalar:
@@ -58,7 +58,8 @@ class RollbackMixin:
                 self.refresh()
         return int(ds.version)
 
-    def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
+    def _restore(self, target: int, run_id: str, retries: int = 0
+                 ) -> tuple[Any, dict[str, Any], str | None, bool]:
         latest = self.refresh()._ds
         lost = vector_index_type(latest)
         report = index_config(latest, self._identity) or {}
@@ -71,6 +72,8 @@ class RollbackMixin:
             f"{PROP_PREFIX}rollback_from": str(latest.version),
             f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
         }
+        if retries:
+            props[f"{PROP_PREFIX}retries"] = str(retries)
         if lost and not vector_index_type(self._at(target)):
             props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
         txn.transaction_properties = props
