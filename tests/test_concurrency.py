@@ -299,3 +299,176 @@ def test_new_tables_declare_the_key_as_lances_primary_key(tmp_path: Path) -> Non
     a.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows([9], 1))
     b.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows([9], 2))
     assert sorted(_assert_unique(store)) == [1, 2, 9]
+
+
+# -- cleanup racing rollback, tags, writes and an index build ----------------------------------
+def _history(store: Store, n: int = 6) -> None:
+    """n versions: an overwrite, then upserts and a delete (deletion files to lose)."""
+    store.write("t", rows(list(range(40)), seed=0), key="id", mode="overwrite")
+    for i in range(1, n):
+        store.write("t", rows([i, 100 + i], seed=i), key="id", mode="upsert", delete_keys=[20 + i])
+
+
+def _check_readable(store: Store, tags: dict[str, int] | None = None) -> None:
+    """The latest and every tagged version read, search and pass Lance's validate()."""
+    t = store.table("t")
+    for ref in [None, *(tags or {})]:
+        ds = t.dataset(ref)
+        ds.validate()
+        ids = t.read(ref, columns=["id"]).column("id").to_pylist()
+        assert ids and len(ids) == len(set(ids)), ref
+        assert t.search(rows([1], seed=1)["vector"][0].values.to_numpy(), k=3, version=ref).num_rows == 3
+
+
+def _paused_cleanup(store: Store, seconds: float, monkeypatch: pytest.MonkeyPatch):
+    """Start ``cleanup(keep_last=1, grace=0)`` in a thread that pauses ``seconds`` between
+    choosing its versions and deleting them (as a slow S3 listing does)."""
+    import datetime as dt
+    import threading
+
+    from embed_assets.store import _retention
+
+    chosen = threading.Event()
+    box: dict[str, Any] = {}
+
+    def pause(remove: list[int]) -> None:
+        box["chosen"] = list(remove)
+        chosen.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_retention, "before_delete", pause)
+
+    def run() -> None:
+        try:
+            box["report"] = Store(store.uri).table("t").cleanup(keep_last=1, grace=dt.timedelta(0))
+        except BaseException as exc:  # reported by the test
+            box["error"] = exc
+
+    th = threading.Thread(target=run)
+    th.start()
+    assert chosen.wait(60)
+    return th, box
+
+
+def test_a_rollback_during_a_cleanup_keeps_the_latest_version_readable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, defect 2: cleanup chose versions 1-5, a rollback to 3 commits meanwhile:
+    the Restore's files must survive (the old cleanup deleted them: every read failed)."""
+    store = Store(tmp_path / "s")
+    _history(store)
+    th, box = _paused_cleanup(store, 2.0, monkeypatch)
+    assert 3 in box["chosen"]
+    v = store.table("t").rollback(3)
+    th.join(120)
+    assert "error" not in box, box
+    _check_readable(store)
+    assert store.table("t").version == v
+    assert sorted(store.table("t").read().column("id").to_pylist()) == \
+        sorted(Store(tmp_path / "s").table("t").read(v).column("id").to_pylist())
+    COUNTS["cleanup_races"] += 1
+
+
+def test_a_tag_created_during_a_cleanup_protects_its_version(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, defect 3: tag("pin", 5) while a cleanup that chose version 5 runs."""
+    store = Store(tmp_path / "s")
+    _history(store)
+    th, box = _paused_cleanup(store, 2.0, monkeypatch)
+    assert 5 in box["chosen"]
+    store.table("t").tag("pin", 5)
+    th.join(120)
+    assert "error" not in box, box
+    assert 5 not in box["report"].removed_versions
+    _check_readable(store, {"pin": 5})
+    assert store.table("t").read("pin").num_rows == store.table("t").read(5).num_rows
+    COUNTS["cleanup_races"] += 1
+
+
+def test_writes_and_an_index_build_during_a_cleanup(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from embed_assets import build_index
+
+    store = Store(tmp_path / "s")
+    store.write("t", rows(list(range(600)), seed=0), key="id", mode="overwrite")
+    for i in range(1, 4):
+        store.write("t", rows([i, 1000 + i], seed=i), key="id", mode="upsert", delete_keys=[300 + i])
+    th, box = _paused_cleanup(store, 2.0, monkeypatch)
+    for i in range(4, 7):
+        store.write("t", rows([i, 1000 + i], seed=i), key="id", mode="upsert", delete_keys=[300 + i])
+    build_index(store.table("t"), force_ann=True, recall=0.8)
+    store.write("t", rows([2000], seed=9), key="id", mode="append")
+    th.join(120)
+    assert "error" not in box, box
+    _check_readable(store)
+    ids = _assert_unique(store)
+    assert 2000 in ids and 1006 in ids and 306 not in ids
+    COUNTS["cleanup_races"] += 1
+
+
+def test_a_rollback_to_a_version_a_cleanup_removed_is_refused_clearly(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from embed_assets import VersionNotFoundError
+
+    store = Store(tmp_path / "s")
+    _history(store, 4)
+    t = store.table("t")
+    assert t.read(2).num_rows  # this handle resolved version 2 before the cleanup
+    Store(tmp_path / "s").table("t").cleanup(keep_last=1, grace=dt.timedelta(0))
+    with pytest.raises(VersionNotFoundError, match="version 2"):
+        t.rollback(2)
+    with pytest.raises(VersionNotFoundError, match="version 2"):
+        t.tag("late", 2)
+    assert "late" not in t.tags()
+    _check_readable(store)
+
+
+# -- a handle across another process's drop and re-create; error classes ------------------------
+def test_a_handle_kept_across_a_drop_and_recreate_serves_the_new_table(tmp_path: Path) -> None:
+    """Issue 21, defect 4: get() returned a row of the dropped table; read, search and
+    SQL count failed with "Not found"."""
+    from embed_assets import connect
+
+    store = Store(tmp_path / "s")
+    store.write("t", rows([1, 2, 3], seed=0), key="id")
+    t = store.table("t")
+    assert t.get([1]).column("src").to_pylist() == ["s0"]  # key index cached for version 1
+    con = connect(store, extensions=())
+    assert con.sql("SELECT count(*) FROM t").fetchone()[0] == 3
+    code = ("import sys; sys.path.insert(0, {root!r}); from embed_assets import Store; "
+            "from tests.concurrency_worker import rows; s = Store({path!r}); s.drop('t'); "
+            "s.write('t', rows([1, 7], seed=5), key='id')").format(root=str(ROOT), path=str(tmp_path / "s"))
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, timeout=120)
+    assert t.version == 1  # the same version number, another table
+    assert t.get([1, 2]).column("src").to_pylist() == ["s5"]
+    assert sorted(t.read().column("id").to_pylist()) == [1, 7]
+    assert t.search(rows([1, 7], seed=5)["vector"][1].values.to_numpy(), k=1).column("id").to_pylist() == [7]
+    assert con.sql("SELECT count(*) FROM t").fetchone()[0] == 2
+    con.close()
+
+
+def test_failure_paths_raise_the_documented_error_classes(tmp_path: Path) -> None:
+    """Issue 21, defect 5."""
+    from embed_assets import StorageError
+    from embed_assets.store._validation import validate_table_name
+
+    store = Store(tmp_path / "s")
+    store.write("t", rows([1, 2, 3], seed=0), key="id")
+    t = store.table("t")
+    # bad input, typed; nothing changes
+    with pytest.raises(ValidationError, match="delete_keys must be values of the key column"):
+        store.write("t", rows([4], seed=1), key="id", mode="upsert", delete_keys=["1 OR 1=1"])
+    for bad in ("prod\n", "_ea-cleanup-1"):
+        with pytest.raises(ValidationError):
+            t.tag(bad)
+    with pytest.raises(ValidationError):
+        validate_table_name("t\n")
+    assert t.version == 1 and t.tags() == {} and sorted(_ids(store)) == [1, 2, 3]
+    # a torn read (a data file gone under the reader) is the storage failing, not bad input
+    data = tmp_path / "s" / "t.lance" / "data"
+    for f in data.iterdir():
+        f.unlink()
+    with pytest.raises(StorageError):
+        t.read()
+    with pytest.raises(StorageError):
+        t.read(where="id > 0")
