@@ -23,6 +23,7 @@ from embed_assets.store import CACHE, index_config
 from embed_assets.store.graph import fingerprint, forget_unusable
 
 from .test_index import clustered
+from .test_s3 import bucket, s3  # noqa: F401 - the moto S3 server fixtures
 
 DIM = 32
 
@@ -307,3 +308,38 @@ def _mask(r: pa.Table, where: str) -> np.ndarray:
     if where.startswith("id IN"):
         return base & np.isin(ids, [1, 2, 3, 4])
     return base
+
+
+# -- graphs of an object store live on the store ----------------------------------------
+def test_graphs_of_an_object_store_table_are_found_by_every_reader(s3, bucket, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    """Before, the graph of an S3 table lived only in the builder's ~/.cache: every other
+    host read no file (and, with no probe settings, raised defect 3's TypeError)."""
+    from embed_assets.store._objstore import list_objects
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "builder-cache"))
+    uri = f"s3://{bucket}/stores/main"
+    store = Store(uri, storage_options=s3.storage_options())
+    mat = clustered(6000, dim=DIM, clusters=50)
+    store.write("g", rows(np.arange(6000), mat), key="id")
+    rep = build_index(store.table("g"), recall=0.95, force_ann=True, graph=True)
+    name = rep.params["graph_files"]["graph"]["name"]
+    on_store = [m["path"] for m in list_objects(uri, s3.storage_options(), ".embed_assets/graphs")]
+    assert any(p.endswith(name) for p in on_store)
+    # another host: an empty cache, a new process
+    shutil.rmtree(tmp_path / "builder-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "reader-cache"))
+    CACHE.clear()
+    forget_unusable()
+    reader = Store(uri, storage_options=s3.storage_options())
+    queries = clustered(20, dim=DIM, clusters=50, seed=4)
+    _, plans = check_answers(reader.table("g"), queries)
+    assert {p.path for p in plans} == {"graph"}
+    # a planted copy in the reader's cache is refetched from the store, never used
+    (cached,) = (tmp_path / "reader-cache").rglob("*.hnsw")
+    cached.write_bytes(b"x" * cached.stat().st_size)
+    CACHE.clear()
+    _, plans = check_answers(reader.table("g"), queries)
+    assert {p.path for p in plans} == {"graph"}
+    reader.drop("g")
+    assert not list_objects(uri, s3.storage_options(), ".embed_assets/graphs")
