@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._config import settings
-from ._version import __version__
 from ._demo import run_demo
+from ._version import __version__
 from .embed import SentenceTransformerEmbedder, default_embedder, embed_table
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
