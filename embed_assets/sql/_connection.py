@@ -154,18 +154,19 @@ class SQLConnection:
     def _statement(self, query: str, params: Any, rewrite: bool = True) -> Iterator[Rewritten]:
         """The statement rewritten for DuckDB (see _rewrite); failures inside the block
         become QueryErrors."""
-        st = Rewritten(query, params, [])
-        with self._failures(st):
+        found = [Rewritten(query, params, [])]  # what the failure handler reads
+        with self._failures(found):
             if isinstance(query, str):
                 if rewrite:
-                    st = self.rewriter.rewrite(query, params)
+                    found[0] = self.rewriter.rewrite(query, params)
                 else:
                     self.registry.prepare(query)
-            yield st
+            yield found[0]
 
     @contextlib.contextmanager
-    def _failures(self, st: Rewritten | None) -> Iterator[None]:
-        """DuckDB's failures as QueryErrors in the user's terms (see _errors)."""
+    def _failures(self, found: list[Rewritten] | None) -> Iterator[None]:
+        """DuckDB's failures as QueryErrors in the user's terms (see _errors); ``found``
+        holds the statement as rewritten, whose calls name the columns they need."""
         self.registry.udf_error = None
         try:
             yield
@@ -173,8 +174,8 @@ class SQLConnection:
             raise
         except duckdb.Error as exc:
             udf_error, self.registry.udf_error = self.registry.udf_error, None
-            if isinstance(exc, duckdb.BinderException) and st is not None and st.calls:
-                msg = unknown_column(st.calls, self._columns_of)
+            if isinstance(exc, duckdb.BinderException) and found and found[0].calls:
+                msg = unknown_column(found[0].calls, self._columns_of)
                 if msg is not None:
                     raise UnknownColumnError(msg) from None
             raise from_duckdb(exc, udf_error) from None
