@@ -253,6 +253,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     new = t.rollback(target)
     if args.json:
         _dump({"table": args.name, "from": before, "to": target, "version": new})
+    elif new == before:
+        print(f"{args.name} already holds version {target}'s rows at version {new}: "
+              "nothing to roll back, no version written")
     else:
         print(f"rolled back {args.name} to version {target}: new version {new} (was {before})")
     return 0

@@ -131,3 +131,36 @@ def test_a_scheme_without_slashes_is_not_a_local_folder(tmp_path, monkeypatch, u
     with pytest.raises(ValidationError, match="looks like a URI without '//'"):
         Store(uri)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- versions that change nothing (point 3) ----------------------------------------------------
+def test_an_overwrite_with_the_stored_rows_writes_no_version(tmp_path):
+    s = Store(tmp_path / "s")
+    v = np.random.default_rng(1).random((6, 4), dtype=np.float32)
+    first = s.write("t", {"id": list(range(6)), "vector": v}, key="id", mode="overwrite")
+    again = s.write("t", {"id": list(range(6))[::-1], "vector": v[::-1]}, key="id", mode="overwrite")
+    assert again.version == first.version == s.table("t").version
+    v[2, 1] += 1
+    assert s.write("t", {"id": list(range(6)), "vector": v}, key="id", mode="overwrite").version == 2
+
+
+def test_refitting_the_same_pca_writes_no_version(items):
+    from embed_assets.recipes import fit_pca
+
+    fit_pca(items.table("items"), 2, store=items, name="pca")
+    v = items.table("pca").version
+    rep = fit_pca(items.table("items"), 2, store=items, name="pca")
+    assert items.table("pca").version == v and rep.model_version == v
+
+
+def test_rollback_to_what_is_current_writes_no_version(small, capsys):
+    t = Store(small).table("t")
+    embed_table(Store(small), "t", {"id": [1], "text": ["changed"]}, key="id", text="text",
+                embedder=HashEmbedder(dimension=8))
+    t = t.refresh()
+    latest = t.version
+    assert t.rollback(latest) == latest and t.refresh().version == latest
+    rc = main(["--store", str(small), "rollback", "t", "--to", str(latest)])
+    assert rc == 0 and "nothing to roll back" in capsys.readouterr().out
+    assert t.refresh().version == latest
+    assert t.rollback(latest - 1) == latest + 1  # a real rollback still writes one
