@@ -48,9 +48,8 @@ from embed_assets.embed import (
     embed_images,
     fit_pixel_pca,
     image_grid_png,
-    knn_label_accuracy,
-    save_model,
 )
+from embed_assets.train import knn_label_accuracy, save_model
 
 
 class CnnConfig(Config):

@@ -5,7 +5,8 @@ this in CI, see ``.importlinter``)::
 
     cli, dagster          command line, Dagster integration (the only Dagster imports)
     sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
-    embed, train          embedders and the incremental pipeline; training snapshots
+    train                 training snapshots; the digits CNN trained and evaluated
+    embed                 embedders, and one embedding plan run by executors
     index                 building and tuning ANN indexes to a recall target
     store                 tables, writes, versions and tags, search, the shared cache
     kernels               distances, normalising, top-k, the in-memory IVF probe
@@ -31,16 +32,17 @@ from .embed import (
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    InProcess,
     OnnxEmbedder,
+    OnRay,
     OpenVinoEmbedder,
     RayEmbedError,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
+    Streamed,
     TorchImageEmbedder,
     default_embedder,
-    embed_images,
     embed_table,
-    embed_table_ray,
 )
 from .errors import (
     ConflictError,
@@ -65,8 +67,6 @@ from .store import (
     EmbeddingTable,
     Fusion,
     Store,
-    VersionInfo,
-    WriteResult,
     set_index_keeper,
 )
 from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
@@ -85,7 +85,9 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
+    "InProcess",
     "MissingExtraError",
+    "OnRay",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
     "QueryError",
@@ -97,22 +99,19 @@ __all__ = [
     "Snapshot",
     "StorageError",
     "Store",
+    "Streamed",
     "TableNotFoundError",
     "TorchImageEmbedder",
     "UnknownColumnError",
     "ValidationError",
-    "VersionInfo",
     "VersionNotFoundError",
-    "WriteResult",
     "__version__",
     "build_index",
     "build_text_index",
     "cleanup_snapshots",
     "connect",
     "default_embedder",
-    "embed_images",
     "embed_table",
-    "embed_table_ray",
     "freshness",
     "open_snapshot",
     "refresh_index",
@@ -132,6 +131,11 @@ _MOVED = {
     "Plan": "embed_assets.store",
     "TableMeta": "embed_assets.store",
     "default_store_uri": "embed_assets.store",
+    # embed_table is the one entry point (issue 22): images with image=, Ray with executor=OnRay
+    "embed_images": "embed_assets.embed",
+    "embed_table_ray": "embed_assets.embed",
+    "VersionInfo": "embed_assets.store",
+    "WriteResult": "embed_assets.store",
 }
 
 

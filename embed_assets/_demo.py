@@ -13,11 +13,11 @@ from importlib import resources
 import polars as pl
 
 from .embed import SentenceTransformerEmbedder, embed_table
-from .embed._cnn import digits_dataset, train_digits_cnn
 from .recipes._directions import debian_pairs
 from .recipes._history import simulate_history
 from .recipes._recommend import interactions_from_depends
 from .store import Store
+from .train._digits_cnn import digits_dataset, train_digits_cnn
 
 __all__ = ["debian_pairs", "demo_source", "digits_dataset", "interactions_from_depends", "run_demo",
            "simulate_history", "train_digits_cnn"]

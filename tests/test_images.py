@@ -30,6 +30,8 @@ from embed_assets.embed import (
     embed_images,
     fit_pixel_pca,
     image_hash,
+)
+from embed_assets.train import (
     knn_label_accuracy,
     model_provenance,
     save_model,
