@@ -49,6 +49,7 @@ from .embed import (
 )
 from .errors import (
     EmbedAssetsError,
+    KeyNotFoundError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -93,6 +94,7 @@ __all__ = [
     "HashEmbedder",
     "ImageEmbedder",
     "IndexReport",
+    "KeyNotFoundError",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
     "Plan",
