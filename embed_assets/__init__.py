@@ -47,6 +47,7 @@ from .embed import (
 from .errors import (
     ConflictError,
     EmbedAssetsError,
+    KeyNotFoundError,
     MissingExtraError,
     QueryError,
     SchemaMismatchError,
@@ -86,6 +87,7 @@ __all__ = [
     "HashEmbedder",
     "ImageEmbedder",
     "InProcess",
+    "KeyNotFoundError",
     "MissingExtraError",
     "OnRay",
     "OnnxEmbedder",

@@ -7,10 +7,8 @@ else ``./.embed_store``). Bad input exits non-zero with one line naming the prob
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -31,18 +29,7 @@ from .embed import (
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
 from .sql import format_result, run_sql
-from .store import DEFAULT_GRACE, Store, is_local, local_path, version_number
-
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.ASCII)
-_DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """'90s', '15m', '12h', '7d', '2w' -> timedelta."""
-    m = _DUR_RE.match(text)
-    if not m:
-        raise ValidationError(f"bad duration {text!r}; use a number and a unit: 90s, 15m, 12h, 7d, 2w")
-    return dt.timedelta(**{_DUR_UNITS[m.group(2)]: float(m.group(1))})
+from .store import DEFAULT_GRACE, Store, as_duration, is_local, local_path, version_number
 
 
 def _version_arg(v: str | None) -> int | str | None:
@@ -316,8 +303,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
-    older = parse_duration(args.older_than) if args.older_than else None
-    grace = parse_duration(args.grace) if args.grace else DEFAULT_GRACE
+    older = as_duration(args.older_than, "--older-than") if args.older_than else None
+    grace = as_duration(args.grace, "--grace") if args.grace else DEFAULT_GRACE
     rep = t.cleanup(keep_last=args.keep_last, older_than=older, grace=grace)
     if args.json:
         _dump(rep.to_dict())

@@ -164,3 +164,41 @@ def test_rollback_to_what_is_current_writes_no_version(small, capsys):
     assert rc == 0 and "nothing to roll back" in capsys.readouterr().out
     assert t.refresh().version == latest
     assert t.rollback(latest - 1) == latest + 1  # a real rollback still writes one
+
+
+# -- raw Python errors on common slips (point 7) ------------------------------------------------
+def test_cleanup_takes_durations_as_seconds_or_text(small):
+    t = Store(small).table("t")
+    assert t.cleanup(keep_last=1, grace=0).kept_versions
+    t.cleanup(older_than="7d")
+    t.cleanup(keep_last=1, grace="1h")
+    with pytest.raises(ValidationError, match="bad duration 'soon' for older_than"):
+        t.cleanup(older_than="soon")
+    with pytest.raises(ValidationError, match="grace must not be negative"):
+        t.cleanup(keep_last=1, grace=-5)
+
+
+@pytest.mark.parametrize("embedder", [None, 42, object()])
+def test_embed_table_without_an_embedder_is_bad_input(tmp_path, embedder):
+    s = Store(tmp_path / "s")
+    with pytest.raises(ValidationError, match="embedder must be an embedder object"):
+        embed_table(s, "t", {"id": [1], "text": ["a"]}, key="id", text="text", embedder=embedder)
+    assert s.table_names() == []
+
+
+def test_embed_table_takes_a_model_name(tmp_path):
+    s = Store(tmp_path / "s")
+    res = embed_table(s, "t", {"id": [1], "text": ["a"]}, key="id", text="text", embedder="hash-bow:16")
+    assert res.rows_embedded == 1 and s.table("t").meta.dimension == 16
+
+
+def test_get_names_missing_keys_when_asked(small):
+    from embed_assets import KeyNotFoundError
+
+    t = Store(small).table("t")
+    assert t.get([999, 1]).column("id").to_pylist() == [1]  # documented default: skipped
+    with pytest.raises(KeyNotFoundError, match=r"1 key\(s\) not in 't' at version \d+: 999"):
+        t.get([999, 1], missing="error")
+    with pytest.raises(KeyNotFoundError, match="999"):
+        t.get([999, 1], columns=["text"], missing="error")
+    assert t.get([1, 2], missing="error").num_rows == 2

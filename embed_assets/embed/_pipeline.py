@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..store import Store
+from ._backends import default_embedder
 from ._embedders import EmptyTextPolicy
 from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
 from ._images import IMAGE_HASH_COLUMN, BadImagePolicy, ImageEmbedder, ImageEmbedResult, prepare_images
@@ -85,6 +86,12 @@ def embed_table(
     """
     if (text is None) == (image is None):
         raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
+    if isinstance(embedder, str) and text is not None:  # a model name, as the CLI's --model takes
+        embedder = default_embedder(embedder)
+    if not callable(getattr(embedder, "embed", None)):
+        raise ValidationError(
+            f"embedder must be an embedder object (SentenceTransformerEmbedder(), HashEmbedder(), "
+            f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
     images = None
     if image is not None:  # the plan keys rows on the images' hashes, its hidden "text"
         images = prepare_images(data, key=key, image=image, embedder=embedder, columns=columns,

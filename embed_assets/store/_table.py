@@ -8,14 +8,14 @@ import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lance
 import numpy as np
 import pyarrow as pa
 
 from .._extras import require
-from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
+from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
@@ -341,9 +341,11 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         return self.read(version, **kwargs).to_pandas()
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
-            columns: Sequence[str] | None = None) -> pa.Table:
+            columns: Sequence[str] | None = None,
+            missing: Literal["skip", "error"] = "skip") -> pa.Table:
         """Fetch rows by key at any version, in the order asked; keys not stored are
-        skipped (a key is never converted: 1.5 does not find the integer key 1).
+        skipped, or with ``missing="error"`` refused with :class:`KeyNotFoundError` naming
+        them (a key is never converted: 1.5 does not find the integer key 1).
 
         Served by an in-memory key index of the (immutable) version, built from one scan
         of the key column on first use; the rows come from the version's cached scalar
@@ -355,11 +357,23 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
         cols = list(columns) if columns else None
+        if missing not in ("skip", "error"):
+            raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
-            return take_rows(key, ds, idx.lookup(keys), cols)
-        parts = [ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
-                 for i in range(0, max(len(keys), 1), 5000)]
-        return pa.concat_tables(parts)
+            out = take_rows(key, ds, idx.lookup(keys), cols)
+        else:
+            out = pa.concat_tables([
+                ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
+                for i in range(0, max(len(keys), 1), 5000)])
+        if missing == "error" and out.num_rows < len(keys):
+            found = set(self.get(keys, ds.version, columns=[meta.key]).column(meta.key).to_pylist()) \
+                if cols is not None and meta.key not in cols else set(out.column(meta.key).to_pylist())
+            absent = [k for k in keys if k not in found]
+            if absent:
+                shown = ", ".join(map(repr, absent[:10])) + (", ..." if len(absent) > 10 else "")
+                raise KeyNotFoundError(f"{len(absent)} key(s) not in {self.name!r} at version "
+                                       f"{ds.version}: {shown}")
+        return out
 
     # -- search ---------------------------------------------------------------------------
     def search(
