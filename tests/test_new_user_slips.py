@@ -202,3 +202,24 @@ def test_get_names_missing_keys_when_asked(small):
     with pytest.raises(KeyNotFoundError, match="999"):
         t.get([999, 1], columns=["text"], missing="error")
     assert t.get([1, 2], missing="error").num_rows == 2
+
+
+# -- object-store messages name the cloud asked for (point 8) -----------------------------------
+def test_no_credentials_names_the_cloud_of_the_store():
+    from embed_assets.store._objstore import explain
+
+    exc = "Generic GCS error: Failed to get credentials: no credentials found"
+    assert explain(exc, "gs://b/x").startswith("no Google Cloud credentials found")
+    assert explain(exc, "s3://b/x").startswith("no AWS credentials found")
+    assert explain(exc, "az://b/x").startswith("no Azure credentials found")
+    region = "Generic S3 error: Failed to resolve region for bucket 'b'"
+    assert explain(region, "s3://b/x").startswith("cannot find the region of the bucket: set AWS_REGION")
+
+
+def test_cli_on_an_s3_store_without_region_or_credentials_says_what_to_set(tmp_path):
+    env = {k: v for k, v in _env().items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws either
+    proc = subprocess.run([*CLI, "--store", "s3://no-such-bucket-ea/x", "tables"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "set AWS_REGION" in proc.stderr or "no AWS credentials found" in proc.stderr, proc.stderr
