@@ -96,7 +96,7 @@ def explain(exc: BaseException | str, uri: str | None = None) -> str:
     low = text.lower()
     cloud = _SCHEME_CLOUD.get((uri or "s3://").split("://", 1)[0].lower(), "s3")
     # (169.254.169.254: the instance-metadata endpoint, asked when no key was given)
-    if "credentials" in low and ("failed to get" in low or "no credentials" in low) \
+    if ("credentials" in low and ("failed to get" in low or "no credentials" in low)) \
             or "169.254.169.254" in low or "metadata.google.internal" in low:
         return _CREDENTIALS_HINT[cloud]
     if "failed to resolve region" in low:
