@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -89,7 +90,8 @@ class Proxy:
                 if state["pending"]:
                     state["pending"] = False
                     if self.drop:  # the commit reached the server; its answer never arrives
-                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        # linger 0: a reset, as a broken connection gives
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         client.close()
                         server.close()
                         return

@@ -541,3 +541,27 @@ def test_a_commit_whose_answer_is_delayed_or_lost(s3, fault: str, mode: str) -> 
     versions = [v.version for v in store.table("t").versions()]
     assert versions == list(range(1, len(versions) + 1))
     COUNTS[f"s3_commit_{fault}/{mode}/A_{got['outcome']}/B_{b['outcome']}"] += 1
+
+
+def test_migrate_declares_the_primary_key_of_an_older_table_once(tmp_path: Path) -> None:
+    import lance
+
+    from embed_assets.store._writes import has_primary_key
+
+    store = Store(tmp_path / "s")
+    # a table as embed_assets wrote it before: the key column nullable, no primary key
+    store.write("t", rows([1, 2], seed=0), key="id")
+    t = store.table("t")
+    ds = t.dataset()
+    old = ds.schema.set(0, ds.schema.field("id").with_nullable(True).with_metadata({}))
+    lance.write_dataset(ds.to_table().cast(old), ds.uri, mode="overwrite")
+    t = store.table("t")
+    assert not has_primary_key(t.dataset().schema, "id")
+    before = [v.version for v in t.versions()]
+    assert t.migrate() is True
+    assert has_primary_key(t.dataset().schema, "id")
+    assert t.migrate() is False  # idempotent: no version the second time
+    assert [v.version for v in t.versions()] == before  # a maintenance version, hidden
+    assert t.properties(t.version)["mode"] == "migrate"
+    store.write("t", rows([3], seed=1), key="id", mode="append")
+    assert sorted(_ids(store)) == [1, 2, 3] and has_primary_key(t.dataset().schema, "id")
