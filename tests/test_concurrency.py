@@ -540,6 +540,8 @@ def test_a_commit_whose_answer_is_delayed_or_lost(s3, fault: str, mode: str) -> 
         assert [got["outcome"], b["outcome"]].count("committed") <= 1
     versions = [v.version for v in store.table("t").versions()]
     assert versions == list(range(1, len(versions) + 1))
+    for v in versions:  # no version references a file its writer deleted after a lost answer
+        _content(store, v)
     COUNTS[f"s3_commit_{fault}/{mode}/A_{got['outcome']}/B_{b['outcome']}"] += 1
 
 
@@ -565,3 +567,29 @@ def test_migrate_declares_the_primary_key_of_an_older_table_once(tmp_path: Path)
     assert t.properties(t.version)["mode"] == "migrate"
     store.write("t", rows([3], seed=1), key="id", mode="append")
     assert sorted(_ids(store)) == [1, 2, 3] and has_primary_key(t.dataset().schema, "id")
+
+
+def test_a_commit_whose_answer_is_lost_is_found_and_not_redone(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit landed, the writer was told it failed (a dropped answer): the write
+    finds its own transaction and reports it committed; its files stay."""
+    import lance
+
+    store = Store(tmp_path / "s")
+    store.write("t", rows([0], seed=0), key="id")
+    real = lance.LanceDataset.commit
+
+    def lost_answer(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError("error sending request: connection reset by peer")
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", staticmethod(lost_answer))
+    for mode, keys in (("append", [1, 2]), ("upsert", [2, 3])):
+        res = store.write("t", rows(keys, seed=1), key="id", mode=mode)
+        assert res.committed and res.retries == 0
+    monkeypatch.undo()
+    t = store.table("t")
+    assert [v.version for v in t.versions()] == [1, 2, 3]
+    for v in (1, 2, 3):
+        _content(store, v)
+    assert sorted(_ids(store)) == [0, 1, 2, 3]
