@@ -525,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--older-than", default=None, metavar="DUR",
                     help="remove only versions older than DUR, e.g. 7d, 12h, 30m")
     sp.add_argument("--grace", default=None, metavar="DUR",
-                    help="never remove a version superseded less than DUR ago, nor younger "
-                         "files (default 1h; 0s for none)")
+                    help="never remove a version superseded less than DUR ago (default 1h); "
+                         "0s also removes unreferenced files at once: no write may be running")
     sp = verb("index", cmd_index, "build a vector index tuned to a recall target",
               "print the index report as JSON")
     sp.add_argument("name", help="the table")

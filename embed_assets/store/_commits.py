@@ -142,9 +142,35 @@ def fence(base: lance.LanceDataset, removed: list[int], updated: list[lance.Frag
 
 def commit(base: lance.LanceDataset | str, op: LanceOperation.BaseOperation, read_version: int,
            props: dict[str, str], storage_options: dict[str, str] | None) -> lance.LanceDataset:
-    """Commit ``op`` as planned on ``read_version``."""
+    """Commit ``op`` as planned on ``read_version``.
+
+    A commit whose answer was lost (a dropped connection on an object store: the
+    manifest ``PUT`` reached the store, the client retried it and got 412) is reported
+    by Lance as a conflict or an I/O error although it landed. So a failed commit looks
+    for its own transaction (by uuid) among the versions after ``read_version`` and,
+    found, is a success: the write is not planned again on top of itself."""
     txn = lance.Transaction(read_version, op, transaction_properties=props)
-    return lance.LanceDataset.commit(base, txn, storage_options=storage_options)
+    try:
+        return lance.LanceDataset.commit(base, txn, storage_options=storage_options)
+    except BaseException:
+        landed = _landed(base, read_version, txn.uuid, storage_options)
+        if landed is None:
+            raise
+        return landed
+
+
+def _landed(base: lance.LanceDataset | str, read_version: int, txn_uuid: str,
+            storage_options: dict[str, str] | None) -> lance.LanceDataset | None:
+    uri = base.uri if isinstance(base, lance.LanceDataset) else base
+    try:
+        latest = lance.dataset(uri, storage_options=storage_options)
+        for v in range(read_version + 1, latest.version + 1):
+            t = latest.read_transaction(v)
+            if t is not None and t.uuid == txn_uuid:
+                return lance.dataset(uri, version=v, storage_options=storage_options)
+    except Exception:  # cannot tell: the commit's own error is the one to report
+        return None
+    return None
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -282,6 +282,43 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._create_tag(tag, v, move=tag in self.tags())
         return v
 
+    def migrate(self) -> bool:
+        """Declare the key column as Lance's unenforced primary key on a table created
+        before embed_assets declared it (a one-time, idempotent step; new tables have it).
+
+        One maintenance version (Lance ``Project``: the key column becomes non-null and
+        carries ``lance-schema:unenforced-primary-key``), hidden from :meth:`versions`
+        like an index build. Returns False when there was nothing to do. The store's own
+        writers keep keys unique without it (their commits are fenced); it makes Lance's
+        ``merge_insert`` run by other tools on the same table detect concurrent inserts of
+        one key too.
+        """
+        from ._commits import commit, with_retries
+        from ._writes import has_primary_key, with_primary_key
+
+        def attempt(_n: int) -> bool:
+            ds = self.refresh()._ds
+            key = TableMeta.infer(ds.schema).key
+            if has_primary_key(ds.schema, key):
+                return False
+            schema = with_primary_key(ds.schema, key)
+            if not has_primary_key(schema, key):
+                raise ValidationError(f"the key column {key!r} of {self.name!r} has type "
+                                      f"{ds.schema.field(key).type}: Lance takes no primary key of it")
+            nulls = ds.count_rows(filter=f"{sqlx.quote_ident(key)} IS NULL")
+            if nulls:
+                raise ValidationError(f"the key column {key!r} of {self.name!r} holds {nulls} null(s) "
+                                      "(written around embed_assets): it cannot become a primary key")
+            commit(ds, lance.LanceOperation.Project(schema), ds.version,
+                   {f"{PROP_PREFIX}mode": "migrate",
+                    f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat()},
+                   self.store.storage_options)
+            return True
+
+        changed, _ = with_retries(attempt)
+        self.refresh()
+        return changed
+
     def untag(self, tag: str) -> int:
         tags = self.tags()
         if tag not in tags:

@@ -49,6 +49,7 @@ from ._meta import (
     StoreLocation,
     TableMeta,
     WriteMode,
+    is_local,
     new_table_id,
 )
 from ._results import WriteResult
@@ -217,7 +218,7 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
                     f"write to {req.name!r} kept conflicting with concurrent commits "
                     f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
     except BaseException:
-        if staged:
+        if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
             from ._fragments import remove_files
 
             remove_files(store.table_uri(req.name), store.storage_options, staged)
@@ -384,9 +385,10 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
                                     list(op.new_fragments)),
                     existing.version, props, store.storage_options)
     except BaseException:  # this plan's files will never be committed
-        from ._fragments import remove_files
+        if is_local(existing.uri):  # (on an object store a lost answer leaves doubt: they
+            from ._fragments import remove_files  # stay for cleanup, as orphans)
 
-        remove_files(existing.uri, store.storage_options, list(op.new_fragments))
+            remove_files(existing.uri, store.storage_options, list(op.new_fragments))
         raise
     return WriteResult(req.name, ds.version, existing.version, req.mode, rows_inserted=inserted,
                        rows_updated=updated, rows_deleted=deleted, properties=_public(props))
