@@ -343,3 +343,41 @@ def test_graphs_of_an_object_store_table_are_found_by_every_reader(s3, bucket, t
     assert {p.path for p in plans} == {"graph"}
     reader.drop("g")
     assert not list_objects(uri, s3.storage_options(), ".embed_assets/graphs")
+
+
+# -- the batch API ----------------------------------------------------------------------
+def test_search_batch_answers_like_one_search_per_query(base, tenants):
+    """search_batch: one plan and one call for many queries, the same rows as search()
+    per query on every path (graph, probe, exact, filtered, Lance)."""
+    store, _mat = base
+    t = store.table("g")
+    qs = clustered(12, dim=DIM, clusters=50, seed=33)
+    build_index(t, recall=0.95, force_ann=True, graph=True)
+    t = store.table("g")
+    for kw in ({}, {"use_index": False}, {"where": "id % 2 = 0"}, {"where": "id < 5000"},
+               {"version": 1}):
+        got, plan = t.search_batch(qs, k=7, explain=True, columns=["id"], **kw)
+        assert got.column_names == ["id", "distance", "rank", "query"]
+        assert got.column("query").to_pylist() == np.repeat(np.arange(12), 7).tolist()
+        assert got.column("rank").to_pylist() == np.tile(np.arange(1, 8), 12).tolist()
+        for i, q in enumerate(qs):
+            one, p1 = t.search(q, k=7, explain=True, columns=["id"], **kw)
+            assert p1.path == plan.path
+            mine = got.filter(pa.compute.equal(got.column("query"), i))
+            assert mine.column("id").to_pylist() == one.column("id").to_pylist(), (kw, plan)
+            assert np.allclose(mine.column("distance").to_numpy(), one.column("distance").to_numpy(),
+                               atol=1e-5)
+    assert t.search_batch(qs, k=3, threads=2).num_rows == 36
+    _, plan = t.search_batch(qs, k=3, explain=True)
+    assert plan.path == "graph"
+    # texts need an embedder; bad shapes are refused in user terms
+    with pytest.raises(ValidationError, match="matrix"):
+        t.search_batch(qs[0], k=3)
+    with pytest.raises(ValidationError, match="dimension"):
+        t.search_batch(np.ones((2, DIM + 1), np.float32), k=3)
+    with pytest.raises(ValidationError, match="embedder"):
+        t.search_batch(["a text"], k=3)
+    store2, pmat, _ = tenants
+    got = store2.table("p").search_batch(pmat[:3], k=4, partition=("tenant", "a"),
+                                         columns=["id", "tenant"])
+    assert set(got.column("tenant").to_pylist()) == {"a"} and got.num_rows == 12
