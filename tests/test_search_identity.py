@@ -79,7 +79,7 @@ def base(tmp_path):
 
 
 # -- deliverable 1: pinned builds -------------------------------------------------------
-@pytest.mark.parametrize("stage", ["trained", "tuned"])
+@pytest.mark.parametrize("stage", ["read", "trained", "tuned"])
 @pytest.mark.parametrize("graph", [True, False])
 def test_a_write_during_build_index_never_serves_old_rows(base, monkeypatch, stage, graph):
     """Defect 1: the graph was tuned on the rows read first and recorded under the
