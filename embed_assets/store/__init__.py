@@ -50,7 +50,7 @@ from ._rollback import IndexKeeper, set_index_keeper
 from ._search import BROAD_FILTER, Plan, VersionContext
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
 from ._subsets import row_addresses
-from ._table import EmbeddingTable, table_identity
+from ._table import EmbeddingTable, table_fingerprint, table_identity
 from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
 from ._writes import check_partition
 
@@ -105,6 +105,7 @@ __all__ = [
     "search_defaults",
     "set_index_keeper",
     "sql_literal",
+    "table_fingerprint",
     "table_identity",
     "take_rows",
     "to_vector_array",

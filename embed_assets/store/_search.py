@@ -177,6 +177,8 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
                  metric: str = "cosine") -> np.ndarray:
     """The query as a float32 vector: a text is embedded with the model of the version
     being searched (``meta``), and another embedder is refused."""
+    if query is None:  # refused alike by SQL knn (a NULL query vector)
+        raise ValidationError("query vector is None: give a vector or a text")
     if isinstance(query, str):
         q = np.asarray(_embed(name, meta, [query], embedder)[0], dtype=np.float32)
     else:
