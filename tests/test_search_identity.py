@@ -381,3 +381,25 @@ def test_search_batch_answers_like_one_search_per_query(base, tenants):
     got = store2.table("p").search_batch(pmat[:3], k=4, partition=("tenant", "a"),
                                          columns=["id", "tenant"])
     assert set(got.column("tenant").to_pylist()) == {"a"} and got.num_rows == 12
+
+
+def test_search_sees_every_commit_made_through_another_handle(tmp_path):
+    """search() skips asking Lance for the latest version while the table's _versions
+    folder is unchanged (a stat instead of a listing); a commit by any other handle or
+    process changes the folder, quickly after the last one or long after."""
+    import time
+
+    mat = clustered(200, dim=DIM, clusters=10)
+    Store(str(tmp_path)).write("w", rows(np.arange(200), mat), key="id")
+    reader = Store(str(tmp_path)).table("w")
+    writer = Store(str(tmp_path))
+    fresh = clustered(12, dim=DIM, clusters=10, seed=9)
+    for i in range(12):
+        reader.search(mat[0], k=1)
+        if i % 3 == 0:
+            time.sleep(0.08)  # past the settle time: the stat alone decides
+            reader.search(mat[0], k=1)
+            assert reader._watch is not None and reader._watch.unchanged()
+        writer.write("w", rows([1000 + i], fresh[i:i + 1]), key="id", mode="append")
+        got = reader.search(fresh[i], k=1, columns=["id"]).column("id").to_pylist()
+        assert got == [1000 + i], i

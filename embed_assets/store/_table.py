@@ -18,6 +18,7 @@ from ..errors import StorageError, ValidationError, VersionNotFoundError, descri
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
+from ._latest import VersionsWatch
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -46,6 +47,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
         self._readable_cache: set[int] = set()
+        self._watch = VersionsWatch(local_path(self._uri)) if is_local(self._uri) else None
         self._seen = self._fingerprint()
 
     def __repr__(self) -> str:
@@ -60,6 +62,20 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """An id written when the table was created, kept by overwrites; a table dropped
         and created again under the same name has another one."""
         return self._identity
+
+    def _searched(self, version: VersionRef) -> lance.LanceDataset:
+        """The dataset a search reads: the latest version is looked up only when the
+        table's ``_versions`` folder changed since the last lookup (:mod:`._latest`)."""
+        if version is not None:
+            return self._at(version)
+        watch = self._watch
+        if watch is not None and watch.unchanged():
+            return self._ds
+        stamp = watch.before_lookup() if watch is not None else None
+        ds = self.refresh()._ds
+        if watch is not None:
+            watch.looked_up(stamp)
+        return ds
 
     def cache_key(self, version: int) -> VersionKey:
         return VersionKey(self.uri, self._identity, version)
@@ -439,7 +455,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if mode not in _hybrid.SEARCH_MODES:
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
-        ds = self.dataset(version)
+        ds = self._searched(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
         where, parts = _search.combine_filters(
@@ -507,7 +523,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                 f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValidationError(f"threads must be a positive integer, got {threads!r}")
-        ds = self.dataset(version)
+        ds = self._searched(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
         where, parts = _search.combine_filters(
