@@ -18,6 +18,7 @@ from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNot
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
+from ._latest import VersionsWatch
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -46,6 +47,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
         self._readable_cache: set[int] = set()
+        self._watch = VersionsWatch(local_path(self._uri)) if is_local(self._uri) else None
         self._seen = self._fingerprint()
 
     def __repr__(self) -> str:
@@ -60,6 +62,20 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """An id written when the table was created, kept by overwrites; a table dropped
         and created again under the same name has another one."""
         return self._identity
+
+    def _searched(self, version: VersionRef) -> lance.LanceDataset:
+        """The dataset a search reads: the latest version is looked up only when the
+        table's ``_versions`` folder changed since the last lookup (:mod:`._latest`)."""
+        if version is not None:
+            return self._at(version)
+        watch = self._watch
+        if watch is not None and watch.unchanged():
+            return self._ds
+        stamp = watch.before_lookup() if watch is not None else None
+        ds = self.refresh()._ds
+        if watch is not None:
+            watch.looked_up(stamp)
+        return ds
 
     def cache_key(self, version: int) -> VersionKey:
         return VersionKey(self.uri, self._identity, version)
@@ -490,7 +506,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if mode not in _hybrid.SEARCH_MODES:
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
-        ds = self.dataset(version)
+        ds = self._searched(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
         where, parts = _search.combine_filters(
@@ -510,6 +526,67 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                     ctx = self._context(ds, key, meta)
                     p = _search.plan(ctx, req, rank_metric)
                     res = _search.run(ctx, q, req, rank_metric, p)
+        except (ValidationError, OSError) as exc:
+            self._raise_if_vanished(ds.version, exc)
+            raise
+        out = _as_output(res, output)
+        return (out, p) if explain else out
+
+    def search_batch(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        version: VersionRef = None,
+        columns: Sequence[str] | None = None,
+        embedder: Any = None,
+        use_index: bool | None = None,
+        metric: str | None = None,
+        partition: Any = None,
+        output: str = "arrow",
+        explain: bool = False,
+        threads: int = 1,
+    ) -> Any:
+        """Nearest neighbours of many queries in one call: one plan, one version, and the
+        rows of every query in one table with a ``query`` column (the query's position in
+        ``queries``), each query's rows nearest first. The same answers as calling
+        :meth:`search` once per query, for a fraction of the fixed cost per query: the
+        HNSW graph answers all queries in one call (``threads`` > 1 spreads them over
+        cores), an exact scan is one matrix product per block of queries, and the rows
+        are gathered once.
+
+        ``queries``: a list of texts (embedded in one call with ``embedder``) or vectors
+        (an (n, d) array). The other arguments as in :meth:`search`.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from embed_assets import Store
+        >>> s = Store(tempfile.mkdtemp())
+        >>> _ = s.write("t", {"id": [1, 2, 3], "vector": np.eye(3, dtype=np.float32)}, key="id")
+        >>> got = s.table("t").search_batch(np.eye(3, dtype=np.float32)[:2], k=1)
+        >>> got.column("query").to_pylist(), got.column("id").to_pylist()
+        ([0, 1], [1, 2])
+        """
+        if output not in _OUTPUTS:
+            raise ValidationError(
+                f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValidationError(f"threads must be a positive integer, got {threads!r}")
+        ds = self._searched(version)
+        key = self.cache_key(ds.version)
+        meta = meta_of(key, ds)
+        where, parts = _search.combine_filters(
+            validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
+        req = _search.SearchRequest(None, k, where, list(columns) if columns else None,
+                                    embedder, use_index, None, None, metric, parts)
+        rank_metric = _search.check_request(req, meta)
+        qs = _search.query_matrix(self.name, meta, queries, embedder, rank_metric)
+        try:
+            ctx = self._context(ds, key, meta)
+            p = _search.plan(ctx, req, rank_metric)
+            res = _search.run_batch(ctx, qs, req, rank_metric, p, threads)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
