@@ -161,8 +161,11 @@ def _shown(value: Any) -> str:
 # -- reading the tree once per statement text ------------------------------------------------
 @dataclass(frozen=True)
 class _Parsed:
-    trees: str  # the statements' parse trees, as JSON (a fresh copy per use)
-    n_calls: int
+    """What a statement's text says, read once (statements repeat): its calls' names and
+    argument trees (never edited: each run reads them, the printer edits its own copy)."""
+
+    calls: tuple[tuple[str, dict[str, Node]], ...]
+    n_statements: int
     with_vector: bool  # whether the statement outside the calls may read `vector`
 
 
@@ -171,11 +174,11 @@ def _parsed(query: str) -> _Parsed | None:
     trees = _tree.parse(query)
     if trees is None:
         return None
-    text = json.dumps(trees)
     calls = find_calls(trees)
+    found = tuple((c.fn, copy.deepcopy(c.args)) for c in calls)
     for call in calls:  # what remains is the statement around the calls
         call.ref["function"]["children"] = []
-    return _Parsed(text, len(calls), _may_read(trees, VECTOR_COLUMN))
+    return _Parsed(found, len(trees), _may_read(trees, VECTOR_COLUMN))
 
 
 def _may_read(tree: Any, column: str) -> bool:
@@ -214,16 +217,15 @@ class Rewriter:
                 return Rewritten(query, params, [])
             done = self.rewrite(inner, params)
             return Rewritten(head + done.query, done.params, done.names, done.calls)
-        if not parsed.n_calls:
+        if not parsed.calls:
             return Rewritten(query, params, [])
-        trees = json.loads(parsed.trees)
-        calls = find_calls(trees)
+        calls = [Call(fn, {}, args) for fn, args in parsed.calls]
         if isinstance(params, list | tuple | dict) or params is None:
             for call in calls:
                 _read_values(call, params)
                 self._resolve_names(call)
                 check_call(call)
-        if not self.enabled or (params and len(trees) > 1):
+        if not self.enabled or (params and parsed.n_statements > 1):
             return Rewritten(query, params, [], tuple(calls))
         answers = [self._answer(call, parsed.with_vector) for call in calls]
         if not any(answers):
@@ -348,9 +350,8 @@ def _print_edited(query: str, shape: tuple[str | None, ...]) -> tuple[list[str],
     """The statement with its calls replaced as ``shape`` says (None: kept; "table": a
     result table, whose name goes between the pieces returned; else the row function of
     that name), and the parameters it still uses (positions, or names)."""
-    parsed = _parsed(query)
-    assert parsed is not None
-    trees = json.loads(parsed.trees)
+    trees = _tree.parse(query)
+    assert trees is not None
     calls = find_calls(trees)
     slots = 0
     for call, how in zip(calls, shape, strict=True):
