@@ -16,9 +16,18 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._config import settings
-from ._version import __version__
 from ._demo import run_demo
-from .embed import SentenceTransformerEmbedder, default_embedder, embed_table
+from ._version import __version__
+from .embed import (
+    DEFAULT_COMMIT_EVERY,
+    Executor,
+    InProcess,
+    OnRay,
+    SentenceTransformerEmbedder,
+    Streamed,
+    default_embedder,
+    embed_table,
+)
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
 from .sql import format_result, run_sql
@@ -161,31 +170,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValidationError("--mode replace_partition needs --partition COLUMN=VALUE")
     columns = args.columns.split(",") if args.columns else None
     embedder = default_embedder(args.model, backend=args.backend, batch_size=args.batch_size)
-    if args.ray:
-        from .embed import embed_table_ray
-
-        res: Any = embed_table_ray(
-            _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
-            address=args.ray, mode=args.mode, columns=columns, partition=partition,
-            on_empty="skip" if args.skip_empty else "error", run_id=args.run_id,
-            max_retries=args.ray_retries, rows_per_task=args.ray_rows_per_task)
-        if args.json:
-            _dump(res.to_dict())
-        else:
-            print(res.summary())
-        return 0
     res = embed_table(
         _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
         mode=args.mode, columns=columns, partition=partition,
         on_empty="skip" if args.skip_empty else "error", run_id=args.run_id,
-        commit_every=args.commit_every if stream or args.commit_every else None,
-        progress=False if args.no_progress else None,
+        executor=_executor(args, stream),
     )
     if args.json:
         _dump(res.to_dict())
     else:
         print(res.summary())
     return 0
+
+
+def _executor(args: argparse.Namespace, stream: bool) -> Executor:
+    """The options of ``embed`` as the executor that runs it."""
+    if args.ray:
+        return OnRay(args.ray, rows_per_task=args.ray_rows_per_task, max_retries=args.ray_retries)
+    if stream or args.commit_every:
+        return Streamed(args.commit_every or DEFAULT_COMMIT_EVERY,
+                        progress=False if args.no_progress else None)
+    return InProcess()
 
 
 def cmd_tables(args: argparse.Namespace) -> int:

@@ -30,7 +30,8 @@ from embed_assets import (
 )
 from embed_assets import cli as cli_mod
 from embed_assets.cli import build_parser, main
-from embed_assets.embed._embedders import default_embedder, prepare_texts
+from embed_assets.embed._backends import default_embedder
+from embed_assets.embed._embedders import prepare_texts
 from embed_assets.errors import describe
 
 from .conftest import vectors_table

@@ -22,7 +22,6 @@ from .._config import settings
 from ..errors import StorageError, TableNotFoundError, ValidationError, describe
 from . import _writes
 from ._cache import CACHE
-from ._graph import graph_path
 from ._index_facts import forget_facts
 from ._meta import WriteMode, is_local, local_path
 from ._objstore import explain
@@ -205,9 +204,7 @@ class Store:
         uri = t.uri
         CACHE.forget(uri)
         forget_facts(uri)
-        graphs = graph_path(uri, t.identity, "x").parent
-        if graphs.is_dir():
-            shutil.rmtree(graphs, ignore_errors=True)
+        t.graph_home().drop()
         if is_local(self.uri):
             shutil.rmtree(local_path(uri))
         else:  # object stores

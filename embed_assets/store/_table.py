@@ -32,6 +32,7 @@ from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
 from ._validation import validate_tag, validate_where
+from .graph import GraphHome
 
 
 class EmbeddingTable(RollbackMixin, RetentionMixin):
@@ -441,10 +442,10 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         ds = self.dataset(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
-        where = _search.combine_filters(validate_where(where),
-                                        _search.partition_filter(self.name, meta, ds, partition))
+        where, parts = _search.combine_filters(
+            validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
         req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
-                                    embedder, use_index, nprobes, refine_factor, metric)
+                                    embedder, use_index, nprobes, refine_factor, metric, parts)
         rank_metric = _search.check_request(req, meta)
         try:
             if mode == "text":
@@ -455,9 +456,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                     res, p = self._hybrid_search(ds, meta, key, req, q, rank_metric,
                                                  (fusion or _hybrid.Fusion()).check())
                 else:
-                    p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key,
-                                     self._partition_epoch(meta, key))
-                    res = _search.run(self.name, ds, key, q, req, rank_metric, p)
+                    ctx = self._context(ds, key, meta)
+                    p = _search.plan(ctx, req, rank_metric)
+                    res = _search.run(ctx, q, req, rank_metric, p)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
@@ -504,6 +505,16 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             out.append(entry)
         return out
 
+    def _context(self, ds: lance.LanceDataset, key: VersionKey, meta: TableMeta,
+                 ) -> _search.VersionContext:
+        """What the planner needs about the one version a search reads."""
+        return _search.VersionContext(self.name, ds, key, meta, self.graph_home(),
+                                      self._partition_epoch(meta, key))
+
+    def graph_home(self) -> GraphHome:
+        """Where this table's HNSW graphs live (:mod:`.graph`)."""
+        return GraphHome(self.uri, self._identity, getattr(self.store, "storage_options", None))
+
     def _partition_epoch(self, meta: TableMeta, key: VersionKey,
                          ) -> Callable[[str], tuple[str, VersionKey] | None]:
         """For the planner: a filter selecting one partition of the recorded partition
@@ -535,9 +546,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         n = max(4 * req.k, 50)
         texts = _hybrid.text_hits(self.name, ds, meta, req.query, n, req.where)
         vreq = dataclasses.replace(req, k=n, columns=[meta.key])
-        vp = _search.plan(self.name, self._identity, ds, vreq, metric, meta, key,
-                          self._partition_epoch(meta, key))
-        vec = _search.run(self.name, ds, key, q, vreq, metric, vp)
+        ctx = self._context(ds, key, meta)
+        vp = _search.plan(ctx, vreq, metric)
+        vec = _search.run(ctx, q, vreq, metric, vp)
         vkeys = vec.column(meta.key).to_pylist()
         fused = _hybrid.fuse(vkeys, texts.column(meta.key).to_pylist(), req.k, fusion)
         keys = [f[0] for f in fused]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ValidationError
+from ._filters import check_closed
 
 MAX_TABLE_NAME_LENGTH = 128
 MAX_TAG_LENGTH = 128
@@ -185,4 +186,5 @@ def validate_where(where: Any) -> str | None:
             quote = c
         elif c == ";":
             raise ValidationError(f"where {_describe(where)} holds ';': give one expression")
+    check_closed(where)
     return where
