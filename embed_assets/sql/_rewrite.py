@@ -47,8 +47,7 @@ from ._tree import Node, NotConstant
 
 FUNCTIONS = ("knn", "similarity_join")
 # Positional parameters of each function; the rest are named.
-_POSITIONAL = {"knn": ("table_name", "query_vector", "k"),
-               "similarity_join": ("left_table", "right_table", "k")}
+_POSITIONAL = _tree.SIGNATURES
 _FILTERS = ("filter", "left_filter", "right_filter")
 _UNSET = object()
 _SLOT = f"__ea_slot_{uuid.uuid4().hex[:12]}_"
@@ -81,20 +80,8 @@ class Rewritten:
 
 def find_calls(statements: list[Node]) -> list[Call]:
     """The ``knn``/``similarity_join`` calls of parse trees, arguments by name."""
-    out = []
-    for ref in _tree.table_functions(statements, FUNCTIONS):
-        fn = str(ref["function"]["function_name"]).lower()
-        args: dict[str, Node] = {}
-        positional = _POSITIONAL[fn]
-        for i, child in enumerate(ref["function"]["children"]):
-            name = str(child.get("alias") or "").lower()
-            if not name:
-                if i >= len(positional):
-                    break
-                name = positional[i]
-            args[name] = child
-        out.append(Call(fn, ref, args))
-    return out
+    return [Call(str(ref["function"]["function_name"]).lower(), ref, _tree.arguments(ref))
+            for ref in _tree.table_functions(statements, FUNCTIONS)]
 
 
 def _read_values(call: Call, params: Any) -> None:
@@ -158,40 +145,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# -- reading the tree once per statement text ------------------------------------------------
-@dataclass(frozen=True)
-class _Parsed:
-    """What a statement's text says, read once (statements repeat): its calls' names and
-    argument trees (never edited: each run reads them, the printer edits its own copy)."""
-
-    calls: tuple[tuple[str, dict[str, Node]], ...]
-    n_statements: int
-    with_vector: bool  # whether the statement outside the calls may read `vector`
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed(query: str) -> _Parsed | None:
-    trees = _tree.parse(query)
-    if trees is None:
-        return None
-    calls = find_calls(trees)
-    found = tuple((c.fn, copy.deepcopy(c.args)) for c in calls)
-    for call in calls:  # what remains is the statement around the calls
-        call.ref["function"]["children"] = []
-    return _Parsed(found, len(trees), _may_read(trees, VECTOR_COLUMN))
-
-
-def _may_read(tree: Any, column: str) -> bool:
-    """Whether a statement could read ``column`` of a knn result: it names it, or uses
-    ``*`` or ``COLUMNS(...)``. If not, the k rows are fetched without their vectors."""
-    for n in _tree.nodes(tree):
-        if n.get("class") == "STAR":
-            return True
-        if n.get("class") == "COLUMN_REF" and str(n["column_names"][-1]).lower() == column:
-            return True
-    return False
-
-
 # -- the rewriter -------------------------------------------------------------------------------
 class Rewriter:
     """Rewrites the statements of one connection (see the module docstring)."""
@@ -210,7 +163,7 @@ class Rewriter:
         lowered = query.lower()
         if "knn" not in lowered and "similarity_join" not in lowered:
             return Rewritten(query, params, [])
-        parsed = _parsed(query)
+        parsed = _tree.read(query)
         if parsed is None:
             head, inner = _explained(query)
             if not inner:
@@ -227,7 +180,8 @@ class Rewriter:
                 check_call(call)
         if not self.enabled or (params and parsed.n_statements > 1):
             return Rewritten(query, params, [], tuple(calls))
-        answers = [self._answer(call, parsed.with_vector) for call in calls]
+        with_vector = parsed.star or VECTOR_COLUMN in parsed.reads
+        answers = [self._answer(call, with_vector) for call in calls]
         if not any(answers):
             return Rewritten(query, params, [], tuple(calls))
         return self._edited(query, params, calls, answers)

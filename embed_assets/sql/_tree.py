@@ -19,6 +19,7 @@ import functools
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -102,6 +103,57 @@ def table_functions(tree: Any, names: tuple[str, ...]) -> list[Node]:
             if n.get("type") == "TABLE_FUNCTION" and isinstance(n.get("function"), dict)
             and str(n["function"].get("function_name", "")).lower() in names
             and not n["function"].get("schema")]
+
+
+# The table functions the rewriter reads, and the names of their positional arguments.
+SIGNATURES = {"knn": ("table_name", "query_vector", "k"),
+              "similarity_join": ("left_table", "right_table", "k")}
+
+
+def arguments(ref: Node) -> dict[str, Node]:
+    """A call's arguments by name: positional ones named from :data:`SIGNATURES`, named
+    ones (``filter := ...``) by the alias DuckDB records."""
+    fn = str(ref["function"]["function_name"]).lower()
+    args: dict[str, Node] = {}
+    positional = SIGNATURES[fn]
+    for i, child in enumerate(ref["function"]["children"]):
+        name = str(child.get("alias") or "").lower()
+        if not name:
+            if i >= len(positional):
+                break
+            name = positional[i]
+        args[name] = child
+    return args
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a statement's text says, read once (statements repeat): its calls' names and
+    argument trees (never edited: each run reads them; the printer edits its own copy)."""
+
+    calls: tuple[tuple[str, dict[str, Node]], ...]
+    n_statements: int
+    reads: frozenset[str]  # lower-cased column names the statement outside the calls reads
+    star: bool  # ... or it reads every column (``*``, ``COLUMNS(...)``)
+
+
+@functools.lru_cache(maxsize=256)
+def read(query: str) -> Reading | None:
+    """The calls of :data:`SIGNATURES` in a statement, or None when DuckDB cannot serialise
+    it (see :func:`parse`)."""
+    trees = parse(query)
+    if trees is None:
+        return None
+    refs = table_functions(trees, tuple(SIGNATURES))
+    calls = tuple((str(r["function"]["function_name"]).lower(), copy.deepcopy(arguments(r))) for r in refs)
+    for ref in refs:  # what remains is the statement around the calls
+        ref["function"]["children"] = []
+    reads, star = set(), False
+    for n in nodes(trees):
+        star |= n.get("class") == "STAR"
+        if n.get("class") == "COLUMN_REF":
+            reads.add(str(n["column_names"][-1]).lower())
+    return Reading(calls, len(trees), frozenset(reads), star)
 
 
 def parameters(tree: Any) -> list[Node]:
