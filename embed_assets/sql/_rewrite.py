@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from ..errors import ValidationError
 from ..store import VECTOR_COLUMN
 from . import _tree
 from ._answer import RowFunctions, StoreSearch, query_vector, result_table, store_search
@@ -224,7 +225,10 @@ class Rewriter:
     def _table(self, call: Call, info: Any, value: Any, how: StoreSearch,
                with_vector: bool) -> tuple[str, str]:
         q = query_vector(value, info.meta.dimension, how.metric)
-        res = result_table(self.registry.handle(info), info, q, int(call.values["k"]), how, with_vector)
+        try:
+            res = result_table(self.registry.handle(info), info, q, int(call.values["k"]), how, with_vector)
+        except ValidationError as exc:  # the store refuses the filter: a refused statement
+            raise refused(f"knn: {exc}") from None
         with self.registry.lock:
             self.answered += 1
             name = f"__ea_knn_{self.answered}"
