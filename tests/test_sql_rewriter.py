@@ -104,6 +104,9 @@ def test_named_options_subqueries_lateral_and_parameters_around_the_calls(store,
     lat = con.execute("SELECT q.section, k.id FROM queries q, LATERAL knn('w', q.vector, 3) k "
                       "ORDER BY q.section, k.rank").fetchall()
     assert [i for s, i in lat if s == "b"] == oracle(store, q_b, 3)
+    # columns renamed by position keep every column (the vector too)
+    renamed = con.execute("SELECT k.d FROM knn('w', ?, 2) AS k(a, s, v, d, r)", [Q]).fetchall()
+    assert len(renamed) == 2 and renamed[0][0] < renamed[1][0]
     # no alias: the rows are still known by the function's name
     assert con.execute("SELECT knn.id FROM knn('w', ?, 1)", [Q]).fetchall() == [(oracle(store, Q, 1)[0],)]
 

@@ -146,9 +146,11 @@ def read(query: str) -> Reading | None:
         return None
     refs = table_functions(trees, tuple(SIGNATURES))
     calls = tuple((str(r["function"]["function_name"]).lower(), copy.deepcopy(arguments(r))) for r in refs)
+    # Columns named by position (``knn(...) AS k(a, b, c)``) need every column there.
+    star = any(ref.get("column_name_alias") for ref in refs)
     for ref in refs:  # what remains is the statement around the calls
         ref["function"]["children"] = []
-    reads, star = set(), False
+    reads: set[str] = set()
     for n in nodes(trees):
         star |= n.get("class") == "STAR"
         if n.get("class") == "COLUMN_REF":
