@@ -210,7 +210,7 @@ def _value(v: Node) -> Any:
         return None
     typ = v["type"]
     tid = str(typ.get("id", ""))
-    raw = v.get("value")
+    raw: Any = v.get("value")
     if tid == "DECIMAL":  # stored unscaled: 2.5 is 25 with scale 1
         if isinstance(raw, dict):  # past 18 digits: a 128-bit integer in two halves
             raw = int(raw["upper"]) * 2**64 + int(raw["lower"])
