@@ -261,3 +261,9 @@ def test_a_filter_is_one_parsed_predicate(store, con, secret, evil):
             with pytest.raises(QueryError, match="is not a predicate") as ei:
                 con.execute(sql, params).fetchall()
             assert "TOP-SECRET" not in str(ei.value)
+
+
+def test_hybrid_search_refuses_a_bad_k_too(con):
+    for k in ("0", "-3", "2.5", "NULL"):
+        with pytest.raises(QueryError, match=f"hybrid_search: k must be a positive integer, got {k}"):
+            con.execute(f"SELECT * FROM hybrid_search('w', 'editor', {k}, mode := 'text')").fetchall()
