@@ -124,6 +124,7 @@ class App:
 
     def stop(self) -> None:
         self.poller.stop()
+        log.info("shut down: in-flight requests answered, tag poller stopped")
 
     @property
     def ready(self) -> bool:

@@ -236,7 +236,7 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
     keys = scalars.column(meta.key).to_pylist()
     snap = Snapshot(table=table, version=version, meta=meta, rows_of={k: i for i, k in enumerate(keys)},
                     matrix=matrix, scalars=scalars, key_type=scalars.schema.field(meta.key).type)
-    if text:
+    if text and meta.model:  # a table of vectors written by hand records no model
         from ..embed import default_embedder
 
         try:
