@@ -1,50 +1,44 @@
-"""Embedding: the embedder protocols, the text and image embedders, the incremental pipeline."""
+"""Embedding: the embedder protocols, the text and image embedders, and the incremental
+run: :func:`embed_table` prepares one plan (:mod:`._plan`) and an executor runs it in
+process, streamed with resumable commits, or on Ray."""
 
-from ._cnn import (
-    DIGITS_MODEL,
-    KnnReport,
-    TrainedCNN,
-    digits_dataset,
-    knn_label_accuracy,
-    model_provenance,
-    save_model,
-    train_digits_cnn,
-)
+from ._backends import EMBED_BACKENDS, default_embedder
+from ._decode import BadImage, BadImagePolicy, decode_image, image_hash
 from ._embedders import (
     DEFAULT_MODEL,
-    EMBED_BACKENDS,
     Embedder,
     EmptyTextPolicy,
     HashEmbedder,
     SentenceTransformerEmbedder,
     content_hash,
-    default_embedder,
 )
+from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
 from ._gpu import FastTorchEmbedder
 from ._images import (
-    BadImage,
-    BadImagePolicy,
     ImageEmbedder,
     ImageEmbedResult,
     PixelEmbedder,
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
-    decode_image,
-    embed_images,
     fit_pixel_pca,
     image_grid_png,
-    image_hash,
 )
 from ._onnx import OnnxEmbedder, model_cache_dir
 from ._openvino import OpenVinoEmbedder
-from ._pipeline import EMBED_MODES, PROVENANCE_COLUMNS, EmbedMode, EmbedResult, embed_table
-from ._ray import RayEmbedError, RayEmbedResult, embed_table_ray
-from ._stream import DEFAULT_COMMIT_EVERY
+from ._pipeline import embed_images, embed_table, embed_table_ray
+from ._plan import (
+    EMBED_MODES,
+    PROVENANCE_COLUMNS,
+    EmbedMode,
+    EmbedResult,
+    Executor,
+    model_change,
+)
+from ._ray import OnRay, RayEmbedError, RayEmbedResult
 
 __all__ = [
     "DEFAULT_COMMIT_EVERY",
     "DEFAULT_MODEL",
-    "DIGITS_MODEL",
     "EMBED_BACKENDS",
     "EMBED_MODES",
     "PROVENANCE_COLUMNS",
@@ -54,11 +48,13 @@ __all__ = [
     "EmbedResult",
     "Embedder",
     "EmptyTextPolicy",
+    "Executor",
     "FastTorchEmbedder",
     "HashEmbedder",
     "ImageEmbedResult",
     "ImageEmbedder",
-    "KnnReport",
+    "InProcess",
+    "OnRay",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
     "PixelEmbedder",
@@ -66,21 +62,17 @@ __all__ = [
     "RayEmbedResult",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
+    "Streamed",
     "TorchImageEmbedder",
-    "TrainedCNN",
     "content_hash",
     "decode_image",
     "default_embedder",
-    "digits_dataset",
     "embed_images",
     "embed_table",
     "embed_table_ray",
     "fit_pixel_pca",
     "image_grid_png",
     "image_hash",
-    "knn_label_accuracy",
     "model_cache_dir",
-    "model_provenance",
-    "save_model",
-    "train_digits_cnn",
+    "model_change",
 ]
