@@ -425,3 +425,23 @@ def test_base64_vector_round_trip(served):
     st, _, body = http(served["server"].url + "/v1/tables/pkgs/search", "POST",
                        {"vector": base64.b64encode(q.tobytes()).decode(), "k": 1})
     assert st == 200 and len(json.loads(body)["rows"]) == 1
+
+
+def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
+    store = Store(tmp_path / "store")
+    a, b = two_versions(store, "t")
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=TOKEN, extra=["--workers", "2"])
+    try:
+        c = Client(srv.url, token=TOKEN)
+        assert Client.version_of(c.get("t", ["p001"])) == a
+        assert http(srv.url + "/v1/tables/t", token=None)[0] == 401  # the token reached the workers
+        store.table("t").retag("prod", b)
+        deadline = time.monotonic() + 20
+        # fresh connections land on either worker: wait until 20 in a row answer from b
+        streak = 0
+        while streak < 20:
+            assert time.monotonic() < deadline, "a worker did not follow the tag"
+            st, h, _ = http(srv.url + "/v1/tables/t/get", "POST", {"keys": ["p001"]})
+            streak = streak + 1 if st == 200 and h["x-embed-assets-version"] == str(b) else 0
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM)

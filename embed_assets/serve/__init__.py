@@ -13,11 +13,12 @@ from ._state import TableSpec
 
 
 def serve(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8765,
-          graceful_timeout: float = 10.0) -> None:
-    """Run the server in this process until SIGINT/SIGTERM (needs the ``serve`` extra)."""
+          graceful_timeout: float = 10.0, workers: int = 1) -> None:
+    """Run the server until SIGINT/SIGTERM (needs the ``serve`` extra); ``workers``
+    processes share the port."""
     from ._server import run
 
-    run(config, host=host, port=port, graceful_timeout=graceful_timeout)
+    run(config, host=host, port=port, graceful_timeout=graceful_timeout, workers=workers)
 
 
 __all__ = ["App", "Client", "ServeConfig", "ServeError", "TableSpec", "serve"]

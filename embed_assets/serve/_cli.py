@@ -36,6 +36,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="largest request body (default 1 MiB)")
     sp.add_argument("--keep-versions", type=int, default=2, metavar="N",
                     help="loaded versions kept per table, so rolling back is instant (default 2)")
+    sp.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="server processes sharing the port, each holding its own copy of the "
+                         "pinned versions (default 1; about one per core)")
     sp.add_argument("--no-access-log", action="store_true",
                     help="no JSON access-log line per request on stdout")
 
@@ -51,7 +54,7 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         if token is None:
             raise ValidationError("--token-file is empty")
     for n, v in (("--max-k", args.max_k), ("--max-keys", args.max_keys), ("--max-body", args.max_body),
-                 ("--keep-versions", args.keep_versions)):
+                 ("--keep-versions", args.keep_versions), ("--workers", args.workers)):
         if v < 1:
             raise ValidationError(f"{n} must be at least 1")
     if args.poll < 0:
@@ -66,5 +69,5 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
 def command(args: argparse.Namespace) -> int:
     from . import serve
 
-    serve(config_from(args), host=args.host, port=args.port)
+    serve(config_from(args), host=args.host, port=args.port, workers=args.workers)
     return 0
