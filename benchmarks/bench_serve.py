@@ -374,12 +374,13 @@ def in_process(kind: str, seconds: float, threads: int, version: int) -> dict:
 
 
 # -- the servers ------------------------------------------------------------------------------
-def start_server(port: int, poll: float) -> subprocess.Popen:
+def start_server(port: int, poll: float, workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, LANCE_LOG="error", HF_HUB_OFFLINE="1")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.Popen([sys.executable, "-m", "embed_assets.cli", "--store", str(STORE), "serve",
-                          f"{TABLE}@prod", "--port", str(port), "--poll", str(poll), "--no-access-log"],
+                          f"{TABLE}@prod", "--port", str(port), "--poll", str(poll), "--no-access-log",
+                          "--workers", str(workers)],
                          env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_ready(port, p)
     return p
@@ -501,6 +502,7 @@ def main() -> None:
     ap.add_argument("--phase", type=float, default=15.0, help="seconds per phase (default 15)")
     ap.add_argument("--moves", type=int, default=100, help="tag moves during the serve phases")
     ap.add_argument("--poll", type=float, default=0.1, help="the server's tag poll interval")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
     ap.add_argument("--protocols", action="store_true", help="only compare HTTP with Arrow Flight")
     ap.add_argument("-n", type=int, default=2000, help="requests per protocol measurement")
     ap.add_argument("--prepare", action="store_true", help="only build the cached store")
@@ -527,7 +529,7 @@ def main() -> None:
 
     Store(str(STORE)).table(TABLE).retag("prod", a)
     port = free_port()
-    server = start_server(port, args.poll)
+    server = start_server(port, args.poll, args.workers)
     serve_seconds = 4 * args.phase
     mover = Mover(a, b, serve_seconds / args.moves, args.moves)
     mover.start()
@@ -551,8 +553,9 @@ def main() -> None:
     finally:
         stop(redis)
     for kind in ("get1", "get100", "knn", "knn_where"):
-        results.append(in_process(kind, args.phase / 2, args.clients, a))
+        results.append(in_process(kind, args.phase / 3, args.clients, a))
     doc = {"uptime_before": before, "uptime_after": _uptime(), "clients": args.clients,
+           "workers": args.workers,
            "phase_seconds": args.phase, "tag_moves": mover.moves, "server_swaps": swaps,
            "poll_seconds": args.poll, "results": results}
     by = {r["kind"]: r for r in results}

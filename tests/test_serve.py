@@ -445,3 +445,20 @@ def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
             streak = streak + 1 if st == 200 and h["x-embed-assets-version"] == str(b) else 0
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["t@"], "give a tag or a version"),
+    (["bad/name"], "path separator"),
+    (["t@bad tag"], "must start with a letter"),
+    (["t@0"], "version number >= 1"),
+    (["t", "--max-k", "0"], "--max-k must be at least 1"),
+    (["t", "--poll", "-1"], "--poll must be 0 or more"),
+    (["t", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+])
+def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, words):
+    from embed_assets.cli import main
+
+    assert main(["--store", str(tmp_path / "s"), "serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1

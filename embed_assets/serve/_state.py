@@ -16,8 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EmbedAssetsError, describe
-from ..store import Store, version_number
+from ..errors import EmbedAssetsError, ValidationError, describe
+from ..store import Store, validate_table_name, validate_tag, version_number
 from ._snapshot import Snapshot, load
 
 log = logging.getLogger("embed_assets.serve")
@@ -30,10 +30,19 @@ class TableSpec:
     name: str
     ref: str | int = "prod"
 
+    def __post_init__(self) -> None:
+        validate_table_name(self.name)
+        if isinstance(self.ref, str):
+            validate_tag(self.ref)
+        elif isinstance(self.ref, bool) or not isinstance(self.ref, int) or self.ref < 1:
+            raise ValidationError(f"pin {self.name!r} to a tag or a version number >= 1, got {self.ref!r}")
+
     @classmethod
     def parse(cls, text: str) -> TableSpec:
         """``NAME``, ``NAME@TAG`` or ``NAME@VERSION``."""
-        name, _, ref = text.partition("@")
+        name, at, ref = text.partition("@")
+        if at and not ref:
+            raise ValidationError(f"{text!r}: give a tag or a version after '@'")
         if not ref:
             return cls(name)
         n = version_number(ref)
