@@ -65,6 +65,7 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
+from .serve import Client
 from .sql import SQLConnection, connect, run_sql
 from .store import (
     CleanupReport,
@@ -86,6 +87,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBED_BACKENDS",
     "CleanupReport",
+    "Client",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",

@@ -28,6 +28,7 @@ from .embed import (
 )
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
+from .serve import _cli as serve_cli
 from .sql import format_result, run_sql
 from .store import DEFAULT_GRACE, Store, as_duration, is_local, local_path, version_number
 
@@ -401,6 +402,7 @@ EXAMPLES: dict[str, str] = {
            "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
     "demo": "embed-assets --store /tmp/demo demo",
     "snapshot": "embed-assets snapshot pkgs --version prod --columns section --json",
+    "serve": serve_cli.EXAMPLE,
 }
 
 
@@ -556,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
                     help="then delete this table's snapshots beyond the N most recently used")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
+    serve_cli.add_arguments(verb("serve", serve_cli.command, "serve tables over HTTP, pinned to a tag "
+                                 "and following it (read-only; needs the serve extra)"))
     return p
 
 
