@@ -10,6 +10,7 @@ from ._cnn import (
     save_model,
     train_digits_cnn,
 )
+from ._efficientnet import EfficientNetEmbedder, default_image_embedder
 from ._embedders import (
     DEFAULT_MODEL,
     EMBED_BACKENDS,
@@ -21,6 +22,7 @@ from ._embedders import (
     default_embedder,
 )
 from ._gpu import FastTorchEmbedder
+from ._image_guard import ImageLimits
 from ._images import (
     BadImage,
     BadImagePolicy,
@@ -50,6 +52,7 @@ __all__ = [
     "PROVENANCE_COLUMNS",
     "BadImage",
     "BadImagePolicy",
+    "EfficientNetEmbedder",
     "EmbedMode",
     "EmbedResult",
     "Embedder",
@@ -58,6 +61,7 @@ __all__ = [
     "HashEmbedder",
     "ImageEmbedResult",
     "ImageEmbedder",
+    "ImageLimits",
     "KnnReport",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
@@ -71,6 +75,7 @@ __all__ = [
     "content_hash",
     "decode_image",
     "default_embedder",
+    "default_image_embedder",
     "digits_dataset",
     "embed_images",
     "embed_table",

@@ -49,6 +49,7 @@ import pyarrow as pa
 from ..errors import ValidationError
 from ..store import VECTOR_COLUMN, Store, as_arrow, validate_keys
 from ._embedders import SentenceTransformerEmbedder
+from ._image_guard import DEFAULT_LIMITS, BadImage, ImageLimits, check_header, open_checked, to_8bit
 from ._pipeline import EmbedMode, EmbedResult, embed_table
 
 if TYPE_CHECKING:  # Pillow is imported when images are decoded, not with the package
@@ -76,10 +77,6 @@ class ImageEmbedder(Protocol):
     def dimension(self) -> int: ...
 
     def embed_images(self, images: Sequence[Image]) -> np.ndarray: ...
-
-
-class BadImage(ValueError):
-    """One image that cannot be used, with the reason (collected per key by the pipeline)."""
 
 
 def _pil() -> Any:
@@ -151,14 +148,15 @@ def image_hash(value: Any) -> str:
     return h.hexdigest()
 
 
-def decode_image(value: Any, mode: str = "RGB") -> Image:
+def decode_image(value: Any, mode: str = "RGB", limits: ImageLimits = DEFAULT_LIMITS) -> Image:
     """One image input (bytes, path, array or Pillow image) as a Pillow image in ``mode``.
 
     Raises
     ------
     BadImage
-        With the reason: unreadable or truncated bytes, a missing file, a zero-size
-        image, an array that is not an image, a mode that cannot be converted.
+        With the reason: unreadable or truncated bytes, a missing file, an image too
+        large (a decompression bomb) or too small, SVG, an array that is not an image,
+        a mode that cannot be converted (see :class:`ImageLimits`).
     """
     if mode not in IMAGE_MODES:
         raise ValidationError(f"image mode must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
@@ -168,21 +166,14 @@ def decode_image(value: Any, mode: str = "RGB") -> Image:
     if isinstance(value, str | os.PathLike):
         value = _read_path(os.fspath(value))
     if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        if not raw:
-            raise BadImage("empty (0 bytes)")
-        try:
-            im = PILImage.open(io.BytesIO(raw))
-            im.load()  # decode now: a truncated file fails here, not inside the model
-        except Exception as exc:  # Pillow raises several types for bad data
-            raise BadImage(f"unreadable image ({type(exc).__name__}: {exc})") from None
-    elif isinstance(value, PILImage.Image):
-        im = value
+        im = open_checked(bytes(value), limits)
     else:
-        arr = _as_array(value)
-        im = PILImage.fromarray(arr, "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA"))
-    if im.width == 0 or im.height == 0:
-        raise BadImage(f"zero-size image ({im.width}x{im.height})")
+        if isinstance(value, PILImage.Image):
+            im = to_8bit(value)
+        else:
+            arr = _as_array(value)
+            im = PILImage.fromarray(arr, "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA"))
+        check_header(im, limits)
     if im.mode != mode:
         try:
             # Transparent pixels are composited on white, the usual "no background".
@@ -209,7 +200,8 @@ class LoadedImages:
 
 
 def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB",
-                on_bad: BadImagePolicy = "error", keep_decoded: bool = True) -> LoadedImages:
+                on_bad: BadImagePolicy = "error", keep_decoded: bool = True,
+                limits: ImageLimits = DEFAULT_LIMITS) -> LoadedImages:
     """Decode and hash every image; refuse (``"error"``) or leave out (``"skip"``) bad ones.
 
     ``keep_decoded=False`` keeps the encoded inputs instead of the decoded images: a
@@ -228,7 +220,7 @@ def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB"
         try:
             if isinstance(v, str | os.PathLike):
                 v = _read_path(os.fspath(v))  # read once: decoded and hashed from the same bytes
-            im = decode_image(v, mode)
+            im = decode_image(v, mode, limits)
             h = image_hash(v)
         except BadImage as exc:
             out.bad.append((k, str(exc)))
@@ -267,6 +259,7 @@ class _HashedImages:
     inner: Any
     by_hash: dict[str, Any]
     mode: str
+    limits: ImageLimits = DEFAULT_LIMITS
 
     @property
     def name(self) -> str:
@@ -281,7 +274,7 @@ class _HashedImages:
         return self.inner.dimension
 
     def embed(self, hashes: Sequence[str]) -> np.ndarray:
-        images = [decode_image(self.by_hash[h], self.mode) for h in hashes]
+        images = [decode_image(self.by_hash[h], self.mode, self.limits) for h in hashes]
         return np.asarray(self.inner.embed_images(images), np.float32)
 
 
@@ -320,13 +313,14 @@ def embed_images(
     *,
     key: str,
     image: str,
-    embedder: ImageEmbedder,
+    embedder: ImageEmbedder | None = None,
     mode: EmbedMode = "upsert",
     columns: Sequence[str] | None = None,
     partition: tuple[str, Any] | None = None,
     on_bad: BadImagePolicy = "error",
     run_id: str | None = None,
     properties: Mapping[str, Any] | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> ImageEmbedResult:
     """Embed the images of ``data[image]`` keyed by ``data[key]`` into table ``name``.
 
@@ -337,12 +331,16 @@ def embed_images(
     ----------
     image : str
         The column of images: bytes, file paths or pixel arrays (see the module notes).
+    embedder : ImageEmbedder, optional
+        Default: EfficientNet-Lite0 trained on ImageNet (:class:`EfficientNetEmbedder`).
     columns : sequence of str, optional
         Source columns kept beside key and vector (default: all, the image column too
         when Arrow can store it: bytes, paths, pixel lists).
     on_bad : {"error", "skip"}
         Refuse a write with unusable images, naming their keys, or leave them out and
         report them (``rows_skipped_empty``, ``bad_images``).
+    limits : ImageLimits
+        Size bounds (decompression bombs, placeholders) and what to do with animations.
 
     Examples
     --------
@@ -364,9 +362,13 @@ def embed_images(
         raise ValidationError(f"key column {key!r} not found; columns are "
                               f"{', '.join(tbl.column_names) or 'none'}")
     validate_keys(tbl, key)
+    if embedder is None:
+        from ._efficientnet import default_image_embedder
+
+        embedder = default_image_embedder()
     image_mode = getattr(embedder, "image_mode", "RGB")
     loaded = load_images(tbl.column(key).to_pylist(), values, mode=image_mode, on_bad=on_bad,
-                         keep_decoded=False)
+                         keep_decoded=False, limits=limits)
     if loaded.bad:
         tbl = tbl.take(pa.array(loaded.indices, pa.int64()))
     src = tbl.append_column(IMAGE_HASH_COLUMN, pa.array(loaded.hashes, pa.string()))
@@ -376,7 +378,7 @@ def embed_images(
     props = {"input_kind": "image", "image_column": image, **(properties or {})}
     res = embed_table(store, name, src, key=key, text=IMAGE_HASH_COLUMN,
                       embedder=_HashedImages(embedder, dict(zip(loaded.hashes, loaded.images,
-                                                                strict=True)), image_mode),
+                                                                strict=True)), image_mode, limits),
                       mode=mode, columns=columns, partition=partition, run_id=run_id,
                       properties=props)
     base = replace(res, rows_source=res.rows_source + len(loaded.bad),
