@@ -29,10 +29,12 @@ from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
     EMBED_BACKENDS,
+    EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    ImageLimits,
     OnnxEmbedder,
     OpenVinoEmbedder,
     RayEmbedError,
@@ -45,6 +47,7 @@ from .embed import (
     embed_images,
     embed_table,
     embed_table_ray,
+    search_by_image,
 )
 from .errors import (
     EmbedAssetsError,
@@ -84,6 +87,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBED_BACKENDS",
     "CleanupReport",
+    "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -91,6 +95,7 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
+    "ImageLimits",
     "IndexReport",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
@@ -127,5 +132,6 @@ __all__ = [
     "open_snapshot",
     "refresh_index",
     "run_sql",
+    "search_by_image",
     "snapshot",
 ]

@@ -23,6 +23,7 @@ from ._embedders import (
 )
 from ._gpu import FastTorchEmbedder
 from ._image_guard import ImageLimits
+from ._image_io import image_source, neighbours_png, search_by_image, stored_images
 from ._images import (
     BadImage,
     BadImagePolicy,
@@ -83,9 +84,13 @@ __all__ = [
     "fit_pixel_pca",
     "image_grid_png",
     "image_hash",
+    "image_source",
     "knn_label_accuracy",
     "model_cache_dir",
     "model_provenance",
+    "neighbours_png",
     "save_model",
+    "search_by_image",
+    "stored_images",
     "train_digits_cnn",
 ]
