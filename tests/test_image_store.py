@@ -163,3 +163,41 @@ def test_a_parquet_column_of_bytes_and_python_search_by_bytes(tmp_path: Path,
     hits, _ = search_by_image(Store(str(store)).table("px"), query, embedder=PixelEmbedder(), k=1)
     assert hits.num_rows == 1
     assert pa.types.is_integer(hits.schema.field("id").type)
+
+
+def test_the_dagster_image_asset_shows_pictures_and_their_neighbours(
+        pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import re
+
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from embed_assets.dagster import EmbedStoreResource
+    from embed_assets.dagster.images import build_image_embedding_asset
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    (pictures / "empty.png").write_bytes(b"")
+    try:
+        asset = build_image_embedding_asset(["clipart", "embeddings"], source=str(pictures),
+                                            label_column="folder", skip_bad=True, neighbours=3)
+        with DagsterInstance.get() as instance:
+            res = materialize([asset], instance=instance,
+                              resources={"embed_store": EmbedStoreResource(uri=str(tmp_path / "s"))})
+            assert res.success
+            mat = instance.get_latest_materialization_event(AssetKey(["clipart", "embeddings"]))
+            md = mat.asset_materialization.metadata
+    finally:
+        (pictures / "empty.png").unlink()
+    assert md["rows"].value == 24 and md["dimension"].value == 1280
+    assert md["model"].value == "efficientnet-lite0-imagenet"
+    assert "`empty.png`: empty (0 bytes)" in md["bad_images"].value
+    m = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", md["neighbours"].value)
+    assert m is not None
+    im = Image.open(io.BytesIO(base64.b64decode(m.group(1))))
+    # one row per folder (3 labels), the query and 3 neighbours each, 64 px cells
+    assert (im.width, im.height) == (4 + 4 * 68, 4 + 3 * 68)
+    px = np.asarray(im.convert("RGB"))
+    green = ((px[..., 0] == 0) & (px[..., 1] == 160) & (px[..., 2] == 0)).sum()
+    assert green > 0  # neighbours of the query's own folder are framed green

@@ -104,10 +104,16 @@ def image_source(source: str, *, column: str | None = None, key: str | None = No
         raise ValidationError(f"no image files in {source!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
     kcol = key or "key"
     if store_bytes:
-        return (pa.table([pa.array(keys), pa.array([_read(p) for p in files], pa.large_binary())],
-                         schema=pa.schema([pa.field(kcol, pa.string()), blob_field("image")])),
-                kcol, "image")
-    return pa.table({kcol: keys, "path": [os.path.abspath(p) for p in files]}), kcol, "path"
+        tbl = pa.table([pa.array(keys), pa.array([_read(p) for p in files], pa.large_binary())],
+                       schema=pa.schema([pa.field(kcol, pa.string()), blob_field("image")]))
+        if os.path.isdir(source):
+            tbl = tbl.append_column("folder", pa.array([os.path.dirname(k) for k in keys]))
+        return tbl, kcol, "image"
+    # a folder's pictures carry their subfolder: the filing many collections label by
+    folders = [os.path.dirname(k) for k in keys] if os.path.isdir(source) else None
+    cols = {kcol: keys, "path": [os.path.abspath(p) for p in files],
+            **({"folder": folders} if folders is not None else {})}
+    return pa.table(cols), kcol, "path"
 
 
 def _read_table(path: str) -> pa.Table:
