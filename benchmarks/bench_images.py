@@ -26,6 +26,8 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LANCE_LOG", "error")
 
@@ -111,17 +113,87 @@ def clipart_bench(threads: int, speed_images: int) -> None:
               f"{r.n_test} held out): {name}")
 
 
+def storage_bench() -> None:
+    """Pictures kept as references (paths), inline large_binary, or Lance blobs: the same
+    1,470 clip-art PNGs, a cheap embedder (storage is what differs)."""
+    import sys
+
+    import pyarrow as pa
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import clipart
+
+    from embed_assets.embed._image_io import as_blob_column
+
+    if not clipart.available():
+        print("openclipart-png is not installed: skipped")
+        return
+    rows = clipart.labelled()
+    paths = [r["path"] for r in rows]
+    raw = [Path(p).read_bytes() for p in paths]
+    print(f"storage: {len(rows)} pictures, {sum(map(len, raw)) / 1e6:.1f} MB of PNG")
+    base = pa.table({"key": [r["key"] for r in rows], "label": [r["label"] for r in rows]})
+    layouts = {
+        "reference (path)": base.append_column("img", pa.array(paths)),
+        "inline large_binary": base.append_column("img", pa.array(raw, pa.large_binary())),
+        "Lance blob": as_blob_column(base.append_column("img", pa.array(raw, pa.binary())), "img"),
+    }
+    emb = PixelEmbedder(size=(16, 16), image_mode="RGB")
+    for name, tbl in layouts.items():
+        _storage_layout(name, tbl, emb, [r["key"] for r in rows[:20]])
+
+
+def _best(fn: Any) -> float:
+    out = np.inf
+    for _ in range(5):  # best of 5: the machine is shared
+        t0 = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t0)
+    return out
+
+
+def _storage_layout(name: str, tbl: Any, emb: Any, keys: list[str]) -> None:
+    import shutil
+
+    import embed_assets
+    from embed_assets.embed._image_io import stored_images
+
+    root = tempfile.mkdtemp()
+    store = Store(root)
+    t0 = time.perf_counter()
+    embed_images(store, "pics", tbl, key="key", image="img", embedder=emb, on_bad="skip")
+    write = time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    t = store.table("pics")
+    kv = _best(lambda: t.read(columns=["key", "vector"]))
+    full = _best(lambda: t.read())
+    con = embed_assets.connect(root)
+    q = f"SELECT key FROM knn('pics', (SELECT vector FROM pics WHERE key = '{keys[0]}'), 5)"
+    sql_knn = _best(lambda: con.sql(q).fetchall())
+    sql_all = _best(lambda: con.sql("SELECT * FROM pics").fetch_arrow_table())
+    back = _best(lambda: stored_images(t, keys))
+    print(f"{name:20s} table {size / 1e6:6.1f} MB; write {write:5.1f} s; read key+vector "
+          f"{kv * 1e3:6.1f} ms; read all columns {full * 1e3:7.1f} ms; SQL SELECT * "
+          f"{sql_all * 1e3:7.1f} ms; SQL knn {sql_knn * 1e3:6.1f} ms; 20 pictures back "
+          f"{back * 1e3:6.1f} ms")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits", action="store_true")
     ap.add_argument("--clipart", action="store_true")
+    ap.add_argument("--storage", action="store_true",
+                    help="references vs inline bytes vs Lance blobs for the clip art")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-images", type=int, default=96)
     args = ap.parse_args()
     if args.clipart:
         clipart_bench(args.threads, args.speed_images)
-    if args.digits or not args.clipart:
+    if args.storage:
+        storage_bench()
+    if args.digits or not (args.clipart or args.storage):
         digits_bench(args.seeds)
 
 

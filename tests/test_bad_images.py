@@ -93,6 +93,10 @@ def test_the_bomb_is_refused_from_its_header_before_decoding() -> None:
         decode_image(BAD["bomb"])
     # decoding 400M pixels would take seconds and 400 MB; the header check takes none of it
     assert time.perf_counter() - t0 < 30  # a bound against a hang, not a timing claim
+    # between Pillow's warning (89M pixels) and its own refusal (179M) the old code decoded
+    # the whole picture; the header check refuses it first
+    with pytest.raises(BadImage, match="10000x10000 = 100,000,000 pixels exceeds the limit"):
+        decode_image(_bomb_png(10_000))
     # a limit raised on purpose admits a big image that the default refuses
     big = _encode(Image.new("L", (3000, 3000), 7))
     with pytest.raises(BadImage, match="9,000,000 pixels exceeds the limit of 1,000,000"):
