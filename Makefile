@@ -52,7 +52,7 @@ test: $(STAMP) browser-deps
 # The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
 # writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
 stress: $(STAMP)
-	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py
+	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_search_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -40,13 +40,10 @@ from embed_assets.embed import (
     PixelEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
-    knn_label_accuracy,
-    save_model,
-    train_digits_cnn,
 )
+from embed_assets.train import digits_dataset, knn_label_accuracy, save_model, train_digits_cnn
 
 
 def clipart_bench(threads: int, speed_images: int) -> None:

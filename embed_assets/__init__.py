@@ -5,7 +5,8 @@ this in CI, see ``.importlinter``)::
 
     cli, dagster          command line, Dagster integration (the only Dagster imports)
     sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
-    embed, train          embedders and the incremental pipeline; training snapshots
+    train                 training snapshots; the digits CNN trained and evaluated
+    embed                 embedders, and one embedding plan run by executors
     index                 building and tuning ANN indexes to a recall target
     store                 tables, writes, versions and tags, search, the shared cache
     kernels               distances, normalising, top-k, the in-memory IVF probe

@@ -17,11 +17,21 @@ from typing import Any, NoReturn
 
 from ._config import settings
 from ._demo import run_demo
-from .embed import SentenceTransformerEmbedder, default_embedder, embed_table
+from ._version import __version__
+from .embed import (
+    DEFAULT_COMMIT_EVERY,
+    Executor,
+    InProcess,
+    OnRay,
+    SentenceTransformerEmbedder,
+    Streamed,
+    default_embedder,
+    embed_table,
+)
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
 from .sql import format_result, run_sql
-from .store import DEFAULT_GRACE, Store, version_number
+from .store import DEFAULT_GRACE, Store, is_local, local_path, version_number
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.ASCII)
 _DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -121,8 +131,19 @@ class _Announcing:
         return self.inner.embed(texts)
 
 
+# Verbs that create what they write; every other verb reads a store that must exist, so
+# a mistyped --store is named instead of answered with "no tables".
+_CREATING_VERBS = frozenset({"embed", "embed-images", "demo"})
+
+
 def _store(args: argparse.Namespace) -> Store:
-    return Store(args.store)
+    store = Store(args.store)
+    if args.verb not in _CREATING_VERBS and is_local(store.uri):
+        path = local_path(store.uri)
+        if not os.path.isdir(path):
+            raise ValidationError(f"store {path!r} does not exist (check --store or "
+                                  "$EMBED_ASSETS_STORE; embed creates a store)")
+    return store
 
 
 # -- verbs -------------------------------------------------------------------------------
@@ -149,31 +170,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValidationError("--mode replace_partition needs --partition COLUMN=VALUE")
     columns = args.columns.split(",") if args.columns else None
     embedder = default_embedder(args.model, backend=args.backend, batch_size=args.batch_size)
-    if args.ray:
-        from .embed import embed_table_ray
-
-        res: Any = embed_table_ray(
-            _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
-            address=args.ray, mode=args.mode, columns=columns, partition=partition,
-            on_empty="skip" if args.skip_empty else "error", run_id=args.run_id,
-            max_retries=args.ray_retries, rows_per_task=args.ray_rows_per_task)
-        if args.json:
-            _dump(res.to_dict())
-        else:
-            print(res.summary())
-        return 0
     res = embed_table(
         _store(args), args.name, data, key=args.key, text=args.text, embedder=embedder,
         mode=args.mode, columns=columns, partition=partition,
         on_empty="skip" if args.skip_empty else "error", run_id=args.run_id,
-        commit_every=args.commit_every if stream or args.commit_every else None,
-        progress=False if args.no_progress else None,
+        executor=_executor(args, stream),
     )
     if args.json:
         _dump(res.to_dict())
     else:
         print(res.summary())
     return 0
+
+
+def _executor(args: argparse.Namespace, stream: bool) -> Executor:
+    """The options of ``embed`` as the executor that runs it."""
+    if args.ray:
+        return OnRay(args.ray, rows_per_task=args.ray_rows_per_task, max_retries=args.ray_retries)
+    if stream or args.commit_every:
+        return Streamed(args.commit_every or DEFAULT_COMMIT_EVERY,
+                        progress=False if args.no_progress else None)
+    return InProcess()
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -465,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="A versioned embedding store on LanceDB.",
                 epilog="example:\n  " + EXAMPLES["embed"].split("\n")[0] + "\n\n" + EXIT_CODES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Only on the top level: the verbs' own --version names a table version.
+    p.add_argument("--version", action="version", version=f"embed-assets {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser,
                            help="the command; embed-assets VERB --help shows its options")
 
@@ -655,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedAssetsError as exc:
         print(f"embed-assets: error: {describe(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`embed-assets tables | head`): what it read is all it
+        # wanted. Point stdout at /dev/null so the interpreter's final flush is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("embed-assets: interrupted; no commit was left half-done (a streamed embed "
               "keeps the groups it committed: rerun it to resume)", file=sys.stderr)

@@ -23,7 +23,6 @@ from embed_assets.embed import (
     decode_image,
     embed_images,
     fit_pixel_pca,
-    knn_label_accuracy,
 )
 from embed_assets.embed._efficientnet import (
     DIMENSION,
@@ -32,6 +31,7 @@ from embed_assets.embed._efficientnet import (
     preprocess,
     weights_path,
 )
+from embed_assets.train import knn_label_accuracy
 
 DATA = Path(__file__).parent / "data"
 # The ImageNet-1k classes the check pictures show (index: name).

@@ -55,6 +55,8 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (6, 3, 1, 192, 320, 1),
 )
 BN_EPS = 1e-3
+# Above this many images a progress bar is shown (as for texts and the other image models).
+PROGRESS_THRESHOLD = 2000
 
 
 def weights_path() -> str:
@@ -256,7 +258,8 @@ class EfficientNetEmbedder:
         if self.backend != "torch":
             from ._efficientnet_export import export_runner
 
-            self._runner = export_runner(self._net, self._revision, self.backend, self.threads)
+            self._runner = export_runner(self._net, self._revision, self.backend, self.threads,
+                                         INPUT_SIZE)
 
     @property
     def revision(self) -> str:
@@ -283,18 +286,24 @@ class EfficientNetEmbedder:
             return self._cl.features(t).numpy()
 
     def embed_images(self, images: Sequence[Image]) -> np.ndarray:
-        from ._images import PROGRESS_THRESHOLD, _batches, _normalise_rows
-
         images = list(images)
         if not images:
             return np.zeros((0, DIMENSION), np.float32)
         show = self.show_progress if self.show_progress is not None else len(images) > PROGRESS_THRESHOLD
         out = np.empty((len(images), DIMENSION), np.float32)
+        starts: Any = range(0, len(images), self.batch_size)
+        if show:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"embedding images ({self.name})", unit="batch")
         ctx = _threads(self.threads) if self.backend == "torch" else _nothing()
         with ctx:
-            for s in _batches(len(images), self.batch_size, show, f"embedding images ({self.name})"):
+            for s in starts:
                 out[s:s + self.batch_size] = self._forward(preprocess(images[s:s + self.batch_size]))
-        return _normalise_rows(out) if self.normalize else out
+        if self.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms > 0, norms, 1.0)
+        return out
 
     def classify(self, images: Sequence[Image], k: int = 5) -> list[list[tuple[int, float]]]:
         """The top-``k`` ImageNet class indices with their probabilities, per image."""

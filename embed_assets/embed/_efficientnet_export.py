@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from ._efficientnet import INPUT_SIZE
 from ._onnx import _require_onnxruntime, model_cache_dir
 from ._openvino import _require_openvino
 
@@ -38,7 +37,7 @@ def _wrap(net: Any) -> Any:
     return Features().eval()
 
 
-def export_onnx(net: Any, revision: str) -> Path:
+def export_onnx(net: Any, revision: str, size: int) -> Path:
     """The ONNX file of the network's features, exported on first use."""
     import torch
 
@@ -51,7 +50,7 @@ def export_onnx(net: Any, revision: str) -> Path:
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape arithmetic in the SAME pads
-            torch.onnx.export(_wrap(net), (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE),), tmp,
+            torch.onnx.export(_wrap(net), (torch.zeros(2, 3, size, size),), tmp,
                               input_names=["pixels"], output_names=["features"],
                               dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
                               opset_version=17, dynamo=False)
@@ -62,9 +61,9 @@ def export_onnx(net: Any, revision: str) -> Path:
     return dest
 
 
-def export_runner(net: Any, revision: str, backend: str, threads: int | None) -> Any:
-    """A callable ``(n, 3, 224, 224) float32 -> (n, 1280)`` on the named backend."""
-    path = export_onnx(net, revision)
+def export_runner(net: Any, revision: str, backend: str, threads: int | None, size: int) -> Any:
+    """A callable ``(n, 3, size, size) float32 -> (n, 1280)`` on the named backend."""
+    path = export_onnx(net, revision, size)
     if backend == "onnx":
         ort = _require_onnxruntime()
         opts = ort.SessionOptions()
