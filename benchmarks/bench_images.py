@@ -167,7 +167,7 @@ def _storage_layout(name: str, tbl: Any, emb: Any, keys: list[str]) -> None:
     con = embed_assets.connect(root)
     q = f"SELECT key FROM knn('pics', (SELECT vector FROM pics WHERE key = '{keys[0]}'), 5)"
     sql_knn = _best(lambda: con.sql(q).fetchall())
-    sql_all = _best(lambda: con.sql("SELECT * FROM pics").fetch_arrow_table())
+    sql_all = _best(lambda: con.sql("SELECT * FROM pics").to_arrow_table())
     back = _best(lambda: stored_images(t, keys))
     print(f"{name:20s} table {size / 1e6:6.1f} MB; write {write:5.1f} s; read key+vector "
           f"{kv * 1e3:6.1f} ms; read all columns {full * 1e3:7.1f} ms; SQL SELECT * "

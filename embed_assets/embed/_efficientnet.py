@@ -207,9 +207,9 @@ class EfficientNetEmbedder:
         ``torch`` runs the module here (fp32, channels-last); ``onnx`` and ``openvino``
         run a local ONNX export of the same network (made once, cached beside the text
         models' exports), with the ``onnx`` / ``openvino`` extras. ``auto`` (default):
-        ``onnx`` where onnxruntime is installed, else ``torch`` (ONNX Runtime ran this
-        network several times faster than torch's CPU depthwise convolutions on 2 cores;
-        benchmarks/RESULTS.md).
+        ``openvino`` where it is installed, else ``onnx`` where onnxruntime is, else
+        ``torch``: on 2 cores OpenVINO ran this network 12.7x and ONNX Runtime 8.2x faster
+        than torch fp32 (benchmarks/RESULTS.md, 2026-12-07).
     batch_size : int
         Images per forward pass (memory: about 12 MB of activations per image in fp32).
     normalize : bool
@@ -253,7 +253,8 @@ class EfficientNetEmbedder:
         if self.backend == "auto":
             from importlib.util import find_spec
 
-            self.backend = "onnx" if find_spec("onnxruntime") is not None else "torch"
+            self.backend = next((b for b, mod in (("openvino", "openvino"), ("onnx", "onnxruntime"))
+                                 if find_spec(mod) is not None), "torch")
         self._net, self._revision = load_network(self.weights)
         if self.backend != "torch":
             from ._efficientnet_export import export_runner
