@@ -30,10 +30,12 @@ from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
     EMBED_BACKENDS,
+    EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    ImageLimits,
     OnnxEmbedder,
     OpenVinoEmbedder,
     RayEmbedError,
@@ -46,6 +48,7 @@ from .embed import (
     embed_images,
     embed_table,
     embed_table_ray,
+    search_by_image,
 )
 from .errors import (
     EmbedAssetsError,
@@ -88,6 +91,7 @@ __all__ = [
     "EMBED_BACKENDS",
     "CleanupReport",
     "Client",
+    "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -95,6 +99,7 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
+    "ImageLimits",
     "IndexReport",
     "KeyNotFoundError",
     "OnnxEmbedder",
@@ -132,5 +137,6 @@ __all__ = [
     "open_snapshot",
     "refresh_index",
     "run_sql",
+    "search_by_image",
     "snapshot",
 ]

@@ -121,7 +121,7 @@ class _Announcing:
 
 # Verbs that create what they write; every other verb reads a store that must exist, so
 # a mistyped --store is named instead of answered with "no tables".
-_CREATING_VERBS = frozenset({"embed", "demo"})
+_CREATING_VERBS = frozenset({"embed", "embed-images", "demo"})
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -278,6 +278,54 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed_images(args: argparse.Namespace) -> int:
+    from .embed import EfficientNetEmbedder, ImageLimits, embed_images
+    from .embed._image_io import image_source
+
+    data, key, image = image_source(args.source, column=args.column, key=args.key,
+                                    store_bytes=args.store_bytes)
+    limits = ImageLimits(**({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+    emb = EfficientNetEmbedder(backend=args.backend, batch_size=args.batch_size,
+                               show_progress=False if args.no_progress else None)
+    try:
+        res = embed_images(_store(args), args.name, data, key=key, image=image, embedder=emb,
+                           mode=args.mode, on_bad="skip" if args.skip_bad else "error",
+                           run_id=args.run_id, limits=limits)
+    except ValidationError as exc:  # the library's advice in this command's words
+        raise ValidationError(str(exc).replace("pass on_bad='skip'", "pass --skip-bad")) from None
+    if args.json:
+        _dump({**res.to_dict(), "bad_images": [[k, why] for k, why in res.bad_images]})
+    else:
+        print(res.summary())
+        for k, why in res.bad_images:
+            print(f"  skipped {k}: {why}")
+    return 0
+
+
+def cmd_search_image(args: argparse.Namespace) -> int:
+    from .embed._image_io import neighbours_png, search_by_image, stored_value
+
+    t = _store(args).table(args.name)
+    version = _version_arg(args.version)
+    meta = t.meta_at(version)
+    hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
+                                by_key=True if args.key else None)
+    extra = [c for c in (args.label,) if c and c in hits.column_names]
+    rows = hits.select([meta.key, *extra, "distance", "rank"]).to_pylist()
+    if args.png:
+        is_key = args.key or not os.path.isfile(args.query)
+        want = stored_value(t, args.query, args.label, version) if args.label and is_key else None
+        with open(args.png, "wb") as fh:
+            fh.write(neighbours_png(t, hits, raw, version=version, label=args.label, query_label=want))
+    if args.json:
+        _dump({"rows": rows, "png": args.png} if args.png else rows)
+    else:
+        _print_table(rows, ["rank", meta.key, "distance", *extra])
+        if args.png:
+            print(f"wrote {args.png}: the query, then its {len(rows)} neighbours")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
@@ -395,6 +443,11 @@ EXAMPLES: dict[str, str] = {
     "search": "embed-assets search pkgs \"a text editor\" -k 5 --where \"section = 'editors'\"\n"
               "  embed-assets search pkgs libxml2 --mode hybrid --explain",
     "export": "embed-assets export pkgs --to pkgs-prod.parquet --version prod",
+    "embed-images": "embed-assets embed-images pics ./photos\n"
+                    "  embed-assets embed-images pics 'shop/**/*.jpg' --store-bytes --skip-bad\n"
+                    "  embed-assets embed-images pics items.parquet --column image --key sku",
+    "search-image": "embed-assets search-image pics query.jpg -k 8 --png neighbours.png\n"
+                    "  embed-assets search-image pics animals/cat.png --key -k 5",
     "cleanup": "embed-assets cleanup pkgs --keep-last 5 --older-than 7d --json",
     "index": "embed-assets index pkgs --recall 0.95\n  embed-assets index pkgs --refresh\n"
              "  embed-assets index pkgs --text",
@@ -513,6 +566,43 @@ def build_parser() -> argparse.ArgumentParser:
                          "or hybrid (both, fused by reciprocal rank)")
     sp.add_argument("--explain", action="store_true",
                     help="say which search plan ran and why (with --json: {rows, plan})")
+    sp = verb("embed-images", cmd_embed_images, "embed images (a folder, a glob, or a Parquet/Arrow "
+              "column of paths or bytes) with EfficientNet-Lite0", "print what was written as JSON")
+    sp.add_argument("name", help="the store table to write")
+    sp.add_argument("source", help="a folder, a glob such as 'photos/**/*.jpg', or a .parquet/.arrow file")
+    sp.add_argument("--column", default=None, help="for a Parquet/Arrow file: the column of paths or bytes")
+    sp.add_argument("--key", default=None,
+                    help="for a Parquet/Arrow file: the key column (folders and globs are keyed by path)")
+    sp.add_argument("--store-bytes", action="store_true",
+                    help="keep the image bytes in the table (Lance blob encoding) instead of the "
+                         "path; bytes from a Parquet/Arrow column are always kept so")
+    sp.add_argument("--skip-bad", action="store_true",
+                    help="leave out (and list) images that cannot be used instead of failing")
+    sp.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                    help="refuse images above N pixels (default 89,478,485, Pillow's bomb limit)")
+    sp.add_argument("--mode", default="upsert", choices=["upsert", "overwrite", "append", "sync"],
+                    help="upsert (default), overwrite, append or sync, as for embed")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+                    help="how the network runs: auto (default: onnx where onnxruntime is installed, "
+                         "else torch), torch, onnx or openvino (all fp32, the same vectors)")
+    sp.add_argument("--batch-size", type=_positive_int, default=32,
+                    help="images per forward pass (default 32)")
+    sp.add_argument("--run-id", default=None, help="recorded on the version written")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp = verb("search-image", cmd_search_image, "nearest stored images of an image file or a stored key",
+              "print the hits as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("query", help="an image file, or the key of a stored row")
+    sp.add_argument("-k", type=_positive_int, default=10, help="how many hits (default 10)")
+    sp.add_argument("--key", action="store_true", help="QUERY is a stored key even if a file has that name")
+    sp.add_argument("--png", default=None, metavar="FILE.png",
+                    help="write a picture of the query and its neighbours")
+    sp.add_argument("--label", default=None, metavar="COL",
+                    help="show this stored column; in the picture a neighbour with the query's "
+                         "value is framed green, another red")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="search this version or tag (default: the latest)")
+    sp.add_argument("--where", default=None, metavar="SQL", help="filter rows first")
     sp = verb("export", cmd_export, "write a version to Parquet", "print what was written as JSON")
     sp.add_argument("name", help="the table")
     sp.add_argument("--to", required=True, metavar="FILE.parquet",
