@@ -1,5 +1,10 @@
-"""The demo code location ``embed_assets_demo``: the dg project of the repository root
-(dg.toml), and the first location of workspace.yaml (``make ui``, ``dagster dev``).
+"""The demo code location ``embed_assets_demo``: a dg project of components (dg.toml), and
+the first location of workspace.yaml (``make ui``, ``dagster dev``).
+
+Its definitions are the defs folder ``dagster_project/defs``: the text embeddings are an
+``EmbeddingsComponent`` declared in ``defs/debian_embeddings/defs.yaml``; ``defs/pipeline.py``
+holds what a component cannot express (the source asset, centroids, searches, the prod
+tag, the recipes, the image group).
 
 The store is ``$EMBED_ASSETS_STORE`` (default ``./.embed_store``); the model is
 all-MiniLM-L6-v2, shipped offline (``EMBED_ASSETS_MODEL=hash-bow`` for a weightless run).
@@ -14,9 +19,8 @@ pipeline with one Dagster partition per Debian section is the
 it imports this module, so nothing here can create it (the README's command does).
 """
 
-from .demo import build_demo_definitions
-from .images import with_image_assets  # the image group (digits CNN, PCA baseline) beside the text one
+from pathlib import Path
 
-# The demo location tags the embeddings version it left as ``prod`` (the README's
-# ``"debian_embeddings@prod"`` SQL example reads it).
-defs = with_image_assets(build_demo_definitions("debian", tag_prod=True))
+import dagster as dg
+
+defs = dg.load_from_defs_folder(project_root=Path(__file__).resolve().parent.parent)
