@@ -47,7 +47,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> 
     return p
 
 
-@pytest.mark.skipif(not CREATE.exists(), reason="create-dagster is not installed (pip install create-dagster)")
+@pytest.mark.skipif(not CREATE.exists(), reason="create-dagster is not installed (the dev extra)")
 def test_own_dg_project_scaffold_edit_five_lines_launch_and_query(tmp_path: Path) -> None:
     # the user's data: 300 PyPI-like rows of their own (here: Debian packages renamed)
     data = tmp_path / "data"

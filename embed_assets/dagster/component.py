@@ -54,8 +54,8 @@ from ..errors import ValidationError
 from .assets import build_embedding_asset
 from .checks import INTEGRITY_CHECKS, WARN_CHECKS, build_embedding_checks
 from .io_manager import LanceDBIOManager
-from .jobs import build_table_jobs, sync_version_choices, version_choices_sensor
-from .metadata import lance_table_name
+from .jobs import build_table_jobs, rollback_link, sync_version_choices, version_choices_sensor
+from .metadata import lance_table_name, latest_version_markdown
 from .resources import BACKENDS, EmbedderResource, EmbedStoreResource
 
 CheckName = Literal["vectors_finite", "vector_dimension", "no_zero_vectors", "unique_keys",
@@ -179,6 +179,11 @@ class EmbeddingsComponent(Component, Resolvable):
     # Rollback / restore / tag jobs per table, and the sensor keeping the restore
     # Launchpad's version choices in step with the store.
     version_jobs: bool = True
+    # The asset description shows the latest version when the code location loaded: its
+    # number, rows, model and the 2-D projection as a picture (the description is the one
+    # place Dagster's UI renders an image without a click; metadata markdown opens in a
+    # modal). Reads up to 1,000 vectors per table at load; false: no store read at load.
+    describe_latest: bool = True
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -255,7 +260,6 @@ class EmbeddingsComponent(Component, Resolvable):
         if condition is None and self.automate:
             condition = default_automation_condition()
         fresh = t.freshness or self.freshness
-        model = self.model.name or DEFAULT_MODEL
         spec = AssetSpec(
             key=key,
             group_name=self.group_name,
@@ -263,16 +267,47 @@ class EmbeddingsComponent(Component, Resolvable):
             code_version=self.code_version(),
             automation_condition=condition,
             freshness_policy=_freshness_policy(fresh) if fresh else None,
-            description=t.description or (
-                f"Embeddings of `{t.source or t.path}`.{t.text_column}, keyed by {t.key_column}, "
-                f"in store table `{t.table or lance_table_name(key)}`. Model `{model}` "
-                f"({self.model.backend}); only new or changed rows are embedded. The Lance "
-                "version is the data version; `restore_` / `rollback_` jobs of the table go back."),
+            description=t.description or _description(
+                t, key, self.code_version(), links=self.version_jobs,
+                latest=self._latest_snapshot(t, key) if self.describe_latest else ""),
             deps=[AssetKey.from_user_string(t.source)] if t.source else [],
         )
         if self.translation is not None:
             spec = self.translation(spec, t)
         return spec
+
+
+    def _latest_snapshot(self, t: EmbeddingTableSpec, key: AssetKey) -> str:
+        """The latest version as markdown, read when the code location loads ("" if none)."""
+        name = t.table or lance_table_name(key)
+        try:
+            store = shared_store_resource(self.store.uri, self.store.storage_options).get_store()
+            if not store.exists(name):
+                return ""
+            return latest_version_markdown(store.table(name), label_column=t.label_column
+                                           or t.partition_column)
+        except Exception:  # a store that cannot be read at load time: the page says less
+            return ""
+
+
+def _description(t: EmbeddingTableSpec, key: AssetKey, identity: str, *, links: bool,
+                 latest: str = "") -> str:
+    """What the asset page says first: what is embedded, by which model, the latest version
+    (at load time) with its picture, and the way back."""
+    name = t.table or lance_table_name(key)
+    model, _, backend = identity.rpartition("#")
+    text = (f"Embeddings of `{t.source or Path(str(t.path)).name}`.{t.text_column}, keyed by "
+            f"`{t.key_column}`, in store table `{name}` (SQL: `FROM {name}`). "
+            f"**Model** `{model.split('@')[0]}` ({backend}; the code version is the model "
+            "identity). Only new or changed rows are embedded; the data version is the Lance "
+            "version.")
+    if links:  # before the picture, which the page folds under "Show more"
+        text += (f"\n\n[Restore a version]({rollback_link(name).replace('rollback_', 'restore_', 1)}) "
+                 f"(pick it from a list: version, rows, model, run, time) · "
+                 f"[Roll back this asset]({rollback_link(name)}) (to the previous version)")
+    if latest:
+        text += "\n\n" + latest
+    return text
 
 
 # -- validation at load time ------------------------------------------------------------------

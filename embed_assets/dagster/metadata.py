@@ -279,6 +279,33 @@ def preview_column_order(names: Sequence[str], key: str | None,
     return head + rest + ([VECTOR_COLUMN] if VECTOR_COLUMN in names else [])
 
 
+def latest_version_markdown(table: EmbeddingTable, *, label_column: str | None = None,
+                            points: int = 1000) -> str:
+    """The latest user version of ``table`` as markdown: number, tags, rows, model, run,
+    time, and the 2-D projection of a bounded sample as an inline picture."""
+    info = table.versions()[-1]
+    ds = table.dataset(info.version)
+    tags = f" [{', '.join(info.tags)}]" if info.tags else ""
+    model = table.meta_at(info.version).model or "?"
+    when = info.timestamp.strftime("%Y-%m-%d %H:%M UTC")
+    run = (info.properties.get("run_id") or "-")[:8]
+    text = (f"**Latest version when this code location loaded: v{info.version}{tags}**, "
+            f"{info.rows:,} rows, model `{model}`, run `{run}`, {when}. (Reload the code "
+            "location to refresh this paragraph; the Metadata below is always current.)")
+    if info.rows < 2 or VECTOR_COLUMN not in ds.schema.names:
+        return text
+    sample = ds.take(_sample_indices(info.rows, points))
+    vecs = np.asarray(sample.column(VECTOR_COLUMN).combine_chunks().flatten()
+                      .to_numpy(zero_copy_only=False)).reshape(sample.num_rows, -1)
+    if not np.isfinite(vecs).all():
+        return text
+    lab = _label_column(sample, table.meta.key, label_column)
+    png = projection_png(vecs, sample.column(lab).to_pylist() if lab else None,
+                         title=f"{table.name} v{info.version} ({sample.num_rows} of {info.rows} rows)")
+    return f"{text}\n\n![2-D PCA projection of v{info.version}]" \
+           f"(data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
 def _sample_indices(rows: int, limit: int) -> list[int]:
     # Evenly spaced, deterministic: the same version always gives the same picture.
     if rows <= limit:
