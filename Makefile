@@ -18,7 +18,7 @@ PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constrain
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/native/*.c embed_assets/sql/native/*.h) embed_assets/sql/native/build.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) -e '.[dev,onnx,ray,openvino]'
+	$(PIP) -e '.[dev,onnx,ray,openvino,images]'
 	touch $(STAMP)
 
 install: $(STAMP)

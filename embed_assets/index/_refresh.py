@@ -171,6 +171,10 @@ def refresh_graph(table: EmbeddingTable) -> dict[str, Any] | None:
     fp = fingerprint(ds)
     if fp == p["graph_fingerprint"] and "graph_files" in p:
         return {"action": "fresh"}
+    if "graph_files" not in p:
+        return {"action": "stale", "reason": "the graph was recorded by an older embed_assets "
+                "(no checked files, a fingerprint that counted deletions, not which rows): "
+                "build_index rebuilds it"}
     old = _version_with(table, p["graph_fingerprint"], p.get("graph_version"))
     if old is None:
         return {"action": "stale", "reason": "the version the graph was built from is gone "

@@ -229,7 +229,7 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
-def _tokens(query: str) -> list[tuple[str, object]]:
+def _tokens(query: str) -> list[tuple[str, Any]]:
     """(text, type) of each token of a statement (DuckDB's tokenizer)."""
     toks = duckdb.tokenize(query)
     out = []

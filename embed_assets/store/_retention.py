@@ -40,6 +40,7 @@ import lance
 from ..errors import StorageError, ValidationError, describe
 from ._meta import is_local, local_path
 from ._results import CleanupReport
+from ._validation import as_duration
 
 U64_MAX = 2**64 - 1
 # A version superseded less than this long ago is never removed: a reader that resolved a
@@ -226,8 +227,9 @@ def _list_files(uri: str, storage_options: dict[str, str] | None) -> set[str]:
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
 
-    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
-                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
+    def cleanup(self, *, keep_last: int | None = None,
+                older_than: dt.timedelta | float | str | None = None,
+                grace: dt.timedelta | float | str = DEFAULT_GRACE) -> CleanupReport:
         """Delete old versions: those beyond the last ``keep_last``, and/or those older
         than ``older_than`` (either criterion alone removes a version), with Lance's
         ``cleanup_old_versions``.
@@ -243,8 +245,9 @@ class RetentionMixin:
             raise ValidationError("cleanup needs keep_last and/or older_than")
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
-        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
-            raise ValidationError("older_than and grace must not be negative")
+        # durations as a timedelta, seconds (grace=0) or text ("7d"), as the CLI takes them
+        grace = as_duration(grace, "grace")
+        older_than = None if older_than is None else as_duration(older_than, "older_than")
         self._versions_open.clear()  # handles on removed versions would point at deleted files
         ds = self.refresh()._ds
         marker = MARKER + _stamp()

@@ -276,6 +276,8 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
     schema = with_primary_key(tbl.schema, req.key)
     schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: meta.to_bytes()})
     tbl = tbl.cast(schema)
+    if existing is not None and _holds_exactly(existing, tbl, req.key):
+        return _unchanged(req, existing, props)  # a rerun that changes nothing: no version
     try:
         ds = lance.write_dataset(
             tbl, uri, mode="create" if existing is None else "overwrite",
@@ -291,6 +293,16 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
                        req.mode, rows_inserted=tbl.num_rows,
                        rows_deleted=existing.count_rows() if existing is not None else 0,
                        properties=props)
+
+
+def _holds_exactly(existing: lance.LanceDataset, tbl: pa.Table, key: str) -> bool:
+    """Whether the latest version already holds exactly these rows (in any order) under the
+    same schema and table facts. Costs one read of the table, only when the row counts and
+    schemas already match: at most what the overwrite itself would have written."""
+    if existing.count_rows() != tbl.num_rows or not existing.schema.equals(tbl.schema, check_metadata=True):
+        return False
+    old = existing.to_table(columns=tbl.column_names)
+    return bool(old.sort_by(key).equals(tbl.sort_by(key)))
 
 
 def _append(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, props: dict[str, str],

@@ -376,6 +376,9 @@ def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
     q = np.asarray(q, dtype=np.float32)
     if metric != "cosine":
         return q
+    if q.ndim == 1:  # the per-call path: np.linalg.norm costs ~10x a dot here
+        n = float(np.dot(q, q)) ** 0.5
+        return q * np.float32(1.0 / n) if n > 0 else q
     norms = np.linalg.norm(q, axis=-1, keepdims=True)
     return (q / np.where(norms > 0, norms, 1)).astype(np.float32)
 
