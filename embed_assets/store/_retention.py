@@ -13,9 +13,11 @@
    ``delete_unverified``: the caller promises that no write is in flight).
 
 What Lance's cleanup does not cover is its own run: it reads the tags and lists the
-manifests once, then deletes. A rollback committed, or a tag created, after that reading
-could lose the files of its version (reproduced here: tests/test_concurrency.py, 3 of
-3 forced interleavings). So a cleanup announces itself with a **cleanup marker** (a Lance
+manifests once, then deletes (pylance 14's ``CleanupTask::run``). A rollback committed,
+or a tag created, after that reading could lose the files of its version, as the sweep
+this module replaced did (its choice made once, then deleted: the latest version
+unreadable after a rollback, a tag on a removed version, forced in 2 of 2 runs against
+it). So a cleanup announces itself with a **cleanup marker** (a Lance
 tag ``_ea-cleanup-...`` on the latest version, removed when it is done), and a rollback
 or a new tag first protects its version with a tag, then waits for the cleanups that were
 already running (:func:`wait_for_cleanups`), then checks that its version is still whole:
