@@ -10,10 +10,8 @@ from typing import Any
 
 import lance
 from lance import LanceOperation
-from lance.commit import CommitConflictError
 
 from ..errors import VersionNotFoundError
-from . import _commits
 from ._commits import table_lock, with_retries
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import PROP_PREFIX, VersionRef
@@ -97,15 +95,6 @@ class RollbackMixin:
             props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
         txn.transaction_properties = props
         ds = lance.LanceDataset.commit(latest, txn)
-        if ds.read_transaction(ds.version).uuid != txn.uuid:
-            # Seen in the 8-writer test (2 of ~40 rollbacks, pylance 14): two processes
-            # restoring the same version at once, both handed back the one Restore that
-            # landed. Ours made no version: plan it again on the new latest one.
-            ours = _commits._landed(latest, latest.version, txn.uuid, self.store.storage_options)
-            if ours is None:
-                raise CommitConflictError("a concurrent rollback's version was returned for ours",
-                                          retryable=True)
-            ds = ours
         return ds, report, lost, has_scalar_index(latest)
 
     def index_pending(self) -> dict[str, Any] | None:
