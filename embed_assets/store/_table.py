@@ -127,7 +127,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
     # -- versions and tags ----------------------------------------------------------------
     def tags(self) -> dict[str, int]:
         """Tag name -> version (the store's own bookkeeping tags left out)."""
-        return {t: int(d["version"]) for t, d in self._ds.tags.list().items()
+        return {t: int(d["version"]) for t, d in _retention.list_tags(self._ds).items()
                 if not t.startswith(_retention.INTERNAL_TAG)}
 
     def _open_raw(self, version: int) -> lance.LanceDataset:
