@@ -303,7 +303,8 @@ def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: i
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {ctx.name!r}: bad filter {where!r}: "
+        shown = where if part is not None else " AND ".join(req.where_parts)
+        raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
                               f"{first_line(exc)}") from None
     if sub is None:
         return None
