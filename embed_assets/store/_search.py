@@ -303,8 +303,7 @@ def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: i
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        # name the user's own filter text, not the closed, combined form sent to Lance
-        shown = " AND ".join(req.where_parts) if req.where_parts else where
+        shown = where if part is not None else " AND ".join(req.where_parts)
         raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
                               f"{first_line(exc)}") from None
     if sub is None:
