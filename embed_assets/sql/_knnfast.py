@@ -52,7 +52,7 @@ class KnnCall:
 def tokens(query: str) -> list[tuple[int, int, str, object]]:
     """(start, end, text, type) of each token; statements repeat, so this is memoised."""
     toks = duckdb.tokenize(query)
-    out = []
+    out: list[tuple[int, int, str, object]] = []
     for i, (pos, typ) in enumerate(toks):
         end = toks[i + 1][0] if i + 1 < len(toks) else len(query)
         text = query[pos:end].rstrip()

@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+from duckdb.func import ARROW, SPECIAL
 
 from ..store import VECTOR_COLUMN
 from ._knnfast import sql_distances, store_search
@@ -92,8 +93,8 @@ class RowFunctions:
         name = f"__ea_knn_rows_{self._n}"
         self.con.create_function(
             name, _rows_function(self, table, spec, out, info.meta.key), [duckdb.sqltype("FLOAT[]")],
-            duckdb.list_type(duckdb.struct_type(fields)), type="arrow", null_handling="special",
-            side_effects=False)
+            duckdb.list_type(duckdb.struct_type(fields)), type=ARROW,
+            null_handling=SPECIAL, side_effects=False)
         self._fns[spec] = name
         while len(self._fns) > _MAX_FUNCTIONS:
             _, old = self._fns.popitem(last=False)

@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lance
 
@@ -153,8 +154,8 @@ def sweep(uri: str, table_path: str, remove: list[int], remaining: list[int],
         path = os.path.join(folder, name)
         if name in keep_uuids or os.path.getmtime(path) >= cutoff:
             continue
-        for root, _dirs, files in os.walk(path):
-            for f in files:
+        for root, _dirs, names in os.walk(path):
+            for f in names:
                 out.bytes_freed += os.path.getsize(os.path.join(root, f))
                 out.files_removed += 1
         shutil.rmtree(path, ignore_errors=True)
@@ -181,10 +182,10 @@ def sweep_remote(uri: str, storage_options: dict[str, str] | None, remove: list[
         with contextlib.suppress(Exception):
             of_removed |= referenced_files(lance.dataset(uri, version=v, storage_options=storage_options))[0]
     manifests = {}
-    for m in list_objects(uri, storage_options, "_versions"):
-        v = _manifest_version(m["path"])
-        if v is not None:
-            manifests[v] = m
+    for obj in list_objects(uri, storage_options, "_versions"):
+        num = _manifest_version(obj["path"])
+        if num is not None:
+            manifests[num] = obj
     for v in remove:  # one whole version per DELETE, oldest first
         m = manifests.get(v)
         if m is None:
@@ -222,6 +223,21 @@ def sweep_remote(uri: str, storage_options: dict[str, str] | None, remove: list[
 
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the table it is part of
+        store: Any
+        name: str
+        _versions_open: dict[int, lance.LanceDataset]
+
+        @property
+        def uri(self) -> str: ...
+
+        def refresh(self) -> Any: ...
+
+        def versions(self, *, with_properties: bool = True,
+                     include_maintenance: bool = False) -> list[Any]: ...
+
+        def tags(self) -> dict[str, int]: ...
 
     def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
                 grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:

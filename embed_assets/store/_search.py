@@ -294,8 +294,8 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
             return rows_at(key, ds, *got, req.columns, metric)
         p.fall_back("lance", "the probe does not fit in the cache")
         p.params = lance_only(p.params)
-    if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
-        sub = p.subset
+    sub = p.subset
+    if p.path == "filtered-exact" and sub is not None and sub.matrix is not None:
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
         return rows_at(key, ds, sub.offsets[idx], dist, req.columns, metric)
     if p.path == "exact":
