@@ -143,8 +143,9 @@ class LanceDbClient(DbClient[Store]):
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:
-        # dagster/table_name: the table's URI, which lancedb/pylance/DuckDB all open.
-        return f"{(table_slice.database or '').rstrip('/')}/{table_slice.table}.lance"
+        # dagster/table_name: the name SQL reads (embed_assets.connect's view); the URI
+        # lancedb/pylance open is dagster/uri (metadata.table_metadata).
+        return table_slice.table
 
     @contextmanager
     def connect(self, context: OutputContext | InputContext,  # type: ignore[override]
