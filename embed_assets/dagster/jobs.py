@@ -318,7 +318,7 @@ def _check_events(t: EmbeddingTable, key: AssetKey,
         yield AssetCheckEvaluation(
             asset_key=key, check_name=str(r.check_name), passed=bool(r.passed),
             metadata=r.metadata, severity=r.severity, blocking=settings.blocking(str(r.check_name)))
-    failed = [r.check_name for r in results if not r.passed and settings.blocking(str(r.check_name))]
+    failed = [str(r.check_name) for r in results if not r.passed and settings.blocking(str(r.check_name))]
     if failed:
         raise Failure(f"rolled {t.name} back, but the new version fails blocking checks: "
                       f"{', '.join(failed)}; roll back to another version")

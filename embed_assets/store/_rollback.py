@@ -51,6 +51,12 @@ class RollbackMixin:
 
         def _properties(self, version: int) -> dict[str, str]: ...
 
+        @property
+        def uri(self) -> str: ...
+
+        _ds: lance.LanceDataset
+        _versions_open: dict[int, lance.LanceDataset]
+
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
         """Make a new latest version equal to version/tag ``to``; history stays readable.
 
