@@ -274,7 +274,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.explain:
             print(f"plan: {plan}")
         _print_table(rows, ["rank", meta.key, *scores,
-                            *([meta.text_column] if meta.text_column in cols else [])])
+                            *([meta.text_column] if meta.text_column and meta.text_column in cols
+                              else [])])
     return 0
 
 
@@ -467,7 +468,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
                         help="store URI (default: $EMBED_ASSETS_STORE or ./.embed_store)")
     p = _Parser(prog="embed-assets", parents=[common],

@@ -375,7 +375,7 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
     inserted = int(stats.get("num_inserted_rows", 0))
     updated = int(stats.get("num_updated_rows", 0))
     deleted = int(stats.get("num_deleted_rows", 0))
-    op = txn.operation
+    op: Any = txn.operation  # an Update (its fragment lists), typed as the base operation
     if inserted == updated == deleted == 0:
         return _unchanged(req, existing, props)
     props = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
