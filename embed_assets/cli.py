@@ -584,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", default="upsert", choices=["upsert", "overwrite", "append", "sync"],
                     help="upsert (default), overwrite, append or sync, as for embed")
     sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
-                    help="how the network runs: auto (default: onnx where onnxruntime is installed, "
-                         "else torch), torch, onnx or openvino (all fp32, the same vectors)")
+                    help="how the network runs: auto (default: openvino, else onnx, else torch, "
+                         "whichever is installed first), torch, onnx or openvino (all fp32, the "
+                         "same vectors)")
     sp.add_argument("--batch-size", type=_positive_int, default=32,
                     help="images per forward pass (default 32)")
     sp.add_argument("--run-id", default=None, help="recorded on the version written")

@@ -316,7 +316,11 @@ def _stored_state(store: Store, job: EmbedJob, keep: list[str]) -> _Stored | Non
         raise SchemaMismatchError(
             f"table {name!r} was not written by the embedding pipeline (no _content_hash); "
             "use mode 'overwrite' or a new table")
-    sig_columns = [c for c in keep if c in schema_names and c != key]
+    # A Lance blob column (pictures kept in the table) scans as descriptions, never equal
+    # to the source's bytes: every row would look changed and every picture be rewritten.
+    # An image column's bytes are in _content_hash already (the image hash is the "text").
+    blobs = {f.name for f in ds.schema if "blob" in str(getattr(f.type, "extension_name", ""))}
+    sig_columns = [c for c in keep if c in schema_names and c != key and c not in blobs]
     where = SCAN_ALL
     if job.partition is not None:
         # A list of values scopes the write to several partitions at once (a Dagster
