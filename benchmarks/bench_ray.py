@@ -79,11 +79,11 @@ def machine() -> str:
 
 
 def ray_run(store: Any, name: str, src: Any, workers: int) -> dict[str, Any]:
-    from embed_assets import SentenceTransformerEmbedder
-    from embed_assets.embed import embed_table_ray
+    from embed_assets import SentenceTransformerEmbedder, embed_table
+    from embed_assets.embed import OnRay
 
     t0 = time.perf_counter()
-    r = embed_table_ray(
+    r = embed_table(
         store,
         name,
         src,
@@ -91,7 +91,7 @@ def ray_run(store: Any, name: str, src: Any, workers: int) -> dict[str, Any]:
         text="summary",
         embedder=SentenceTransformerEmbedder(show_progress=False),
         mode="overwrite",
-        resources={"solo": 1} if workers == 1 else None,
+        executor=OnRay(resources={"solo": 1} if workers == 1 else None),
     )
     wall = time.perf_counter() - t0
     assert r.ray["workers"] == workers, r.ray

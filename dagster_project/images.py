@@ -44,14 +44,11 @@ from embed_assets.embed import (
     ImageEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
     image_grid_png,
-    knn_label_accuracy,
-    save_model,
-    train_digits_cnn,
 )
+from embed_assets.train import digits_dataset, knn_label_accuracy, save_model, train_digits_cnn
 
 
 class CnnConfig(Config):

@@ -5,7 +5,8 @@ this in CI, see ``.importlinter``)::
 
     cli, dagster          command line, Dagster integration (the only Dagster imports)
     sql                   connect(), versioned views, macros, UDFs, the ea_vec extension
-    embed, train          embedders and the incremental pipeline; training snapshots
+    train                 training snapshots; the digits CNN trained and evaluated
+    embed                 embedders, and one embedding plan run by executors
     index                 building and tuning ANN indexes to a recall target
     store                 tables, writes, versions and tags, search, the shared cache
     kernels               distances, normalising, top-k, the in-memory IVF probe
@@ -29,10 +30,12 @@ from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
     EMBED_BACKENDS,
+    EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    ImageLimits,
     OnnxEmbedder,
     OpenVinoEmbedder,
     RayEmbedError,
@@ -45,9 +48,11 @@ from .embed import (
     embed_images,
     embed_table,
     embed_table_ray,
+    search_by_image,
 )
 from .errors import (
     EmbedAssetsError,
+    KeyNotFoundError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -63,6 +68,7 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
+from .serve import Client
 from .sql import SQLConnection, connect, run_sql
 from .store import (
     CleanupReport,
@@ -84,6 +90,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBED_BACKENDS",
     "CleanupReport",
+    "Client",
+    "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -91,7 +99,9 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
+    "ImageLimits",
     "IndexReport",
+    "KeyNotFoundError",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
     "Plan",
@@ -127,5 +137,6 @@ __all__ = [
     "open_snapshot",
     "refresh_index",
     "run_sql",
+    "search_by_image",
     "snapshot",
 ]

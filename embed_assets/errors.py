@@ -7,10 +7,12 @@
     │   └── SchemaMismatchError           another model, dimension, key or columns
     ├── TableNotFoundError (LookupError)  no such table (the message lists those that exist)
     ├── VersionNotFoundError (LookupError) no such version or tag (lists what exists)
+    ├── KeyNotFoundError (LookupError)    keys asked for with missing="error" are not stored
     ├── StorageError (OSError)            the storage failed: I/O, permissions, credentials,
     │                                     a corrupt or unreadable table
     ├── ConflictError                     concurrent commits kept conflicting; nothing written
-    └── QueryError                        a SQL statement failed (DuckDB's message)
+    └── QueryError                        a SQL statement failed or was refused; also the
+                                          duckdb.Error subclass DuckDB raised
 
 The CLI prints any of them as one line and exits 2 without a traceback. :func:`describe`
 turns a foreign exception (Lance, DuckDB, pyarrow) into such a line.
@@ -19,10 +21,10 @@ turns a foreign exception (Lance, DuckDB, pyarrow) into such a line.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 __all__ = [
     "EmbedAssetsError",
+    "KeyNotFoundError",
     "QueryError",
     "SchemaMismatchError",
     "StorageError",
@@ -54,6 +56,11 @@ class VersionNotFoundError(EmbedAssetsError, LookupError):
     """The requested version or tag does not exist for the table."""
 
 
+class KeyNotFoundError(EmbedAssetsError, LookupError):
+    """Keys asked for (``get(..., missing="error")``) are not stored at that version; the
+    message names them."""
+
+
 class StorageError(EmbedAssetsError, OSError):
     """The storage under the store failed: unreadable or corrupt table files, permissions,
     credentials, an unreachable object store. The message names the table and the cause."""
@@ -65,15 +72,19 @@ class ConflictError(EmbedAssetsError):
 
 
 class QueryError(EmbedAssetsError):
-    """A SQL statement failed. Carries DuckDB's first message line; a statement may have
-    had effects before it failed (SQL can write), unlike a :class:`ValidationError`."""
+    """A SQL statement failed or was refused (a bad ``k``, a NULL query vector, a filter
+    that is not one predicate...), in the user's terms: the message of the function that
+    failed, else DuckDB's first line. Raised through ``connect()`` it is also the
+    ``duckdb.Error`` subclass DuckDB raised. A statement may have had effects before it
+    failed (SQL can write), unlike a :class:`ValidationError`."""
 
 
 # Rust source locations Lance appends to its messages ("..., /home/runner/work/lance/lance/
 # rust/lance/src/dataset.rs:123:45"), with the separator before them.
 _RUST_PATH_RE = re.compile(r"[\s,;:]*(?:\(|\[)?\s*(?:[A-Za-z]:)?[^\s,;()\[\]]*\.rs:\d+(?::\d+)?"
                            r"\s*(?:\)|\])?")
-# DuckDB's wrapping of an exception raised inside a Python UDF.
+# DuckDB's wrapping of an exception raised inside a Python UDF, for exceptions from outside
+# the SQL layer (which reports a failing function's own exception, see sql/_errors.py).
 _UDF_RE = re.compile(r"^(?:Invalid Input Error: )?Python exception occurred while executing "
                      r"the UDF: (?:[A-Za-z_][\w.]*(?:Error|Exception): )?")
 # The Python frames DuckDB appends after a UDF's message ("At:" then "  file(line): fn").
@@ -104,58 +115,3 @@ def describe(exc: BaseException | str) -> str:
 def first_line(exc: BaseException) -> str:
     """Kept for callers of the old name: the same as :func:`describe`."""
     return describe(exc)
-
-
-_EMPTY_COLUMNS_RE = re.compile(
-    r'Star expression "COLUMNS\(list_filter\(\[(?P<cols>.*?)\], \(c -> \(c = (?P<want>.*?)\)\)\)\)" '
-    r"resulted in an empty set of columns")
-_CALL_RE = re.compile(r"\b(?P<fn>knn|similarity_join)\s*\(\s*'(?P<a>(?:[^']|'')*)'"
-                      r"(?:\s*,\s*'(?P<b>(?:[^']|'')*)')?", re.IGNORECASE)
-_STRING_RE = re.compile(r"'((?:[^']|'')*)'")
-
-
-def unknown_column_message(text: str, query: str,
-                           columns_of: Any = None) -> str | None:
-    """DuckDB's binder text for a ``key :=`` / ``vector :=`` (or ``left_key``/``right_key``)
-    of ``knn``/``similarity_join`` naming no column (``COLUMNS(list_filter(...)) resulted in
-    an empty set of columns``) as one line naming the column, the argument and the table;
-    None for any other message. ``columns_of(table)`` (optional) lists a table's columns,
-    to tell which of a join's two tables lacks the column."""
-    m = _EMPTY_COLUMNS_RE.search(text)
-    if m is None:
-        return None
-    wanted = [w.replace("''", "'") for w in _STRING_RE.findall(m.group("want"))]
-    if not wanted:
-        return None
-    col = wanted[0]
-    cols = [c.replace("''", "'") for c in _STRING_RE.findall(m.group("cols"))]
-    cols = [c for c in cols if not c.startswith("__")]
-    calls = list(_CALL_RE.finditer(query))
-    fn = calls[0].group("fn").lower() if calls else "knn/similarity_join"
-    arg_m = re.search(r"\b(key|vector|left_key|right_key)\s*:=\s*'" + re.escape(col.replace("'", "''"))
-                      + "'", query, re.IGNORECASE)
-    arg = arg_m.group(1).lower() if arg_m else ("vector" if col == "vector" else "key")
-    arg_text = f"the default {arg} := '{col}'" if arg_m is None else f"{arg} :="
-    table = None
-    for call in calls:
-        names = [n.replace("''", "'") for n in (call.group("a"), call.group("b")) if n is not None]
-        if call.group("fn").lower() == "knn" or arg == "left_key":
-            names = names[:1]
-        elif arg == "right_key":
-            names = names[1:]
-        for n in names:
-            if columns_of is None:
-                table = table or n
-                continue
-            try:
-                have = columns_of(n)
-            except Exception:  # not a table we can describe
-                have = None
-            if have is not None and [c for c in have if not c.startswith("__")] == cols:
-                table, fn = n, call.group("fn").lower()
-                break
-        if table is not None and columns_of is not None:
-            break
-    where = f" in table {table!r}" if table else ""
-    shown = ", ".join(cols[:12]) + (", ..." if len(cols) > 12 else "")
-    return f"{fn}: no column named {col!r} ({arg_text}){where}; its columns are {shown}"

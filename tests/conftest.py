@@ -7,9 +7,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 # training snapshots made by tests (and README examples) go to a temporary cache, not ~/.cache
+import atexit
+import shutil
 import tempfile
 
-os.environ.setdefault("EMBED_ASSETS_SNAPSHOT_DIR", tempfile.mkdtemp(prefix="ea-snapshots-"))
+if "EMBED_ASSETS_SNAPSHOT_DIR" not in os.environ:
+    _SNAPSHOTS = tempfile.mkdtemp(prefix="ea-snapshots-")
+    os.environ["EMBED_ASSETS_SNAPSHOT_DIR"] = _SNAPSHOTS
+    # the run's snapshot cache goes when the run does (they piled up in the temp dir)
+    atexit.register(shutil.rmtree, _SNAPSHOTS, ignore_errors=True)
 
 from collections import defaultdict
 from typing import Any

@@ -30,13 +30,14 @@ from embed_assets import (
 )
 from embed_assets import cli as cli_mod
 from embed_assets.cli import build_parser, main
-from embed_assets.embed._embedders import default_embedder, prepare_texts
+from embed_assets.embed._backends import default_embedder
+from embed_assets.embed._embedders import prepare_texts
 from embed_assets.errors import describe
 
 from .conftest import vectors_table
 
 VERBS = ["embed", "tables", "versions", "tag", "untag", "rollback", "search", "export",
-         "cleanup", "index", "sql", "demo", "snapshot"]
+         "cleanup", "index", "sql", "demo", "snapshot", "embed-images", "search-image"]
 
 
 def cli(store: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -282,7 +283,7 @@ def test_unknown_key_or_vector_names_the_column(small, query, expected):
             con.execute("SELECT * FROM knn('t', ?, 2, vector := 'nope')", [[1.0] * 8])
         with pytest.raises(duckdb.CatalogException) as ci:  # other errors keep DuckDB's type
             con.sql("SELECT * FROM nope")
-        assert not isinstance(ci.value, EmbedAssetsError)
+        assert isinstance(ci.value, QueryError) and isinstance(ci.value, EmbedAssetsError)  # issue 23
     finally:
         con.close()
 

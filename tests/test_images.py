@@ -26,10 +26,12 @@ from embed_assets.embed import (
     SentenceTransformerImageEmbedder,
     TorchImageEmbedder,
     decode_image,
-    digits_dataset,
     embed_images,
     fit_pixel_pca,
     image_hash,
+)
+from embed_assets.train import (
+    digits_dataset,
     knn_label_accuracy,
     model_provenance,
     save_model,

@@ -57,7 +57,8 @@ def test_built_index_meets_target_and_agrees_with_an_independent_check(indexed):
     defaults = search_defaults(t.dataset())
     assert defaults == {k: rep.params[k] for k in ("nprobes", "refine_factor", "probe_nprobes",
                                                    "probe_rank", "probe_candidates", "graph_ef",
-                                                   "graph_m", "graph_rows", "graph_fingerprint")
+                                                   "graph_m", "graph_rows", "graph_fingerprint",
+                                                   "graph_files")
                         if k in rep.params}
     assert rep.lance_recall is not None and rep.lance_recall >= 0.9
     # Independent check: fresh queries (not rows of the table), default search path.

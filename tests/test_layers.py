@@ -34,3 +34,17 @@ def test_a_reverse_import_breaks_the_layers(tmp_path: Path) -> None:
     p = _lint(tmp_path, tmp_path)
     assert p.returncode != 0, p.stdout[-3000:]
     assert "embed_assets.store._meta -> embed_assets.sql" in p.stdout, p.stdout[-3000:]
+
+
+def test_an_import_circle_breaks_the_acyclic_contract(tmp_path: Path) -> None:
+    # Issue 22: the embedding pipeline's modules imported each other inside functions
+    # (three hidden circles in embed/); the acyclic contract finds such an import.
+    shutil.copytree(ROOT / "embed_assets", tmp_path / "embed_assets",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.duckdb_extension"))
+    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    emb = tmp_path / "embed_assets" / "embed" / "_embedders.py"
+    planted = "\n\ndef _planted() -> None:\n    from ._plan import EmbedPlan  # noqa\n"
+    emb.write_text(emb.read_text() + planted)
+    p = _lint(tmp_path, tmp_path)
+    assert p.returncode != 0, p.stdout[-3000:]
+    assert "No import circles" in p.stdout and "BROKEN" in p.stdout, p.stdout[-3000:]

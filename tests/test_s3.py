@@ -109,9 +109,10 @@ def test_cleanup_on_s3_removes_orphans_of_killed_writes_and_keeps_versions_whole
     uri, opts = t.uri, s.storage_options
     # what a writer killed before its commit leaves: a data file no manifest references
     obs.put(object_store(uri, opts), "data/orphan-of-a-killed-write.lance", b"x" * 100)
-    young = t.cleanup(keep_last=1)  # default grace: the orphan and versions are too young
+    young = t.cleanup(keep_last=1)  # default grace: the versions are too young, and an
+    # orphan younger than Lance's 7 days may be a write in flight
     assert young.removed_versions == [] and young.orphan_files == 0
-    rep = t.cleanup(keep_last=1, grace=dt.timedelta(0))
+    rep = t.cleanup(keep_last=1, grace=dt.timedelta(0))  # grace 0: no write in flight
     assert rep.removed_versions == [1, 2] and rep.orphan_files == 1
     left = {m["path"] for m in list_objects(uri, opts, "data")}
     assert "data/orphan-of-a-killed-write.lance" not in left
@@ -254,8 +255,8 @@ def test_racing_lance_writers_never_lose_a_commit(s3, bucket, tmp_path):
 
 
 def test_the_server_refuses_a_second_conditional_create(s3, bucket):
-    """What Lance's S3 commits and the writer lease need from the store: a PUT with
-    If-None-Match: * on an existing object fails (412), and If-Match on a stale ETag fails."""
+    """What Lance's S3 commits need from the store: a PUT with If-None-Match: * on an
+    existing object fails (412), and If-Match on a stale ETag fails."""
     import obstore as obs
     from obstore.exceptions import AlreadyExistsError, PreconditionError
 
@@ -272,8 +273,9 @@ def test_the_server_refuses_a_second_conditional_create(s3, bucket):
 
 
 def test_racing_store_writers_keep_keys_unique(s3, bucket, tmp_path):
-    """The lease lock: two processes appending the same new keys at once, one commits and
-    the other is refused; writers of different keys both commit, one version each."""
+    """Fenced commits, no lease: two processes appending the same new keys at once, one
+    commits and the other is refused; writers of different keys both commit, one version
+    each."""
     uri = f"s3://{bucket}/keys"
     store = Store(uri, storage_options=s3.storage_options())
     store.write("t", vectors_table([0]), key="id")
@@ -286,70 +288,9 @@ def test_racing_store_writers_keep_keys_unique(s3, bucket, tmp_path):
     assert sorted(o.split()[0] for o in outs) == ["committed", "committed"]
     assert _ids(store, "t") == [0, 1, 2, 3, 10, 11, 20, 21]
     assert store.table("t").version == 4
-    # the lease objects are gone once the writers are done
+    # no lease or lock object: Lance's conditional manifest PUTs are the only coordination
     from embed_assets.store._objstore import list_objects
-    assert list_objects(uri, s3.storage_options(), ".embed_assets/locks") == []
-
-
-def test_a_dead_holders_lease_is_taken_over_and_a_live_one_is_not(s3, bucket):
-    import threading
-
-    from embed_assets.store._objstore import ObjectLock
-
-    uri = f"s3://{bucket}/lease"
-    # a holder that died: it took the lease and never renewed nor released it
-    ObjectLock(uri, s3.storage_options(), "t", ttl=1.0).acquire()
-    heir = ObjectLock(uri, s3.storage_options(), "t", ttl=2.0)
-    with heir.held():
-        assert heir.takeovers == 1
-        # a live holder (renewing every ttl/3) keeps it for 2.5 ttl periods: the waiter
-        # gets it only after the release (a renewal would have to stall for 2/3 of the
-        # ttl for this to fail)
-        events: list[str] = []
-        waiter = ObjectLock(uri, s3.storage_options(), "t", ttl=2.0)
-
-        def wait() -> None:
-            try:
-                with waiter.held():
-                    events.append("waiter acquired")
-            except Exception as exc:  # reported by the assertion below
-                events.append(f"waiter failed: {exc!r}")
-
-        th = threading.Thread(target=wait)
-        th.start()
-        th.join(timeout=5.0)
-        events.append("holder releases")
-    th.join(timeout=60)
-    assert events == ["holder releases", "waiter acquired"]
-    assert waiter.takeovers == 0
-
-
-def test_a_lease_released_between_the_create_and_the_head_is_retried(s3, bucket, monkeypatch):
-    """The race CI hit (two writers, test_racing_store_writers_keep_keys_unique): the
-    holder released the lease after the waiter's conditional create failed and before its
-    HEAD. obstore's head raises the builtin FileNotFoundError for that 404, which the
-    waiter did not catch: the write failed instead of taking the free lease."""
-    import obstore
-
-    from embed_assets.store._objstore import ObjectLock
-
-    uri = f"s3://{bucket}/released"
-    holder = ObjectLock(uri, s3.storage_options(), "t", ttl=30.0)
-    lease = holder.acquire()
-    real_head = obstore.head
-    calls = []
-
-    def head_after_release(store, key):  # the holder releases just before the waiter looks
-        if not calls:
-            holder.release(lease)
-        calls.append(key)
-        return real_head(store, key)
-
-    monkeypatch.setattr(obstore, "head", head_after_release)
-    waiter = ObjectLock(uri, s3.storage_options(), "t", ttl=30.0)
-    with waiter.held() as got:
-        assert got.etag and calls  # it looked, found nothing, and took the free lease
-    assert waiter.takeovers == 0
+    assert list_objects(uri, s3.storage_options(), ".embed_assets") == []
 
 
 # -- the cache --------------------------------------------------------------------------------

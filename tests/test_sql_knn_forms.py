@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from embed_assets import Store, build_index, connect
-from embed_assets.sql._knnfast import find_knn_calls
+from embed_assets.sql._rewrite import find_knn_calls
 
 from .conftest import plain_duckdb
 from .test_index import clustered
@@ -148,9 +148,10 @@ def test_the_call_parser_knows_the_forms_and_leaves_the_rest_to_the_macro():
     assert calls[0].options == {"filter": "a = 'x'", "metric": "l2"}
     for sql in ("SELECT * FROM knn('t', ?, 5, vector := 'v2')",  # an option it does not know
                 "SELECT * FROM knn('t', ? + 1, 5)",  # a parameter inside an expression
-                "SELECT * FROM knn('t', $1, 5)",
                 "SELECT * FROM knn('t', ?, k_col)"):
         assert find_knn_calls(sql) == []
+    # $n / $name parameters are read from the parse tree like ? (issue 22)
+    assert [(c.view, c.param, c.k) for c in find_knn_calls("SELECT * FROM knn('t', $1, 5)")] == [("t", 0, 5)]
 
 
 def test_indexed_table_answers_filtered_knn_exactly(tmp_path):

@@ -62,6 +62,7 @@ from .metadata import (
     versions_for_run,
 )
 from .resources import EmbedderResource, EmbedStoreResource
+from .serving import build_serving_promotion
 
 __all__ = [
     "INTEGRITY_CHECKS",
@@ -86,6 +87,7 @@ __all__ = [
     "TagConfig",
     "build_embedding_asset",
     "build_embedding_checks",
+    "build_serving_promotion",
     "build_table_jobs",
     "build_version_jobs",
     "evaluate_embedding_checks",

@@ -34,7 +34,19 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..embed import Embedder, EmbedMode, EmbedResult, EmptyTextPolicy, embed_table
+from ..embed import (
+    Embedder,
+    EmbedMode,
+    EmbedResult,
+    EmptyTextPolicy,
+    Executor,
+    InProcess,
+    OnRay,
+    RayEmbedResult,
+    Streamed,
+    embed_table,
+    model_change,
+)
 from ..store import EmbeddingTable, Store, as_arrow, filter_in
 from ._compat import CoercibleToAssetKey
 from .metadata import (
@@ -202,17 +214,14 @@ def build_embedding_asset(
         properties = {"dagster_asset": asset_key.to_user_string()}
         if partition is not None:
             properties["dagster_partition"] = ",".join(context.partition_keys)
-        ray_address = config.ray_address or getattr(
-            getattr(context.resources, embedder_key), "ray_address", None)
-        if ray_address:
-            res: EmbedResult = _embed_on_ray(context, store, name, src, embedder, mode, partition,
-                                             properties, ray_address, key_column=key_column,
-                                             text_column=text_column, columns=columns,
-                                             on_empty=on_empty)
-        else:
-            res = _embed_here(context, store, name, src, embedder, mode, partition, properties,
-                              config, key_column=key_column, text_column=text_column,
-                              columns=columns, on_empty=on_empty)
+        executor = _executor(context, config, src, partition, embedder_key)
+        if isinstance(executor, OnRay):
+            properties["ray_address"] = str(executor.address)
+        res = embed_table(store, name, src, key=key_column, text=text_column, embedder=embedder,
+                          mode=mode, columns=columns, partition=partition, on_empty=on_empty,
+                          run_id=context.run.run_id, properties=properties, executor=executor)
+        if isinstance(res, RayEmbedResult):
+            _log_ray(context, res)
         context.log.info(res.summary())
         table = store.table(name)
         if index_recall is not None and res.write is not None and res.write.committed:
@@ -255,43 +264,27 @@ def _build_index(context: AssetExecutionContext, table: EmbeddingTable, recall: 
                      f"(target {rep.target_recall}) {rep.reason}".rstrip())
 
 
-def _embed_on_ray(context: AssetExecutionContext, store: Store, name: str, src: pa.Table,
-                  embedder: Embedder, mode: EmbedMode, partition: Partition | None,
-                  properties: dict[str, Any], address: str, *, key_column: str,
-                  text_column: str, columns: Sequence[str] | None,
-                  on_empty: EmptyTextPolicy) -> EmbedResult:
-    """The run's embedding on a Ray cluster (:func:`embed_assets.embed.embed_table_ray`)."""
-    from ..embed import embed_table_ray
+def _executor(context: AssetExecutionContext, config: EmbedConfig, src: pa.Table,
+              partition: Partition | None, embedder_key: str) -> Executor:
+    """The run config (and the embedder resource's Ray address) as the executor of the run."""
+    address = config.ray_address or getattr(getattr(context.resources, embedder_key),
+                                            "ray_address", None)
+    if address:
+        context.log.info(f"embedding on Ray at {address}")
+        return OnRay(address)
+    # groups only where the source is larger than one: a small run stays one commit
+    if partition is None and config.commit_every and src.num_rows > config.commit_every:
+        return Streamed(config.commit_every, progress=False)
+    return InProcess()
 
-    context.log.info(f"embedding on Ray at {address}")
-    res = embed_table_ray(
-        store, name, src, key=key_column, text=text_column, embedder=embedder, address=address,
-        mode=mode, columns=columns, partition=partition, on_empty=on_empty,
-        run_id=context.run.run_id, properties={**properties, "ray_address": address})
+
+def _log_ray(context: AssetExecutionContext, res: RayEmbedResult) -> None:
     if res.ray.get("tasks"):
         t = res.ray.get("timings", {})
         context.log.info(
             f"Ray: {res.ray['tasks']} task(s) on {res.ray['workers']} worker(s); worker seconds: "
             f"model load {t.get('worker_model_load_s', 0):.2f}, embed {t.get('worker_embed_s', 0):.2f}, "
             f"fragment writes {t.get('worker_write_s', 0):.2f}; commit {t.get('commit_s', 0):.2f} s")
-    return res
-
-
-def _embed_here(context: AssetExecutionContext, store: Store, name: str, src: pa.Table,
-                embedder: Embedder, mode: EmbedMode, partition: Partition | None,
-                properties: dict[str, Any], config: EmbedConfig, *, key_column: str,
-                text_column: str, columns: Sequence[str] | None,
-                on_empty: EmptyTextPolicy) -> EmbedResult:
-    """The run's embedding in this process (:func:`embed_assets.embed_table`)."""
-    return embed_table(
-        store, name, src, key=key_column, text=text_column, embedder=embedder, mode=mode,
-        columns=columns, partition=partition, on_empty=on_empty, run_id=context.run.run_id,
-        properties=properties,
-        # groups only where the source is larger than one: a small run stays one commit
-        commit_every=(config.commit_every if partition is None and config.commit_every
-                      and src.num_rows > config.commit_every else None),
-        progress=False,
-    )
 
 
 def _partition_slice(context: AssetExecutionContext, src: pa.Table, partition_expr: str,
@@ -317,20 +310,19 @@ def _embed_mode(context: AssetExecutionContext, store: Store, name: str, embedde
     """
     if overwrite:
         return "overwrite"
-    if store.exists(name):
-        meta = store.table(name).meta
-        if meta.model and meta.model != embedder.name:
-            if partitioned or (meta.dimension != embedder.dimension and not reembed_on_model_change):
-                raise Failure(
-                    f"table {name!r} holds {meta.dimension}-d vectors from {meta.model!r}; the "
-                    f"embedder is {embedder.name!r} ({embedder.dimension}-d). A table never "
-                    "mixes models: launch with config overwrite: true (then re-materialise "
-                    "every partition) or give the asset a new table."
-                )
-            context.log.warning(f"model changed {meta.model!r} -> {embedder.name!r}: "
-                                "re-embedding every row")
-            return "overwrite"
-    return "replace_partition" if partitioned else (default or "sync")
+    meta = model_change(store, name, embedder)
+    if meta is None:
+        return "replace_partition" if partitioned else (default or "sync")
+    if partitioned or (meta.dimension != embedder.dimension and not reembed_on_model_change):
+        raise Failure(
+            f"table {name!r} holds {meta.dimension}-d vectors from {meta.model!r}; the "
+            f"embedder is {embedder.name!r} ({embedder.dimension}-d). A table never "
+            "mixes models: launch with config overwrite: true (then re-materialise "
+            "every partition) or give the asset a new table."
+        )
+    context.log.warning(f"model changed {meta.model!r} -> {embedder.name!r}: "
+                        "re-embedding every row")
+    return "overwrite"
 
 
 def _embedding_metadata(table: EmbeddingTable, res: EmbedResult, mode: EmbedMode,

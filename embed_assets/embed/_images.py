@@ -4,24 +4,8 @@ An image embedder is anything with ``name``, ``revision``, ``dimension`` and
 ``embed_images(images) -> float32 (n, dimension)``, taking decoded Pillow images (the
 same shape of contract as the text :class:`~embed_assets.Embedder`, so the store's
 provenance guard, versions and search treat both alike). An optional ``image_mode``
-(``"RGB"`` or ``"L"``) says what the model wants; images are converted to it.
-
-Inputs
-------
-A source column of images may hold, per row:
-
-- ``bytes``: an encoded image (PNG, JPEG, anything Pillow reads);
-- ``str``: a path to such a file (read when the write runs);
-- a nested list / array of numbers, ``(H, W)`` or ``(H, W, C)`` with ``C`` in 1, 3, 4
-  (a Polars ``Array`` or Arrow list column): integers are 0-255, floats 0-1;
-- (in a dict of columns only) a Pillow image or a numpy array.
-
-Bad images
-----------
-Unreadable bytes, missing files, zero-size images, arrays of the wrong shape or range
-are found before the model runs. Like blank texts, they are refused by default with an
-error naming their keys and the reason (``on_bad="error"``), or left out and reported
-(``on_bad="skip"``).
+(``"RGB"`` or ``"L"``) says what the model wants; images are converted to it. What an
+image column may hold, and how bad images are refused, is :mod:`._decode`'s.
 
 Incremental work
 ----------------
@@ -40,209 +24,34 @@ import hashlib
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError
-from ..store import VECTOR_COLUMN, Store, as_arrow, validate_keys
-from ._embedders import SentenceTransformerEmbedder
-from ._pipeline import EmbedMode, EmbedResult, embed_table
+from ..store import VECTOR_COLUMN, as_arrow, validate_keys
+from ._cnn_arch import ARTEFACT_FORMAT, build_encoder, weights_hash
+from ._decode import IMAGE_MODES, BadImagePolicy, decode_image, load_images, pil
+from ._embedders import Model, SentenceTransformerEmbedder
+from ._image_guard import DEFAULT_LIMITS, ImageLimits
+from ._plan import EmbedResult
 
 if TYPE_CHECKING:  # Pillow is imported when images are decoded, not with the package
     from PIL.Image import Image
 
-BadImagePolicy = Literal["error", "skip"]
 # The hidden "text" column embed_table keys rows on; '_'-prefixed, so never stored.
 IMAGE_HASH_COLUMN = "_image_hash"
-IMAGE_MODES = ("RGB", "L")
 # Above this many images a progress bar is shown (as for texts).
 PROGRESS_THRESHOLD = 2000
 
 
 @runtime_checkable
-class ImageEmbedder(Protocol):
+class ImageEmbedder(Model, Protocol):
     """Turns a batch of decoded images into an ``(n, dimension)`` float32 matrix."""
 
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def revision(self) -> str: ...
-
-    @property
-    def dimension(self) -> int: ...
-
     def embed_images(self, images: Sequence[Image]) -> np.ndarray: ...
-
-
-class BadImage(ValueError):
-    """One image that cannot be used, with the reason (collected per key by the pipeline)."""
-
-
-def _pil() -> Any:
-    try:
-        from PIL import Image as PILImage
-    except ImportError as exc:  # pragma: no cover - Pillow is a dependency
-        raise ValidationError("image embeddings need Pillow (pip install pillow)") from exc
-    return PILImage
-
-
-def _read_path(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise BadImage(f"cannot read file {path!r}: {exc.strerror or exc}") from None
-
-
-def _as_array(value: Any) -> np.ndarray:
-    """A nested list or array as a uint8 image array, refusing shapes and ranges that are
-    not an image (a guess would silently embed garbage)."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise BadImage("ragged nested list: not an image array") from None
-    if arr.dtype.kind not in "uif":
-        raise BadImage(f"array of dtype {arr.dtype}: not an image (need integers 0-255 or floats 0-1)")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise BadImage(f"array of shape {arr.shape}: an image is (H, W) or (H, W, C) with C in 1, 3, 4")
-    if arr.size == 0:
-        raise BadImage(f"zero-size image (shape {arr.shape})")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise BadImage("float array outside [0, 1] (or not finite); floats are read as 0-1")
-        arr = np.rint(arr * 255)
-    elif arr.min() < 0 or arr.max() > 255:
-        raise BadImage("integer array outside 0-255")
-    return arr.astype(np.uint8)
-
-
-def image_hash(value: Any) -> str:
-    """A stable hash of an image input's content: what incremental re-embedding keys on.
-
-    Bytes hash as themselves, a path as its file's bytes (so renaming a file changes
-    nothing, editing it does), an array as its dtype, shape and data, a Pillow image as
-    its mode, size and pixels.
-
-    Examples
-    --------
-    >>> image_hash(b"abc") == image_hash(b"abc"), len(image_hash(b"abc"))
-    (True, 32)
-    """
-    h = hashlib.blake2b(digest_size=16)
-    if isinstance(value, bytes | bytearray | memoryview):
-        h.update(b"bytes:")
-        h.update(bytes(value))
-    elif isinstance(value, str | os.PathLike):
-        h.update(b"bytes:")  # a file hashes like its bytes: the same image either way
-        h.update(_read_path(os.fspath(value)))
-    elif hasattr(value, "tobytes") and hasattr(value, "mode") and hasattr(value, "size"):
-        h.update(f"pil:{value.mode}:{value.size}:".encode())
-        h.update(value.tobytes())
-    else:
-        arr = _as_array(value)
-        h.update(f"array:{arr.dtype.str}:{arr.shape}:".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
-
-
-def decode_image(value: Any, mode: str = "RGB") -> Image:
-    """One image input (bytes, path, array or Pillow image) as a Pillow image in ``mode``.
-
-    Raises
-    ------
-    BadImage
-        With the reason: unreadable or truncated bytes, a missing file, a zero-size
-        image, an array that is not an image, a mode that cannot be converted.
-    """
-    if mode not in IMAGE_MODES:
-        raise ValidationError(f"image mode must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
-    PILImage = _pil()
-    if value is None:
-        raise BadImage("null image")
-    if isinstance(value, str | os.PathLike):
-        value = _read_path(os.fspath(value))
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        if not raw:
-            raise BadImage("empty (0 bytes)")
-        try:
-            im = PILImage.open(io.BytesIO(raw))
-            im.load()  # decode now: a truncated file fails here, not inside the model
-        except Exception as exc:  # Pillow raises several types for bad data
-            raise BadImage(f"unreadable image ({type(exc).__name__}: {exc})") from None
-    elif isinstance(value, PILImage.Image):
-        im = value
-    else:
-        arr = _as_array(value)
-        im = PILImage.fromarray(arr, "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA"))
-    if im.width == 0 or im.height == 0:
-        raise BadImage(f"zero-size image ({im.width}x{im.height})")
-    if im.mode != mode:
-        try:
-            # Transparent pixels are composited on white, the usual "no background".
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                bg = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = PILImage.alpha_composite(bg, rgba)
-            im = im.convert(mode)
-        except Exception as exc:
-            raise BadImage(f"image mode {im.mode!r} cannot be converted to {mode!r}: {exc}") from None
-    return im
-
-
-@dataclass
-class LoadedImages:
-    """The usable rows of an image column: their indices, images and hashes, and the
-    ``(key, reason)`` of each row left out. ``images`` holds the decoded Pillow images,
-    or with ``keep_decoded=False`` the inputs themselves (a path's bytes)."""
-
-    indices: list[int]
-    images: list[Any]
-    hashes: list[str]
-    bad: list[tuple[Any, str]]
-
-
-def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB",
-                on_bad: BadImagePolicy = "error", keep_decoded: bool = True) -> LoadedImages:
-    """Decode and hash every image; refuse (``"error"``) or leave out (``"skip"``) bad ones.
-
-    ``keep_decoded=False`` keeps the encoded inputs instead of the decoded images: a
-    decoded photo is ten to a hundred times its file, and most rows of an incremental
-    run never reach the model; those that do are decoded again.
-
-    Raises
-    ------
-    ValidationError
-        With ``on_bad="error"``, naming up to five bad keys with their reasons.
-    """
-    if on_bad not in ("error", "skip"):
-        raise ValidationError(f"bad-image policy must be 'error' or 'skip', got {on_bad!r}")
-    out = LoadedImages([], [], [], [])
-    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-        try:
-            if isinstance(v, str | os.PathLike):
-                v = _read_path(os.fspath(v))  # read once: decoded and hashed from the same bytes
-            im = decode_image(v, mode)
-            h = image_hash(v)
-        except BadImage as exc:
-            out.bad.append((k, str(exc)))
-            continue
-        out.indices.append(i)
-        out.images.append(im if keep_decoded else v)
-        out.hashes.append(h)
-    if out.bad and on_bad == "error":
-        shown = "; ".join(f"{k!r}: {why}" for k, why in out.bad[:5])
-        more = f" (and {len(out.bad) - 5} more)" if len(out.bad) > 5 else ""
-        raise ValidationError(
-            f"{len(out.bad)} image(s) cannot be used ({shown}{more}); "
-            "fix the source or pass on_bad='skip'")
-    return out
 
 
 @dataclass
@@ -260,29 +69,24 @@ class ImageEmbedResult(EmbedResult):
 
 @dataclass
 class _HashedImages:
-    """The text pipeline's view of an image embedder: it is handed image hashes (the
-    hidden "text" column) and embeds the images behind them, decoded here (only the
-    rows that reach the model)."""
+    """The plan's view of an image embedder: it is handed image hashes (the hidden "text"
+    column) and embeds the images behind them, decoded here (only the rows that reach the
+    model). ``name``, ``revision`` and ``dimension`` are the image embedder's, read when
+    asked (a revision may load the model: an unchanged run never asks)."""
 
-    inner: Any
+    model: Any
     by_hash: dict[str, Any]
     mode: str
+    limits: ImageLimits = DEFAULT_LIMITS
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def revision(self) -> str:
-        return self.inner.revision
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("name", "revision", "dimension"):
+            return getattr(self.model, attr)
+        raise AttributeError(attr)
 
     def embed(self, hashes: Sequence[str]) -> np.ndarray:
-        images = [decode_image(self.by_hash[h], self.mode) for h in hashes]
-        return np.asarray(self.inner.embed_images(images), np.float32)
+        images = [decode_image(self.by_hash[h], self.mode, self.limits) for h in hashes]
+        return np.asarray(self.model.embed_images(images), np.float32)
 
 
 def _split_source(data: Any, image: str) -> tuple[pa.Table, list[Any], bool]:
@@ -313,76 +117,53 @@ def _split_source(data: Any, image: str) -> tuple[pa.Table, list[Any], bool]:
     return tbl, tbl.column(image).to_pylist(), True
 
 
-def embed_images(
-    store: Store,
-    name: str,
-    data: Any,
-    *,
-    key: str,
-    image: str,
-    embedder: ImageEmbedder,
-    mode: EmbedMode = "upsert",
-    columns: Sequence[str] | None = None,
-    partition: tuple[str, Any] | None = None,
-    on_bad: BadImagePolicy = "error",
-    run_id: str | None = None,
-    properties: Mapping[str, Any] | None = None,
-) -> ImageEmbedResult:
-    """Embed the images of ``data[image]`` keyed by ``data[key]`` into table ``name``.
+@dataclass
+class ImageSource:
+    """An image column made ready for the embedding plan: the source with bad rows left
+    out and the hidden ``_image_hash`` column the plan keys rows on, the embedder the plan
+    hands those hashes to, the columns to keep, and the ``(key, reason)`` of bad rows."""
 
-    The same store, write modes, versions and provenance as :func:`embed_table`; rows
-    are keyed on :func:`image_hash`, so only new or changed images reach the model.
+    table: pa.Table
+    embedder: _HashedImages
+    columns: list[str]
+    bad: list[tuple[Any, str]]
 
-    Parameters
-    ----------
-    image : str
-        The column of images: bytes, file paths or pixel arrays (see the module notes).
-    columns : sequence of str, optional
-        Source columns kept beside key and vector (default: all, the image column too
-        when Arrow can store it: bytes, paths, pixel lists).
-    on_bad : {"error", "skip"}
-        Refuse a write with unusable images, naming their keys, or leave them out and
-        report them (``rows_skipped_empty``, ``bad_images``).
+    def result(self, res: EmbedResult) -> ImageEmbedResult:
+        """The plan's result, counting the bad images as skipped rows."""
+        fields = {f: getattr(res, f) for f in EmbedResult.__dataclass_fields__}
+        fields.update(rows_source=res.rows_source + len(self.bad), rows_skipped_empty=len(self.bad))
+        return ImageEmbedResult(**fields, bad_images=self.bad)
 
-    Examples
-    --------
-    >>> import io, tempfile
-    >>> from PIL import Image
-    >>> from embed_assets.embed import PixelEmbedder
-    >>> def png(v):
-    ...     b = io.BytesIO(); Image.new("L", (4, 4), v).save(b, "PNG"); return b.getvalue()
-    >>> store = Store(tempfile.mkdtemp())
-    >>> src = {"id": [1, 2], "png": [png(10), png(200)]}
-    >>> emb = PixelEmbedder(size=(4, 4))
-    >>> embed_images(store, "pics", src, key="id", image="png", embedder=emb).rows_embedded
-    2
-    >>> embed_images(store, "pics", src, key="id", image="png", embedder=emb).rows_embedded
-    0
-    """
+
+def prepare_images(data: Any, *, key: str, image: str, embedder: ImageEmbedder | None,
+                   columns: Sequence[str] | None, on_bad: BadImagePolicy,
+                   limits: ImageLimits = DEFAULT_LIMITS) -> ImageSource:
+    """Decode and hash every image of ``data[image]`` (bad ones refused or left out, as
+    ``on_bad`` says) for :func:`~embed_assets.embed_table` with ``image=``.
+
+    The kept columns default to all, the image column too when Arrow can store it
+    (bytes, paths, pixel lists). No embedder: EfficientNet-Lite0 (ImageNet), the default."""
     tbl, values, storable = _split_source(data, image)
     if tbl.num_columns == 0 or key not in tbl.column_names:
         raise ValidationError(f"key column {key!r} not found; columns are "
                               f"{', '.join(tbl.column_names) or 'none'}")
     validate_keys(tbl, key)
+    if embedder is None:
+        from ._efficientnet import default_image_embedder
+
+        embedder = default_image_embedder()
     image_mode = getattr(embedder, "image_mode", "RGB")
     loaded = load_images(tbl.column(key).to_pylist(), values, mode=image_mode, on_bad=on_bad,
-                         keep_decoded=False)
+                         keep_decoded=False, limits=limits)
     if loaded.bad:
         tbl = tbl.take(pa.array(loaded.indices, pa.int64()))
     src = tbl.append_column(IMAGE_HASH_COLUMN, pa.array(loaded.hashes, pa.string()))
     if columns is None:
         columns = [c for c in src.column_names if c != key and c != VECTOR_COLUMN
                    and not c.startswith("_") and (storable or c != image)]
-    props = {"input_kind": "image", "image_column": image, **(properties or {})}
-    res = embed_table(store, name, src, key=key, text=IMAGE_HASH_COLUMN,
-                      embedder=_HashedImages(embedder, dict(zip(loaded.hashes, loaded.images,
-                                                                strict=True)), image_mode),
-                      mode=mode, columns=columns, partition=partition, run_id=run_id,
-                      properties=props)
-    base = replace(res, rows_source=res.rows_source + len(loaded.bad),
-                   rows_skipped_empty=len(loaded.bad))
-    return ImageEmbedResult(**{f: getattr(base, f) for f in EmbedResult.__dataclass_fields__},
-                            bad_images=loaded.bad)
+    hashed = _HashedImages(embedder, dict(zip(loaded.hashes, loaded.images, strict=True)),
+                           image_mode, limits)
+    return ImageSource(src, hashed, list(columns), loaded.bad)
 
 
 # -- embedders ----------------------------------------------------------------------------
@@ -452,7 +233,7 @@ class PixelEmbedder:
 
     def pixels(self, images: Sequence[Image]) -> np.ndarray:
         """The images as an ``(n, pixels)`` float32 matrix in 0-1 (resized, converted)."""
-        PILImage = _pil()
+        PILImage = pil()
         out = np.empty((len(images), self._pixels), np.float32)
         for i, im in enumerate(images):
             im = im.convert(self.image_mode)
@@ -495,7 +276,7 @@ def fit_pixel_pca(images: Sequence[Image], k: int, *, size: tuple[int, int] = (8
 @dataclass
 class TorchImageEmbedder:
     """A torch image model given by path: the encoder of this package's trained CNN
-    (:func:`~embed_assets.embed.train_digits_cnn`), a program saved with
+    (:func:`~embed_assets.train.train_digits_cnn`), a program saved with
     ``torch.export.save`` (export it with a dynamic batch dimension), a TorchScript file,
     or a whole ``nn.Module`` saved with ``torch.save`` (a torchvision model with its
     classifier replaced by ``nn.Identity()``, say). The model's output, flattened, is
@@ -549,8 +330,6 @@ class TorchImageEmbedder:
 
     def _load(self) -> None:
         import torch
-
-        from ._cnn import ARTEFACT_FORMAT, build_encoder, weights_hash
 
         spec: dict[str, Any] = {}
         kind = _torch_file_kind(self.path)
@@ -632,7 +411,7 @@ class TorchImageEmbedder:
         """The images as the model's input: ``(n, C, H, W)`` float32, resized, normalised."""
         import torch
 
-        PILImage = _pil()
+        PILImage = pil()
         w, h = self.size  # type: ignore[misc]
         arrs = []
         for im in images:
@@ -734,7 +513,7 @@ def image_grid_png(rows: Sequence[Sequence[Image]], *, cell: int = 48, gap: int 
     ``marks[r][c]`` True draws a green frame around a cell, False a red one (a neighbour
     that shares the query's label or not), None none.
     """
-    PILImage = _pil()
+    PILImage = pil()
     from PIL import ImageDraw
 
     ncols = max((len(r) for r in rows), default=0)

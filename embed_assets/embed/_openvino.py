@@ -84,13 +84,14 @@ def _ir(ov: Any, export: Export) -> Path:
 
 @dataclass
 class OpenVinoEmbedder(ExportedEmbedder):
-    """A sentence-transformers model run by the OpenVINO runtime on the CPU, bf16 or fp32.
+    """A sentence-transformers model run by the OpenVINO runtime on the CPU, bf16 or fp32
+    (exported to ONNX first, as :class:`OnnxEmbedder` does, then converted once).
 
     Parameters
     ----------
     model : str, optional
-        A model name or local path, as for :class:`SentenceTransformerEmbedder`
-        (``None``: the shipped all-MiniLM-L6-v2).
+        The shipped all-MiniLM-L6-v2 by default; else a model name or local path, as for
+        :class:`SentenceTransformerEmbedder`.
     precision : {"bf16", "fp32"}
         Inference precision: ``bf16`` (backend ``openvino-bf16``; needs a CPU with AMX or
         AVX-512 BF16, else :class:`ValidationError`) or ``fp32`` (backend ``openvino``).

@@ -1,17 +1,17 @@
-"""Distributed embedding on Ray: workers embed slices and write Lance fragments, the
+"""The Ray executor (:class:`OnRay`): workers embed slices and write Lance fragments, the
 driver commits them as one version.
 
-The driver (the process calling :func:`embed_table_ray`) does what the in-process
-pipeline does before the model runs: it checks the source, hashes the texts and diffs
-them against the stored keys and content hashes (:mod:`._pipeline`), so only new or
-changed texts leave it. Those rows are cut into slices, one Ray task each; a task loads
+The driver (the process calling ``embed_table(..., executor=OnRay(...))``) prepares the
+same plan as every executor (:mod:`._plan`): it checks the source, hashes the texts and
+diffs them against the stored keys and content hashes, so only new or changed texts
+leave it. Those rows are cut into slices, one Ray task each; a task loads
 the embedder once per worker process (later tasks on that worker reuse it), embeds its
 slice with one torch thread per CPU it holds, and writes the rows, vectors and
 provenance as Lance data files into the table's own directory
 (:func:`embed_assets.store._fragments.write_uncommitted`). It returns only the
 fragments' metadata. When every slice is done the driver commits all the fragments in
 one transaction through the store's commit path
-(:func:`~embed_assets.store._fragments.commit_fragments`): the table's writer lock, the
+(:func:`~embed_assets.store._fragments.commit_fragments`): the same fenced commit, the
 same refusals and the same provenance (model, revision, run id, row counts) as any
 write, one version.
 
@@ -23,8 +23,8 @@ shape, ...) is not retried: it would fail again. If a slice still fails, the oth
 are cancelled, the files of the fragments already written are deleted, and
 :class:`RayEmbedError` says which slice failed and why: no version is committed, the
 table stays exactly as it was. Files of attempts that died mid-write are referenced by
-no version, so no reader ever sees them, and ``cleanup`` deletes them once they are older
-than its grace period (they count as ``orphan_files``).
+no version, so no reader ever sees them, and ``cleanup`` deletes them after Lance's 7
+days, or at once with ``grace=0`` (they count as ``orphan_files``).
 
 Addresses
 ---------
@@ -46,16 +46,15 @@ import os
 import socket
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import EmbedAssetsError, SchemaMismatchError, ValidationError, describe, first_line
-from ..store import Store, WriteResult, as_arrow, validate_table_name
+from ..errors import EmbedAssetsError, ValidationError, describe, first_line
+from ..store import Store, WriteResult
 from ..store._fragments import (
     FragmentTarget,
     commit_fragments,
@@ -64,8 +63,7 @@ from ..store._fragments import (
     write_uncommitted,
 )
 from ..store._writes import WriteRequest, prepare_rows
-from ._embedders import Embedder, EmptyTextPolicy, content_hash
-from ._pipeline import EmbedResult
+from ._plan import Batch, Diff, EmbedJob, EmbedPlan, EmbedResult, RowLayout, check_vectors
 
 #: Retries of a failed slice (after its first attempt) before the run fails.
 DEFAULT_MAX_RETRIES = 3
@@ -207,9 +205,7 @@ class _SliceJob:
     embedder: Any
     embedder_key: str
     target: FragmentTarget
-    key: str
-    keep: list[str]
-    run_id: str
+    layout: RowLayout
     threads: int
     submitted_at: float = 0.0
 
@@ -288,20 +284,10 @@ def _embed_slice(refs: list[Any]) -> _SliceResult:
         _set_threads(job.threads)  # the model's import of torch came after the first call
         t0 = time.perf_counter()
         texts = job.texts.to_pylist()
-        vectors = np.asarray(emb.embed(texts), dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise ValidationError(
-                f"embedder {emb.name!r} returned shape {vectors.shape} for {len(texts)} texts"
-            )
-        declared = getattr(emb, "dimension", None)
-        if isinstance(declared, int) and declared > 0 and vectors.shape[1] != declared:
-            raise ValidationError(
-                f"embedder {emb.name!r} declares dimension {declared} but returned "
-                f"{vectors.shape[1]}-dimensional vectors; fix the embedder's dimension"
-            )
+        vectors = check_vectors(emb.embed(texts), emb, len(texts))
         out.embed_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows = _slice_rows(job, vectors, emb.name)
+        rows = _prepared(job.target, job.layout.key, job.layout.rows(job.rows, None, vectors))
         out.fragments = write_uncommitted(job.target, rows)
         out.schema = rows.schema.remove_metadata()
         out.rows = rows.num_rows
@@ -313,16 +299,9 @@ def _embed_slice(refs: list[Any]) -> _SliceResult:
     return out
 
 
-def _slice_rows(job: _SliceJob, vectors: np.ndarray, model: str) -> pa.Table:
-    """The slice's rows exactly as the in-process pipeline writes them."""
-    from ._pipeline import _Diff, _rows_to_write
-
-    n = job.rows.num_rows
-    every = np.ones(n, bool)
-    rows = _rows_to_write(
-        job.rows, _Diff(every, every, {}, None), vectors, model, job.run_id, job.key, job.keep
-    )
-    return prepare_rows(WriteRequest(name=job.target.table, key=job.key, mode="append"), rows)
+def _prepared(target: FragmentTarget, key: str, rows: pa.Table) -> pa.Table:
+    """Rows as the store's write path stores them (types normalised, checked)."""
+    return prepare_rows(WriteRequest(name=target.table, key=key, mode="append"), rows)
 
 
 # -- the driver side ------------------------------------------------------------------------
@@ -363,39 +342,16 @@ def task_rows(n: int, workers: int, requested: int | None = None) -> int:
     return max(_MIN_ROWS_PER_TASK, min(_MAX_ROWS_PER_TASK, want))
 
 
-def embed_table_ray(
-    store: Store,
-    name: str,
-    data: Any,
-    *,
-    key: str,
-    text: str,
-    embedder: Embedder,
-    address: str | None = "auto",
-    mode: str = "upsert",
-    columns: Sequence[str] | None = None,
-    partition: tuple[str, Any] | None = None,
-    on_empty: EmptyTextPolicy = "error",
-    run_id: str | None = None,
-    properties: dict[str, Any] | None = None,
-    rows_per_task: int | None = None,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    cpus_per_task: int = 1,
-    resources: dict[str, float] | None = None,
-    runtime_env: dict[str, Any] | None = None,
-) -> RayEmbedResult:
-    """:func:`~embed_assets.embed_table` with the model running on a Ray cluster.
-
-    The same modes, diff and result; the rows to embed are embedded by Ray tasks that
-    write Lance fragments, and the driver commits them as one version (see the module
+@dataclass(frozen=True)
+class OnRay:
+    """Run the model on a Ray cluster: workers embed slices of the rows to embed and write
+    them as Lance fragments, the driver commits them as one version (see the module
     docstring for failures and addresses). With nothing to embed, no cluster is
-    contacted: the run is the in-process pipeline's.
+    contacted: the run is the in-process one. The source is read whole (the driver holds
+    its columns, never its vectors).
 
-    Parameters
+    Attributes
     ----------
-    data : table-like or path
-        An Arrow/polars/pandas table, a dict of columns, or a Parquet path (read whole:
-        the driver holds the source's columns, never its vectors).
     address : str, optional
         ``auto``, ``HOST:PORT``, ``ray://HOST:PORT`` or ``local:N``; ignored when this
         process is already connected (``ray.init`` was called).
@@ -418,166 +374,81 @@ def embed_table_ray(
     Examples
     --------
     >>> import tempfile
-    >>> from embed_assets import Store, HashEmbedder
+    >>> from embed_assets import Store, HashEmbedder, embed_table
     >>> store = Store(tempfile.mkdtemp())
     >>> src = {"id": [1, 2], "text": ["a text editor", "a web browser"]}
-    >>> r = embed_table_ray(store, "t", src, key="id", text="text", embedder=HashEmbedder(),
-    ...                     address="local:2")  # doctest: +SKIP
+    >>> r = embed_table(store, "t", src, key="id", text="text", embedder=HashEmbedder(),
+    ...                 executor=OnRay("local:2"))  # doctest: +SKIP
     >>> r.rows_embedded, r.ray["tasks"]  # doctest: +SKIP
     (2, 1)
     """
-    from ._pipeline import (
-        EMBED_MODES,
-        _Diff,
-        _diff,
-        _drop_blank,
-        _existing_state,
-        _rows_to_write,
-        _source,
-    )
 
-    t_start = time.perf_counter()
-    validate_table_name(name)
-    if mode not in EMBED_MODES:
-        raise ValidationError(f"unknown mode {mode!r}; choose one of {', '.join(EMBED_MODES)}")
-    if mode == "replace_partition" and partition is None:
-        raise ValidationError("mode 'replace_partition' needs partition=(column, value)")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValidationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
-        raise ValidationError(f"cpus_per_task must be an integer >= 1, got {cpus_per_task!r}")
-    if address is not None:
-        parse_address(address)  # a typo fails before the source is read
-    src = _read(data)
-    src, keep = _source(src, key, text, columns, partition)
-    src, texts, skipped = _drop_blank(src, key, text, on_empty)
-    base = src.select([key, *keep]).append_column(
-        "_content_hash", pa.array([content_hash(t) for t in texts], pa.string())
-    )
-    existing = None if mode in ("overwrite", "append") else _existing_state(store, name, key, keep, partition)
-    if existing is not None and existing.model not in (None, embedder.name):
-        raise SchemaMismatchError(
-            f"table {name!r} holds vectors from model {existing.model!r}; the embedder is "
-            f"{embedder.name!r}; re-embed everything with mode 'overwrite' or use a new table"
-        )
-    plan = _diff(store, name, base, existing, key, keep)
-    run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
-    props: dict[str, Any] = {
-        "rows_embedded": plan.n_embed,
-        "rows_reused": plan.n_reused,
-        "rows_source": base.num_rows,
-        "text_column": text,
-        **(properties or {}),
-        "embed_mode": mode,
-    }
-    timings: dict[str, float] = {"diff_s": time.perf_counter() - t_start}
+    address: str | None = "auto"
+    rows_per_task: int | None = None
+    max_retries: int = DEFAULT_MAX_RETRIES
+    cpus_per_task: int = 1
+    resources: dict[str, float] | None = None
+    runtime_env: dict[str, Any] | None = None
 
-    def result(write: WriteResult, ray_info: dict[str, Any]) -> RayEmbedResult:
-        return RayEmbedResult(
-            write=write,
-            rows_source=base.num_rows + skipped,
-            rows_embedded=plan.n_embed,
-            rows_reused=plan.n_reused,
-            rows_unchanged=base.num_rows - plan.n_write,
-            rows_skipped_empty=skipped,
-            seconds=time.perf_counter() - t_start,
-            model=embedder.name,
-            ray=ray_info,
-        )
+    def check(self, job: EmbedJob) -> None:
+        """Refuse bad settings (an address typo too) before the source is read."""
+        n = self.max_retries
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValidationError(f"max_retries must be an integer >= 0, got {n!r}")
+        n = self.cpus_per_task
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValidationError(f"cpus_per_task must be an integer >= 1, got {n!r}")
+        if self.address is not None:
+            parse_address(self.address)
 
-    if plan.n_embed == 0:
-        # Nothing for a model: the in-process pipeline's commit (reused rows, deletes, or
-        # nothing at all) without a cluster.
-        from ._pipeline import _commit, _embed_changed
+    def scan_rows(self) -> int | None:
+        return None
 
-        vectors = _embed_changed(plan, base, texts, embedder, name, key)
-        out = _rows_to_write(base, plan, vectors, embedder.name, run_id, key, keep)
-        write = _commit(
-            store, name, out, key, mode, plan, base, partition, existing, embedder, text, run_id, props
-        )
-        return result(write, {"workers": 0, "tasks": 0, "timings": timings})
+    def run(self, plan: EmbedPlan) -> RayEmbedResult:
+        batch = plan.batch(plan.source.read(plan.columns()))
+        tally = batch.tally
+        timings: dict[str, float] = {"diff_s": time.perf_counter() - plan.started}
+        props = plan.properties(tally)
+        if batch.diff.n_embed == 0:
+            # Nothing for a model: the in-process commit (reused rows, deletes, or nothing
+            # at all) without a cluster.
+            write = plan.commit_batch(batch, plan.rows(batch, plan.vectors(batch)), props)
+            return plan.result(write, tally, RayEmbedResult,
+                               ray={"workers": 0, "tasks": 0, "timings": timings})
+        target = _target(plan, batch)
+        with ray_session(self.address) as ray:
+            workers = _workers(ray, self.cpus_per_task, self.resources)
+            per_task = task_rows(batch.diff.n_embed, workers, self.rows_per_task)
+            jobs = _slice_jobs(plan, batch, target, per_task, self.cpus_per_task)
+            results, info = _run_slices(ray, jobs, target, self, timings)
+        props.update({"executor": "ray", "ray_workers": workers, "ray_tasks": info["tasks"]})
+        write = _commit(plan, batch, target, results, props, timings)
+        info.update(timings=timings, rows_per_task=per_task)
+        return plan.result(write, tally, RayEmbedResult, ray=info)
 
-    replace = mode == "overwrite" or existing is None
+
+def _target(plan: EmbedPlan, batch: Batch) -> FragmentTarget:
+    """Where the workers write: the table's directory, to be replaced or added to."""
+    store, name, mode = plan.store, plan.name, plan.job.mode
+    replace = mode == "overwrite" or plan.stored is None
     if mode == "append" and store.exists(name):
         replace = False
-        _refuse_stored_keys(store, name, key, base)
-    target = fragment_target(store, name, replace=replace)
-    to_embed = np.flatnonzero(plan.embed_mask)
-    reuse = np.flatnonzero(plan.write_mask & ~plan.embed_mask)
-    with ray_session(address) as ray:
-        workers = _workers(ray, cpus_per_task, resources)
-        per_task = task_rows(len(to_embed), workers, rows_per_task)
-        props.update({"executor": "ray", "ray_workers": workers})
-        results, info = _run_slices(
-            ray,
-            base,
-            texts,
-            to_embed,
-            per_task,
-            embedder,
-            target,
-            key,
-            keep,
-            run_id,
-            max_retries,
-            cpus_per_task,
-            {"resources": resources or {}, **({"runtime_env": runtime_env} if runtime_env else {})},
-            timings,
-        )
-    fragments = [f for r in results for f in r.fragments]
-    try:
-        schema = _agreed(results, "schema", "schemas")
-        revision = _agreed(results, "revision", "model revisions")
-        t0 = time.perf_counter()
-        if reuse.size:  # text unchanged, other columns changed: stored vectors, driver-side
-            sub = base.take(pa.array(reuse, pa.int64()))
-            keys = sub.column(key).to_pylist()
-            vecs = np.stack([plan.reused[k][0] for k in keys]).astype(np.float32)
-            every = np.ones(len(keys), bool)
-            rows = _rows_to_write(
-                sub, _Diff(~every, every, plan.reused, plan.dimension), vecs, embedder.name, run_id, key, keep
-            )
-            rows = prepare_rows(WriteRequest(name=name, key=key, mode="append"), rows)
-            fragments += write_uncommitted(target, rows)
-        timings["driver_write_s"] = time.perf_counter() - t0
-        written = base.column(key).take(pa.array(np.flatnonzero(plan.write_mask), pa.int64()))
-        req = _request(
-            name,
-            key,
-            mode,
-            plan,
-            base,
-            partition,
-            existing,
-            embedder.name,
-            revision,
-            text,
-            run_id,
-            {**props, "ray_tasks": info["tasks"]},
-        )
-        t0 = time.perf_counter()
-        write = commit_fragments(store, req, target, fragments, schema=schema, keys=written)
-        timings["commit_s"] = time.perf_counter() - t0
-    except BaseException:
-        remove_uncommitted(target, fragments)
-        raise
-    info["timings"] = timings
-    info["rows_per_task"] = per_task
-    return result(write, info)
+        _refuse_stored_keys(store, name, plan.job.key, batch.base)
+    return fragment_target(store, name, replace=replace)
 
 
-def _read(data: Any) -> pa.Table:
-    if isinstance(data, str | os.PathLike):
-        import pyarrow.parquet as pq
-
-        path = os.fspath(data)
-        if not os.path.exists(path):
-            raise ValidationError(f"input file {path!r} does not exist")
-        try:
-            return pq.read_table(path)
-        except Exception as exc:
-            raise ValidationError(f"cannot read {path!r} as Parquet: {exc}") from None
-    return as_arrow(data)
+def _slice_jobs(plan: EmbedPlan, batch: Batch, target: FragmentTarget, per_task: int,
+                threads: int) -> Iterator[_SliceJob]:
+    """One job per slice of the rows to embed (made one at a time, as they are submitted)."""
+    shipped = _shippable(plan.embedder)
+    recipe = _recipe_key(shipped)
+    to_embed = np.flatnonzero(batch.diff.embed_mask)
+    text_arr = pa.array(batch.texts, pa.string())
+    for i, start in enumerate(range(0, len(to_embed), per_task)):
+        idx = pa.array(to_embed[start : start + per_task], pa.int64())
+        yield _SliceJob(index=i, rows=batch.base.take(idx), texts=text_arr.take(idx),
+                        embedder=shipped, embedder_key=recipe, target=target,
+                        layout=plan.layout, threads=threads)
 
 
 def _refuse_stored_keys(store: Store, name: str, key: str, base: pa.Table) -> None:
@@ -611,73 +482,29 @@ def _workers(ray: Any, cpus_per_task: int, resources: dict[str, float] | None = 
     return workers
 
 
-def _run_slices(
-    ray: Any,
-    base: pa.Table,
-    texts: list[str],
-    to_embed: np.ndarray,
-    per_task: int,
-    embedder: Any,
-    target: FragmentTarget,
-    key: str,
-    keep: list[str],
-    run_id: str,
-    max_retries: int,
-    cpus_per_task: int,
-    options: dict[str, Any],
-    timings: dict[str, float],
-) -> tuple[list[_SliceResult], dict[str, Any]]:
+def _run_slices(ray: Any, jobs: Iterator[_SliceJob], target: FragmentTarget, cfg: OnRay,
+                timings: dict[str, float]) -> tuple[list[_SliceResult], dict[str, Any]]:
     """Submit one task per slice and wait for all; on a slice's final failure cancel
     the rest, delete what was written and raise :class:`RayEmbedError`."""
-    shipped = _shippable(embedder)
-    recipe = _recipe_key(shipped)
     remote = ray.remote(_embed_slice).options(
-        num_cpus=cpus_per_task,
-        max_retries=max_retries,
+        num_cpus=cfg.cpus_per_task,
+        max_retries=cfg.max_retries,
         retry_exceptions=True,
         scheduling_strategy="SPREAD",
         name="embed_assets.embed_slice",
-        **options,  # resources, runtime_env
+        resources=cfg.resources or {},
+        **({"runtime_env": cfg.runtime_env} if cfg.runtime_env else {}),
     )
-    text_arr = pa.array(texts, pa.string())
     t0 = time.perf_counter()
     pending: dict[Any, int] = {}
-    for i, start in enumerate(range(0, len(to_embed), per_task)):
-        idx = pa.array(to_embed[start : start + per_task], pa.int64())
-        job = _SliceJob(
-            index=i,
-            rows=base.take(idx),
-            texts=text_arr.take(idx),
-            embedder=shipped,
-            embedder_key=recipe,
-            target=target,
-            key=key,
-            keep=keep,
-            run_id=run_id,
-            threads=cpus_per_task,
-        )
+    for job in jobs:
         job.submitted_at = time.time()
         # serialised into the object store here, once, by the driver
-        pending[remote.remote([ray.put(job)])] = i
+        pending[remote.remote([ray.put(job)])] = job.index
     timings["submit_s"] = time.perf_counter() - t0
     tasks = len(pending)
-    results: list[_SliceResult] = []
     t0 = time.perf_counter()
-    failure: tuple[int, str] | None = None
-    while pending and failure is None:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            i = pending.pop(ref)
-            try:
-                got: _SliceResult = ray.get(ref)
-            except Exception as exc:  # retries spent: a task error, a dead worker or node
-                failure = (i, f"{type(exc).__name__} after {max_retries + 1} attempt(s): {_first_lines(exc)}")
-                break
-            if got.error is not None:
-                failure = (i, f"{got.error_type}: {got.error} (bad input: not retried)")
-                results.append(got)
-                break
-            results.append(got)
+    results, failure = _wait(ray, pending, cfg.max_retries)
     if failure is not None:
         for ref in pending:
             with contextlib.suppress(Exception):
@@ -694,11 +521,70 @@ def _run_slices(
     timings.update(_worker_timings(results))
     nodes = sorted({r.node for r in results if r.node})
     return results, {
-        "workers": _workers(ray, cpus_per_task, options.get("resources")),
+        "workers": _workers(ray, cfg.cpus_per_task, cfg.resources),
         "tasks": tasks,
         "nodes": len(nodes),
         "processes": len({(r.node, r.pid) for r in results}),
     }
+
+
+def _wait(ray: Any, pending: dict[Any, int],
+          max_retries: int) -> tuple[list[_SliceResult], tuple[int, str] | None]:
+    """The tasks' results as they finish, until all are done or one has failed for good
+    (its slice and why); the tasks still pending stay in ``pending``."""
+    results: list[_SliceResult] = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i = pending.pop(ref)
+            try:
+                got: _SliceResult = ray.get(ref)
+            except Exception as exc:  # retries spent: a task error, a dead worker or node
+                return results, (i, f"{type(exc).__name__} after {max_retries + 1} "
+                                    f"attempt(s): {_first_lines(exc)}")
+            results.append(got)
+            if got.error is not None:
+                return results, (i, f"{got.error_type}: {got.error} (bad input: not retried)")
+    return results, None
+
+
+def _commit(plan: EmbedPlan, batch: Batch, target: FragmentTarget, results: list[_SliceResult],
+            props: dict[str, Any], timings: dict[str, float]) -> WriteResult:
+    """The workers' fragments, and the driver's of rows that keep their stored vector,
+    committed as one version through the store's commit path; on any failure the
+    fragments' files are deleted and nothing is committed."""
+    fragments = [f for r in results for f in r.fragments]
+    try:
+        schema = _agreed(results, "schema", "schemas")
+        revision = _agreed(results, "revision", "model revisions")
+        t0 = time.perf_counter()
+        fragments += _write_reused(plan, batch, target)
+        timings["driver_write_s"] = time.perf_counter() - t0
+        written = batch.base.column(plan.job.key).take(
+            pa.array(np.flatnonzero(batch.diff.write_mask), pa.int64()))
+        req = plan.request(props, revision=revision or None, keep_keys=plan.keep_keys(batch))
+        t0 = time.perf_counter()
+        write = commit_fragments(plan.store, req, target, fragments, schema=schema, keys=written)
+        timings["commit_s"] = time.perf_counter() - t0
+    except BaseException:
+        remove_uncommitted(target, fragments)
+        raise
+    return write
+
+
+def _write_reused(plan: EmbedPlan, batch: Batch, target: FragmentTarget) -> list[Any]:
+    """Rows whose text is unchanged but other columns changed: written by the driver
+    with their stored vectors (no model)."""
+    d, key = batch.diff, plan.job.key
+    reuse = np.flatnonzero(d.write_mask & ~d.embed_mask)
+    if not reuse.size:
+        return []
+    sub = batch.base.take(pa.array(reuse, pa.int64()))
+    keys = sub.column(key).to_pylist()
+    vecs = np.stack([d.reused[k][0] for k in keys]).astype(np.float32)
+    every = np.ones(len(keys), bool)
+    rows = plan.layout.rows(sub, Diff(~every, every, d.reused, d.dimension), vecs)
+    return write_uncommitted(target, _prepared(target, key, rows))
 
 
 def _first_lines(exc: BaseException, n: int = 3) -> str:
@@ -733,53 +619,11 @@ def _agreed(results: list[_SliceResult], attr: str, what: str) -> Any:
     return first
 
 
-def _request(
-    name: str,
-    key: str,
-    mode: str,
-    plan: Any,
-    base: pa.Table,
-    partition: tuple[str, Any] | None,
-    existing: Any,
-    model: str,
-    revision: str,
-    text: str,
-    run_id: str,
-    props: dict[str, Any],
-) -> WriteRequest:
-    """The store write the in-process pipeline would make (:func:`._pipeline._commit`)."""
-    common: dict[str, Any] = dict(
-        name=name,
-        key=key,
-        model=model,
-        model_revision=revision or None,
-        text_column=text,
-        run_id=run_id,
-        properties=props,
-    )
-    if mode == "replace_partition":
-        assert partition is not None
-        col, val = partition
-        unchanged = base.column(key).filter(pa.array(~plan.write_mask)).to_pylist()
-        return WriteRequest(
-            mode="replace_partition",
-            partition=(col, list(val) if isinstance(val, list | tuple) else val),
-            keep_keys=unchanged,
-            **common,
-        )
-    if mode == "sync":
-        stored = existing.frame[key].to_list() if existing is not None else []
-        wanted = set(base.column(key).to_pylist())
-        gone = [k for k in stored if k not in wanted]
-        return WriteRequest(mode="upsert", delete_keys=gone or None, **common)
-    return WriteRequest(mode=mode, **common)
-
-
 __all__ = [
     "DEFAULT_MAX_RETRIES",
+    "OnRay",
     "RayEmbedError",
     "RayEmbedResult",
-    "embed_table_ray",
     "import_ray",
     "parse_address",
     "ray_session",

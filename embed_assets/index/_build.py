@@ -19,6 +19,17 @@ How a build works
 4. The report (recall achieved, parameters, build seconds, index bytes) is written into the
    table's Lance config in a commit that carries the same facts as transaction properties,
    so ``versions`` shows it and every later search uses it by default.
+
+Pinned to one version
+---------------------
+A build reads, trains, tunes and fingerprints one version, pinned when it starts
+(``report.built_from``); the graph and the cached probe are recorded only for the rows
+of that version (the graph under their exact identity, :func:`embed_assets.store.graph.
+fingerprint`). A write that lands during the build moves the table on: the report says so
+(``report.moved_to``), the planner finds the graph's rows are not the latest version's
+and answers through the probe or exactly, and :func:`refresh_index` folds the write in.
+Before, the graph was tuned on the rows read first and recorded under the fingerprint of
+the latest version: an upsert during a build left searches at recall 0.16 (issue 29).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +54,15 @@ from ..store import (
     VECTOR_COLUMN,
     VECTOR_INDEX_NAME,
     EmbeddingTable,
+    TableMeta,
     centroids,
     ensure_scalar_indexes,
     index_config,
     load_matrix,
+    probe_kind,
 )
-from ..store._cache import probe_kind
-from ..store._graph import fingerprint, graph_path
-from ._graph import GRAPH_M, graph_recall, save_graph, tune_graph
+from ..store.graph import GRAPH_M, fingerprint, save_graph
+from ._graph_tuning import graph_recall, tune_graph
 from ._report import INDEX_TYPES, IndexReport, default_params
 from ._truth import Truth, exact_truth
 from ._tune import ann_recall, tune_lance, tune_probe
@@ -121,28 +134,36 @@ def build_index(
     'exact'
     """
     _check_args(recall, index_type, k)
-    meta = table.meta
-    rows = table.count_rows()
-    report = IndexReport(table=table.name, kind="exact", target_recall=recall, recall=1.0, k=k,
-                         rows=rows, built_at=dt.datetime.now(dt.UTC).isoformat())
-    made_scalar = ensure_scalar_indexes(table.dataset(), meta.key, meta.partition_column)
+    made_scalar = ensure_scalar_indexes(table.dataset(), table.meta.key, table.meta.partition_column)
     if made_scalar:
         table.refresh()
+    pinned = table.dataset()  # every read, fingerprint and record below is of this version
+    meta = TableMeta.infer(pinned.schema)
+    rows = pinned.count_rows()
+    report = IndexReport(table=table.name, kind="exact", target_recall=recall, recall=1.0, k=k,
+                         rows=rows, built_at=dt.datetime.now(dt.UTC).isoformat(),
+                         built_from=pinned.version)
     threshold = exact_threshold_rows()
     if rows < MIN_ANN_ROWS or (rows < threshold and not force_ann):
         report.reason = (f"{rows} rows is below the exact threshold of "
                          f"{threshold if rows >= MIN_ANN_ROWS else MIN_ANN_ROWS}")
-        dropped = _drop_vector_index(table.dataset())
-        current = index_config(table.dataset())
+        dropped = _drop_vector_index(pinned)
+        current = index_config(pinned)
         if not (made_scalar or dropped) and current is not None and current.get("kind") == "exact":
             # Nothing changed: the table was exact and stays exact. Committing the same
             # verdict again would only add a version that records nothing.
-            report.version = table.version
+            report.version = pinned.version
             return report
         return _record(table, report)
-    sample = _held_out(table, meta.metric, k, sample_queries, seed)
+    pinned_fp = fingerprint(pinned)
+    sample = _held_out(table, pinned, meta.metric, k, sample_queries, seed)
     params = {**default_params(rows, meta.dimension, index_type), **overrides}
-    ds = _train(table.dataset(), index_type, meta.metric, params, report, sample)
+    hook("read")
+    # create_index moves the handle it is called on to the version it commits: train on
+    # a handle of its own, so `pinned` stays the version read.
+    ds = _train(pinned.checkout_version(pinned.version), index_type, meta.metric, params, report,
+                sample)
+    hook("trained")
     probe_best, lance_best = _tune(ds, sample, meta.metric, recall, index_type, params, report)
     if lance_best is None and probe_best is None:
         _drop_vector_index(table.refresh().dataset())
@@ -150,17 +171,29 @@ def build_index(
         return _record(table, report)
     _choose(ds, sample, report, params, probe_best, lance_best)
     if graph is not False:
-        _add_graph(table, sample, report, recall, prefer=graph is True)
-    report.index_bytes = _index_bytes(table.refresh().dataset())
-    report.centroid_distance = mean_centroid_distance(table.dataset(), sample.queries)
-    report = _record(table, report)
-    if probe_best is not None and "probe_nprobes" in report.params:
-        # The probe tuned above is what the first search would rebuild (same rows, same
-        # centroids): hand it to the cache under the version just committed.
+        _add_graph(table, pinned, pinned_fp, sample, report, recall, prefer=graph is True)
+    hook("tuned")
+    report.index_bytes = _index_bytes(ds)
+    report.centroid_distance = mean_centroid_distance(ds, sample.queries)
+    report = _record(table, report, pinned_fp)
+    if probe_best is not None and "probe_nprobes" in report.params and not report.moved_to:
+        # The probe tuned above is what the first search of the recorded version would
+        # rebuild (same rows, same centroids): hand it to the cache under that version,
+        # never under a version with other rows.
         probe = probe_best[3]
         CACHE.put(table.cache_key(report.version or 0),
                   probe_kind(meta.metric, probe.rank, probe.candidates), probe)
     return report
+
+
+# Test seam: called with a stage name ("read", "trained", "tuned") between a build's steps, so a
+# test can commit a write at an exact point of a build. None in normal use.
+BUILD_HOOK: Callable[[str], None] | None = None
+
+
+def hook(stage: str) -> None:
+    if BUILD_HOOK is not None:
+        BUILD_HOOK(stage)
 
 
 def _check_args(recall: float, index_type: str, k: int) -> None:
@@ -173,10 +206,10 @@ def _check_args(recall: float, index_type: str, k: int) -> None:
         raise ValidationError(f"k must be >= 1, got {k}")
 
 
-def _held_out(table: EmbeddingTable, metric: str, k: int, sample_queries: int, seed: int) -> _Sample:
+def _held_out(table: EmbeddingTable, ds: lance.LanceDataset, metric: str, k: int,
+              sample_queries: int, seed: int) -> _Sample:
     """The version's matrix (unit rows for cosine, shared with the cache) and two disjoint
     sets of held-out queries with their exact neighbours."""
-    ds = table.dataset()
     mat = CACHE.matrix(table.cache_key(ds.version), ds, metric)
     if mat is None:  # larger than the cache: read it once for the build
         mat = load_matrix(ds, metric)
@@ -252,26 +285,25 @@ def _choose(ds: lance.LanceDataset, sample: _Sample, report: IndexReport, params
         report.recall, report.p50_ms = report.lance_recall or 0.0, report.lance_p50_ms
 
 
-def _add_graph(table: EmbeddingTable, sample: _Sample, report: IndexReport, recall: float,
-               prefer: bool = False) -> None:
-    """Tune an HNSW graph on the same held-out queries; keep it when it beats the path
-    chosen so far, or whenever it meets the target with ``prefer`` (its file beside the
-    store, its settings in the report)."""
+def _add_graph(table: EmbeddingTable, pinned: lance.LanceDataset, fp: str, sample: _Sample,
+               report: IndexReport, recall: float, prefer: bool = False) -> None:
+    """Tune an HNSW graph of the pinned version's rows on the same held-out queries; keep
+    it when it beats the path chosen so far, or whenever it meets the target with
+    ``prefer`` (its files where every reader finds them, their sizes and hashes and the
+    rows' identity in the report)."""
     held = np.concatenate([sample.choose.exclude, sample.check.exclude])
     best, _ = tune_graph(sample.choose, sample.choose.metric, recall, held)
     if best is None or (not prefer and report.p50_ms and best[0] >= report.p50_ms):
         return
     p50, ef, index, built, best_recall = best
-    ds = table.refresh().dataset()
-    fp = fingerprint(ds)
-    save_graph(index, graph_path(table.uri, table.identity, fp))
+    files = save_graph(index, table.graph_home(), fp)
     # The check set was held out of tuning, but its rows are nodes of the final graph:
     # the figure of record is the tuned recall on queries the graph never held.
     report.recall = min(graph_recall(index, sample.check, ef), best_recall)
     report.p50_ms = p50
     report.build_seconds += built
     report.params.update(graph_ef=ef, graph_m=GRAPH_M, graph_rows=len(sample.mat),
-                         graph_fingerprint=fp, graph_version=ds.version)
+                         graph_fingerprint=fp, graph_version=pinned.version, graph_files=files)
 
 
 def _drop_vector_index(ds: lance.LanceDataset) -> bool:
@@ -296,9 +328,18 @@ def mean_centroid_distance(ds: lance.LanceDataset, vecs: np.ndarray) -> float | 
     return float(np.sqrt(np.maximum(d2.min(axis=1), 0)).mean())
 
 
-def _record(table: EmbeddingTable, report: IndexReport) -> IndexReport:
-    """Store the report in the table config, with the same facts as transaction properties."""
+def _record(table: EmbeddingTable, report: IndexReport, pinned_fp: str | None = None) -> IndexReport:
+    """Store the report in the table config, with the same facts as transaction
+    properties; say so when the rows recorded under are not the pinned ones."""
     report.version = record_config(table, report.to_dict())
+    if pinned_fp is not None:
+        now = table.dataset(report.version)
+        if fingerprint(now) != pinned_fp:
+            report.moved_to = report.version
+            report.reason = (f"the table moved on during the build (built from version "
+                             f"{report.built_from}, recorded at {report.version}): the graph and "
+                             "tuned probe serve the rows built from only; searches of the new "
+                             "rows take the probe or an exact scan until refresh_index")
     return report
 
 

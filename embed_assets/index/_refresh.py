@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from ..kernels import normalize_rows
-from ..store import BROAD_FILTER, VECTOR_INDEX_NAME, EmbeddingTable, has_vector_index, index_config
-from ..store._graph import fingerprint, graph_path
+from ..store import (
+    BROAD_FILTER,
+    VECTOR_INDEX_NAME,
+    EmbeddingTable,
+    has_vector_index,
+    index_config,
+    row_addresses,
+)
+from ..store.graph import fingerprint, update_graph
 from ._build import build_index, mean_centroid_distance, record_config
-from ._graph import update_graph
 
 
 def freshness(table: EmbeddingTable) -> dict[str, Any]:
@@ -46,7 +52,8 @@ def freshness(table: EmbeddingTable) -> dict[str, Any]:
     # The HNSW graph serves the rows it was built from; after a write searches use the
     # probe until refresh_index updates it (or build_index builds a new one).
     graph = None if "graph_fingerprint" not in p else {
-        "fresh": fingerprint(ds) == p["graph_fingerprint"], "ef": p.get("graph_ef")}
+        "fresh": fingerprint(ds) == p["graph_fingerprint"] and "graph_files" in p,
+        "ef": p.get("graph_ef")}
     return {"indexed": True, "rows": rows, "unindexed_rows": unindexed,
             "share_unindexed": unindexed / rows if rows else 0.0, "pending_rebuild": untuned,
             "graph": graph}
@@ -148,35 +155,42 @@ def refresh_index(table: EmbeddingTable) -> dict[str, Any]:
 
 def refresh_graph(table: EmbeddingTable) -> dict[str, Any] | None:
     """Bring the HNSW graph up to the latest version's rows (see
-    :func:`~embed_assets.index._graph.update_graph`); None if the table has no graph.
+    :func:`~embed_assets.store.graph.update_graph`); None if the table has no graph.
 
     ``{"action": "fresh"}``: it already serves these rows; ``"updated"``: rows marked
-    deleted and added, its new labels recorded in a config commit; ``"stale"``: it cannot
-    be updated (the reason says why) and searches use the probe until ``build_index``.
+    deleted and added, its new labels and files recorded in a config commit; ``"stale"``:
+    it cannot be updated (the reason says why) and searches use the probe until
+    ``build_index``. The update is of one pinned version: if a write lands meanwhile, the
+    graph recorded still serves only the pinned rows (``moved_to`` says so).
     """
-    ds = table.dataset()
+    ds = table.dataset()  # pinned
     cfg = index_config(ds, table.identity) or {}
     p = dict(cfg.get("params") or {})
     if "graph_fingerprint" not in p or "graph_rows" not in p:
         return None
     fp = fingerprint(ds)
-    if fp == p["graph_fingerprint"]:
+    if fp == p["graph_fingerprint"] and "graph_files" in p:
         return {"action": "fresh"}
+    if "graph_files" not in p:
+        return {"action": "stale", "reason": "the graph was recorded by an older embed_assets "
+                "(no checked files, a fingerprint that counted deletions, not which rows): "
+                "build_index rebuilds it"}
     old = _version_with(table, p["graph_fingerprint"], p.get("graph_version"))
     if old is None:
         return {"action": "stale", "reason": "the version the graph was built from is gone "
                 "(cleaned up); build_index rebuilds it"}
-    got = update_graph(
-        old, ds, table.cache_key(old.version), table.cache_key(ds.version),
-        graph_path(table.uri, table.identity, p["graph_fingerprint"]),
-        graph_path(table.uri, table.identity, fp), table.meta.metric, int(p["graph_rows"]))
-    if got is None:
-        return {"action": "stale", "reason": "too many rows changed since the graph was built "
-                "(or its file is missing): build_index rebuilds it"}
-    labels, deleted, added = got
-    p.update(graph_fingerprint=fp, graph_rows=labels, graph_version=ds.version)
-    record_config(table, {**cfg, "params": p})
-    return {"action": "updated", "deleted": deleted, "added": added, "labels": labels}
+    got = update_graph(old, ds, table.cache_key(old.version), table.cache_key(ds.version),
+                       table.graph_home(), p, table.meta_at(ds.version).metric, row_addresses)
+    if isinstance(got, str):
+        return {"action": "stale", "reason": f"{got}: build_index rebuilds it"}
+    files, labels, deleted, added = got
+    p.update(graph_fingerprint=fp, graph_rows=labels, graph_version=ds.version, graph_files=files)
+    version = record_config(table, {**cfg, "params": p})
+    out: dict[str, Any] = {"action": "updated", "deleted": deleted, "added": added,
+                           "labels": labels}
+    if fingerprint(table.dataset(version)) != fp:
+        out["moved_to"] = version
+    return out
 
 
 def _version_with(table: EmbeddingTable, fp: str, hint: Any) -> Any:

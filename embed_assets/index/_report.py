@@ -33,6 +33,10 @@ class IndexReport:
     trained_rows: int = 0
     centroid_distance: float | None = None
     built_at: str = ""
+    # The version the build read and tuned on, and, when a write landed during the build,
+    # the version its report was recorded at (whose rows are other ones).
+    built_from: int | None = None
+    moved_to: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -260,6 +260,8 @@ def _history(history: Any, user: str, item: str, ts: str, items: _Items) -> tupl
     """(rows with a known item, sorted by user then time, with item position ``__pos``;
     how many rows were dropped because the item has no vector)."""
     frame = history if isinstance(history, pl.DataFrame) else pl.DataFrame(history)
+    if frame.height == 0:  # before the column check: an empty list has no columns either
+        raise ValidationError("history has no rows: nothing to compute")
     missing = [c for c in (user, item, ts) if c not in frame.columns]
     if missing:
         raise ValidationError(f"history has no column(s) {', '.join(missing)}; columns are "

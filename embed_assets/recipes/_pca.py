@@ -154,6 +154,11 @@ def fit_pca(table: EmbeddingTable, k: int, *, version: VersionRef = None,
         raise ValidationError(f"PCA needs at least two rows; {table.name!r} at version {v} "
                               f"has {n}")
     x = _column_matrix(tbl.column(VECTOR_COLUMN))
+    if not np.ptp(x, axis=0).any():
+        # scikit-learn divides by the total variance and returns NaN ratios: refuse before
+        # anything is written, so a stored model is never replaced by a meaningless one.
+        raise ValidationError(f"PCA of {table.name!r} at version {v}: every vector is the same, "
+                              "so there is no variance to explain")
     pca = PCA(n_components=k, random_state=seed).fit(x)
     report = PcaReport(
         k=k, dimension=d, n_rows=n,

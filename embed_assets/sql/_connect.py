@@ -10,12 +10,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ..errors import QueryError, ValidationError, describe
+from ..errors import ValidationError
 from ..store import Store, is_local
 from . import _native
 from ._connection import SQLConnection
 from ._files import EXTENSIONS, NATIVE_MACRO_FILES, STORE_MACRO_FILES, extension_path, load_macros
 from ._functions import register_functions
+from ._images import register_image_functions
 
 
 def connect(
@@ -49,23 +50,10 @@ def connect(
     storage_options : dict, optional
         Object-store options when ``store`` is a URI.
     native : bool, default True
-        Load the ``ea_vec`` C extension that backs ``vec_mean``/``vec_sum``: the file the
-        package build compiled into ``embed_assets/sql/native`` (a wheel carries it, an
-        editable install builds it in place), only after its sha256 matches the build's
-        record. Without it (``native=False``, ``EMBED_ASSETS_NATIVE=0``, a package built
-        without a C compiler, a failed check) those macros use a Python UDF with the same
-        results, ~20x slower; ``embed_assets.sql._native.status()`` says which is in use.
-        Nothing is compiled at run time.
-
-        The file is not signed by DuckDB, which loads unsigned extension files only on a
-        database opened with ``allow_unsigned_extensions``: while that is on, any ``LOAD``
-        of an unsigned file (any path, any code) works on that database. connect() opens
-        with it on only when it will load this verified file, and turns it off right after
-        that ``LOAD`` (DuckDB cannot turn it back on while the database is open), so the
-        connection returned has ``current_setting('allow_unsigned_extensions')`` false
-        unless ``config`` says otherwise. A ``config`` value is kept as given:
-        ``{'allow_unsigned_extensions': 'false'}`` gets the Python fallback, ``'true'``
-        stays on for the connection's lifetime (the caller's choice).
+        Load the ``ea_vec`` C extension that backs ``vec_mean``/``vec_sum`` (the verified
+        file the package build compiled; see :mod:`embed_assets.sql._native` for when
+        DuckDB's ``allow_unsigned_extensions`` is on). Without it those macros use a
+        Python UDF with the same results, ~20x slower; ``_native.status()`` says which.
     progress_bar : bool, default True
         DuckDB's progress bar for statements past 2 s; ``False`` turns it off before the
         first statement (``run_sql`` does: it prints on stdout, which would corrupt
@@ -112,7 +100,8 @@ def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_l
     """The plain macros, the Python functions, their store-aware macros, and where the
     ea_vec extension loaded, the macros that move the aggregates onto it."""
     load_macros(raw)
-    register_functions(raw, con)
+    register_functions(raw, con.registry)
+    register_image_functions(raw)
     con.publish_metadata()  # the (empty) view metadata the store macros read
     load_macros(raw, STORE_MACRO_FILES)
     if native_loaded:
@@ -133,8 +122,8 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
             extensions: Iterable[str] = EXTENSIONS) -> pa.Table:
     """Run one SQL statement (or several; the last one's result is returned) on a store.
 
-    This is the body of ``embed-assets sql "QUERY"``. Errors from DuckDB come back as
-    :class:`~embed_assets.QueryError` with DuckDB's first message line.
+    This is the body of ``embed-assets sql "QUERY"``. Every failure of a statement is a
+    :class:`~embed_assets.QueryError` (see :class:`SQLConnection`).
     """
     if not query or not query.strip():
         raise ValidationError("the SQL query is empty")
@@ -142,16 +131,7 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
     # store), which would corrupt `embed-assets sql --json`
     con = connect(store, extensions=extensions, storage_options=storage_options, progress_bar=False)
     try:
-        stmts = duckdb.extract_statements(query)
-        for st in stmts[:-1]:
-            con.execute(st.query)
-        last = stmts[-1].query if stmts else query
-        rel = con.sql(last)
-        return rel.to_arrow_table() if rel is not None else pa.table({})
-    except QueryError:
-        raise
-    except duckdb.Error as exc:
-        raise QueryError(describe(exc)) from None
+        return con.run(query)
     finally:
         con.close()
 

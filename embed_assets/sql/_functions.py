@@ -9,6 +9,7 @@ view's version and rank with the store's own search or cached matrix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,7 @@ import pyarrow as pa
 from ..kernels import join_topk, mahalanobis_topk, whitening
 from . import _ranking
 from . import _udf as udf
+from ._tree import rows_statement
 
 
 class _Views(Protocol):
@@ -38,6 +40,8 @@ class _Views(Protocol):
 
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array: ...
+
+    udf_error: BaseException | None
 
 _FL, _LFL, _DD = "FLOAT[]", "FLOAT[][]", "DOUBLE[][]"
 _HIT = "STRUCT(l INTEGER, r INTEGER, distance DOUBLE, rank INTEGER)[]"
@@ -62,10 +66,25 @@ class _Function:
 
 
 def register_functions(con: duckdb.DuckDBPyConnection, owner: _Views) -> None:
-    """Create every ``_ea_*`` function on ``con``; ``owner`` answers the store-aware ones."""
+    """Create every ``_ea_*`` function on ``con``; ``owner`` answers the store-aware ones
+    and keeps, in ``owner.udf_error``, the exception a failing function raised."""
     for f in _functions(owner):
-        con.create_function(f.name, f.fn, list(f.args), f.returns, type="arrow",
+        con.create_function(f.name, _recorded(owner, f.fn), list(f.args), f.returns, type="arrow",
                             null_handling="special", side_effects=f.side_effects)
+
+
+def _recorded(owner: _Views, fn: Callable[..., pa.Array]) -> Callable[..., pa.Array]:
+    """``fn``, keeping the exception it raises: DuckDB passes on only its text, inside
+    its own wrapper, and the connection reports the exception's own message."""
+    @functools.wraps(fn)  # DuckDB counts the parameters of the signature this gives
+    def call(*args: Any) -> pa.Array:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            owner.udf_error = exc
+            raise
+
+    return call
 
 
 def _functions(owner: _Views) -> list[_Function]:
@@ -90,7 +109,26 @@ def _functions(owner: _Views) -> list[_Function]:
         _Function("_ea_text_hits", partial(_text_hits, owner),
                   ("VARCHAR", "VARCHAR", "BIGINT", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE"),
                   _TEXT_HIT),
+        _Function("_ea_rows_sql", _rows_sql, ("VARCHAR", "VARCHAR", "BOOLEAN"), "VARCHAR",
+                  side_effects=False),
     ]
+
+
+def _rows_sql(table: pa.Array, predicate: pa.Array, whole: pa.Array) -> pa.Array:
+    """The statement ``__ea_rows`` runs with ``query()``: the rows of a table, or those a
+    ``filter :=`` predicate selects, built as a parse tree (see ``_tree.rows_statement``):
+    the table is a name, never SQL text, and the predicate one parsed expression, so
+    neither can add to the statement (a bound parameter stays data)."""
+    out = []
+    for t, p, w in zip(_combine(table).to_pylist(), _combine(predicate).to_pylist(),
+                       _combine(whole).to_pylist(), strict=True):
+        if t is None:
+            raise ValueError("the table name is NULL")
+        try:
+            out.append(rows_statement(t, p, whole=bool(w)))
+        except ValueError as exc:
+            raise ValueError(f"filter := {p!r} is not a predicate: {exc}") from None
+    return pa.array(out, pa.string())
 
 
 def _agg(vs: pa.Array, how: pa.Array) -> pa.Array:
@@ -146,7 +184,10 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
     metrics, idx, wheres = _combine(metric), _combine(use_index), _combine(where)
     out: list[list[dict[str, Any]]] = []
     for i in range(len(views)):
-        if not qs[i].is_valid or not ks[i].is_valid or ks[i].as_py() <= 0:
+        if not ks[i].is_valid or ks[i].as_py() <= 0:  # the macro refused it; k = 0: another arm
+            out.append([])
+            continue
+        if not qs[i].is_valid:  # a NULL query vector (a LATERAL row): no neighbours
             out.append([])
             continue
         name = views[i].as_py()

@@ -5,7 +5,16 @@ Knows nothing of Dagster, DuckDB or the model; reads what it needs about an ANN 
 """
 
 from ._arrow import as_arrow, normalize_types
-from ._cache import CACHE, OFFSET_COLUMN, KeyIndex, MatrixCache, VersionKey, load_matrix, take_rows
+from ._cache import (
+    CACHE,
+    OFFSET_COLUMN,
+    KeyIndex,
+    MatrixCache,
+    VersionKey,
+    load_matrix,
+    probe_kind,
+    take_rows,
+)
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
 from ._filters import literal as sql_literal
@@ -38,10 +47,11 @@ from ._meta import (
 from ._results import CleanupReport, VersionInfo, WriteResult
 from ._retention import DEFAULT_GRACE
 from ._rollback import IndexKeeper, set_index_keeper
-from ._search import BROAD_FILTER, Plan
+from ._search import BROAD_FILTER, Plan, VersionContext
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
-from ._table import EmbeddingTable, table_identity
-from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
+from ._subsets import row_addresses
+from ._table import EmbeddingTable, table_fingerprint, table_identity
+from ._validation import as_duration, to_vector_array, validate_keys, validate_table_name, validate_tag
 from ._writes import check_partition
 
 __all__ = [
@@ -68,6 +78,7 @@ __all__ = [
     "Store",
     "TableInfo",
     "TableMeta",
+    "VersionContext",
     "VersionInfo",
     "VersionKey",
     "VersionRef",
@@ -75,6 +86,7 @@ __all__ = [
     "WriteResult",
     "absolute_uri",
     "as_arrow",
+    "as_duration",
     "centroids",
     "check_partition",
     "default_store_uri",
@@ -88,10 +100,13 @@ __all__ = [
     "load_matrix",
     "local_path",
     "normalize_types",
+    "probe_kind",
     "quote_ident",
+    "row_addresses",
     "search_defaults",
     "set_index_keeper",
     "sql_literal",
+    "table_fingerprint",
     "table_identity",
     "take_rows",
     "to_vector_array",

@@ -3,9 +3,9 @@
 A distributed writer (the Ray executor, :mod:`embed_assets.embed._ray`) has its workers
 write data files with :func:`write_uncommitted` and hands the returned fragment metadata
 to :func:`commit_fragments`, which commits them as **one** version through the same
-machinery as :func:`._writes.write`: the table's writer lock, the same refusals (key,
-dimension, model, revision), the same provenance as transaction properties, the same
-retry of conflicts with foreign commits. Until that commit no manifest references the
+machinery as :func:`._writes.write`: the same refusals (key, dimension, model, revision),
+the same provenance as transaction properties, the same fenced commit planned on the
+version it lands on (:mod:`._commits`) and retried on a conflict. Until that commit no manifest references the
 files, so a run that dies before it leaves no visible trace: the files are orphans,
 which :meth:`~._table.EmbeddingTable.cleanup` deletes once they are older than its grace
 period (and :func:`remove_uncommitted` deletes at once the ones the caller knows of).
@@ -14,11 +14,11 @@ Per mode, the one operation committed:
 
 * a new table or ``overwrite``: ``Overwrite`` with the fragments (the schema carries the
   table's facts, as ``write_dataset`` would write them);
-* ``append``: ``Append``, after refusing keys already stored;
-* ``upsert`` / ``replace_partition``: ``Update``: the stored rows whose key is written
-  again, plus the rows the mode deletes (``delete_keys``; the partition's rows neither
-  written nor kept), get deletion vectors, and the new fragments are added. This is what
-  Lance's ``merge_insert`` commits, planned here against the version it lands on.
+* ``append``: a fenced ``Update`` adding the fragments, after refusing keys already stored;
+* ``upsert`` / ``replace_partition``: a fenced ``Update``: the stored rows whose key is
+  written again, plus the rows the mode deletes (``delete_keys``; the partition's rows
+  neither written nor kept), get deletion vectors, and the new fragments are added. This
+  is what Lance's ``merge_insert`` commits, planned here against the version it lands on.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any
 
 import lance
 import pyarrow as pa
-from lance import LanceOperation, Transaction
+from lance import LanceOperation
 from lance.commit import CommitConflictError
 from lance.fragment import FragmentMetadata
 
 from ..errors import ConflictError, ValidationError, first_line
 from . import _filters as sqlx
-from ._commits import MAX_ATTEMPTS, table_lock, with_retries
+from ._commits import MAX_ATTEMPTS, commit, fence, table_lock, with_retries
 from ._meta import (
     MAX_ROWS_PER_FILE,
     META_KEY,
@@ -56,6 +56,7 @@ from ._writes import (
     existing_keys,
     provenance,
     table_meta_for_dimension,
+    with_primary_key,
 )
 
 # Keys per IN-list filter when finding the stored rows a commit replaces.
@@ -122,20 +123,29 @@ def remove_uncommitted(target: FragmentTarget, fragments: Sequence[FragmentMetad
     """Delete the data files of fragments that will never be committed (a failed run);
     returns how many were asked to go. Best effort: whatever is left (and the files of
     attempts that died mid-write) is an orphan that ``cleanup`` removes."""
+    return remove_files(target.uri, target.storage_options, fragments)
+
+
+def remove_files(uri: str, storage_options: dict[str, str] | None,
+                 fragments: Sequence[FragmentMetadata]) -> int:
+    """Delete the data files of uncommitted fragments of the table at ``uri`` (best
+    effort: the caller's own error is the one to report). Lance's cleanup would only
+    reclaim them after 7 days (unreferenced files may belong to a write in flight), so
+    a writer that knows they are its own deletes them at once."""
     paths = [f"data/{f.path}" for frag in fragments for f in frag.files]
     if not paths:
         return 0
-    if is_local(target.uri):
+    if is_local(uri):
         gone = 0
         for rel in paths:
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(local_path(target.uri), rel))
+                os.remove(os.path.join(local_path(uri), rel))
                 gone += 1
         return gone
     from ._objstore import delete_objects
 
-    with contextlib.suppress(Exception):  # the run's own error is the one to report
-        delete_objects(target.uri, target.storage_options, paths)
+    with contextlib.suppress(Exception):
+        delete_objects(uri, storage_options, paths)
         return len(paths)
     return 0
 
@@ -169,7 +179,7 @@ def commit_fragments(
     with table_lock(store, req.name):
         try:
             result, retries = with_retries(
-                lambda: _plan_and_commit(store, req, target, list(fragments), schema, keys)
+                lambda n: _plan_and_commit(store, req, target, list(fragments), schema, keys, n)
             )
         except CommitConflictError as exc:
             raise ConflictError(
@@ -192,6 +202,7 @@ def _plan_and_commit(
     fragments: list[FragmentMetadata],
     schema: pa.Schema,
     keys: pa.Array | pa.ChunkedArray,
+    retries: int,
 ) -> WriteResult:
     existing = store.open_dataset(req.name)
     rows = sum(f.physical_rows for f in fragments)
@@ -210,8 +221,11 @@ def _plan_and_commit(
         )
     meta = table_meta_for_dimension(req, dim, existing)
     props = provenance(req, meta)
+    if retries:
+        props[f"{PROP_PREFIX}retries"] = str(retries)
     if replace:
-        full = schema.with_metadata({**(schema.metadata or {}), META_KEY: meta.to_bytes()})
+        full = with_primary_key(schema, req.key) if _key_has_no_nulls(keys) else schema
+        full = full.with_metadata({**(full.metadata or {}), META_KEY: meta.to_bytes()})
         op: LanceOperation.BaseOperation = LanceOperation.Overwrite(full, fragments)
         inserted, updated, deleted = rows, 0, existing.count_rows() if existing is not None else 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
@@ -222,7 +236,7 @@ def _plan_and_commit(
                 f"{len(clash)} key(s) already exist in table {req.name!r} "
                 f"(e.g. {', '.join(repr(k) for k in clash[:5])}); use mode 'upsert'"
             )
-        op = LanceOperation.Append(fragments)
+        op = fence(existing, [], [], fragments)
         inserted, updated, deleted = rows, 0, 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
     else:
@@ -230,10 +244,8 @@ def _plan_and_commit(
         inserted = rows - updated
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
         props[f"{PROP_PREFIX}rows_deleted"] = str(deleted)
-    txn = Transaction(existing.version if existing is not None else 0, op, transaction_properties=props)
-    ds = lance.LanceDataset.commit(
-        existing if existing is not None else target.uri, txn, storage_options=store.storage_options
-    )
+    ds = commit(existing if existing is not None else target.uri, op,
+                existing.version if existing is not None else 0, props, store.storage_options)
     return WriteResult(
         req.name,
         ds.version,
@@ -255,7 +267,7 @@ def _update(
     existing: lance.LanceDataset,
     fragments: list[FragmentMetadata],
     keys: pa.Array | pa.ChunkedArray,
-) -> tuple[LanceOperation.Update, int, int]:
+) -> tuple[LanceOperation.BaseOperation, int, int]:
     """The ``Update`` replacing the stored rows of ``keys`` and deleting what the mode
     deletes, planned on ``existing``; with the rows updated and the rows deleted."""
     written = pa.chunked_array([keys]).to_pylist()
@@ -290,10 +302,11 @@ def _update(
             removed.append(fid)
         else:
             changed.append(new)
-    op = LanceOperation.Update(
-        removed_fragment_ids=removed, updated_fragments=changed, new_fragments=fragments
-    )
-    return op, updated, deleted
+    return fence(existing, removed, changed, fragments), updated, deleted
+
+
+def _key_has_no_nulls(keys: pa.Array | pa.ChunkedArray) -> bool:
+    return keys.null_count == 0
 
 
 def _find(ds: lance.LanceDataset, key: str, filters: Sequence[str], into: dict[int, list[Any]]) -> int:

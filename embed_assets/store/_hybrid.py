@@ -73,7 +73,7 @@ def text_hits(name: str, ds: lance.LanceDataset, meta: TableMeta, text: str, n: 
             f"table {name!r} has no full-text index at this version: build one with "
             "build_text_index(table) or `embed-assets index NAME --text`")
     try:
-        res = ds.to_table(full_text_query=MultiMatchQuery(text, cols), columns=[meta.key],
+        res = ds.to_table(full_text_query=MultiMatchQuery(text, cols), columns=[meta.key, "_score"],
                           limit=n, filter=where, prefilter=where is not None)
     except (ValueError, OSError) as exc:
         raise ValidationError(f"text search on {name!r} failed: {first_line(exc)}") from None

@@ -21,7 +21,7 @@ CONFIG_KEY = "embed_assets.index"
 VECTOR_INDEX_NAME = "vector_idx"
 SEARCH_KEYS = ("nprobes", "refine_factor", "ef", "probe_nprobes", "probe_rank",
                "probe_candidates", "probe_two_stage", "graph_ef", "graph_m", "graph_rows",
-               "graph_fingerprint")
+               "graph_fingerprint", "graph_files")
 
 # Versions are immutable, so what a version says about its indexes never changes: keep it
 # (describe_indices and config() cost ~0.1 ms each, on every search otherwise). Keyed by

@@ -1,53 +1,26 @@
-"""Object stores (``s3://...``): the writer lock, plain object access, readable errors.
+"""Object stores (``s3://...``): plain object access and readable errors.
 
 Lance commits a version on S3 by writing the next manifest with a conditional ``PUT``
 (``If-None-Match: *``, object_store's ``PutMode::Create``: pylance 14's
 ``ConditionalPutCommitHandler``), so two commits can never both become version N: the
-loser gets HTTP 412 and Lance rebases it onto the winner. That keeps every *Lance*
-version whole, but a rebase happily stacks two appends of the same new keys (see
-:mod:`._commits`), so embed_assets writers of one table still take turns. On a local
-disk that is an ``fcntl`` lock; an object store has no such thing, so here it is a
-**lease object** written with the same conditional writes:
+loser gets HTTP 412 and Lance checks the two transactions for a conflict. Writers of
+embed_assets need nothing more: every write is fenced by Lance (:mod:`._commits`), so
+there is no lease or lock object. The store must support conditional ``PUT`` (AWS S3
+since 2024-08, MinIO, Cloudflare R2 and moto do); the README's "Object storage" says so.
 
-* take: ``PUT <store>/.embed_assets/locks/<table>.lock`` with ``If-None-Match: *``;
-  the one writer whose PUT succeeds holds the lock;
-* keep: the holder rewrites the object every ``ttl / 3`` seconds with ``If-Match`` on its
-  own ETag (a heartbeat thread), so a waiter sees the ETag change;
-* a holder that died stops rewriting: a waiter that has seen the *same* ETag for ``ttl``
-  seconds (its own monotonic clock, so clock skew between machines does not matter)
-  takes it over with ``If-Match`` on that ETag: of several waiters, exactly one wins;
-* release: delete the object if its ETag is still the holder's.
-
-The store must therefore support conditional ``PUT`` (AWS S3 does since 2024-08 for
-``If-None-Match`` and 2024-11 for ``If-Match``; MinIO, Cloudflare R2 and moto do). A
-store that ignores the headers would let two writers in: the README's "Object storage"
-section says so. The objects are reached through ``obstore`` (the same Rust
-``object_store`` crate Lance uses), configured from the store's ``storage_options`` and
-the standard ``AWS_*`` environment variables, as Lance is.
+``obstore`` (the same Rust ``object_store`` crate Lance uses) remains for the two things
+pylance does not expose: deleting the files of a failed run at once
+(:func:`._fragments.remove_files`; Lance's cleanup would wait 7 days for them) and
+listing a table's files for the cleanup report.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import socket
 import threading
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StorageError, describe
-
-LOCK_DIR = ".embed_assets/locks"
-# A lease a holder stopped renewing is taken over after this long. A heartbeat renews it
-# every LOCK_TTL_S / 3, so a live holder is never mistaken for a dead one unless it
-# cannot reach the store for 20 s; a killed writer blocks the next one for at most this.
-LOCK_TTL_S = 30.0
-_POLL_S = (0.02, 0.2)  # a waiter polls with backoff 20 ms .. 200 ms (a PUT and a HEAD each)
 
 _stores: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 _stores_guard = threading.Lock()
@@ -94,22 +67,43 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
                 raise
             key = _unknown_key(exc)
             if key is None or key not in config:
-                raise StorageError(f"cannot configure object store {uri}: {explain(exc)}") from None
+                raise StorageError(f"cannot configure object store {uri}: {explain(exc, uri)}") from None
             config.pop(key)
     with _stores_guard:
         _stores[cache_key] = store
     return store
 
 
-def explain(exc: BaseException | str) -> str:
+# What each cloud needs when no credentials were found (the scheme decides: a gs:// store
+# was told to set AWS keys before).
+_CREDENTIALS_HINT = {
+    "s3": "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+          "storage_options aws_access_key_id / aws_secret_access_key)",
+    "gs": "no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a service "
+          "account file (or storage_options google_service_account)",
+    "az": "no Azure credentials found: set AZURE_STORAGE_ACCOUNT_NAME and "
+          "AZURE_STORAGE_ACCOUNT_KEY (or storage_options account_name / account_key)",
+}
+_SCHEME_CLOUD = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az",
+                 "abfss": "az", "azure": "az"}
+
+
+def explain(exc: BaseException | str, uri: str | None = None) -> str:
     """An object-store failure in one line that names the problem (credentials, an
-    unreachable endpoint, a missing bucket), followed by the store's own words."""
+    unreachable endpoint, a missing bucket), followed by the store's own words. ``uri``
+    (the store's) picks which cloud's credentials to name."""
     text = str(exc)
     low = text.lower()
+    cloud = _SCHEME_CLOUD.get((uri or "s3://").split("://", 1)[0].lower(), "s3")
     # (169.254.169.254: the instance-metadata endpoint, asked when no key was given)
-    if "failed to get aws credentials" in low or "no credentials" in low or "169.254.169.254" in low:
-        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
-                "storage_options aws_access_key_id / aws_secret_access_key)")
+    if ("credentials" in low and ("failed to get" in low or "no credentials" in low)) \
+            or "169.254.169.254" in low or "metadata.google.internal" in low:
+        return _CREDENTIALS_HINT[cloud]
+    if "failed to resolve region" in low:
+        # S3 asks the bucket for its region first: with no region and no credentials that
+        # is what fails, and its words named neither
+        return (f"cannot find the region of the bucket: set AWS_REGION (or storage_options "
+                f"region), and credentials if none are set ({_CREDENTIALS_HINT['s3']})")
     if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
         return f"the bucket does not exist ({describe(exc)[:200]})"
     if any(s in low for s in ("error sending request", "connection refused", "dns error",
@@ -123,96 +117,6 @@ def explain(exc: BaseException | str) -> str:
     return describe(exc)
 
 
-@dataclass
-class _Lease:
-    key: str
-    etag: str
-    lost: bool = False
-
-
-class ObjectLock:
-    """The exclusive writer lock of one table on an object store (see the module docstring)."""
-
-    def __init__(self, uri: str, storage_options: dict[str, str] | None, name: str,
-                 ttl: float = LOCK_TTL_S) -> None:
-        self.uri = uri
-        self.store = object_store(uri, storage_options)
-        self.key = f"{LOCK_DIR}/{name}.lock"
-        self.ttl = ttl
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.takeovers = 0  # leases taken over from a holder that stopped renewing
-
-    def _body(self) -> bytes:
-        return json.dumps({"owner": self.owner, "ttl_s": self.ttl, "at": time.time()}).encode()
-
-    def acquire(self) -> _Lease:
-        import obstore as obs
-        from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
-
-        seen: tuple[str, float] | None = None  # (etag, when first seen) of the holder
-        delay = _POLL_S[0]
-        while True:
-            try:
-                res = obs.put(self.store, self.key, self._body(), mode="create")
-                return _Lease(self.key, res["e_tag"] or "")
-            except AlreadyExistsError:
-                pass
-            except Exception as exc:
-                raise StorageError(f"cannot take the writer lock {self.uri}/{self.key}: "
-                                   f"{explain(exc)}") from None
-            try:
-                etag = obs.head(self.store, self.key)["e_tag"] or ""
-            except (NotFoundError, FileNotFoundError):
-                # released meanwhile: try again at once (obstore's head raises the
-                # builtin FileNotFoundError for a 404, not its own NotFoundError)
-                continue
-            now = time.monotonic()
-            if seen is None or seen[0] != etag:
-                seen = (etag, now)  # the holder is alive (or new): start its clock
-            elif now - seen[1] >= self.ttl:
-                try:  # a lease nobody renewed for ttl seconds: exactly one waiter takes it
-                    res = obs.put(self.store, self.key, self._body(), mode={"e_tag": etag})
-                    self.takeovers += 1
-                    return _Lease(self.key, res["e_tag"] or "")
-                except (PreconditionError, NotFoundError, FileNotFoundError):
-                    seen = None
-                    continue
-            time.sleep(delay)
-            delay = min(_POLL_S[1], delay * 2)
-
-    def _renew(self, lease: _Lease, stop: threading.Event) -> None:
-        import obstore as obs
-
-        while not stop.wait(self.ttl / 3):
-            try:
-                lease.etag = obs.put(self.store, self.key, self._body(),
-                                     mode={"e_tag": lease.etag})["e_tag"] or ""
-            except Exception:  # taken over or unreachable: the next commit may not be ours alone
-                lease.lost = True
-                return
-
-    def release(self, lease: _Lease) -> None:
-        import obstore as obs
-
-        with contextlib.suppress(Exception):  # an unreleased lease expires after ttl anyway
-            if (obs.head(self.store, self.key)["e_tag"] or "") == lease.etag:
-                obs.delete(self.store, self.key)
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[_Lease]:
-        lease = self.acquire()
-        stop = threading.Event()
-        beat = threading.Thread(target=self._renew, args=(lease, stop), daemon=True,
-                                name=f"embed-assets-lease:{self.key}")
-        beat.start()
-        try:
-            yield lease
-        finally:
-            stop.set()
-            beat.join()
-            self.release(lease)
-
-
 def list_objects(uri: str, storage_options: dict[str, str] | None, prefix: str) -> list[dict[str, Any]]:
     """Objects under ``prefix`` of the store at ``uri``: path (relative to ``uri``), size,
     last_modified (aware datetime)."""
@@ -222,7 +126,7 @@ def list_objects(uri: str, storage_options: dict[str, str] | None, prefix: str) 
     try:
         return [m for batch in obs.list(store, prefix=prefix) for m in batch]
     except Exception as exc:
-        raise StorageError(f"cannot list {uri}/{prefix}: {explain(exc)}") from None
+        raise StorageError(f"cannot list {uri}/{prefix}: {explain(exc, uri)}") from None
 
 
 def delete_objects(uri: str, storage_options: dict[str, str] | None, paths: list[str]) -> None:
@@ -233,4 +137,4 @@ def delete_objects(uri: str, storage_options: dict[str, str] | None, paths: list
         try:
             obs.delete(store, paths)
         except Exception as exc:
-            raise StorageError(f"cannot delete objects under {uri}: {explain(exc)}") from None
+            raise StorageError(f"cannot delete objects under {uri}: {explain(exc, uri)}") from None

@@ -1,25 +1,27 @@
-"""Retention: which versions a cleanup removes, in an order a crash cannot tear.
+"""Retention: which versions a cleanup removes; Lance's ``cleanup_old_versions`` removes them.
 
-Lance's own ``cleanup_old_versions`` deletes a removed version's data and deletion files
-before its manifest; killed midway it leaves "zombie" versions that are still listed but
-cannot be read (seen in 3 of 3 kills of a 250-version cleanup). Here, on a local store:
+1. The versions to remove are chosen (:func:`choose`): never the latest, never a tagged
+   one, never one that stopped being the latest less than the grace period ago (a reader
+   may have resolved it just before); of the others, those beyond the last ``keep_last``
+   user versions (index bookkeeping does not count) **or** older than ``older_than``.
+2. Lance's ``cleanup_old_versions(versions=...)`` deletes them and every file no other
+   version references, locally and on object stores. Lance itself re-reads the tags and
+   keeps every version newer than the one it was opened at, so a tag created or a
+   rollback committed between step 1 and step 2 is honoured.
+3. Files no version ever referenced (orphans of writes killed before their commit) go
+   when Lance calls them safe: older than 7 days, or at once with ``grace=0`` (Lance's
+   ``delete_unverified``: the caller promises that no write is in flight).
 
-1. the versions to remove are chosen: never the latest, never a tagged one, never one
-   that stopped being the latest less than the grace period ago (a reader may have
-   resolved it just before); of the others, those beyond the last ``keep_last`` **or**
-   older than ``older_than``;
-2. their manifests are deleted, oldest first: each deletion removes exactly one whole
-   version, so a crash leaves every listed version readable;
-3. files no remaining version references (data, deletion and index files: those of the
-   removed versions, and orphans of writes killed before their commit) are deleted once
-   they are older than the grace period, so a write in flight (whose files are not yet
-   referenced by any manifest) is never touched.
-
-Rerunning after a crash finishes the job. Transaction files (a few hundred bytes each,
-the provenance of each version) are left in place. On object stores the same steps run
-through the object store's own API (:func:`sweep_remote`: a listing of the table's
-prefix, one ``DELETE`` per manifest, oldest first, then the unreferenced files whose
-``last_modified`` is older than the grace period), so they are crash-ordered too.
+What Lance's cleanup does not cover is its own run: it reads the tags and lists the
+manifests once, then deletes. A rollback committed, or a tag created, after that reading
+could lose the files of its version (reproduced here: tests/test_concurrency.py, 3 of
+3 forced interleavings). So a cleanup announces itself with a **cleanup marker** (a Lance
+tag ``_ea-cleanup-...`` on the latest version, removed when it is done), and a rollback
+or a new tag first protects its version with a tag, then waits for the cleanups that were
+already running (:func:`wait_for_cleanups`), then checks that its version is still whole:
+a cleanup that started after the protecting tag sees it; one that started before is
+waited for. A marker left by a killed cleanup stops counting after :data:`MARKER_MAX_AGE`
+(at once when its process is known dead on this machine).
 """
 
 from __future__ import annotations
@@ -27,31 +29,32 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import shutil
-from dataclasses import dataclass
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import lance
 
-from ..errors import ValidationError
+from ..errors import StorageError, ValidationError, describe
 from ._meta import is_local, local_path
 from ._results import CleanupReport
+from ._validation import as_duration
 
 U64_MAX = 2**64 - 1
-# A version superseded less than this long ago is never removed, nor a file younger than
-# this deleted: a reader that resolved a version a moment ago, or a writer whose files are
-# not committed yet, is safe. Lance keeps unreferenced files 7 days; an hour covers any single query or
-# write here, and a longer job should pin its version with a tag.
+# A version superseded less than this long ago is never removed: a reader that resolved a
+# version a moment ago is safe. Lance keeps unreferenced files 7 days; an hour covers any
+# single query or write here, and a longer job should pin its version with a tag.
 DEFAULT_GRACE = dt.timedelta(hours=1)
-
-
-@dataclass
-class Sweep:
-    removed_versions: list[int]
-    kept_versions: list[int]
-    bytes_freed: int = 0
-    files_removed: int = 0
-    # files no version ever referenced: left by writes killed before their commit
-    orphan_files: int = 0
+# Internal tags (hidden from tags(), refused as user tags).
+INTERNAL_TAG = "_ea-"
+MARKER = INTERNAL_TAG + "cleanup-"
+GUARD = INTERNAL_TAG + "guard-"
+MARKER_MAX_AGE = dt.timedelta(minutes=15)
+_HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+# Test hook: runs between choosing the versions and deleting them (a slow listing).
+before_delete: Callable[[list[int]], None] | None = None
 
 
 def choose(versions: list[tuple[int, dt.datetime]], latest: int, tagged: set[int], *,
@@ -105,7 +108,8 @@ def referenced_files(ds: lance.LanceDataset) -> tuple[set[str], set[str]]:
 
 
 def missing_files(table_path: str, ds: lance.LanceDataset) -> list[str]:
-    """Files a version references that are not on disk (an interrupted foreign cleanup)."""
+    """Files a version references that are not on disk (an interrupted cleanup: Lance
+    deletes a version's files before its manifest)."""
     files, uuids = referenced_files(ds)
     gone = [f for f in sorted(files) if not os.path.exists(os.path.join(table_path, f))]
     gone += [f"_indices/{u}" for u in sorted(uuids)
@@ -113,150 +117,161 @@ def missing_files(table_path: str, ds: lance.LanceDataset) -> list[str]:
     return gone
 
 
-def sweep(uri: str, table_path: str, remove: list[int], remaining: list[int],
-          grace: dt.timedelta, now: dt.datetime) -> Sweep:
-    """Delete the chosen versions' manifests, then the files nothing references."""
-    out = Sweep(removed_versions=[], kept_versions=list(remaining))
-    of_removed: set[str] = set()
-    for v in remove:  # what the removed versions held, to tell their files from orphans
-        with contextlib.suppress(Exception):  # already unreadable (a foreign cleanup's crash)
-            of_removed |= referenced_files(lance.dataset(uri, version=v))[0]
-    for v in remove:
-        path = manifest_path(table_path, v)
-        if path is None:
-            continue
-        size = os.path.getsize(path)
-        os.remove(path)
-        out.removed_versions.append(v)
-        out.bytes_freed += size
-        out.files_removed += 1
-    keep_files: set[str] = set()
-    keep_uuids: set[str] = set()
-    for v in remaining:
-        files, uuids = referenced_files(lance.dataset(uri, version=v))
-        keep_files |= files
-        keep_uuids |= uuids
-    cutoff = (now - grace).timestamp()
-    for sub in ("data", "_deletions"):
-        folder = os.path.join(table_path, sub)
-        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            rel = os.path.join(sub, name)
-            path = os.path.join(table_path, rel)
-            if rel in keep_files or not os.path.isfile(path) or os.path.getmtime(path) >= cutoff:
-                continue
-            out.bytes_freed += os.path.getsize(path)
-            os.remove(path)
-            out.files_removed += 1
-            out.orphan_files += rel not in of_removed
-    folder = os.path.join(table_path, "_indices")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name)
-        if name in keep_uuids or os.path.getmtime(path) >= cutoff:
-            continue
-        for root, _dirs, files in os.walk(path):
-            for f in files:
-                out.bytes_freed += os.path.getsize(os.path.join(root, f))
-                out.files_removed += 1
-        shutil.rmtree(path, ignore_errors=True)
-    return out
+# -- cleanup markers and guards -------------------------------------------------------------
+def _stamp() -> str:
+    return f"{int(time.time() * 1000)}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _manifest_version(name: str) -> int | None:
-    """The version a manifest object is named for (V2 names count down from 2**64 - 1)."""
-    stem = name.rsplit("/", 1)[-1]
-    if not stem.endswith(".manifest") or not stem[: -len(".manifest")].isdigit():
-        return None
-    n = int(stem[: -len(".manifest")])
-    return U64_MAX - n if n > 2**63 else n
+def _marker_alive(name: str, now_ms: int) -> bool:
+    try:
+        ms, host, pid, _ = name[len(MARKER):].split("-")
+        born, pid_n = int(ms), int(pid)
+    except ValueError:
+        return False
+    if now_ms - born > MARKER_MAX_AGE.total_seconds() * 1000:
+        return False
+    if host == _HOST:
+        try:
+            os.kill(pid_n, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return True
 
 
-def sweep_remote(uri: str, storage_options: dict[str, str] | None, remove: list[int],
-                 remaining: list[int], grace: dt.timedelta, now: dt.datetime) -> Sweep:
-    """:func:`sweep` on an object store: the same order, through object listings and deletes."""
-    from ._objstore import delete_objects, list_objects
+def wait_for_cleanups(ds: lance.LanceDataset) -> None:
+    """Return once no cleanup that may have read the tags before now is still running."""
+    delay = 0.02
+    while True:
+        now_ms = int(time.time() * 1000)
+        live = [t for t in ds.tags.list() if t.startswith(MARKER) and _marker_alive(t, now_ms)]
+        if not live:
+            return
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
 
-    out = Sweep(removed_versions=[], kept_versions=list(remaining))
-    of_removed: set[str] = set()
-    for v in remove:
+
+@contextlib.contextmanager
+def guarded(ds: lance.LanceDataset, version: int, what: str) -> Any:
+    """Hold a protecting tag on ``version`` while the caller makes it referenced again
+    (a rollback's Restore): see the module docstring."""
+    name = GUARD + _stamp()
+    try:
+        ds.tags.create(name, version)
+    except (ValueError, OSError) as exc:
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            raise _removed(what, version) from None
+        raise StorageError(f"cannot protect version {version} of {what}: {describe(exc)}") from None
+    try:
+        yield name
+    finally:
         with contextlib.suppress(Exception):
-            of_removed |= referenced_files(lance.dataset(uri, version=v, storage_options=storage_options))[0]
-    manifests = {}
-    for m in list_objects(uri, storage_options, "_versions"):
-        v = _manifest_version(m["path"])
-        if v is not None:
-            manifests[v] = m
-    for v in remove:  # one whole version per DELETE, oldest first
-        m = manifests.get(v)
-        if m is None:
-            continue
-        delete_objects(uri, storage_options, [m["path"]])
-        out.removed_versions.append(v)
-        out.bytes_freed += int(m["size"])
-        out.files_removed += 1
-    keep_files: set[str] = set()
-    keep_uuids: set[str] = set()
-    for v in remaining:
-        files, uuids = referenced_files(lance.dataset(uri, version=v, storage_options=storage_options))
-        keep_files |= files
-        keep_uuids |= uuids
-    cutoff = now - grace
-    doomed: list[str] = []
-    for sub in ("data", "_deletions", "_indices"):
-        for m in list_objects(uri, storage_options, sub):
-            rel = m["path"]
-            young = m["last_modified"] >= cutoff
-            if sub == "_indices":
-                parts = rel.split("/")
-                if len(parts) < 3 or parts[1] in keep_uuids or young:
-                    continue
-            elif rel in keep_files or young:
-                continue
-            doomed.append(rel)
-            out.bytes_freed += int(m["size"])
-            out.files_removed += 1
-            out.orphan_files += sub != "_indices" and rel not in of_removed
-    for i in range(0, len(doomed), 500):
-        delete_objects(uri, storage_options, doomed[i:i + 500])
-    return out
+            ds.tags.delete(name)
+
+
+def _removed(what: str, version: int) -> Exception:
+    from ..errors import VersionNotFoundError
+
+    return VersionNotFoundError(f"version {version} of {what} was removed by a cleanup")
+
+
+def version_whole(uri: str, version: int, storage_options: dict[str, str] | None) -> bool:
+    """Whether a version can still be opened (and, locally, all its files are there)."""
+    try:
+        ds = lance.dataset(uri, version=version, storage_options=storage_options)
+    except Exception:
+        return False
+    if not is_local(uri):
+        return True
+    try:
+        return not missing_files(local_path(uri), ds)
+    except Exception:
+        return False
+
+
+def _list_files(uri: str, storage_options: dict[str, str] | None) -> set[str]:
+    """Data and deletion files of a table (for the report: which went, which were orphans)."""
+    if is_local(uri):
+        out = set()
+        for sub in ("data", "_deletions"):
+            folder = os.path.join(local_path(uri), sub)
+            if os.path.isdir(folder):
+                out |= {f"{sub}/{n}" for n in os.listdir(folder)}
+        return out
+    from ._objstore import list_objects
+
+    return {m["path"] for sub in ("data", "_deletions") for m in list_objects(uri, storage_options, sub)}
 
 
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
 
-    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
-                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
+    def cleanup(self, *, keep_last: int | None = None,
+                older_than: dt.timedelta | float | str | None = None,
+                grace: dt.timedelta | float | str = DEFAULT_GRACE) -> CleanupReport:
         """Delete old versions: those beyond the last ``keep_last``, and/or those older
-        than ``older_than`` (either criterion alone removes a version), and the files no
-        remaining version references.
+        than ``older_than`` (either criterion alone removes a version), with Lance's
+        ``cleanup_old_versions``.
 
-        Never removed: the latest version, a tagged version, a version that stopped being
-        the latest less than ``grace`` ago (default one hour), and files younger than
-        ``grace``: a reader that just resolved a version, or a writer whose files are not
-        committed yet, is never broken by a cleanup. On a local store
-        a crash mid-cleanup leaves every listed version readable, and rerunning finishes.
+        Never removed: the latest version, a tagged version (also one tagged while the
+        cleanup runs), a version a rollback running meanwhile restores, a version that
+        stopped being the latest less than ``grace`` ago (default one hour). Files no
+        version ever referenced (writes killed before their commit) are removed after
+        Lance's 7 days, or at once with ``grace=0``, which promises that no write is in
+        flight. Rerunning after a crash finishes the job.
         """
         if keep_last is None and older_than is None:
             raise ValidationError("cleanup needs keep_last and/or older_than")
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
-        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
-            raise ValidationError("older_than and grace must not be negative")
+        # durations as a timedelta, seconds (grace=0) or text ("7d"), as the CLI takes them
+        grace = as_duration(grace, "grace")
+        older_than = None if older_than is None else as_duration(older_than, "older_than")
         self._versions_open.clear()  # handles on removed versions would point at deleted files
+        ds = self.refresh()._ds
+        marker = MARKER + _stamp()
+        ds.tags.create(marker, ds.version)
+        try:
+            return self._cleanup(keep_last, older_than, grace)
+        finally:
+            with contextlib.suppress(Exception):
+                ds.tags.delete(marker)
+
+    def _cleanup(self, keep_last: int | None, older_than: dt.timedelta | None,
+                 grace: dt.timedelta) -> CleanupReport:
         ds = self.refresh()._ds
         listed = [(int(v["version"]), v["timestamp"].astimezone(dt.UTC)) for v in ds.versions()]
         now = dt.datetime.now(dt.UTC)
         maintenance = {v.version for v in self.versions(with_properties=False,
                                                         include_maintenance=True)
                        if v.maintenance} if keep_last is not None else set()
-        remove = choose(listed, ds.version, set(self.tags().values()), keep_last=keep_last,
-                        older_than=older_than, grace=grace, now=now, maintenance=maintenance)
-        remaining = [v for v, _ in listed if v not in set(remove)]
-        if is_local(self.uri):
-            got = sweep(self.uri, local_path(self.uri), remove, remaining, grace, now)
-        else:
-            got = sweep_remote(self.uri, self.store.storage_options, remove, remaining, grace, now)
-        self.refresh()
-        return CleanupReport(table=self.name, removed_versions=got.removed_versions,
-                             kept_versions=got.kept_versions, bytes_freed=got.bytes_freed,
-                             files_removed=got.files_removed, orphan_files=got.orphan_files,
-                             grace_seconds=grace.total_seconds())
+        tagged = {int(d["version"]) for d in ds.tags.list().values()}
+        remove = choose(listed, ds.version, tagged, keep_last=keep_last, older_than=older_than,
+                        grace=grace, now=now, maintenance=maintenance)
+        of_removed: set[str] = set()
+        for v in remove:  # what the removed versions held, to tell their files from orphans
+            with contextlib.suppress(Exception):  # already unreadable (an interrupted cleanup)
+                of_removed |= referenced_files(self._open_raw(v))[0]
+        opts = self.store.storage_options
+        before = _list_files(self.uri, opts)
+        if before_delete is not None:
+            before_delete(remove)
+        latest = self.store.open_dataset(self.name, required=True)  # newest: Lance keeps what is newer
+        try:
+            # (Lance refuses an empty list; the latest version, never removed, stands for
+            # "no version", and the orphan files are still swept)
+            stats = latest.cleanup_old_versions(
+                versions=remove or [latest.version], error_if_tagged_old_versions=False,
+                delete_unverified=grace == dt.timedelta(0))
+        except Exception as exc:
+            raise StorageError(f"cleanup of {self.name!r} failed: {describe(exc)}") from None
+        freed, manifests = int(stats.bytes_removed), int(stats.old_versions)
+        gone = before - _list_files(self.uri, opts)
+        self._versions_open.clear()
+        self._readable_cache.clear()
+        after = {int(v["version"]) for v in self.refresh()._ds.versions()}
+        return CleanupReport(table=self.name, removed_versions=[v for v in remove if v not in after],
+                             kept_versions=sorted(after), bytes_freed=freed,
+                             files_removed=manifests + len(gone),
+                             orphan_files=len(gone - of_removed), grace_seconds=grace.total_seconds())

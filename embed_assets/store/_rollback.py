@@ -11,9 +11,12 @@ from typing import Any
 import lance
 from lance import LanceOperation
 
+from ..errors import VersionNotFoundError
 from ._commits import table_lock, with_retries
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import PROP_PREFIX, VersionRef
+from ._retention import guarded, version_whole, wait_for_cleanups
+from .graph import fingerprint
 
 # Rebuilds a tuned vector index on the latest version, given the report of the index that
 # a rollback lost. The index policy lives above the store (embed_assets.index), so the
@@ -47,9 +50,19 @@ class RollbackMixin:
         """
         target = self.resolve(to)  # refuses unknown and partly removed versions
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
-        with table_lock(self.store, self.name):
-            (ds, report, lost, had_scalar), _ = with_retries(
-                lambda: self._restore(target, run_id))
+        what = repr(self.name)
+        # A cleanup running now must not delete the files the Restore makes current again:
+        # the target is tagged first, running cleanups are waited for (see _retention).
+        with guarded(self.refresh()._ds, target, what):
+            wait_for_cleanups(self._ds)
+            if not version_whole(self.uri, target, self.store.storage_options):
+                self._versions_open.pop(target, None)
+                raise VersionNotFoundError(
+                    f"version {target} of {what} was removed by a cleanup running at the same "
+                    "time: it cannot be rolled back to")
+            with table_lock(self.store, self.name):
+                (ds, report, lost, had_scalar), _ = with_retries(
+                    lambda n: self._restore(target, run_id, n))
         if lost and not vector_index_type(ds) and _index_keeper is not None:
             _index_keeper(self.refresh(), report, lost)
         elif had_scalar:
@@ -58,10 +71,15 @@ class RollbackMixin:
                 self.refresh()
         return int(ds.version)
 
-    def _restore(self, target: int, run_id: str) -> tuple[Any, dict[str, Any], str | None, bool]:
+    def _restore(self, target: int, run_id: str, retries: int = 0
+                 ) -> tuple[Any, dict[str, Any], str | None, bool]:
         latest = self.refresh()._ds
         lost = vector_index_type(latest)
         report = index_config(latest, self._identity) or {}
+        if _same_rows(latest, self._at(target)):
+            # Rolling back to what is already current (the latest version, or one that only
+            # index bookkeeping followed) changes nothing: no version, and the index stays.
+            return latest, report, None, False
         txn = lance.Transaction(read_version=latest.version,
                                 operation=LanceOperation.Restore(target))
         props = {
@@ -71,6 +89,8 @@ class RollbackMixin:
             f"{PROP_PREFIX}rollback_from": str(latest.version),
             f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat(),
         }
+        if retries:
+            props[f"{PROP_PREFIX}retries"] = str(retries)
         if lost and not vector_index_type(self._at(target)):
             props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
         txn.transaction_properties = props
@@ -90,3 +110,9 @@ class RollbackMixin:
             if props.get("mode") in ("overwrite",):
                 return None
         return None
+
+
+def _same_rows(a: lance.LanceDataset, b: lance.LanceDataset) -> bool:
+    """Whether two versions hold the same rows (the same data and deletion files) under the
+    same schema and table facts."""
+    return a.schema.equals(b.schema, check_metadata=True) and fingerprint(a) == fingerprint(b)

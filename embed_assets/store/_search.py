@@ -37,28 +37,50 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError, first_line
-from ..kernels import default_rank, exact_topk
+from ..kernels import default_rank, exact_topk, exact_topk_batch
 from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
+from ._filters import conjunction
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
-from ._graph import Graph, fingerprint, graph_path, normalized_query
-from ._graph import load as load_graph
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
 from ._subsets import RowSubset, subset
+from .graph import Graph, GraphHome, fingerprint, normalized_query
+from .graph import load as load_graph
+
+
+@dataclass(frozen=True)
+class VersionContext:
+    """The one version a search reads, and what the planner needs to know about it: the
+    table's name (for messages), the pinned dataset, its cache key (uri, table identity,
+    version), its facts, where its graphs live, and how to find the version a partition
+    was last written at (``epoch_of``: a partition filter -> (canonical filter, key))."""
+
+    name: str
+    ds: lance.LanceDataset
+    key: VersionKey
+    meta: TableMeta
+    home: GraphHome
+    epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None = None
+
+    @property
+    def table_id(self) -> str:
+        return self.key.table_id
 
 
 @dataclass
 class SearchRequest:
     query: Any
     k: int
-    where: str | None = None
+    where: str | None = None  # the filter Lance evaluates (see combine_filters)
     columns: list[str] | None = None
     embedder: Any = None
     use_index: bool | None = None
     nprobes: int | None = None
     refine_factor: int | None = None
     metric: str | None = None
+    # The closed filters ``where`` is the conjunction of (the user's, the partition's).
+    where_parts: tuple[str, ...] = ()
 
 
 # A filter selecting more than this share of the rows is searched through the probe
@@ -96,8 +118,10 @@ class Plan:
         """The path that runs instead of the planned one (explain reports what ran)."""
         self.reason = f"{self.reason}; {self.path} unavailable ({why}): {path}"
         self.path = path
-        if path == "lance" and self.subset is None:
-            self.ann = self.ann and bool(lance_only(self.params))
+        if path == "lance":
+            if self.subset is None:
+                self.ann = self.ann and bool(lance_only(self.params))
+            self.params = lance_only(self.params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "reason": self.reason, "rows": self.rows,
@@ -131,11 +155,12 @@ def partition_filter(name: str, meta: TableMeta, ds: lance.LanceDataset, partiti
     return filter_eq(column, value)
 
 
-def combine_filters(*wheres: str | None) -> str | None:
-    parts = [w for w in wheres if w]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else " AND ".join(f"({w})" for w in parts)
+def combine_filters(*wheres: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The filter Lance evaluates for ``where=`` and ``partition=``, and its parts. Each
+    part must be one closed expression and is wrapped in its own parentheses
+    (:func:`._filters.conjunction`), so no text of ``where`` can widen the partition."""
+    parts = tuple(w for w in wheres if w)
+    return conjunction(*parts), parts
 
 
 def check_request(req: SearchRequest, meta: TableMeta) -> str:
@@ -152,54 +177,82 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
                  metric: str = "cosine") -> np.ndarray:
     """The query as a float32 vector: a text is embedded with the model of the version
     being searched (``meta``), and another embedder is refused."""
+    if query is None:  # refused alike by SQL knn (a NULL query vector)
+        raise ValidationError("query vector is None: give a vector or a text")
     if isinstance(query, str):
-        if not query.strip():
-            raise ValidationError("search text is empty")
-        if embedder is None:
-            raise ValidationError(
-                f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
-        if meta.model and embedder.name != meta.model:
-            raise SchemaMismatchError(
-                f"this version of {name!r} was embedded with {meta.model!r}; "
-                f"the query embedder is {embedder.name!r}")
-        q = np.asarray(embedder.embed([query])[0], dtype=np.float32)
+        q = np.asarray(_embed(name, meta, [query], embedder)[0], dtype=np.float32)
     else:
         try:
             q = np.asarray(query, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise ValidationError("query must be a text or a numeric vector") from None
-    if q.shape[0] != meta.dimension:
+    return _checked(name, meta, q[None, :], metric)[0]
+
+
+def query_matrix(name: str, meta: TableMeta, queries: Any, embedder: Any,
+                 metric: str = "cosine") -> np.ndarray:
+    """Many queries as one float32 (n, d) matrix: texts (embedded in one call, with the
+    version's model) or vectors (a 2-D array or a sequence of vectors)."""
+    if isinstance(queries, str):
+        raise ValidationError("search_batch takes a list of texts or vectors, not one text")
+    if isinstance(queries, list | tuple) and queries and all(isinstance(x, str) for x in queries):
+        m = np.asarray(_embed(name, meta, list(queries), embedder), dtype=np.float32)
+    else:
+        try:
+            m = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValidationError("queries must be texts or numeric vectors of one dimension") from None
+        if m.ndim != 2:
+            raise ValidationError(f"queries must be a (n, {meta.dimension}) matrix, got shape {m.shape}")
+    return _checked(name, meta, m, metric)
+
+
+def _embed(name: str, meta: TableMeta, texts: list[str], embedder: Any) -> Any:
+    if any(not t.strip() for t in texts):
+        raise ValidationError("search text is empty")
+    if embedder is None:
         raise ValidationError(
-            f"query vector has dimension {q.shape[0]}; table {name!r} has {meta.dimension}")
-    if not np.isfinite(q).all():
+            f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
+    if meta.model and embedder.name != meta.model:
+        raise SchemaMismatchError(
+            f"this version of {name!r} was embedded with {meta.model!r}; "
+            f"the query embedder is {embedder.name!r}")
+    return embedder.embed(texts)
+
+
+def _checked(name: str, meta: TableMeta, m: np.ndarray, metric: str) -> np.ndarray:
+    if m.shape[1] != meta.dimension:
+        raise ValidationError(
+            f"query vector has dimension {m.shape[1]}; table {name!r} has {meta.dimension}")
+    if not np.isfinite(m).all():
         raise ValidationError("query vector has NaN or infinite values")
-    if metric == "cosine" and not np.any(q):
+    if metric == "cosine" and not np.any(m, axis=1).all():
         raise ValidationError("query vector is all zeros: it has no cosine distance to any row")
-    return q
+    return m
 
 
-def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, metric: str,
-         meta: TableMeta, key: VersionKey | None = None,
-         epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None = None) -> Plan:
+def plan(ctx: VersionContext, req: SearchRequest, metric: str) -> Plan:
     """Choose the path (see the module docstring)."""
-    tid = table_id
+    ds, meta, tid, key = ctx.ds, ctx.meta, ctx.table_id, ctx.key
     rows = _rows(key, ds)
-    defaults = (search_defaults(ds, tid) or {}) if req.use_index is not False else {}
+    # A version's index facts never change: read them once per version.
+    defaults = (version_fact(key, "search_defaults", lambda: search_defaults(ds, tid)) or {}) \
+        if req.use_index is not False else {}
     ann = req.use_index is True or (req.use_index is None and bool(defaults))
-    if ann and not has_vector_index(ds, tid):
+    if ann and not version_fact(key, "has_vector_index", lambda: has_vector_index(ds, tid)):
         if req.use_index is True:
             raise ValidationError(
-                f"table {name!r} has no vector index at this version; "
+                f"table {ctx.name!r} has no vector index at this version; "
                 "build one with build_index() or `embed-assets index`")
         ann = False
     forced = req.nprobes is not None or req.refine_factor is not None
     probe_ok = (ann and metric == meta.metric and not forced and "probe_nprobes" in defaults)
     graph_ok = ann and metric == meta.metric and not forced and "graph_ef" in defaults
     if req.where is None and graph_ok:
-        return Plan("graph", True, defaults, "the index policy chose the tuned HNSW graph of "
+        return Plan("graph", True, dict(defaults), "the index policy chose the tuned HNSW graph of "
                     "these rows", rows)
     if req.where is None and metric == meta.metric and probe_ok:
-        return Plan("probe", True, defaults, "the index policy chose the tuned in-memory "
+        return Plan("probe", True, dict(defaults), "the index policy chose the tuned in-memory "
                     "IVF probe for this version", rows)
     lance_params = lance_only(defaults)
     if ann and req.use_index is None and not lance_params and req.nprobes is None \
@@ -210,8 +263,8 @@ def plan(name: str, table_id: str, ds: lance.LanceDataset, req: SearchRequest, m
                "no ANN index is recorded for this version" if not defaults else
                f"metric {metric!r} is not the index's {meta.metric!r}")
         return Plan("exact", False, {}, f"exact scan of the cached matrix ({why})", rows)
-    if req.where is not None and key is not None and not forced:
-        got = _filtered_plan(name, ds, key, req, metric, rows, probe_ok, defaults, epoch_of)
+    if req.where is not None and not forced:
+        got = _filtered_plan(ctx, req, metric, rows, probe_ok, defaults)
         if got is not None:
             return got
     if ann:
@@ -233,22 +286,27 @@ def _rows(key: VersionKey | None, ds: lance.LanceDataset) -> int:
     return version_fact(key, "rows", ds.count_rows)
 
 
-def _filtered_plan(name: str, ds: lance.LanceDataset, key: VersionKey, req: SearchRequest,
-                   metric: str, rows: int, probe_ok: bool, defaults: dict[str, Any],
-                   epoch_of: Callable[[str], tuple[str, VersionKey] | None] | None) -> Plan | None:
+def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: int,
+                   probe_ok: bool, defaults: dict[str, Any]) -> Plan | None:
+    ds, key = ctx.ds, ctx.key
     where = req.where
     assert where is not None
-    part = epoch_of(where) if epoch_of is not None else None
+    # A filter that is just one partition of the recorded partition column: its block,
+    # kept since the partition was last written.
+    part = ctx.epoch_of(req.where_parts[0]) \
+        if ctx.epoch_of is not None and len(req.where_parts) == 1 else None
     try:
         if part is not None:
-            # One partition: its block, kept since the partition was last written.
             where, epoch = part
             sub = subset(key, ds, where, metric, with_vectors=True, epoch=epoch)
         else:
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {name!r}: bad filter {where!r}: {first_line(exc)}") from None
+        # name the user's own filter text, not the closed, combined form sent to Lance
+        shown = " AND ".join(req.where_parts) if req.where_parts else where
+        raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
+                              f"{first_line(exc)}") from None
     if sub is None:
         return None
     if probe_ok and sub.selectivity > BROAD_FILTER:
@@ -275,25 +333,23 @@ def lance_only(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if not k.startswith(("probe_", "graph_"))}
 
 
-def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
-        req: SearchRequest, metric: str, p: Plan) -> pa.Table:
-    """Execute a plan; a cached path that cannot fit in memory falls back to Lance."""
+def run(ctx: VersionContext, q: np.ndarray, req: SearchRequest, metric: str, p: Plan) -> pa.Table:
+    """Execute a plan. A path that cannot run degrades to a correct one, and the plan says
+    why: the graph to the probe (or an exact scan when no probe was tuned), a cached path
+    that cannot fit in memory to Lance. No parameter of one path reaches another."""
+    ds, key = ctx.ds, ctx.key
     if p.path == "graph":
-        g = _graph_of(ds, key, metric, p.params)
+        g, why = _graph_of(ctx, metric, p.params)
         if g is not None:
             idx, dist = g.search(normalized_query(q, metric), req.k)
             return rows_at(key, ds, idx, dist, req.columns, metric)
-        # a write since the graph was built (other rows), or no file on this machine
-        p.fall_back("probe" if "probe_nprobes" in p.params else "lance",
-                    "the HNSW graph was built from other rows (a write since) or its file "
-                    "is not on this machine")
+        _graph_fallback(p, why)
     if p.path in ("probe", "filtered-probe"):
         allowed = p.subset if p.path == "filtered-probe" else None
         got = _probe(ds, key, q, req.k, metric, p.params, allowed)
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
         p.fall_back("lance", "the probe does not fit in the cache")
-        p.params = lance_only(p.params)
     if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
         sub = p.subset
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
@@ -303,17 +359,65 @@ def run(name: str, ds: lance.LanceDataset, key: VersionKey, q: np.ndarray,
         if mat is not None:
             return rows_at(key, ds, *exact_topk(mat, q, req.k, metric), req.columns, metric)
         p.fall_back("lance", "the matrix does not fit in the cache")
-    return _lance(name, ds, q, req, metric, p)
+    return _lance(ctx.name, ds, q, req, metric, p)
 
 
-def _graph_of(ds: lance.LanceDataset, key: VersionKey, metric: str,
-              params: dict[str, Any]) -> Graph | None:
+def _graph_fallback(p: Plan, why: str) -> None:
+    if "probe_nprobes" in p.params:
+        p.fall_back("probe", why)
+    else:
+        p.fall_back("exact", why)
+        p.ann, p.params = False, {}
+
+
+QUERY_COLUMN = "query"
+
+
+def run_batch(ctx: VersionContext, qs: np.ndarray, req: SearchRequest, metric: str,
+              p: Plan, threads: int = 1) -> pa.Table:
+    """Execute one plan for many query vectors (``qs``: (n, d)): the rows of each query,
+    nearest first, with a ``query`` column (the query's position). The graph answers all
+    of them in one hnswlib call and an exact scan in one GEMM per block; the other paths
+    answer one query at a time on the same plan. One gather of the rows for all."""
+    ds, key = ctx.ds, ctx.key
+    got: tuple[np.ndarray, np.ndarray] | None = None
+    if p.path == "graph":
+        g, why = _graph_of(ctx, metric, p.params)
+        if g is not None:
+            got = g.search_batch(normalized_query(qs, metric), req.k, threads)
+        else:
+            _graph_fallback(p, why)
+    if got is None and p.path == "exact":
+        mat = CACHE.matrix(key, ds, metric)
+        if mat is not None:
+            got = exact_topk_batch(mat, qs, req.k, metric)
+    if got is None and p.path == "filtered-exact" and p.subset is not None \
+            and p.subset.matrix is not None:
+        idx, dist = exact_topk_batch(p.subset.matrix, qs, req.k, metric)
+        got = p.subset.offsets[idx], dist
+    if got is None:
+        parts = [run(ctx, q, req, metric, p) for q in qs]
+        parts = [t.append_column(QUERY_COLUMN, pa.array(np.full(t.num_rows, i, np.int32)))
+                 for i, t in enumerate(parts)]
+        return pa.concat_tables(parts) if parts else rows_at(key, ds, np.zeros(0, np.int64),
+                                                             np.zeros(0, np.float32), req.columns,
+                                                             metric)
+    idx, dist = got
+    n, k = idx.shape
+    extra = [*_rank_columns(dist.reshape(-1), metric, k),
+             (pa.field(QUERY_COLUMN, pa.int32()), pa.array(np.repeat(np.arange(n, dtype=np.int32), k)))]
+    return take_rows(key, ds, idx.reshape(-1), req.columns, extra)
+
+
+def _graph_of(ctx: VersionContext, metric: str, params: dict[str, Any]) -> tuple[Graph | None, str]:
+    """The graph recorded for this version, when it indexes exactly this version's rows
+    and its files are the ones recorded; else (None, why)."""
+    key, ds = ctx.key, ctx.ds
     fp = version_fact(key, "fingerprint", lambda: fingerprint(ds))
-    if fp != params.get("graph_fingerprint") or "graph_rows" not in params:
-        return None
-    path = version_fact(key, "graph_path", lambda: graph_path(key.uri, key.table_id, fp))
-    return load_graph(key, path, schema_of(key, ds).field(VECTOR_COLUMN).type.list_size, metric,
-                      int(params["graph_rows"]), int(params["graph_ef"]))
+    if fp != params.get("graph_fingerprint"):
+        return None, "the HNSW graph indexes other rows than this version's (a write since)"
+    return load_graph(key, ctx.home, schema_of(key, ds).field(VECTOR_COLUMN).type.list_size,
+                      metric, params, _rows(key, ds))
 
 
 def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metric: str,
@@ -333,8 +437,10 @@ def _probe(ds: lance.LanceDataset, key: VersionKey, q: np.ndarray, k: int, metri
 
 def _lance(name: str, ds: lance.LanceDataset, q: np.ndarray, req: SearchRequest, metric: str,
            p: Plan) -> pa.Table:
+    # Only Lance's own parameters: a graph's or probe's never reach ScannerBuilder.nearest
+    # (issue 29, defect 3: graph_ef raised a TypeError on every fallback).
     nearest: dict[str, Any] = {"column": VECTOR_COLUMN, "q": q, "k": req.k, "metric": metric,
-                               "use_index": p.ann, **(p.params if p.ann else {})}
+                               "use_index": p.ann, **(lance_only(p.params) if p.ann else {})}
     try:
         # prefilter=True costs ~5 ms per query even with no filter (IVF_HNSW_SQ at 120k
         # rows), so ask for it only when there is a filter.
@@ -359,11 +465,17 @@ _RANK = pa.field("rank", pa.int32())
 _RANKS = pa.array(np.arange(1, 1025, dtype=np.int32))
 
 
-def _rank_columns(dist: np.ndarray, metric: str) -> list[tuple[pa.Field, pa.Array]]:
+def _rank_columns(dist: np.ndarray, metric: str, per: int | None = None,
+                  ) -> list[tuple[pa.Field, pa.Array]]:
+    """``distance`` and ``rank`` columns; ``per``: ranks restart every ``per`` rows (a
+    batch of queries, ``per`` rows each)."""
     if metric == "l2":  # Lance ranks by squared L2; users see Euclidean everywhere
         dist = np.sqrt(np.maximum(dist, 0))
     n = len(dist)
-    ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
+    if per is not None:
+        ranks = pa.array(np.tile(np.arange(1, per + 1, dtype=np.int32), n // per if per else 0))
+    else:
+        ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
     return [(_DISTANCE, pa.array(np.asarray(dist, np.float32))), (_RANK, ranks)]
 
 

@@ -9,6 +9,7 @@ version travel with the version itself, atomically, with no side table to keep i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,6 @@ from .._config import settings
 from ..errors import StorageError, TableNotFoundError, ValidationError, describe
 from . import _writes
 from ._cache import CACHE
-from ._graph import graph_path
 from ._index_facts import forget_facts
 from ._meta import WriteMode, is_local, local_path
 from ._objstore import explain
@@ -35,12 +35,21 @@ def default_store_uri() -> str:
     return settings().store_uri
 
 
+_LOOKS_LIKE_A_SCHEME = re.compile(r"(s3|s3a|gs|gcs|az|abfs|abfss|azure|http|https|memory|file):",
+                                  re.IGNORECASE)
+
+
 def absolute_uri(uri: str) -> str:
     """A local path made absolute (so a later ``chdir`` cannot move the store, and two
     spellings of one folder are one store); object-store URIs unchanged."""
     uri = uri.rstrip("/") or "/"
     if not is_local(uri):
         return uri
+    if _LOOKS_LIKE_A_SCHEME.match(uri):
+        # "s3:bucket" or "s3:/bucket" is a URI missing a slash, not a folder named "s3:"
+        # (which a first write would create silently).
+        raise ValidationError(f"store {uri!r} looks like a URI without '//': write "
+                              f"{uri.split(':', 1)[0]}://bucket/prefix (or ./{uri} for a folder)")
     prefix = "file://" if uri.startswith("file://") else ""
     return prefix + os.path.abspath(os.path.expanduser(local_path(uri)))
 
@@ -141,7 +150,7 @@ class Store:
                 if not token:
                     break
         except Exception as exc:  # credentials, endpoint, network: say so
-            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc)}") from None
+            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc, self.uri)}") from None
         return sorted(_usable(list(names), self.uri))
 
     def tables(self) -> list[TableInfo]:
@@ -178,7 +187,7 @@ class Store:
             except Exception as exc:
                 if not _is_missing(exc) or is_local(uri):
                     raise StorageError(f"cannot open table {name!r} in {self.uri}: "
-                                       f"{describe(exc) if is_local(uri) else explain(exc)}") from None
+                                       f"{describe(exc) if is_local(uri) else explain(exc, uri)}") from None
         if not required:
             return None
         names = self.table_names()
@@ -195,9 +204,7 @@ class Store:
         uri = t.uri
         CACHE.forget(uri)
         forget_facts(uri)
-        graphs = graph_path(uri, t.identity, "x").parent
-        if graphs.is_dir():
-            shutil.rmtree(graphs, ignore_errors=True)
+        t.graph_home().drop()
         if is_local(self.uri):
             shutil.rmtree(local_path(uri))
         else:  # object stores

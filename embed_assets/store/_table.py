@@ -3,19 +3,22 @@ are mixed in from :mod:`._rollback` and :mod:`._retention`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
+from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
+from ._latest import VersionsWatch
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -30,6 +33,7 @@ from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
 from ._validation import validate_tag, validate_where
+from .graph import GraphHome
 
 
 class EmbeddingTable(RollbackMixin, RetentionMixin):
@@ -43,6 +47,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
         self._readable_cache: set[int] = set()
+        self._watch = VersionsWatch(local_path(self._uri)) if is_local(self._uri) else None
+        self._seen = self._fingerprint()
 
     def __repr__(self) -> str:
         return f"EmbeddingTable({self.name!r}, version={self.version})"
@@ -57,25 +63,51 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         and created again under the same name has another one."""
         return self._identity
 
+    def _searched(self, version: VersionRef) -> lance.LanceDataset:
+        """The dataset a search reads: the latest version is looked up only when the
+        table's ``_versions`` folder changed since the last lookup (:mod:`._latest`)."""
+        if version is not None:
+            return self._at(version)
+        watch = self._watch
+        if watch is not None and watch.unchanged():
+            return self._ds
+        stamp = watch.before_lookup() if watch is not None else None
+        ds = self.refresh()._ds
+        if watch is not None:
+            watch.looked_up(stamp)
+        return ds
+
     def cache_key(self, version: int) -> VersionKey:
         return VersionKey(self.uri, self._identity, version)
+
+    def _fingerprint(self) -> tuple[int, int] | None:
+        return table_fingerprint(self.uri)
 
     def refresh(self) -> EmbeddingTable:
         """Point at the latest version. An unchanged table keeps its open handle: asking
         for the latest version number is ~0.01 ms, reopening ~0.3 ms, and a reopened
-        handle's first reads are slower too (its file metadata caches start cold)."""
+        handle's first reads are slower too (its file metadata caches start cold).
+
+        "Unchanged" includes the table's identity: a handle kept across another
+        process's drop and re-create never serves the dropped table's rows. Locally
+        the ``_versions`` folder tells (one ``stat``); on an object store the latest
+        manifest is reopened (one GET more per refresh)."""
+        seen = self._fingerprint()
         try:
-            if self._ds.latest_version == self._ds.version:
+            if (seen is not None and seen == self._seen
+                    and self._ds.latest_version == self._ds.version):
                 return self
         except Exception:  # e.g. the table was dropped: reopening says so
             pass
         ds = self.store.open_dataset(self.name, required=True)
         assert ds is not None
         self._ds = ds
+        self._seen = seen
         identity = table_identity(self._ds)
         if identity != self._identity:  # recreated under this name: old handles are stale
             self._identity = identity
             self._versions_open.clear()
+            self._readable_cache.clear()
         return self
 
     @property
@@ -94,8 +126,12 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
 
     # -- versions and tags ----------------------------------------------------------------
     def tags(self) -> dict[str, int]:
-        """Tag name -> version."""
-        return {t: int(d["version"]) for t, d in self._ds.tags.list().items()}
+        """Tag name -> version (the store's own bookkeeping tags left out)."""
+        return {t: int(d["version"]) for t, d in self._ds.tags.list().items()
+                if not t.startswith(_retention.INTERNAL_TAG)}
+
+    def _open_raw(self, version: int) -> lance.LanceDataset:
+        return lance.dataset(self.uri, version=version, storage_options=self.store.storage_options)
 
     def versions(self, *, with_properties: bool = True,
                  include_maintenance: bool = False) -> list[VersionInfo]:
@@ -220,28 +256,84 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """The Lance dataset at a version or tag (latest by default)."""
         if version is None:
             return self.refresh()._ds
+        if self._seen is not None and self._fingerprint() != self._seen:
+            self.refresh()  # the folder changed: a drop and re-create clears stale handles
         return self._at(version)
 
     def tag(self, tag: str, version: VersionRef = None) -> int:
-        """Tag a version (latest by default); moving an existing tag is explicit via ``retag``."""
+        """Tag a version (latest by default); moving an existing tag is explicit via ``retag``.
+
+        A cleanup running meanwhile either sees the tag or is waited for; a version it
+        removed first is refused (:class:`VersionNotFoundError`), never tagged."""
         validate_tag(tag)
         v = self.resolve(version)
         tags = self.tags()
         if tag in tags:
             raise ValidationError(
                 f"tag {tag!r} already points at version {tags[tag]} of {self.name!r}; untag it first")
-        self._ds.tags.create(tag, v)
+        self._create_tag(tag, v)
         return v
+
+    def _create_tag(self, tag: str, v: int, move: bool = False) -> None:
+        try:
+            (self._ds.tags.update if move else self._ds.tags.create)(tag, v)
+        except (ValueError, OSError) as exc:
+            if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+                raise VersionNotFoundError(f"table {self.name!r} has no version {v} "
+                                           "(removed by a cleanup)") from None
+            raise StorageError(f"cannot tag version {v} of {self.name!r}: {describe(exc)}") from None
+        _retention.wait_for_cleanups(self._ds)
+        if not _retention.version_whole(self.uri, v, self.store.storage_options):
+            with contextlib.suppress(Exception):
+                self._ds.tags.delete(tag)
+            self._versions_open.pop(v, None)
+            self._readable_cache.discard(v)
+            raise VersionNotFoundError(f"version {v} of {self.name!r} was removed by a cleanup "
+                                       "running at the same time; it was not tagged")
 
     def retag(self, tag: str, version: VersionRef = None) -> int:
         """Point ``tag`` at a version (latest by default), creating or moving it."""
         validate_tag(tag)
         v = self.resolve(version)
-        if tag in self.tags():
-            self._ds.tags.update(tag, v)
-        else:
-            self._ds.tags.create(tag, v)
+        self._create_tag(tag, v, move=tag in self.tags())
         return v
+
+    def migrate(self) -> bool:
+        """Declare the key column as Lance's unenforced primary key on a table created
+        before embed_assets declared it (a one-time, idempotent step; new tables have it).
+
+        One maintenance version (Lance ``Project``: the key column becomes non-null and
+        carries ``lance-schema:unenforced-primary-key``), hidden from :meth:`versions`
+        like an index build. Returns False when there was nothing to do. The store's own
+        writers keep keys unique without it (their commits are fenced); it makes Lance's
+        ``merge_insert`` run by other tools on the same table detect concurrent inserts of
+        one key too.
+        """
+        from ._commits import commit, with_retries
+        from ._writes import has_primary_key, with_primary_key
+
+        def attempt(_n: int) -> bool:
+            ds = self.refresh()._ds
+            key = TableMeta.infer(ds.schema).key
+            if has_primary_key(ds.schema, key):
+                return False
+            schema = with_primary_key(ds.schema, key)
+            if not has_primary_key(schema, key):
+                raise ValidationError(f"the key column {key!r} of {self.name!r} has type "
+                                      f"{ds.schema.field(key).type}: Lance takes no primary key of it")
+            nulls = ds.count_rows(filter=f"{sqlx.quote_ident(key)} IS NULL")
+            if nulls:
+                raise ValidationError(f"the key column {key!r} of {self.name!r} holds {nulls} null(s) "
+                                      "(written around embed_assets): it cannot become a primary key")
+            commit(ds, lance.LanceOperation.Project(schema), ds.version,
+                   {f"{PROP_PREFIX}mode": "migrate",
+                    f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat()},
+                   self.store.storage_options)
+            return True
+
+        changed, _ = with_retries(attempt)
+        self.refresh()
+        return changed
 
     def untag(self, tag: str) -> int:
         tags = self.tags()
@@ -266,6 +358,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
+            if where is None or is_storage_failure(exc):  # a torn read is not bad input
+                raise StorageError(f"cannot read {self.name!r} at version {ds.version}: "
+                                   f"{describe(exc)}") from None
             raise ValidationError(f"cannot read {self.name!r}: {describe(exc)}") from None
 
     def _raise_if_vanished(self, version: int, exc: BaseException) -> None:
@@ -297,9 +392,11 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         return self.read(version, **kwargs).to_pandas()
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
-            columns: Sequence[str] | None = None) -> pa.Table:
+            columns: Sequence[str] | None = None,
+            missing: Literal["skip", "error"] = "skip") -> pa.Table:
         """Fetch rows by key at any version, in the order asked; keys not stored are
-        skipped (a key is never converted: 1.5 does not find the integer key 1).
+        skipped, or with ``missing="error"`` refused with :class:`KeyNotFoundError` naming
+        them (a key is never converted: 1.5 does not find the integer key 1).
 
         Served by an in-memory key index of the (immutable) version, built from one scan
         of the key column on first use; the rows come from the version's cached scalar
@@ -311,11 +408,23 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
         cols = list(columns) if columns else None
+        if missing not in ("skip", "error"):
+            raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
-            return take_rows(key, ds, idx.lookup(keys), cols)
-        parts = [ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
-                 for i in range(0, max(len(keys), 1), 5000)]
-        return pa.concat_tables(parts)
+            out = take_rows(key, ds, idx.lookup(keys), cols)
+        else:
+            out = pa.concat_tables([
+                ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
+                for i in range(0, max(len(keys), 1), 5000)])
+        if missing == "error" and out.num_rows < len(keys):
+            found = set(self.get(keys, ds.version, columns=[meta.key]).column(meta.key).to_pylist()) \
+                if cols is not None and meta.key not in cols else set(out.column(meta.key).to_pylist())
+            absent = [k for k in keys if k not in found]
+            if absent:
+                shown = ", ".join(map(repr, absent[:10])) + (", ..." if len(absent) > 10 else "")
+                raise KeyNotFoundError(f"{len(absent)} key(s) not in {self.name!r} at version "
+                                       f"{ds.version}: {shown}")
+        return out
 
     # -- search ---------------------------------------------------------------------------
     def search(
@@ -397,13 +506,13 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if mode not in _hybrid.SEARCH_MODES:
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
-        ds = self.dataset(version)
+        ds = self._searched(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
-        where = _search.combine_filters(validate_where(where),
-                                        _search.partition_filter(self.name, meta, ds, partition))
+        where, parts = _search.combine_filters(
+            validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
         req = _search.SearchRequest(query, k, where, list(columns) if columns else None,
-                                    embedder, use_index, nprobes, refine_factor, metric)
+                                    embedder, use_index, nprobes, refine_factor, metric, parts)
         rank_metric = _search.check_request(req, meta)
         try:
             if mode == "text":
@@ -414,9 +523,70 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                     res, p = self._hybrid_search(ds, meta, key, req, q, rank_metric,
                                                  (fusion or _hybrid.Fusion()).check())
                 else:
-                    p = _search.plan(self.name, self._identity, ds, req, rank_metric, meta, key,
-                                     self._partition_epoch(meta, key))
-                    res = _search.run(self.name, ds, key, q, req, rank_metric, p)
+                    ctx = self._context(ds, key, meta)
+                    p = _search.plan(ctx, req, rank_metric)
+                    res = _search.run(ctx, q, req, rank_metric, p)
+        except (ValidationError, OSError) as exc:
+            self._raise_if_vanished(ds.version, exc)
+            raise
+        out = _as_output(res, output)
+        return (out, p) if explain else out
+
+    def search_batch(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        version: VersionRef = None,
+        columns: Sequence[str] | None = None,
+        embedder: Any = None,
+        use_index: bool | None = None,
+        metric: str | None = None,
+        partition: Any = None,
+        output: str = "arrow",
+        explain: bool = False,
+        threads: int = 1,
+    ) -> Any:
+        """Nearest neighbours of many queries in one call: one plan, one version, and the
+        rows of every query in one table with a ``query`` column (the query's position in
+        ``queries``), each query's rows nearest first. The same answers as calling
+        :meth:`search` once per query, for a fraction of the fixed cost per query: the
+        HNSW graph answers all queries in one call (``threads`` > 1 spreads them over
+        cores), an exact scan is one matrix product per block of queries, and the rows
+        are gathered once.
+
+        ``queries``: a list of texts (embedded in one call with ``embedder``) or vectors
+        (an (n, d) array). The other arguments as in :meth:`search`.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from embed_assets import Store
+        >>> s = Store(tempfile.mkdtemp())
+        >>> _ = s.write("t", {"id": [1, 2, 3], "vector": np.eye(3, dtype=np.float32)}, key="id")
+        >>> got = s.table("t").search_batch(np.eye(3, dtype=np.float32)[:2], k=1)
+        >>> got.column("query").to_pylist(), got.column("id").to_pylist()
+        ([0, 1], [1, 2])
+        """
+        if output not in _OUTPUTS:
+            raise ValidationError(
+                f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValidationError(f"threads must be a positive integer, got {threads!r}")
+        ds = self._searched(version)
+        key = self.cache_key(ds.version)
+        meta = meta_of(key, ds)
+        where, parts = _search.combine_filters(
+            validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
+        req = _search.SearchRequest(None, k, where, list(columns) if columns else None,
+                                    embedder, use_index, None, None, metric, parts)
+        rank_metric = _search.check_request(req, meta)
+        qs = _search.query_matrix(self.name, meta, queries, embedder, rank_metric)
+        try:
+            ctx = self._context(ds, key, meta)
+            p = _search.plan(ctx, req, rank_metric)
+            res = _search.run_batch(ctx, qs, req, rank_metric, p, threads)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
@@ -463,6 +633,16 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             out.append(entry)
         return out
 
+    def _context(self, ds: lance.LanceDataset, key: VersionKey, meta: TableMeta,
+                 ) -> _search.VersionContext:
+        """What the planner needs about the one version a search reads."""
+        return _search.VersionContext(self.name, ds, key, meta, self.graph_home(),
+                                      self._partition_epoch(meta, key))
+
+    def graph_home(self) -> GraphHome:
+        """Where this table's HNSW graphs live (:mod:`.graph`)."""
+        return GraphHome(self.uri, self._identity, getattr(self.store, "storage_options", None))
+
     def _partition_epoch(self, meta: TableMeta, key: VersionKey,
                          ) -> Callable[[str], tuple[str, VersionKey] | None]:
         """For the planner: a filter selecting one partition of the recorded partition
@@ -494,9 +674,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         n = max(4 * req.k, 50)
         texts = _hybrid.text_hits(self.name, ds, meta, req.query, n, req.where)
         vreq = dataclasses.replace(req, k=n, columns=[meta.key])
-        vp = _search.plan(self.name, self._identity, ds, vreq, metric, meta, key,
-                          self._partition_epoch(meta, key))
-        vec = _search.run(self.name, ds, key, q, vreq, metric, vp)
+        ctx = self._context(ds, key, meta)
+        vp = _search.plan(ctx, vreq, metric)
+        vec = _search.run(ctx, q, vreq, metric, vp)
         vkeys = vec.column(meta.key).to_pylist()
         fused = _hybrid.fuse(vkeys, texts.column(meta.key).to_pylist(), req.k, fusion)
         keys = [f[0] for f in fused]
@@ -530,6 +710,30 @@ def _as_output(tbl: pa.Table, output: str) -> Any:
     if output == "pandas":
         return tbl.to_pandas()
     return tbl
+
+
+def table_fingerprint(uri: str) -> tuple[int, int] | None:
+    """The table folder's ``_versions`` directory (inode, ctime) on a local store: a table
+    dropped and created again under this name has another one, even with the same latest
+    version number. None on object stores (nothing as cheap to ask there)."""
+    if not is_local(uri):
+        return None
+    try:
+        st = os.stat(os.path.join(local_path(uri), "_versions"))
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_ctime_ns)
+
+
+_STORAGE_WORDS = ("not found", "no such file", "io error", "object store", "permission denied",
+                  "error sending request", "unexpected eof", "corrupt", "checksum")
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether a Lance error is the storage failing (a file gone or unreadable) rather
+    than a filter it cannot parse."""
+    low = str(exc).lower()
+    return any(w in low for w in _STORAGE_WORDS)
 
 
 def table_identity(ds: lance.LanceDataset) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -12,13 +13,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ValidationError
+from ._filters import check_closed
 
 MAX_TABLE_NAME_LENGTH = 128
 MAX_TAG_LENGTH = 128
 # Letters, digits, '_', '-', '.' only: names become directory names and SQL view names,
 # and '@' is reserved for "name@version" views.
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# (matched with fullmatch: "$" would accept a trailing newline)
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_TAG_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# Tags the store keeps for itself (cleanup markers, rollback guards: store/_retention.py).
+_INTERNAL_TAG = "_ea-"
 
 
 def _describe(s: str, limit: int = 40) -> str:
@@ -45,7 +50,7 @@ def validate_table_name(name: Any) -> str:
         raise ValidationError(f"table name {_describe(name)} contains '..'")
     if name.endswith(".lance"):
         raise ValidationError(f"table name {_describe(name)} must not end in '.lance'")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValidationError(
             f"table name {_describe(name)} may only contain letters, digits, '_', '-' and '.' "
             "and must not start with '.' or '-'"
@@ -59,11 +64,14 @@ def validate_tag(tag: Any) -> str:
         raise ValidationError("tag must be a non-empty string")
     if len(tag) > MAX_TAG_LENGTH:
         raise ValidationError(f"tag {_describe(tag)} is longer than {MAX_TAG_LENGTH} characters")
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise ValidationError(
             f"tag {_describe(tag)} must start with a letter or '_' and contain only "
             "letters, digits, '_', '-' and '.'"
         )
+    if tag.startswith(_INTERNAL_TAG):
+        raise ValidationError(f"tag {_describe(tag)}: tags starting with {_INTERNAL_TAG!r} are "
+                              "reserved for the store's own bookkeeping")
     return tag
 
 
@@ -179,4 +187,26 @@ def validate_where(where: Any) -> str | None:
             quote = c
         elif c == ";":
             raise ValidationError(f"where {_describe(where)} holds ';': give one expression")
+    check_closed(where)
     return where
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.ASCII)
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def as_duration(value: object, name: str) -> dt.timedelta:
+    """A duration given as a ``timedelta``, a number of seconds, or text with a unit
+    (``"90s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"``); never negative."""
+    if isinstance(value, dt.timedelta):
+        out = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out = dt.timedelta(seconds=value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+        out = dt.timedelta(**{_DURATION_UNITS[m.group(2)]: float(m.group(1))})
+    else:
+        raise ValidationError(f"bad duration {value!r} for {name}: give a timedelta, seconds, or "
+                              "a number and a unit: 90s, 15m, 12h, 7d, 2w")
+    if out < dt.timedelta(0):
+        raise ValidationError(f"{name} must not be negative, got {value!r}")
+    return out

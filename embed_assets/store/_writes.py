@@ -4,17 +4,21 @@ A write runs in named steps: check the arguments, check and normalise the rows
 (:class:`_Rows`), decide the table's facts (a new table, an overwrite, or the existing
 table's, refusing another model or dimension), then one commit per mode:
 
-* ``overwrite`` and the first write: ``lance.write_dataset`` (create / overwrite);
-* ``append``: refuse stored keys, then ``write_dataset(mode="append")``;
-* ``upsert``: one ``merge_insert`` (update matched, insert new), ``delete_keys`` in the
-  same commit;
+* ``overwrite`` and the first write: ``lance.write_dataset`` (create / overwrite); the
+  key column is declared as Lance's unenforced primary key (:func:`with_primary_key`);
+* ``append``: the rows are written as fragment files once; each plan refuses stored
+  keys and commits the fragments;
+* ``upsert``: one ``merge_insert`` plan (update matched, insert new), ``delete_keys`` in
+  the same commit;
 * ``replace_partition``: the same ``merge_insert``, whose "not matched by source" clause
   deletes the partition's rows that the new data no longer holds. ``keep_keys`` lists
   rows of the partition that stay as stored although absent from ``data`` (the
   incremental pipeline sends only changed rows). This is the one replace-partition path:
   the embedding pipeline and the Dagster IO manager both call it.
 
-Every commit carries the write's provenance as Lance transaction properties.
+Every commit carries the write's provenance as Lance transaction properties, and every
+commit but an overwrite is fenced: it commits only on top of the version it was planned
+on, else it is planned again (:mod:`._commits`).
 """
 
 from __future__ import annotations
@@ -30,20 +34,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.commit import CommitConflictError
 
-from ..errors import ConflictError, SchemaMismatchError, ValidationError, first_line
+from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe, first_line
 from . import _filters as sqlx
 from ._arrow import as_arrow
-from ._commits import MAX_ATTEMPTS, table_lock, with_retries
+from ._commits import MAX_ATTEMPTS, commit, fence, is_conflict, table_lock, with_retries
 from ._meta import (
     MAX_ROWS_PER_FILE,
     META_KEY,
     METRICS,
+    PK_METADATA,
     PROP_PREFIX,
     VECTOR_COLUMN,
     WRITE_MODES,
     StoreLocation,
     TableMeta,
     WriteMode,
+    is_local,
     new_table_id,
 )
 from ._results import WriteResult
@@ -196,56 +202,111 @@ def provenance(req: WriteRequest, meta: TableMeta) -> dict[str, str]:
 
 def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
     """Check, then commit one version (see the module docstring). The plan (which keys
-    exist, what to delete) is made against the version the commit lands on: writers of a
-    table take turns (:func:`._commits.table_lock`), and a conflict with a foreign commit
-    plans again on the newer version."""
+    exist, what to delete) is made against the version the commit lands on: a commit
+    that finds the table moved since its plan conflicts, and the write is planned again
+    on the newer version (:mod:`._commits`)."""
     req.check()
     rows = prepare_rows(req, data)
-    with table_lock(store, req.name):
-        try:
-            result, retries = with_retries(lambda: _plan_and_commit(store, req, rows))
-        except CommitConflictError as exc:
-            raise ConflictError(
-                f"write to {req.name!r} kept conflicting with concurrent commits "
-                f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
+    staged: list[lance.FragmentMetadata] = []  # an append's rows, written once for every plan
+    try:
+        with table_lock(store, req.name):
+            try:
+                result, retries = with_retries(
+                    lambda n: _plan_and_commit(store, req, rows, n, staged))
+            except CommitConflictError as exc:
+                raise ConflictError(
+                    f"write to {req.name!r} kept conflicting with concurrent commits "
+                    f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
+    except BaseException:
+        if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
+            from ._fragments import remove_files
+
+            remove_files(store.table_uri(req.name), store.storage_options, staged)
+        raise
     result.retries = retries
     return result
 
 
-def _plan_and_commit(store: StoreLocation, req: WriteRequest, tbl: pa.Table) -> WriteResult:
+def _plan_and_commit(store: StoreLocation, req: WriteRequest, tbl: pa.Table, retries: int,
+                     staged: list[lance.FragmentMetadata]) -> WriteResult:
     existing = store.open_dataset(req.name)
     meta = table_meta_for(req, tbl, existing)
     props = provenance(req, meta)
+    if retries:
+        props[f"{PROP_PREFIX}retries"] = str(retries)
     uri = store.table_uri(req.name)
     if existing is None or req.mode == "overwrite":
         return _create_or_overwrite(store, req, uri, tbl, meta, props, existing)
     tbl = _conform(req.name, tbl, existing.schema)
     if req.mode == "append":
-        return _append(store, req, uri, tbl, props, existing)
-    return _merge(req, tbl, props, existing)
+        return _append(store, req, uri, tbl, props, existing, staged)
+    return _merge(store, req, tbl, props, existing)
 
 
 def _unchanged(req: WriteRequest, existing: lance.LanceDataset, props: dict[str, str]) -> WriteResult:
     return WriteResult(req.name, existing.version, existing.version, req.mode, properties=props)
 
 
+# Key types Lance accepts as a primary key and that compare exactly (no float keys).
+def _pk_type(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_date(t))
+
+
+def with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
+    """``schema`` with ``key`` declared as Lance's unenforced primary key (a non-null
+    column with the ``lance-schema:unenforced-primary-key`` field metadata). Lance's own
+    ``merge_insert`` then detects two concurrent inserts of one key (lance PR 5633), so
+    writers that bypass embed_assets keep keys unique too."""
+    f = schema.field(key)
+    if not _pk_type(f.type):
+        return schema
+    md = {**(f.metadata or {}), PK_METADATA: b"true"}
+    return schema.set(schema.get_field_index(key), f.with_nullable(False).with_metadata(md))
+
+
+def has_primary_key(schema: pa.Schema, key: str) -> bool:
+    f = schema.field(key) if key in schema.names else None
+    return f is not None and (f.metadata or {}).get(PK_METADATA) == b"true"
+
+
 def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, meta: TableMeta,
                          props: dict[str, str], existing: lance.LanceDataset | None) -> WriteResult:
     validate_column_names(tbl.column_names)
-    tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), META_KEY: meta.to_bytes()})
-    ds = lance.write_dataset(
-        tbl, uri, mode="create" if existing is None else "overwrite",
-        storage_options=store.storage_options, max_rows_per_file=MAX_ROWS_PER_FILE,
-        transaction_properties={**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)},
-    )
+    schema = with_primary_key(tbl.schema, req.key)
+    schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: meta.to_bytes()})
+    tbl = tbl.cast(schema)
+    if existing is not None and _holds_exactly(existing, tbl, req.key):
+        return _unchanged(req, existing, props)  # a rerun that changes nothing: no version
+    try:
+        ds = lance.write_dataset(
+            tbl, uri, mode="create" if existing is None else "overwrite",
+            storage_options=store.storage_options, max_rows_per_file=MAX_ROWS_PER_FILE,
+            transaction_properties={**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)},
+        )
+    except (OSError, ValueError) as exc:
+        if existing is None and is_conflict(exc):  # created meanwhile: plan again on it
+            raise CommitConflictError(f"table {req.name!r} was created concurrently",
+                                      retryable=True) from None
+        raise
     return WriteResult(req.name, ds.version, existing.version if existing is not None else None,
                        req.mode, rows_inserted=tbl.num_rows,
                        rows_deleted=existing.count_rows() if existing is not None else 0,
                        properties=props)
 
 
+def _holds_exactly(existing: lance.LanceDataset, tbl: pa.Table, key: str) -> bool:
+    """Whether the latest version already holds exactly these rows (in any order) under the
+    same schema and table facts. Costs one read of the table, only when the row counts and
+    schemas already match: at most what the overwrite itself would have written."""
+    if existing.count_rows() != tbl.num_rows or not existing.schema.equals(tbl.schema, check_metadata=True):
+        return False
+    old = existing.to_table(columns=tbl.column_names)
+    return bool(old.sort_by(key).equals(tbl.sort_by(key)))
+
+
 def _append(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, props: dict[str, str],
-            existing: lance.LanceDataset) -> WriteResult:
+            existing: lance.LanceDataset, staged: list[lance.FragmentMetadata]) -> WriteResult:
     if tbl.num_rows == 0:
         return _unchanged(req, existing, props)
     clash = existing_keys(existing, req.key, tbl.column(req.key).to_pylist())
@@ -253,31 +314,56 @@ def _append(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, pr
         raise ValidationError(
             f"{len(clash)} key(s) already exist in table {req.name!r} "
             f"(e.g. {', '.join(repr(k) for k in clash[:5])}); use mode 'upsert'")
-    ds = lance.write_dataset(
-        tbl, uri, mode="append", storage_options=store.storage_options,
-        max_rows_per_file=MAX_ROWS_PER_FILE,
-        transaction_properties={**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)},
-    )
+    if not staged:
+        staged.extend(lance.fragment.write_fragments(
+            tbl, uri, schema=existing.schema, mode="append", max_rows_per_file=MAX_ROWS_PER_FILE,
+            data_storage_version=existing.data_storage_version,
+            storage_options=store.storage_options))
+    props = {**props, f"{PROP_PREFIX}rows_written": str(tbl.num_rows)}
+    ds = commit(existing, fence(existing, [], [], staged), existing.version, props,
+                store.storage_options)
+    staged.clear()  # committed: the files are the table's now
     return WriteResult(req.name, ds.version, existing.version, req.mode,
-                       rows_inserted=tbl.num_rows, properties=props)
+                       rows_inserted=tbl.num_rows, properties=_public(props))
+
+
+def _public(props: dict[str, str]) -> dict[str, str]:
+    """The provenance a result reports (the row counts are its own fields)."""
+    return {k: v for k, v in props.items()
+            if k not in (f"{PROP_PREFIX}rows_written", f"{PROP_PREFIX}rows_deleted")}
+
+
+def typed_keys(req: WriteRequest, keys: Sequence[Any], schema: pa.Schema, what: str) -> list[Any]:
+    """``keys`` checked against the key column's type: a key that is not a value of that
+    type (the text ``"1 OR 1=1"`` for an integer key) is bad input, never a filter."""
+    typ = schema.field(req.key).type
+    try:
+        pa.array(list(keys), type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(f"{what} must be values of the key column {req.key!r} ({typ}): "
+                              f"{describe(exc)}") from None
+    return list(keys)
 
 
 def _delete_predicate(req: WriteRequest, tbl: pa.Table, existing: lance.LanceDataset) -> str | None:
     """Which rows of the base version that the data does not match are deleted."""
     if req.mode == "upsert":
-        return sqlx.in_list(req.key, req.delete_keys) if req.delete_keys else None
+        if not req.delete_keys:
+            return None
+        return sqlx.in_list(req.key, typed_keys(req, req.delete_keys, existing.schema, "delete_keys"))
     where = req.partition_predicate()
     if req.keep_keys is None:
         return where  # the whole partition becomes the data
     # Only changed rows were sent: delete the partition's keys that are neither in the
     # data nor kept, as read from the version this commit is based on.
     stored = existing.to_table(columns=[req.key], filter=where).column(req.key).to_pylist()
-    keep = set(req.keep_keys) | set(tbl.column(req.key).to_pylist())
+    keep = set(typed_keys(req, req.keep_keys, existing.schema, "keep_keys")) \
+        | set(tbl.column(req.key).to_pylist())
     stale = [k for k in stored if k not in keep]
     return sqlx.in_list(req.key, stale) if stale else None
 
 
-def _merge(req: WriteRequest, tbl: pa.Table, props: dict[str, str],
+def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[str, str],
            existing: lance.LanceDataset) -> WriteResult:
     delete_pred = _delete_predicate(req, tbl, existing)
     if tbl.num_rows == 0 and delete_pred is None:
@@ -289,13 +375,23 @@ def _merge(req: WriteRequest, tbl: pa.Table, props: dict[str, str],
     inserted = int(stats.get("num_inserted_rows", 0))
     updated = int(stats.get("num_updated_rows", 0))
     deleted = int(stats.get("num_deleted_rows", 0))
+    op = txn.operation
     if inserted == updated == deleted == 0:
         return _unchanged(req, existing, props)
-    txn.transaction_properties = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
-                                  f"{PROP_PREFIX}rows_deleted": str(deleted)}
-    ds = lance.LanceDataset.commit(existing, txn)
+    props = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
+             f"{PROP_PREFIX}rows_deleted": str(deleted)}
+    try:
+        ds = commit(existing, fence(existing, list(op.removed_fragment_ids), list(op.updated_fragments),
+                                    list(op.new_fragments)),
+                    existing.version, props, store.storage_options)
+    except BaseException:  # this plan's files will never be committed
+        if is_local(existing.uri):  # (on an object store a lost answer leaves doubt: they
+            from ._fragments import remove_files  # stay for cleanup, as orphans)
+
+            remove_files(existing.uri, store.storage_options, list(op.new_fragments))
+        raise
     return WriteResult(req.name, ds.version, existing.version, req.mode, rows_inserted=inserted,
-                       rows_updated=updated, rows_deleted=deleted, properties=props)
+                       rows_updated=updated, rows_deleted=deleted, properties=_public(props))
 
 
 def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -331,4 +427,5 @@ def existing_keys(ds: lance.LanceDataset, key: str, keys: list[Any]) -> list[Any
     return found
 
 
-__all__ = ["Partition", "WriteMode", "WriteRequest", "check_partition", "existing_keys", "write"]
+__all__ = ["Partition", "WriteMode", "WriteRequest", "check_partition", "existing_keys", "has_primary_key",
+           "with_primary_key", "write"]

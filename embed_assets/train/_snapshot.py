@@ -314,7 +314,7 @@ def snapshot(table: EmbeddingTable, version: VersionRef = None, *, columns: Sequ
             return open_snapshot(final, verify=verify)
         except StorageError:  # torn or corrupted by something else: set it aside, rebuild
             shutil.rmtree(final, ignore_errors=True)
-    os.makedirs(root, exist_ok=True)
+    _make_cache_dir(root)
     tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root)
     try:
         man = _export(table, ds, meta.key, cols, tmp, batch_rows)
@@ -396,6 +396,16 @@ def _last_used(path: str) -> dt.datetime:
         with contextlib.suppress(OSError):
             return dt.datetime.fromtimestamp(os.path.getmtime(os.path.join(path, name)), dt.UTC)
     return dt.datetime.fromtimestamp(os.path.getmtime(path), dt.UTC)
+
+
+def _make_cache_dir(root: str) -> None:
+    # A file where the cache should be (a slip of --dir) is bad input, not a crash.
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValidationError(f"snapshot cache {root!r} is a file, not a directory")
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(f"cannot create the snapshot cache {root!r}: {exc.strerror or exc}") from None
 
 
 def list_snapshots(cache_dir: str | os.PathLike[str] | None = None) -> list[SnapshotInfo]:

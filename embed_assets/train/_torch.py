@@ -6,14 +6,25 @@ snapshot's path, and each worker maps the same file."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-if TYPE_CHECKING:
-    from ._snapshot import Snapshot
+
+class Snapshot(Protocol):
+    """What these datasets read of a :class:`~._snapshot.Snapshot` (named here, not
+    imported: the snapshot module imports this one, on demand)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    def batch(self, indices: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, Any]: ...
+
+    def batches(self, batch_size: int = 1024, *, shuffle: bool = False, seed: int | None = None,
+                drop_last: bool = False, columns: Sequence[str] | None = None,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]: ...
 
 
 class SnapshotDataset(Dataset):  # type: ignore[type-arg]

@@ -37,12 +37,12 @@ CREATE OR REPLACE MACRO __ea_kind(t) AS coalesce(getvariable('__ea_keykind')[t],
 -- through unchanged, so 'main.t' still names a DuckDB table of schema main.
 CREATE OR REPLACE MACRO __ea_src(t) AS
     CASE WHEN __ea_kind(t) <> 'x' THEN '"' || replace(t, '"', '""') || '"' ELSE t END;
--- __ea_rows (vectors.sql) builds its statement with this: store views quoted as above.
-CREATE OR REPLACE MACRO __ea_table_sql(t) AS
-    CASE WHEN __ea_kind(t) <> 'x' THEN '"' || replace(t, '"', '""') || '"'
-         WHEN regexp_full_match(t, '[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*')
-              OR t LIKE '"%' THEN t
-         ELSE '"' || replace(t, '"', '""') || '"' END;
+-- The rows of a table, or those a filter := predicate selects: the statement is built by
+-- _ea_rows_sql as a parse tree (the name quoted as data, the predicate parsed as one
+-- expression), so neither a table name nor a filter, bound as a parameter or written
+-- out, can add SQL to it. A store view's name is one name even where it holds dots.
+CREATE OR REPLACE MACRO __ea_rows(table_name, filter) AS TABLE
+    SELECT * FROM query(_ea_rows_sql(table_name, CAST(filter AS VARCHAR), __ea_kind(table_name) <> 'x'));
 CREATE OR REPLACE MACRO __ea_metric_of(t, metric) AS
     lower(coalesce(metric, getvariable('__ea_metric')[t], 'cosine'));
 
@@ -63,12 +63,14 @@ CREATE OR REPLACE MACRO __ea_maha_scan(t, metric, vector) AS
 
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
                             inv_cov := NULL, use_index := true, filter := NULL) AS TABLE
-    WITH __q AS MATERIALIZED (SELECT query_vector AS __qv),
+    -- (__ea_k refuses a bad k here, where every arm reads the query vector.)
+    WITH __q AS MATERIALIZED (SELECT CASE WHEN __ea_k('knn', k) > 0 THEN query_vector END AS __qv),
     -- Store views: the store's search ranks (k = 0 elsewhere, since DuckDB evaluates
     -- this CTE whichever branch below survives).
     __h AS MATERIALIZED (
         SELECT unnest(_ea_knn_hits(table_name, (SELECT CAST(__qv AS FLOAT[]) FROM __q),
-                                   CASE WHEN __ea_served(table_name, metric, vector) THEN k ELSE 0 END,
+                                   CASE WHEN __ea_served(table_name, metric, vector)
+                                        THEN __ea_limit(k) ELSE 0 END,
                                    __ea_metric_of(table_name, metric), use_index,
                                    CASE WHEN __ea_served(table_name, metric, vector)
                                         THEN inv_cov END,
@@ -85,7 +87,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
     __mh AS MATERIALIZED (
         SELECT unnest(_ea_knn_rows((SELECT CAST(__qv AS DOUBLE[]) FROM __q),
                                    list(CAST(COLUMNS(c -> c = vector) AS DOUBLE[]) ORDER BY __ea_pos),
-                                   k, inv_cov), recursive := true)
+                                   __ea_limit(k), inv_cov), recursive := true)
         FROM __mr
         HAVING count(*) > 0)
     SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
@@ -121,7 +123,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector 
                 AND NOT __ea_maha_scan(table_name, metric, vector)
                 AND COLUMNS(c -> c = vector) IS NOT NULL
               ORDER BY distance NULLS LAST
-              LIMIT k))
+              LIMIT __ea_limit(k)))
     ORDER BY rank;
 
 -- How similarity_join collects a side's vectors and which UDF ranks them: native.sql
@@ -158,10 +160,12 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
         WHERE __v IS NOT NULL AND NOT __ea_store_right(right_table, vector, right_filter)),
     __h AS (
         SELECT unnest(CASE WHEN __ea_store_right(right_table, vector, right_filter)
-                           THEN __ea_topk_store_call(__l.__v, right_table, __rk.__ks, k,
+                           THEN __ea_topk_store_call(__l.__v, right_table, __rk.__ks,
+                                                     __ea_k('similarity_join', k),
                                                      __ea_metric_of(right_table, metric), inv_cov,
                                                      approximate)
-                           ELSE __ea_topk_call(__l.__v, __rv.__v, k, __ea_metric_of(right_table, metric),
+                           ELSE __ea_topk_call(__l.__v, __rv.__v, __ea_k('similarity_join', k),
+                                               __ea_metric_of(right_table, metric),
                                                inv_cov, approximate) END, recursive := true)
         FROM __l, __rk, __rv),
     -- Hits carry list positions; keys are joined back by position (indexing the key list
@@ -184,7 +188,8 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
 CREATE OR REPLACE MACRO hybrid_search(table_name, query_text, k, mode := 'hybrid', filter := NULL,
                                       text_weight := 1.0, vector_weight := 1.0) AS TABLE
     WITH __h AS MATERIALIZED (
-        SELECT unnest(_ea_text_hits(table_name, query_text, k, mode, CAST(filter AS VARCHAR),
+        SELECT unnest(_ea_text_hits(table_name, query_text, __ea_k('hybrid_search', k), mode,
+                                    CAST(filter AS VARCHAR),
                                     text_weight, vector_weight), recursive := true))
     SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
         SELECT __t.*, __h.distance, __h.text_score, __h.score, __h.rank

@@ -188,11 +188,24 @@ CREATE OR REPLACE MACRO mat_inverse(m) AS
                  __ea_r -> __ea_r[len(__ea_m) + 1:]))[1] END;
 
 -- -- table macros (exact, pure SQL) --------------------------------------------------------------
--- A table name as SQL text: a plain (schema.)name as written, anything else quoted.
+-- A table name as SQL text: a plain (schema.)name as written, anything else quoted as
+-- one identifier, so a name (a bound parameter too) never adds SQL to the statement.
 CREATE OR REPLACE MACRO __ea_table_sql(t) AS
-    CASE WHEN regexp_full_match(t, '[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*')
-              OR t LIKE '"%' THEN t
+    CASE WHEN regexp_full_match(t, '[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*') THEN t
          ELSE '"' || replace(t, '"', '""') || '"' END;
+-- k of knn / similarity_join: a positive integer (typeof is folded while binding), else
+-- a refusal that names the value, not the functions k is handed to.
+CREATE OR REPLACE MACRO __ea_k(fn, k) AS
+    CASE WHEN typeof(k) IN ('TINYINT', 'SMALLINT', 'INTEGER', 'BIGINT', 'HUGEINT', 'UTINYINT',
+                            'USMALLINT', 'UINTEGER', 'UBIGINT', 'UHUGEINT')
+              AND TRY_CAST(k AS BIGINT) >= 1 THEN TRY_CAST(k AS BIGINT)
+         ELSE error(fn || ': k must be a positive integer, got '
+                    || CASE WHEN k IS NULL THEN 'NULL'
+                            WHEN typeof(k) = 'VARCHAR' THEN '' || CAST(k AS VARCHAR) || ''
+                            ELSE CAST(k AS VARCHAR) END) END;
+-- k as a LIMIT takes it: a constant DuckDB folds while binding (a correlated LATERAL call
+-- needs one), whatever was given; __ea_k refuses a bad k where the rows are computed.
+CREATE OR REPLACE MACRO __ea_limit(k) AS greatest(coalesce(TRY_CAST(k AS BIGINT), 0), 0);
 -- The rows of a table, or the rows a filter selects (a SQL predicate as a string, as
 -- knn's filter := takes it): query() runs the statement built from both.
 CREATE OR REPLACE MACRO __ea_rows(table_name, filter) AS TABLE
@@ -208,10 +221,12 @@ CREATE OR REPLACE MACRO __ea_rows(table_name, filter) AS TABLE
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := 'cosine', vector := 'vector',
                             inv_cov := NULL, filter := NULL) AS TABLE
     SELECT *, CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
-    FROM (SELECT *, vec_distance(COLUMNS(c -> c = vector), query_vector, metric, inv_cov) AS distance
+    FROM (SELECT *, vec_distance(COLUMNS(c -> c = vector),
+                                 CASE WHEN __ea_k('knn', k) > 0 THEN query_vector END,
+                                 metric, inv_cov) AS distance
           FROM __ea_rows(table_name, filter)
           ORDER BY distance
-          LIMIT k)
+          LIMIT __ea_limit(k))
     ORDER BY rank;
 
 -- similarity_join('left', 'right', k): for every left row its k nearest right rows, as
@@ -234,5 +249,5 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
                            COLUMNS(c -> c = vector) AS __v
                     FROM __ea_rows(right_table, right_filter)) __r
               WHERE __l.__v IS NOT NULL AND __r.__v IS NOT NULL))
-    WHERE rank <= k
+    WHERE rank <= __ea_k('similarity_join', k)
     ORDER BY 1, 4;

@@ -12,7 +12,9 @@ JSON of its provenance next to it. ``revision`` is a hash of the architecture an
 encoder's weights, so retraining with other settings gives a new revision and the store
 refuses to mix the two models' vectors in one table unless the write overwrites.
 :class:`~embed_assets.embed.TorchImageEmbedder` loads it (checking the hash) with
-``torch.load(weights_only=True)``: no pickled code.
+``torch.load(weights_only=True)``: no pickled code. The architecture and the artefact
+format are :mod:`embed_assets.embed._cnn_arch`'s, shared with that loader; the images are
+decoded by :mod:`embed_assets.embed._decode`, as the embedder decodes them.
 
 The evaluation (:func:`knn_label_accuracy`) is the one a retrieval user cares about:
 held-out images are classified by the majority label of their k nearest training images
@@ -22,7 +24,6 @@ in the stored table, and the share of neighbours sharing the query's label is re
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -35,12 +36,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..embed._cnn_arch import ARTEFACT_FORMAT, build_encoder, weights_hash
+from ..embed._decode import decode_image
 from ..errors import ValidationError
 from ..kernels import batch_distances, top_k_rows
 from ..store import VECTOR_COLUMN, EmbeddingTable, Store, VersionRef, is_local, local_path
-from ._images import decode_image
 
-ARTEFACT_FORMAT = "embed-assets/cnn-v1"
 DIGITS_MODEL = "embed-assets/digits-cnn"
 DIGITS_SIZE = (8, 8)
 MODELS_DIR = ".embed_assets/models"
@@ -87,36 +88,11 @@ def digits_dataset(*, test_size: float = 0.25, seed: int = 0) -> pa.Table:
 # -- the network --------------------------------------------------------------------------
 
 
-def build_encoder(config: Mapping[str, Any]) -> Any:
-    """The encoder of ``config`` (``channels``, ``dimension``, ``size``): image -> embedding."""
-    from torch import nn
-
-    c = int(config["channels"])
-    w, h = config["size"]
-    return nn.Sequential(
-        nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(4 * c * (w // 4) * (h // 4), int(config["dimension"])),
-    )
-
-
 def _build_head(config: Mapping[str, Any]) -> Any:
     from torch import nn
 
     return nn.Sequential(nn.ReLU(), nn.Dropout(float(config.get("dropout", 0.2))),
                          nn.Linear(int(config["dimension"]), int(config["classes"])))
-
-
-def weights_hash(config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
-    """A hash of the architecture and the weights' values: the model's revision."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps(dict(config), sort_keys=True).encode())
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}:".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass(eq=False)
@@ -216,19 +192,8 @@ def train_digits_cnn(data: pa.Table | None = None, *, epochs: int = 40, seed: in
         yt = torch.from_numpy(labels[is_train])
         losses = []
         for _ in range(epochs):
-            model.train()
-            order = torch.randperm(len(xt), generator=gen)
-            total = 0.0
-            for s in range(0, len(xt), batch_size):
-                b = order[s:s + batch_size]
-                xb = _shift(xt[b], gen)
-                loss = nn.functional.cross_entropy(model(xb), yt[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(b)
+            losses.append(_epoch(model, opt, xt, yt, batch_size, gen))
             sched.step()
-            losses.append(total / len(xt))
         model.eval()
         with torch.no_grad():
             pred = model(torch.from_numpy(x)).argmax(1).numpy()
@@ -252,6 +217,23 @@ def train_digits_cnn(data: pa.Table | None = None, *, epochs: int = 40, seed: in
                       revision=weights_hash(config, encoder.state_dict()),
                       train_accuracy=acc_train, test_accuracy=acc_test, epochs=epochs, seed=seed,
                       seconds=seconds, losses=losses, provenance=provenance)
+
+
+def _epoch(model: Any, opt: Any, xt: Any, yt: Any, batch_size: int, gen: Any) -> float:
+    """One pass over the training rows in a seeded order; the mean loss."""
+    import torch
+
+    model.train()
+    order = torch.randperm(len(xt), generator=gen)
+    total = 0.0
+    for s in range(0, len(xt), batch_size):
+        b = order[s:s + batch_size]
+        loss = torch.nn.functional.cross_entropy(model(_shift(xt[b], gen)), yt[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(b)
+    return total / len(xt)
 
 
 def _shift(xb: Any, gen: Any) -> Any:
