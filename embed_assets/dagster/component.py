@@ -99,12 +99,12 @@ class ChecksSpec(Resolvable, Model):
 
 
 class ImageModelSpec(Resolvable, Model):
-    """The model of image tables: ``clip`` (a sentence-transformers image model: name or
-    path, e.g. clip-ViT-B-32 where it is available), ``torch`` (a torch image model file:
-    ``name`` is its path) or ``pixels`` (raw pixels resized to ``size``: a baseline, no
-    weights)."""
+    """The model of image tables: ``efficientnet`` (EfficientNet-Lite0 on ImageNet, 1,280-d,
+    shipped; the default), ``clip`` (a sentence-transformers image model: name or path),
+    ``torch`` (a torch image model file: ``name`` is its path) or ``pixels`` (raw pixels
+    resized to ``size``: a baseline, no weights)."""
 
-    backend: Literal["pixels", "clip", "torch"] = "pixels"
+    backend: Literal["efficientnet", "pixels", "clip", "torch"] = "efficientnet"
     name: str | None = None
     size: list[int] = field(default_factory=lambda: [8, 8])
     image_mode: Literal["L", "RGB"] = "L"
@@ -455,13 +455,22 @@ def image_model_identity(model: ImageModelSpec) -> str:
     if model.backend == "pixels":
         w, h = model.size
         return f"pixels-raw:{w}x{h}:{model.image_mode}#pixels"
+    if model.backend == "efficientnet":
+        return "efficientnet-lite0-imagenet#efficientnet"
     return f"{model.name or '?'}#{model.backend}"
 
 
 def build_image_embedder(model: ImageModelSpec) -> Any:
     """The image embedder of an :class:`ImageModelSpec`."""
-    from ..embed import PixelEmbedder, SentenceTransformerImageEmbedder, TorchImageEmbedder
+    from ..embed import (
+        EfficientNetEmbedder,
+        PixelEmbedder,
+        SentenceTransformerImageEmbedder,
+        TorchImageEmbedder,
+    )
 
+    if model.backend == "efficientnet":
+        return EfficientNetEmbedder()
     if model.backend == "pixels":
         w, h = model.size
         return PixelEmbedder(size=(w, h), image_mode=model.image_mode)
