@@ -94,7 +94,8 @@ def embed_table(
         raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
     if isinstance(embedder, str) and text is not None:  # a model name, as the CLI's --model takes
         embedder = default_embedder(embedder)
-    if not callable(getattr(embedder, "embed", None)):
+    # an image embedder embeds images (embed_images), a text one texts (embed)
+    if not callable(getattr(embedder, "embed" if image is None else "embed_images", None)):
         raise ValidationError(
             f"embedder must be an embedder object (SentenceTransformerEmbedder(), HashEmbedder(), "
             f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
