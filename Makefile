@@ -52,12 +52,13 @@ browser-deps:
 	scripts/install_browser_deps.sh || echo "browser test dependencies unavailable: that test will skip"
 
 test: $(STAMP) browser-deps
+	$(BIN)/mypy
 	$(PY) -m pytest -q
 
 # The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
 # writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
 stress: $(STAMP)
-	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_search_fuzz.py
+	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_concurrency.py tests/test_search_fuzz.py
 
 # The docs site (mkdocs + material) into site/; the test suite builds it with --strict.
 docs: $(STAMP)
@@ -68,6 +69,7 @@ docs-serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(PIP) -e '.[bench]'

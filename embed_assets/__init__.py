@@ -28,14 +28,12 @@ Examples
 
 from ._version import __version__
 from .embed import (
+    EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
-    InProcess,
-    OnnxEmbedder,
     OnRay,
-    OpenVinoEmbedder,
     RayEmbedError,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
@@ -43,6 +41,7 @@ from .embed import (
     TorchImageEmbedder,
     default_embedder,
     embed_table,
+    search_by_image,
 )
 from .errors import (
     ConflictError,
@@ -63,6 +62,7 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
+from .serve import Client
 from .sql import SQLConnection, UnknownColumnError, connect
 from .store import (
     EmbeddingTable,
@@ -76,9 +76,11 @@ set_index_keeper(rebuild_after_rollback)
 
 # The public names (tests/test_public_api.py pins them): what a user imports. Everything
 # else lives in its subpackage (embed_assets.store, .index, .sql, .embed, .recipes,
-# .dagster, .train), documented there where it is meant for users.
+# .dagster, .train, .serve), documented there where it is meant for users.
 __all__ = [
+    "Client",
     "ConflictError",
+    "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -86,12 +88,9 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
-    "InProcess",
     "KeyNotFoundError",
     "MissingExtraError",
     "OnRay",
-    "OnnxEmbedder",
-    "OpenVinoEmbedder",
     "QueryError",
     "RayEmbedError",
     "SQLConnection",
@@ -117,6 +116,7 @@ __all__ = [
     "freshness",
     "open_snapshot",
     "refresh_index",
+    "search_by_image",
     "snapshot",
 ]
 
@@ -138,6 +138,12 @@ _MOVED = {
     "embed_table_ray": "embed_assets.embed",
     "VersionInfo": "embed_assets.store",
     "WriteResult": "embed_assets.store",
+    # backends are chosen by name (default_embedder(model, backend="onnx")); the classes
+    # and the executors' default stay in embed_assets.embed
+    "OnnxEmbedder": "embed_assets.embed",
+    "OpenVinoEmbedder": "embed_assets.embed",
+    "InProcess": "embed_assets.embed",
+    "ImageLimits": "embed_assets.embed",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,42 @@ def test_get_names_missing_keys_when_asked(small):
     with pytest.raises(KeyNotFoundError, match="999"):
         t.get([999, 1], columns=["text"], missing="error")
     assert t.get([1, 2], missing="error").num_rows == 2
+
+
+# -- object-store messages name the cloud asked for (point 8) -----------------------------------
+def test_no_credentials_names_the_cloud_of_the_store():
+    from embed_assets.store._objstore import explain
+
+    exc = "Generic GCS error: Failed to get credentials: no credentials found"
+    assert explain(exc, "gs://b/x").startswith("no Google Cloud credentials found")
+    assert explain(exc, "s3://b/x").startswith("no AWS credentials found")
+    assert explain(exc, "az://b/x").startswith("no Azure credentials found")
+    region = "Generic S3 error: Failed to resolve region for bucket 'b'"
+    assert explain(region, "s3://b/x").startswith("cannot find the region of the bucket: set AWS_REGION")
+
+
+def test_cli_on_an_s3_store_without_region_or_credentials_says_what_to_set(tmp_path):
+    env = {k: v for k, v in _env().items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws either
+    proc = subprocess.run([*CLI, "--store", "s3://no-such-bucket-ea/x", "tables"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "set AWS_REGION" in proc.stderr or "no AWS credentials found" in proc.stderr, proc.stderr
+
+
+def test_the_progress_bar_moves_and_keeps_one_number_format(tmp_path, capsys):
+    from embed_assets.embed import Streamed
+
+    n = 12_000
+    src = {"id": list(range(n)), "text": [f"row {i} text {i % 97}" for i in range(n)]}
+    class Slow(HashEmbedder):  # as slow per call as a model on a CPU, for tqdm's throttle
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            time.sleep(0.12)
+            return super().embed(texts)
+
+    embed_table(Store(tmp_path / "s"), "t", src, key="id", text="text",
+                embedder=Slow(dimension=8), executor=Streamed(50_000, progress=True))
+    err = capsys.readouterr().err
+    frames = [f for f in err.replace("\r", "\n").splitlines() if "embed t" in f]
+    assert len(frames) >= n // 1024, frames  # a step at least every ~1k rows (4,096 before)
+    assert "1e+" not in err and "12,000" in err, frames[-3:]
