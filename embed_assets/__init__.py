@@ -62,7 +62,7 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
-from .serve import Client
+from .serve import Client, ServeError
 from .sql import SQLConnection, UnknownColumnError, connect
 from .store import (
     EmbeddingTable,
@@ -97,6 +97,7 @@ __all__ = [
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
+    "ServeError",
     "Snapshot",
     "StorageError",
     "Store",

@@ -51,9 +51,37 @@ ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<lang>\w*)[^\n]*\n(?P<code>.*?)^(?P=indent)```[ ]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<what>[\w-]+)\s*-->\s*$")
 NEEDS_DEMO = re.compile(r"^\s*(#|--)\s*needs: make demo", re.M)
-RUN_LANGS = ("python", "sql", "sh")
-# fenced blocks that are not code: what a command printed
-OUTPUT_LANGS = ("text",)
+RUN_LANGS = ("python", "sql", "sh", "bash")
+# fenced blocks that are not code: what a command printed; a config file (parsed, not run)
+OUTPUT_LANGS = ("text", "yaml")
+
+# Blocks the suite does not run yet, by page and first line, each with the reason. They came
+# with pages written on other branches (merged from main) as illustrations of a setup the
+# page describes (a remote server, a dg project, a folder of photos); their owners make
+# them runnable or mark their output as text. test_docs.py checks every entry still
+# names a block, so the list only shrinks.
+NOT_RUN: dict[tuple[str, str], str] = {
+    ("docs/store.md", 'store.table("docs").migrate()'):
+        "needs a store with a table 'docs' the page never makes",
+    ("docs/serving.md", "pip install 'embed_assets[serve]'"):
+        "starts a server on s3:// with a mounted secret",
+    ("docs/serving.md", "from embed_assets import Client"):
+        "talks to a server at 10.0.0.5",
+    ("docs/serving.md", "checks = build_embedding_checks(embeddings.key)"):
+        "a fragment of a definitions file (embeddings, docs undefined)",
+    ("docs/images.md", "embed-assets embed-images pics ./photos"):
+        "needs a folder of photos (and the fence names no language)",
+    ("docs/images.md", "from embed_assets import Store, search_by_image"):
+        "needs the table 'pics' of the block above",
+    ("docs/images.md", "embed-assets search-image pics query.jpg -k 8 --png neighbours.png"):
+        "needs the table 'pics' and query.jpg (and the fence names no language)",
+    ("docs/images.md", "SELECT key, distance FROM knn('pics', image_vector('/photos/q.jpg'), 5);"):
+        "needs the table 'pics' and /photos/q.jpg",
+    ("docs/dagster.md", "dg list components"):
+        "runs in a dg project made by create-dagster (tests/test_dagster_dg_project.py runs that path)",
+    ("docs/dagster.md", "dg launch --assets '*'"):
+        "runs in the dg project of the block above",
+}
 # what a fresh clone holds that the blocks use (linked into each page's folder)
 CLONE_ENTRIES = ("Makefile", "pyproject.toml", "constraints.txt", "setup.py", "dg.toml", "workspace.yaml",
                  "embed_assets", "dagster_project", "examples", "sql", "benchmarks", "scripts", "docs")
@@ -73,6 +101,10 @@ class Block:
 
     def where(self) -> str:
         return f"{self.page}:{self.line}"
+
+    def key(self) -> tuple[str, str]:
+        # the first line without its comment, which is what a reader would quote
+        return (self.page, self.code.split("\n", 1)[0].split("  #")[0].strip())
 
 
 def pages() -> list[Path]:
@@ -143,8 +175,7 @@ ap.add_argument("--config-json")
 a = ap.parse_args()
 assert a.verb == "launch", a.verb
 assert not a.python_file, "check-dg is for the repository's modules"
-sys.path.insert(0, ".")
-mod = importlib.import_module(a.module_name)
+mod = importlib.import_module(a.module_name)  # from PYTHONPATH: this checkout
 defs = mod.defs
 if a.job:
     defs.resolve_job_def(a.job)          # raises for an unknown job
@@ -241,6 +272,13 @@ def run_page(page: Path, base: Path, demo_dir: Callable[[], Path], *, real_model
         os.environ["HOME"] = env["HOME"]
         for b in blocks(page):
             if only is not None and not only(b):
+                continue
+            if b.key() in NOT_RUN:
+                continue
+            if b.lang == "yaml":
+                import yaml
+
+                yaml.safe_load(b.code)  # a config file: it parses
                 continue
             if b.lang in OUTPUT_LANGS:
                 continue
