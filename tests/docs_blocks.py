@@ -224,10 +224,19 @@ def shell_world(base: Path) -> tuple[Path, dict[str, str]]:
     return base / "clone", env
 
 
+# folders a block may write into (dg scaffold, a copied example): copied, so that nothing a
+# block does lands in the checkout; the rest are links
+COPIED = ("dagster_project", "examples")
+
+
 def clone_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in CLONE_ENTRIES:
-        if (ROOT / name).exists() and not (folder / name).exists():
+        if not (ROOT / name).exists() or (folder / name).exists():
+            continue
+        if name in COPIED:
+            shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
             (folder / name).symlink_to(ROOT / name)
 
 
