@@ -104,6 +104,9 @@ def test_named_options_subqueries_lateral_and_parameters_around_the_calls(store,
     lat = con.execute("SELECT q.section, k.id FROM queries q, LATERAL knn('w', q.vector, 3) k "
                       "ORDER BY q.section, k.rank").fetchall()
     assert [i for s, i in lat if s == "b"] == oracle(store, q_b, 3)
+    # columns renamed by position keep every column (the vector too)
+    renamed = con.execute("SELECT k.d FROM knn('w', ?, 2) AS k(a, s, v, d, r)", [Q]).fetchall()
+    assert len(renamed) == 2 and renamed[0][0] < renamed[1][0]
     # no alias: the rows are still known by the function's name
     assert con.execute("SELECT knn.id FROM knn('w', ?, 1)", [Q]).fetchall() == [(oracle(store, Q, 1)[0],)]
 
@@ -118,7 +121,7 @@ def test_statements_duckdb_cannot_serialise_fall_back_to_the_macro(store, con):
     # and the macro refuses what the rewriter refuses
     with pytest.raises(QueryError, match="k must be a positive integer, got -1"):
         con.execute("CREATE TABLE bad AS SELECT * FROM knn('w', ?, -1)", [Q])
-    with pytest.raises(QueryError, match="k must be a positive integer, got 2.5"):
+    with pytest.raises(QueryError, match=r"k must be a positive integer, got 2\.5"):
         con.execute("CREATE TABLE bad AS SELECT * FROM knn('plain', ?, 2.5)", [Q])
     with pytest.raises(QueryError, match="similarity_join: k must be a positive integer, got 0"):
         con.execute("CREATE TABLE bad AS SELECT * FROM similarity_join('w', 'w', 0)")
@@ -196,6 +199,8 @@ def test_runtime_failures_are_query_errors_with_the_functions_own_message(con):
     with pytest.raises(QueryError) as ei:
         con.execute("SELECT * FROM nope").fetchall()
     assert isinstance(ei.value, duckdb.CatalogException) and "nope" in str(ei.value)
+    with pytest.raises(QueryError, match="no_such"):  # a filter the store refuses
+        con.execute("SELECT * FROM knn('w', ?, 3, filter := 'no_such = 1')", [Q]).fetchall()
 
 
 # -- issue 29: bound parameters are data ------------------------------------------------------
@@ -219,7 +224,8 @@ def test_a_table_name_parameter_is_never_pasted_into_sql(store, con, secret):
         for sql, params in (("SELECT * FROM similarity_join(?, 'w', 1)", [evil]),
                             ("SELECT * FROM similarity_join('w', ?, 1)", [evil]),
                             ("SELECT * FROM knn(?, ?, 1)", [evil, Q]),
-                            ("CREATE OR REPLACE TABLE leak AS SELECT * FROM similarity_join(?, 'w', 1)", [evil])):
+                            ("CREATE OR REPLACE TABLE leak AS SELECT * FROM "
+                             "similarity_join(?, 'w', 1)", [evil])):
             with pytest.raises(QueryError) as ei:
                 con.execute(sql, params).fetchall()
             assert "TOP-SECRET" not in str(ei.value)
@@ -245,7 +251,8 @@ def test_a_filter_is_one_parsed_predicate(store, con, secret, evil):
                   ("SELECT * FROM knn('plain', ?, 3, filter := ?)", [Q, evil]),
                   ("SELECT * FROM similarity_join('plain', 'plain', 1, key := 'section', "
                    "left_filter := ?)", [evil]),
-                  ("CREATE OR REPLACE TABLE leak AS SELECT * FROM knn('plain', ?, 3, filter := ?)", [Q, evil]),
+                  ("CREATE OR REPLACE TABLE leak AS SELECT * FROM knn('plain', ?, 3, "
+                   "filter := ?)", [Q, evil]),
                   ("CREATE OR REPLACE TABLE leak AS SELECT * FROM similarity_join('plain', 'w', 1, "
                    "right_filter := ?)", [evil])]
     for fast in (True, False):
@@ -254,3 +261,9 @@ def test_a_filter_is_one_parsed_predicate(store, con, secret, evil):
             with pytest.raises(QueryError, match="is not a predicate") as ei:
                 con.execute(sql, params).fetchall()
             assert "TOP-SECRET" not in str(ei.value)
+
+
+def test_hybrid_search_refuses_a_bad_k_too(con):
+    for k in ("0", "-3", "2.5", "NULL"):
+        with pytest.raises(QueryError, match=f"hybrid_search: k must be a positive integer, got {k}"):
+            con.execute(f"SELECT * FROM hybrid_search('w', 'editor', {k}, mode := 'text')").fetchall()

@@ -1,9 +1,13 @@
 """DuckDB over the store: connect(), versioned views, vector macros, knn and similarity joins.
 
-Modules: :mod:`._connect` opens a session, :mod:`._connection` is the session (views
-that follow the store, the knn fast path), :mod:`._functions` the Python UDFs behind the
-macros (:mod:`._udf` their kernels), :mod:`._pushdown` answers DuckDB's pushed filters
-from memory, :mod:`._native` loads the ea_vec C extension, ``macros/`` holds the SQL.
+Modules, in the order a statement meets them: :mod:`._connect` opens a session,
+:mod:`._connection` is the session, :mod:`._rewrite` reads each statement's ``knn`` /
+``similarity_join`` calls from DuckDB's parse tree (:mod:`._tree`) and lets the store
+answer what it can (:mod:`._answer`), :mod:`._registry` keeps the store views current,
+:mod:`._errors` phrases failures as QueryErrors. :mod:`._functions` are the Python UDFs
+behind the macros (:mod:`._udf`, :mod:`._ranking` their kernels), :mod:`._pushdown` answers
+DuckDB's pushed filters from memory, :mod:`._native` loads the ea_vec C extension,
+``macros/`` holds the SQL. The reference is docs/sql.md.
 """
 
 from . import _native as native

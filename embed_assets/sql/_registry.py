@@ -90,7 +90,7 @@ class Registry:
                         pass
                 seen = table_fingerprint(uri)
                 ds = ScanDataset(uri, storage_options=opts)
-                ds._ea_seen = seen  # type: ignore[attr-defined]
+                ds._ea_seen = seen
                 version = ds.version
             elif version_number(ref) is not None:
                 version = int(ref)
@@ -229,7 +229,7 @@ def _map_literal(m: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
-def _tokens(query: str) -> list[tuple[str, object]]:
+def _tokens(query: str) -> list[tuple[str, Any]]:
     """(text, type) of each token of a statement (DuckDB's tokenizer)."""
     toks = duckdb.tokenize(query)
     out = []

@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from ..errors import ValidationError
 from ..store import VECTOR_COLUMN
 from . import _tree
 from ._answer import RowFunctions, StoreSearch, query_vector, result_table, store_search
@@ -47,8 +48,7 @@ from ._tree import Node, NotConstant
 
 FUNCTIONS = ("knn", "similarity_join")
 # Positional parameters of each function; the rest are named.
-_POSITIONAL = {"knn": ("table_name", "query_vector", "k"),
-               "similarity_join": ("left_table", "right_table", "k")}
+_POSITIONAL = _tree.SIGNATURES
 _FILTERS = ("filter", "left_filter", "right_filter")
 _UNSET = object()
 _SLOT = f"__ea_slot_{uuid.uuid4().hex[:12]}_"
@@ -81,20 +81,8 @@ class Rewritten:
 
 def find_calls(statements: list[Node]) -> list[Call]:
     """The ``knn``/``similarity_join`` calls of parse trees, arguments by name."""
-    out = []
-    for ref in _tree.table_functions(statements, FUNCTIONS):
-        fn = str(ref["function"]["function_name"]).lower()
-        args: dict[str, Node] = {}
-        positional = _POSITIONAL[fn]
-        for i, child in enumerate(ref["function"]["children"]):
-            name = str(child.get("alias") or "").lower()
-            if not name:
-                if i >= len(positional):
-                    break
-                name = positional[i]
-            args[name] = child
-        out.append(Call(fn, ref, args))
-    return out
+    return [Call(str(ref["function"]["function_name"]).lower(), ref, _tree.arguments(ref))
+            for ref in _tree.table_functions(statements, FUNCTIONS)]
 
 
 def _read_values(call: Call, params: Any) -> None:
@@ -158,37 +146,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# -- reading the tree once per statement text ------------------------------------------------
-@dataclass(frozen=True)
-class _Parsed:
-    trees: str  # the statements' parse trees, as JSON (a fresh copy per use)
-    n_calls: int
-    with_vector: bool  # whether the statement outside the calls may read `vector`
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed(query: str) -> _Parsed | None:
-    trees = _tree.parse(query)
-    if trees is None:
-        return None
-    text = json.dumps(trees)
-    calls = find_calls(trees)
-    for call in calls:  # what remains is the statement around the calls
-        call.ref["function"]["children"] = []
-    return _Parsed(text, len(calls), _may_read(trees, VECTOR_COLUMN))
-
-
-def _may_read(tree: Any, column: str) -> bool:
-    """Whether a statement could read ``column`` of a knn result: it names it, or uses
-    ``*`` or ``COLUMNS(...)``. If not, the k rows are fetched without their vectors."""
-    for n in _tree.nodes(tree):
-        if n.get("class") == "STAR":
-            return True
-        if n.get("class") == "COLUMN_REF" and str(n["column_names"][-1]).lower() == column:
-            return True
-    return False
-
-
 # -- the rewriter -------------------------------------------------------------------------------
 class Rewriter:
     """Rewrites the statements of one connection (see the module docstring)."""
@@ -207,25 +164,25 @@ class Rewriter:
         lowered = query.lower()
         if "knn" not in lowered and "similarity_join" not in lowered:
             return Rewritten(query, params, [])
-        parsed = _parsed(query)
+        parsed = _tree.read(query)
         if parsed is None:
             head, inner = _explained(query)
             if not inner:
                 return Rewritten(query, params, [])
             done = self.rewrite(inner, params)
             return Rewritten(head + done.query, done.params, done.names, done.calls)
-        if not parsed.n_calls:
+        if not parsed.calls:
             return Rewritten(query, params, [])
-        trees = json.loads(parsed.trees)
-        calls = find_calls(trees)
+        calls = [Call(fn, {}, args) for fn, args in parsed.calls]
         if isinstance(params, list | tuple | dict) or params is None:
             for call in calls:
                 _read_values(call, params)
                 self._resolve_names(call)
                 check_call(call)
-        if not self.enabled or (params and len(trees) > 1):
+        if not self.enabled or (params and parsed.n_statements > 1):
             return Rewritten(query, params, [], tuple(calls))
-        answers = [self._answer(call, parsed.with_vector) for call in calls]
+        with_vector = parsed.star or VECTOR_COLUMN in parsed.reads
+        answers = [self._answer(call, with_vector) for call in calls]
         if not any(answers):
             return Rewritten(query, params, [], tuple(calls))
         return self._edited(query, params, calls, answers)
@@ -268,7 +225,10 @@ class Rewriter:
     def _table(self, call: Call, info: Any, value: Any, how: StoreSearch,
                with_vector: bool) -> tuple[str, str]:
         q = query_vector(value, info.meta.dimension, how.metric)
-        res = result_table(self.registry.handle(info), info, q, int(call.values["k"]), how, with_vector)
+        try:
+            res = result_table(self.registry.handle(info), info, q, int(call.values["k"]), how, with_vector)
+        except ValidationError as exc:  # the store refuses the filter: a refused statement
+            raise refused(f"knn: {exc}") from None
         with self.registry.lock:
             self.answered += 1
             name = f"__ea_knn_{self.answered}"
@@ -348,9 +308,8 @@ def _print_edited(query: str, shape: tuple[str | None, ...]) -> tuple[list[str],
     """The statement with its calls replaced as ``shape`` says (None: kept; "table": a
     result table, whose name goes between the pieces returned; else the row function of
     that name), and the parameters it still uses (positions, or names)."""
-    parsed = _parsed(query)
-    assert parsed is not None
-    trees = json.loads(parsed.trees)
+    trees = _tree.parse(query)
+    assert trees is not None
     calls = find_calls(trees)
     slots = 0
     for call, how in zip(calls, shape, strict=True):

@@ -19,6 +19,7 @@ import functools
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -104,6 +105,59 @@ def table_functions(tree: Any, names: tuple[str, ...]) -> list[Node]:
             and not n["function"].get("schema")]
 
 
+# The table functions the rewriter reads, and the names of their positional arguments.
+SIGNATURES = {"knn": ("table_name", "query_vector", "k"),
+              "similarity_join": ("left_table", "right_table", "k")}
+
+
+def arguments(ref: Node) -> dict[str, Node]:
+    """A call's arguments by name: positional ones named from :data:`SIGNATURES`, named
+    ones (``filter := ...``) by the alias DuckDB records."""
+    fn = str(ref["function"]["function_name"]).lower()
+    args: dict[str, Node] = {}
+    positional = SIGNATURES[fn]
+    for i, child in enumerate(ref["function"]["children"]):
+        name = str(child.get("alias") or "").lower()
+        if not name:
+            if i >= len(positional):
+                break
+            name = positional[i]
+        args[name] = child
+    return args
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a statement's text says, read once (statements repeat): its calls' names and
+    argument trees (never edited: each run reads them; the printer edits its own copy)."""
+
+    calls: tuple[tuple[str, dict[str, Node]], ...]
+    n_statements: int
+    reads: frozenset[str]  # lower-cased column names the statement outside the calls reads
+    star: bool  # ... or it reads every column (``*``, ``COLUMNS(...)``)
+
+
+@functools.lru_cache(maxsize=256)
+def read(query: str) -> Reading | None:
+    """The calls of :data:`SIGNATURES` in a statement, or None when DuckDB cannot serialise
+    it (see :func:`parse`)."""
+    trees = parse(query)
+    if trees is None:
+        return None
+    refs = table_functions(trees, tuple(SIGNATURES))
+    calls = tuple((str(r["function"]["function_name"]).lower(), copy.deepcopy(arguments(r))) for r in refs)
+    # Columns named by position (``knn(...) AS k(a, b, c)``) need every column there.
+    star = any(ref.get("column_name_alias") for ref in refs)
+    for ref in refs:  # what remains is the statement around the calls
+        ref["function"]["children"] = []
+    reads: set[str] = set()
+    for n in nodes(trees):
+        star |= n.get("class") == "STAR"
+        if n.get("class") == "COLUMN_REF":
+            reads.add(str(n["column_names"][-1]).lower())
+    return Reading(calls, len(trees), frozenset(reads), star)
+
+
 def parameters(tree: Any) -> list[Node]:
     return [n for n in nodes(tree) if n.get("class") == "PARAMETER"]
 
@@ -156,7 +210,7 @@ def _value(v: Node) -> Any:
         return None
     typ = v["type"]
     tid = str(typ.get("id", ""))
-    raw = v.get("value")
+    raw: Any = v.get("value")
     if tid == "DECIMAL":  # stored unscaled: 2.5 is 25 with scale 1
         if isinstance(raw, dict):  # past 18 digits: a 128-bit integer in two halves
             raw = int(raw["upper"]) * 2**64 + int(raw["lower"])

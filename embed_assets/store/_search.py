@@ -349,8 +349,8 @@ def run(ctx: VersionContext, q: np.ndarray, req: SearchRequest, metric: str, p: 
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
         p.fall_back("lance", "the probe does not fit in the cache")
-    if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
-        sub = p.subset
+    sub = p.subset
+    if p.path == "filtered-exact" and sub is not None and sub.matrix is not None:
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
         return rows_at(key, ds, sub.offsets[idx], dist, req.columns, metric)
     if p.path == "exact":

@@ -188,7 +188,8 @@ CREATE OR REPLACE MACRO similarity_join(left_table, right_table, k, key := 'id',
 CREATE OR REPLACE MACRO hybrid_search(table_name, query_text, k, mode := 'hybrid', filter := NULL,
                                       text_weight := 1.0, vector_weight := 1.0) AS TABLE
     WITH __h AS MATERIALIZED (
-        SELECT unnest(_ea_text_hits(table_name, query_text, k, mode, CAST(filter AS VARCHAR),
+        SELECT unnest(_ea_text_hits(table_name, query_text, __ea_k('hybrid_search', k), mode,
+                                    CAST(filter AS VARCHAR),
                                     text_weight, vector_weight), recursive := true))
     SELECT * EXCLUDE (__ea_ki, __ea_ks) FROM (
         SELECT __t.*, __h.distance, __h.text_score, __h.score, __h.rank
