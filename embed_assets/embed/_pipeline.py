@@ -86,10 +86,7 @@ def embed_table(
     >>> embed_table(store, "t", src, key="id", text="text", embedder=HashEmbedder()).rows_embedded
     0
     """
-    if (text is None) == (image is None):
-        raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
-    embedder = _checked_embedder(embedder, text)
-    images = None
+    embedder, images = _checked_embedder(embedder, text, image), None
     if image is not None:  # the plan keys rows on the images' hashes, its hidden "text"
         images = prepare_images(data, key=key, image=image, embedder=cast(ImageEmbedder, embedder),
                                 columns=columns, on_bad=on_empty, limits=limits)
@@ -106,9 +103,11 @@ def embed_table(
     return images.result(result) if images is not None else result
 
 
-def _checked_embedder(embedder: Any, text: str | None) -> Any:
+def _checked_embedder(embedder: Any, text: str | None, image: str | None) -> Any:
     """The embedder object: for text, a model name is built as the CLI's --model builds it;
     for images, none stays none (the default image model, :func:`prepare_images`)."""
+    if (text is None) == (image is None):
+        raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
     if embedder is None and text is None:
         return None
     if isinstance(embedder, str) and text is not None:
