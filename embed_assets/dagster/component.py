@@ -239,7 +239,8 @@ class EmbeddingsComponent(Component, Resolvable):
                     io_manager_key=self.io_manager_key, on_write=on_write)
             else:
                 asset_def = build_embedding_asset(
-                    spec.key, source=source_key, key_column=t.key_column, text_column=t.text_column,
+                    spec.key, source=source_key, key_column=t.key_column,
+                    text_column=cast(str, t.text_column),  # a text table: no image_column
                     columns=t.columns, partitions_def=t.partitions,
                     partition_expr=t.partition_column if t.partitions is not None else None,
                     table=name, on_empty=t.on_empty, group_name=spec.group_name,
@@ -506,7 +507,8 @@ def build_image_embedding_asset(spec: AssetSpec, t: EmbeddingTableSpec, table: s
                 context.log.warning(f"{table}: model {meta.model} -> {embedder.name}: re-embedding "
                                     "every image")
                 mode = "overwrite"
-        res = embed_images(store, table, as_arrow(source), key=t.key_column, image=t.image_column,
+        res = embed_images(store, table, as_arrow(source), key=t.key_column,
+                           image=cast(str, t.image_column),  # an image table
                            embedder=embedder, mode=mode, columns=t.columns, run_id=context.run.run_id,
                            properties={"dagster_asset": spec.key.to_user_string()})
         context.log.info(res.summary())
@@ -523,7 +525,8 @@ def build_image_embedding_asset(spec: AssetSpec, t: EmbeddingTableSpec, table: s
             on_write(context, tbl)
         return MaterializeResult(metadata=md, data_version=DataVersion(f"v{res.version}"))
 
-    common = dict(key=spec.key, required_resource_keys={store_key}, io_manager_key=io_manager_key,
+    common: dict[str, Any] = dict(
+                  key=spec.key, required_resource_keys={store_key}, io_manager_key=io_manager_key,
                   metadata={"key": t.key_column, "table": table, "image_column": t.image_column,
                             **spec.metadata},
                   group_name=spec.group_name, kinds=set(spec.kinds) | {"image"}, tags=spec.tags,
