@@ -210,7 +210,7 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
     seen: dict[int, int] = {}
     first_error = ""
     by_version = {d["versions"]["A"]: "A", d["versions"]["B"]: "B"}
-    vec = {"A": d["vec"], "B": -d["vec"]}
+    vec = {"A": d["vec"], "B": d["vec_b"]}  # made before the fork: shared, not copied
     try:
         conn: Http | Redis = Redis(port) if kind.startswith("redis") else Http(port)
     except OSError as exc:
@@ -520,7 +520,7 @@ def main() -> None:
     pk, vec, t = load_data()
     rng = np.random.default_rng(7)
     qrows = rng.integers(0, len(pk), 500)
-    SHARED.update(pk=pk, vec=vec, versions={"A": a, "B": b},
+    SHARED.update(pk=pk, vec=vec, vec_b=(-vec).astype(np.float32), versions={"A": a, "B": b},
                   queries=[base64.b64encode(vec[i].tobytes()).decode() for i in qrows],
                   queries_np=vec[qrows], sections=sorted(set(t.column("section").to_pylist())))
     before = _uptime()

@@ -150,8 +150,11 @@ def _mixed_writer(path: str, w: int, rounds: int, out: Any) -> None:
                 t = store.table("t")
                 versions = [v.version for v in t.versions(with_properties=False)]
                 target = rng.choice(versions[:-1] or versions)
-                v = t.rollback(target)
-                log.append((v, "rollback", target))
+                run = f"w{w}r{r}"
+                v = t.rollback(target, run_id=run)
+                # a rollback to what is already current makes no version (and returns the latest)
+                if t.properties(v).get("run_id") == run:
+                    log.append((v, "rollback", target))
                 continue
             if res.committed:
                 log.append((res.version, kind, payload))
@@ -222,7 +225,8 @@ def test_eight_writers_of_every_mode_equal_a_sequential_oracle(tmp_path: Path) -
     latest = store.table("t").version
     versions = sorted(v for v, _, _ in log)
     # one version per committed write, none shared, none unaccounted for
-    assert versions == list(range(2, latest + 1)), versions
+    dups = sorted((v, k, str(p)[:80]) for v, k, p in log if versions.count(v) > 1)
+    assert versions == list(range(2, latest + 1)), (dups, sorted(set(range(2, latest + 1)) - set(versions)))
     states = _replay(_content(store, 1), log)
     for v in range(1, latest + 1):
         assert _content(store, v) == states[v], f"version {v} differs from the oracle"
@@ -593,3 +597,34 @@ def test_a_commit_whose_answer_is_lost_is_found_and_not_redone(tmp_path: Path,
     for v in (1, 2, 3):
         _content(store, v)
     assert sorted(_ids(store)) == [0, 1, 2, 3]
+
+
+def test_listing_tags_survives_a_tag_deleted_meanwhile(tmp_path: Path) -> None:
+    """pylance 14 fails a whole tag listing when one tag file is deleted between its
+    listing and its reading (a rollback's guard tag going away): seen in the 8-writer
+    test. Provoked here: a thread creates and deletes tags while this one lists."""
+    import threading
+
+    from embed_assets.store._retention import list_tags
+
+    store = Store(tmp_path / "s")
+    store.write("t", rows([1], seed=0), key="id")
+    ds = store.table("t").dataset()
+    other = Store(tmp_path / "s").table("t").dataset()  # (a handle is not shared by threads)
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            other.tags.create(f"_ea-guard-{i}", 1)
+            other.tags.delete(f"_ea-guard-{i}")
+            i += 1
+
+    th = threading.Thread(target=churn)
+    th.start()
+    try:
+        for _ in range(100 if not FULL else 1000):
+            assert set(list_tags(ds)) <= {f"_ea-guard-{i}" for i in range(100_000)}
+    finally:
+        stop.set()
+        th.join()

@@ -462,3 +462,17 @@ def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, words
     assert main(["--store", str(tmp_path / "s"), "serve", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+def test_where_objects_become_quoted_literals_never_sql_text(tmp_path):
+    from embed_assets.serve._snapshot import load
+
+    store = Store(tmp_path / "store")
+    store.write("t", rows(1.0), key="id")
+    snap = load(store, "t", 1)
+    assert snap.where_sql({"section": "x' OR '1'='1"}) == "(`section` = 'x'' OR ''1''=''1')"
+    assert snap.where_sql({"size": {">=": 3, "<": 9}, "section": ["a", "b"]}) == \
+        "(`size` >= 3) AND (`size` < 9) AND (`section` IN ('a', 'b'))"
+    for bad in ({"vector": 1}, {"size": {"in": 3}}, {"size": float("inf")}, {"size": {"like": "%"}}, {}):
+        with pytest.raises(ValidationError):
+            snap.where_sql(bad)

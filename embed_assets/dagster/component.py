@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 
 import pyarrow as pa
 from dagster import (
@@ -62,7 +62,7 @@ CheckName = Literal["vectors_finite", "vector_dimension", "no_zero_vectors", "un
                     "index_freshness", "drift"]
 Backend = Literal["sentence-transformers", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16",
                   "torch-fp16", "hash"]
-assert set(Backend.__args__) == set(BACKENDS)  # one list of backends: resources.BACKENDS
+assert set(get_args(Backend)) == set(BACKENDS)  # one list of backends: resources.BACKENDS
 
 
 # -- the YAML schema ------------------------------------------------------------------------
@@ -90,7 +90,8 @@ class ModelSpec(Resolvable, Model):
 class ChecksSpec(Resolvable, Model):
     """Which asset checks run, and at which severity (ERROR blocks downstream assets)."""
 
-    enabled: list[CheckName] = field(default_factory=lambda: [*INTEGRITY_CHECKS, *WARN_CHECKS])
+    enabled: list[CheckName] = field(
+        default_factory=lambda: cast(list[CheckName], [*INTEGRITY_CHECKS, *WARN_CHECKS]))
     severity: dict[CheckName, Literal["ERROR", "WARN"]] = field(default_factory=dict)
     expected_dimension: int | None = None
     max_centroid_shift: float = 0.05
@@ -173,7 +174,9 @@ class EmbeddingsComponent(Component, Resolvable):
 
     tables: Sequence[EmbeddingTableSpec]
     store: StoreSpec = field(default_factory=StoreSpec)
-    model: ModelSpec = field(default_factory=ModelSpec)
+    # the YAML key `model`; it shadows Resolvable's `model` classmethod, which this
+    # component does not use
+    model: ModelSpec = field(default_factory=ModelSpec)  # type: ignore[assignment]
     image_model: ImageModelSpec = field(default_factory=ImageModelSpec)
     group_name: str | None = None
     kinds: list[str] = field(default_factory=lambda: ["lancedb", "python"])
@@ -258,7 +261,7 @@ class EmbeddingsComponent(Component, Resolvable):
                     max_centroid_shift=cs.max_centroid_shift,
                     min_neighbour_overlap=cs.min_neighbour_overlap,
                     max_unindexed_share=cs.max_unindexed_share,
-                    include=cs.enabled, severities=cs.severity))
+                    include=cs.enabled, severities={str(k): v for k, v in cs.severity.items()}))
             owners[name] = spec.key
             if t.partitions is not None and t.partition_column:
                 partitioned[name] = (t.partitions, t.partition_column)
@@ -633,4 +636,5 @@ class EmbeddingsScaffolder(Scaffolder):
         })
 
 
-EmbeddingsComponent = scaffold_with(EmbeddingsScaffolder)(EmbeddingsComponent)
+# (the scaffolder is defined after the class it scaffolds, so not as a decorator)
+EmbeddingsComponent = scaffold_with(EmbeddingsScaffolder)(EmbeddingsComponent)  # type: ignore[misc]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ValidationError
 from ..store import Store
 from ._backends import default_embedder
-from ._embedders import EmptyTextPolicy
+from ._embedders import Embedder, EmptyTextPolicy
 from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
 from ._image_guard import DEFAULT_LIMITS, ImageLimits
 from ._images import IMAGE_HASH_COLUMN, BadImagePolicy, ImageEmbedder, ImageEmbedResult, prepare_images
@@ -30,7 +30,7 @@ def embed_table(
     key: str,
     text: str | None = None,
     image: str | None = None,
-    embedder: Any = None,
+    embedder: Embedder | ImageEmbedder | str | None = None,
     mode: EmbedMode = "upsert",
     columns: Sequence[str] | None = None,
     partition: tuple[str, Any] | None = None,
@@ -101,11 +101,12 @@ def embed_table(
             f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
     images = None
     if image is not None:  # the plan keys rows on the images' hashes, its hidden "text"
-        images = prepare_images(data, key=key, image=image, embedder=embedder, columns=columns,
-                                on_bad=on_empty, limits=limits)
+        images = prepare_images(data, key=key, image=image, embedder=cast(ImageEmbedder, embedder),
+                                columns=columns, on_bad=on_empty, limits=limits)
         data, embedder, columns = images.table, images.embedder, images.columns
         properties = {"input_kind": "image", "image_column": image, **(properties or {})}
-    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN, embedder=embedder,
+    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN,
+                   embedder=cast(Embedder, embedder),  # for images: their view for the plan
                    mode=mode, columns=columns, partition=partition, on_empty=on_empty,
                    run_id=run_id or "", properties=properties or {})
     executor = _executor(executor, data, commit_every, progress)

@@ -375,7 +375,7 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
     inserted = int(stats.get("num_inserted_rows", 0))
     updated = int(stats.get("num_updated_rows", 0))
     deleted = int(stats.get("num_deleted_rows", 0))
-    op = txn.operation
+    op: Any = txn.operation  # an Update (its fragment lists), typed as the base operation
     if inserted == updated == deleted == 0:
         return _unchanged(req, existing, props)
     props = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
@@ -404,9 +404,18 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
         if have - want:
             parts.append(f"unexpected {', '.join(sorted(have - want))}")
         raise SchemaMismatchError(f"columns do not match table {name!r}: {'; '.join(parts)}")
-    cols = []
+    cols, fields = [], []
     for f in schema:
         col = tbl.column(f.name)
+        if "blob" in str(getattr(f.type, "extension_name", "")) and (
+                pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            # A Lance blob column is read back as its extension type but written as bytes
+            # marked for the blob encoding (as when the table was created); Arrow has no
+            # cast from bytes to the extension's struct.
+            cols.append(col.cast(pa.large_binary()))
+            fields.append(pa.field(f.name, pa.large_binary(), f.nullable,
+                                   metadata={b"lance-encoding:blob": b"true"}))
+            continue
         if col.type != f.type:
             try:
                 col = col.cast(f.type)
@@ -415,7 +424,8 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
                     f"column {f.name!r} has type {col.type}, table {name!r} expects {f.type}: {exc}"
                 ) from None
         cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def existing_keys(ds: lance.LanceDataset, key: str, keys: list[Any]) -> list[Any]:
