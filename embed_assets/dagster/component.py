@@ -309,7 +309,8 @@ class EmbeddingsComponent(Component, Resolvable):
         """The latest version as markdown, read when the code location loads ("" if none)."""
         name = t.table or lance_table_name(key)
         try:
-            store = shared_store_resource(self.store.uri, self.store.storage_options).get_store()
+            store = EmbedStoreResource(uri=self.store.uri or None,
+                                       storage_options=self.store.storage_options).get_store()
             if not store.exists(name):
                 return ""
             return latest_version_markdown(store.table(name), label_column=t.label_column
@@ -586,11 +587,18 @@ def _shared(key: Any, make: Any) -> Any:
 
 
 def shared_store_resource(uri: str | None = None,
-                          storage_options: Mapping[str, str] | None = None) -> EmbedStoreResource:
-    """The store resource for these settings, one object per settings in a process."""
+                          storage_options: Mapping[str, str] | None = None) -> Any:
+    """The store resource for these settings, one object per settings in a process.
+
+    A ``configure_at_launch`` partial: what the YAML leaves unset (the URI, by default)
+    stays settable in the Launchpad, and the IO manager, which holds this very object as
+    its nested ``store``, follows what is set there (a fully built resource would be
+    resolved on its own and keep its defaults).
+    """
     opts = dict(storage_options) if storage_options else None
+    given = {k: v for k, v in (("uri", uri or None), ("storage_options", opts)) if v is not None}
     key = ("store", uri or None, tuple(sorted((opts or {}).items())))
-    return _shared(key, lambda: EmbedStoreResource(uri=uri or None, storage_options=opts))
+    return _shared(key, lambda: EmbedStoreResource.configure_at_launch(**given))
 
 
 def shared_embedder_resource(model: ModelSpec) -> EmbedderResource:
