@@ -18,7 +18,7 @@ PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constrain
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/native/*.c embed_assets/sql/native/*.h) embed_assets/sql/native/build.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) -e '.[dev,onnx,ray,openvino]'
+	$(PIP) -e '.[dev,onnx,ray,openvino,images]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,15 +47,17 @@ browser-deps:
 	scripts/install_browser_deps.sh || echo "browser test dependencies unavailable: that test will skip"
 
 test: $(STAMP) browser-deps
+	$(BIN)/mypy
 	$(PY) -m pytest -q
 
 # The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
 # writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
 stress: $(STAMP)
-	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_search_fuzz.py
+	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_concurrency.py tests/test_search_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(PIP) -e '.[bench]'

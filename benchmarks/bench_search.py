@@ -70,10 +70,15 @@ def recall_at(found: list[np.ndarray], sub: np.ndarray, qs: np.ndarray, k: int =
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=120_000)
+    ap.add_argument("--percall", action="store_true",
+                    help="only the per-call and batch cost of unfiltered search against the "
+                         "same HNSW graph queried bare (issue 29)")
     args = ap.parse_args()
     if not datasets.available():
         print("skipped: ../shared/data is not here (a fresh clone)")
         return 0
+    if args.percall:
+        return percall(min(args.rows, 63_666))
     n = args.rows
     vec = datasets.real_vectors(n)
     vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
@@ -254,6 +259,87 @@ def main() -> int:
                  f"(graph: {out.get('graph')}) against build_index {ours_build:.0f} s | "
                  f"search() {ms:.2f} ms, recall {rec:.3f}, plan {plan.path} |")
     print(lines[-1], flush=True)
+    print("\n".join(lines))
+    return 0
+
+
+def cpu_ms(fn, args, reps: int = 3) -> float:
+    """CPU milliseconds per call (process time, best of ``reps`` passes over ``args``): on
+    a shared machine CPU time moves less with the load than wall time."""
+    fn(args[0])
+    best = []
+    for _ in range(reps):
+        c0 = time.process_time()
+        for a in args:
+            fn(a)
+        best.append((time.process_time() - c0) / len(args) * 1e3)
+    return min(best)
+
+
+def percall(n: int) -> int:
+    """Unfiltered search() and search_batch() against the very graph they use, queried
+    bare through hnswlib at the same ef (so at equal recall), on queries held out of the
+    table and of the tuner. CPU time per query, one thread."""
+    vec = datasets.real_vectors(n)
+    vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    qi = rng.choice(n, 1000, replace=False)
+    keep = np.ones(n, bool)
+    keep[qi] = False
+    base, qs = vec[keep], vec[qi]
+    store = Store(tempfile.mkdtemp(prefix="bench_percall_"))
+    store.write("t", pa.table({"id": np.arange(len(base)), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(base.ravel()), base.shape[1])}), key="id")
+    import resource
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    rep = build_index(store.table("t"), recall=0.95, graph=True)
+    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"index: {rep.summary()}\n(build_index {build_s:.0f} s wall, {build_cpu:.0f} s CPU, "
+          f"peak RSS {rss:.2f} GB, matrix {base.nbytes / 1e9:.2f} GB)", flush=True)
+    t = store.table("t")
+    _, plan = t.search(qs[0], k=10, explain=True)
+    from embed_assets.store import CACHE
+
+    g = next(v for (_, kind), v in CACHE._items.items() if kind.startswith("graph/"))
+    rec = recall_at([t.search(q, k=10, columns=["id"]).column("id").to_numpy() for q in qs[:200]],
+                    base, qs[:200])
+    bare_rec = recall_at([g.index.knn_query(q, k=10)[0][0] for q in qs[:200]], base, qs[:200])
+    pinned = t.version
+    lines = [f"| {len(base):,} rows, plan {plan.path} (ef {g.ef}) | CPU ms/query | x bare |",
+             "|---|---|---|"]
+    bare = cpu_ms(lambda q: g.index.knn_query(q, k=10), qs)
+    rows = {
+        "hnswlib knn_query, same graph, bare (ids only)": bare,
+        "search(q, columns=['id'])": cpu_ms(lambda q: t.search(q, k=10, columns=["id"]), qs),
+        "search(q, columns=['id'], version=pinned)": cpu_ms(
+            lambda q: t.search(q, k=10, columns=["id"], version=pinned), qs),
+        "search(q) (every column)": cpu_ms(lambda q: t.search(q, k=10), qs),
+    }
+    for name, ms in rows.items():
+        lines.append(f"| {name} | {ms:.3f} | {ms / bare:.2f} |")
+    lines.append(f"| recall@10 (200 held-out queries): search() {rec:.3f}, bare graph {bare_rec:.3f} | | |")
+    blocks = [qs]  # 1,000 queries in one call
+    for threads in (1, 2):
+        c0, w0 = time.process_time(), time.perf_counter()
+        for b in blocks:
+            g.index.knn_query(b, k=10, num_threads=threads)
+        bare_cpu, bare_wall = time.process_time() - c0, time.perf_counter() - w0
+        c0, w0 = time.process_time(), time.perf_counter()
+        for b in blocks:
+            t.search_batch(b, k=10, columns=["id"], threads=threads)
+        ours_cpu, ours_wall = time.process_time() - c0, time.perf_counter() - w0
+        nq = len(qs)
+        lines.append(f"| batch of 1,000, {threads} thread(s): hnswlib {nq / bare_wall:,.0f} QPS "
+                     f"({bare_cpu * 1e3 / nq:.3f} CPU ms/q); search_batch {nq / ours_wall:,.0f} "
+                     f"QPS ({ours_cpu * 1e3 / nq:.3f} CPU ms/q) | | "
+                     f"{bare_wall / ours_wall:.2f} of bare QPS |")
+    loop_wall = time.perf_counter()
+    for q in qs:
+        t.search(q, k=10, columns=["id"])
+    loop_wall = time.perf_counter() - loop_wall
+    lines.append(f"| the same 1,000 through search() in a loop: {len(qs) / loop_wall:,.0f} QPS | | |")
     print("\n".join(lines))
     return 0
 

@@ -30,10 +30,12 @@ from ._version import __version__
 from .embed import (
     DEFAULT_MODEL,
     EMBED_BACKENDS,
+    EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
+    ImageLimits,
     OnnxEmbedder,
     OpenVinoEmbedder,
     RayEmbedError,
@@ -46,9 +48,11 @@ from .embed import (
     embed_images,
     embed_table,
     embed_table_ray,
+    search_by_image,
 )
 from .errors import (
     EmbedAssetsError,
+    KeyNotFoundError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -64,6 +68,7 @@ from .index import (
     rebuild_after_rollback,
     refresh_index,
 )
+from .serve import Client
 from .sql import SQLConnection, connect, run_sql
 from .store import (
     CleanupReport,
@@ -85,6 +90,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBED_BACKENDS",
     "CleanupReport",
+    "Client",
+    "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
     "Embedder",
@@ -92,7 +99,9 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
+    "ImageLimits",
     "IndexReport",
+    "KeyNotFoundError",
     "OnnxEmbedder",
     "OpenVinoEmbedder",
     "Plan",
@@ -128,5 +137,6 @@ __all__ = [
     "open_snapshot",
     "refresh_index",
     "run_sql",
+    "search_by_image",
     "snapshot",
 ]

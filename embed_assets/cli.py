@@ -7,10 +7,8 @@ else ``./.embed_store``). Bad input exits non-zero with one line naming the prob
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -28,21 +26,12 @@ from .embed import (
     default_embedder,
     embed_table,
 )
+from .embed._images import IMAGE_HASH_COLUMN
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
+from .serve import _cli as serve_cli
 from .sql import format_result, run_sql
-from .store import DEFAULT_GRACE, Store, is_local, local_path, version_number
-
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.ASCII)
-_DUR_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """'90s', '15m', '12h', '7d', '2w' -> timedelta."""
-    m = _DUR_RE.match(text)
-    if not m:
-        raise ValidationError(f"bad duration {text!r}; use a number and a unit: 90s, 15m, 12h, 7d, 2w")
-    return dt.timedelta(**{_DUR_UNITS[m.group(2)]: float(m.group(1))})
+from .store import DEFAULT_GRACE, Store, as_duration, is_local, local_path, version_number
 
 
 def _version_arg(v: str | None) -> int | str | None:
@@ -133,7 +122,7 @@ class _Announcing:
 
 # Verbs that create what they write; every other verb reads a store that must exist, so
 # a mistyped --store is named instead of answered with "no tables".
-_CREATING_VERBS = frozenset({"embed", "demo"})
+_CREATING_VERBS = frozenset({"embed", "embed-images", "demo"})
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -253,6 +242,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     new = t.rollback(target)
     if args.json:
         _dump({"table": args.name, "from": before, "to": target, "version": new})
+    elif new == before:
+        print(f"{args.name} already holds version {target}'s rows at version {new}: "
+              "nothing to roll back, no version written")
     else:
         print(f"rolled back {args.name} to version {target}: new version {new} (was {before})")
     return 0
@@ -262,6 +254,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)  # the version searched decides the model, not the latest
+    if meta.text_column == IMAGE_HASH_COLUMN and args.mode != "text":
+        # its model is an image model: loading it as a text model went looking for it on
+        # the Hugging Face hub (15 s, then a misleading error)
+        raise ValidationError(f"table {args.name!r} holds image embeddings ({meta.model}); "
+                              f"search it by image: embed-assets search-image {args.name} "
+                              "PATH|KEY")
     embedder: Any = None
     if args.mode != "text":
         embedder = default_embedder(meta.model)
@@ -283,7 +281,56 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.explain:
             print(f"plan: {plan}")
         _print_table(rows, ["rank", meta.key, *scores,
-                            *([meta.text_column] if meta.text_column in cols else [])])
+                            *([meta.text_column] if meta.text_column and meta.text_column in cols
+                              else [])])
+    return 0
+
+
+def cmd_embed_images(args: argparse.Namespace) -> int:
+    from .embed import EfficientNetEmbedder, ImageLimits, embed_images
+    from .embed._image_io import image_source
+
+    data, key, image = image_source(args.source, column=args.column, key=args.key,
+                                    store_bytes=args.store_bytes)
+    limits = ImageLimits(**({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+    emb = EfficientNetEmbedder(backend=args.backend, batch_size=args.batch_size,
+                               show_progress=False if args.no_progress else None)
+    try:
+        res = embed_images(_store(args), args.name, data, key=key, image=image, embedder=emb,
+                           mode=args.mode, on_bad="skip" if args.skip_bad else "error",
+                           run_id=args.run_id, limits=limits)
+    except ValidationError as exc:  # the library's advice in this command's words
+        raise ValidationError(str(exc).replace("pass on_bad='skip'", "pass --skip-bad")) from None
+    if args.json:
+        _dump({**res.to_dict(), "bad_images": [[k, why] for k, why in res.bad_images]})
+    else:
+        print(res.summary())
+        for k, why in res.bad_images:
+            print(f"  skipped {k}: {why}")
+    return 0
+
+
+def cmd_search_image(args: argparse.Namespace) -> int:
+    from .embed._image_io import neighbours_png, search_by_image, stored_value
+
+    t = _store(args).table(args.name)
+    version = _version_arg(args.version)
+    meta = t.meta_at(version)
+    hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
+                                by_key=True if args.key else None)
+    extra = [c for c in (args.label,) if c and c in hits.column_names]
+    rows = hits.select([meta.key, *extra, "distance", "rank"]).to_pylist()
+    if args.png:
+        is_key = args.key or not os.path.isfile(args.query)
+        want = stored_value(t, args.query, args.label, version) if args.label and is_key else None
+        with open(args.png, "wb") as fh:
+            fh.write(neighbours_png(t, hits, raw, version=version, label=args.label, query_label=want))
+    if args.json:
+        _dump({"rows": rows, "png": args.png} if args.png else rows)
+    else:
+        _print_table(rows, ["rank", meta.key, "distance", *extra])
+        if args.png:
+            print(f"wrote {args.png}: the query, then its {len(rows)} neighbours")
     return 0
 
 
@@ -313,8 +360,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
-    older = parse_duration(args.older_than) if args.older_than else None
-    grace = parse_duration(args.grace) if args.grace else DEFAULT_GRACE
+    older = as_duration(args.older_than, "--older-than") if args.older_than else None
+    grace = as_duration(args.grace, "--grace") if args.grace else DEFAULT_GRACE
     rep = t.cleanup(keep_last=args.keep_last, older_than=older, grace=grace)
     if args.json:
         _dump(rep.to_dict())
@@ -404,6 +451,11 @@ EXAMPLES: dict[str, str] = {
     "search": "embed-assets search pkgs \"a text editor\" -k 5 --where \"section = 'editors'\"\n"
               "  embed-assets search pkgs libxml2 --mode hybrid --explain",
     "export": "embed-assets export pkgs --to pkgs-prod.parquet --version prod",
+    "embed-images": "embed-assets embed-images pics ./photos\n"
+                    "  embed-assets embed-images pics 'shop/**/*.jpg' --store-bytes --skip-bad\n"
+                    "  embed-assets embed-images pics items.parquet --column image --key sku",
+    "search-image": "embed-assets search-image pics query.jpg -k 8 --png neighbours.png\n"
+                    "  embed-assets search-image pics animals/cat.png --key -k 5",
     "cleanup": "embed-assets cleanup pkgs --keep-last 5 --older-than 7d --json",
     "index": "embed-assets index pkgs --recall 0.95\n  embed-assets index pkgs --refresh\n"
              "  embed-assets index pkgs --text",
@@ -411,6 +463,7 @@ EXAMPLES: dict[str, str] = {
            "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
     "demo": "embed-assets --store /tmp/demo demo",
     "snapshot": "embed-assets snapshot pkgs --version prod --columns section --json",
+    "serve": serve_cli.EXAMPLE,
 }
 
 
@@ -422,7 +475,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
                         help="store URI (default: $EMBED_ASSETS_STORE or ./.embed_store)")
     p = _Parser(prog="embed-assets", parents=[common],
@@ -521,6 +574,44 @@ def build_parser() -> argparse.ArgumentParser:
                          "or hybrid (both, fused by reciprocal rank)")
     sp.add_argument("--explain", action="store_true",
                     help="say which search plan ran and why (with --json: {rows, plan})")
+    sp = verb("embed-images", cmd_embed_images, "embed images (a folder, a glob, or a Parquet/Arrow "
+              "column of paths or bytes) with EfficientNet-Lite0", "print what was written as JSON")
+    sp.add_argument("name", help="the store table to write")
+    sp.add_argument("source", help="a folder, a glob such as 'photos/**/*.jpg', or a .parquet/.arrow file")
+    sp.add_argument("--column", default=None, help="for a Parquet/Arrow file: the column of paths or bytes")
+    sp.add_argument("--key", default=None,
+                    help="for a Parquet/Arrow file: the key column (folders and globs are keyed by path)")
+    sp.add_argument("--store-bytes", action="store_true",
+                    help="keep the image bytes in the table (Lance blob encoding) instead of the "
+                         "path; bytes from a Parquet/Arrow column are always kept so")
+    sp.add_argument("--skip-bad", action="store_true",
+                    help="leave out (and list) images that cannot be used instead of failing")
+    sp.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                    help="refuse images above N pixels (default 89,478,485, Pillow's bomb limit)")
+    sp.add_argument("--mode", default="upsert", choices=["upsert", "overwrite", "append", "sync"],
+                    help="upsert (default), overwrite, append or sync, as for embed")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+                    help="how the network runs: auto (default: openvino, else onnx, else torch, "
+                         "whichever is installed first), torch, onnx or openvino (all fp32, the "
+                         "same vectors)")
+    sp.add_argument("--batch-size", type=_positive_int, default=32,
+                    help="images per forward pass (default 32)")
+    sp.add_argument("--run-id", default=None, help="recorded on the version written")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp = verb("search-image", cmd_search_image, "nearest stored images of an image file or a stored key",
+              "print the hits as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("query", help="an image file, or the key of a stored row")
+    sp.add_argument("-k", type=_positive_int, default=10, help="how many hits (default 10)")
+    sp.add_argument("--key", action="store_true", help="QUERY is a stored key even if a file has that name")
+    sp.add_argument("--png", default=None, metavar="FILE.png",
+                    help="write a picture of the query and its neighbours")
+    sp.add_argument("--label", default=None, metavar="COL",
+                    help="show this stored column; in the picture a neighbour with the query's "
+                         "value is framed green, another red")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="search this version or tag (default: the latest)")
+    sp.add_argument("--where", default=None, metavar="SQL", help="filter rows first")
     sp = verb("export", cmd_export, "write a version to Parquet", "print what was written as JSON")
     sp.add_argument("name", help="the table")
     sp.add_argument("--to", required=True, metavar="FILE.parquet",
@@ -535,8 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--older-than", default=None, metavar="DUR",
                     help="remove only versions older than DUR, e.g. 7d, 12h, 30m")
     sp.add_argument("--grace", default=None, metavar="DUR",
-                    help="never remove a version superseded less than DUR ago, nor younger "
-                         "files (default 1h; 0s for none)")
+                    help="never remove a version superseded less than DUR ago (default 1h); "
+                         "0s also removes unreferenced files at once: no write may be running")
     sp = verb("index", cmd_index, "build a vector index tuned to a recall target",
               "print the index report as JSON")
     sp.add_argument("name", help="the table")
@@ -566,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
                     help="then delete this table's snapshots beyond the N most recently used")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
+    serve_cli.add_arguments(verb("serve", serve_cli.command, "serve tables over HTTP, pinned to a tag "
+                                 "and following it (read-only; needs the serve extra)"))
     return p
 
 

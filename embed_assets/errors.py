@@ -7,6 +7,7 @@
     │   └── SchemaMismatchError           another model, dimension, key or columns
     ├── TableNotFoundError (LookupError)  no such table (the message lists those that exist)
     ├── VersionNotFoundError (LookupError) no such version or tag (lists what exists)
+    ├── KeyNotFoundError (LookupError)    keys asked for with missing="error" are not stored
     ├── StorageError (OSError)            the storage failed: I/O, permissions, credentials,
     │                                     a corrupt or unreadable table
     ├── ConflictError                     concurrent commits kept conflicting; nothing written
@@ -23,6 +24,7 @@ import re
 
 __all__ = [
     "EmbedAssetsError",
+    "KeyNotFoundError",
     "QueryError",
     "SchemaMismatchError",
     "StorageError",
@@ -52,6 +54,11 @@ class TableNotFoundError(EmbedAssetsError, LookupError):
 
 class VersionNotFoundError(EmbedAssetsError, LookupError):
     """The requested version or tag does not exist for the table."""
+
+
+class KeyNotFoundError(EmbedAssetsError, LookupError):
+    """Keys asked for (``get(..., missing="error")``) are not stored at that version; the
+    message names them."""
 
 
 class StorageError(EmbedAssetsError, OSError):

@@ -102,12 +102,19 @@ def test_demo_materialises_with_metadata_and_traceability(env: dict[str, Any]) -
     table = env["store"].table(TABLE)
     assert md[VERSION_KEY] == table.version == 1
     assert md["dagster/row_count"] == 2040
-    assert md["dagster/table_name"] == table.uri
+    # the name SQL reads, and the URI lancedb/pylance open (issue 24)
+    assert md["dagster/table_name"] == TABLE and md["dagster/uri"] == table.uri
     assert md["dimension"] == 64 and md["model"].startswith("hash-bow")
     assert md["rows_embedded"] == 2040 and md["rows_reused"] == 0
     assert {c.name for c in md["dagster/column_schema"].columns} >= {"package", "vector", "_content_hash"}
     assert md[PROJECTION_KEY].startswith("![") and "data:image/png;base64," in md[PROJECTION_KEY]
-    assert "package" in md["preview"]
+    # the preview leads with key, text and section, and leaves provenance out (issue 23.5)
+    header = md["preview"].splitlines()[0]
+    assert header.startswith("| package | description | section |") and "_content_hash" not in header
+    # vector <- descriptions.description (column lineage), the Lance version as data version
+    deps = md["dagster/column_lineage"].deps_by_column["vector"]
+    assert [(d.asset_key.to_user_string(), d.column_name) for d in deps] == [
+        ("debian/descriptions", "description")]
     # version -> run, run -> version (the store alone, and the run's tags)
     assert run_for_version(env["store"], TABLE, 1) == res.run_id
     assert versions_for_run(env["store"], res.run_id)[TABLE] == [1]

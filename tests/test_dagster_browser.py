@@ -2,7 +2,8 @@
 `dagster dev` serve both code locations; a click on "Materialize all" launches a run and
 the asset page then shows the new Lance version in the materialisation metadata; a
 rollback started from the asset page's link to its Launchpad, launched as the Launchpad
-opens, shows the new version and its checks evaluated.
+opens, shows the new version and its checks evaluated; a version picked from the restore
+job's Launchpad menu (nothing typed) becomes the new latest.
 
 Needs Debian's chromium and npm playwright-core: ``scripts/install_browser_deps.sh``.
 """
@@ -233,6 +234,64 @@ def test_rollback_from_the_asset_page_launchpad(tmp_path: Path) -> None:
                                   "index_freshness": "Succeeded",
                                   # 540 packages came back: the space moved vs v2 (a WARN)
                                   "drift": "Failed"}, seen["checks"]
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def test_restore_a_version_chosen_in_the_launchpad_with_nothing_typed(tmp_path: Path) -> None:
+    """Issue 24's floor: from the embeddings asset page to the Launchpad of its restore job,
+    open the Partition menu (the table's versions with rows, model, run and time), click
+    v1, Launch Run: the new latest version equals v1, and the asset page says so."""
+    reason = _skip_reason() or (None if shutil.which("make") else "make is not installed")
+    if reason:
+        pytest.skip(reason)
+    from embed_assets._demo import demo_source
+
+    home = tmp_path / "home"
+    home.mkdir()
+    store_dir = tmp_path / "store"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBED_ASSETS_STORE": str(store_dir),
+           "EMBED_ASSETS_MODEL": "hash-bow", "VIRTUAL_ENV": sys.prefix}
+    fewer = tmp_path / "fewer.parquet"
+    demo_source().head(1500).write_parquet(fewer)
+    dg = str(Path(sys.executable).with_name("dg"))
+    cfg = json.dumps({"ops": {"debian__descriptions": {"config": {"path": str(fewer)}}}})
+    for extra in ([], ["--config-json", cfg]):
+        p = subprocess.run([dg, "launch", "--assets", "debian/descriptions,debian/embeddings", *extra],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+    table = Store(str(store_dir)).table("debian_embeddings")
+    assert [(v.version, v.rows) for v in table.versions()] == [(1, 2040), (2, 1500)]
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
+    proc = _dagster_dev(port, env, log)
+    try:
+        _wait_up(url, proc)
+        out = subprocess.run(
+            ["node", str(BROWSER_DIR / "restore_a_version_from_the_launchpad.js"), url, "1", "3"],
+            cwd=BROWSER_DIR, capture_output=True, text=True, timeout=420,
+            env={**os.environ, "CHROMIUM": CHROMIUM, "SCREENSHOT_DIR": str(shots)})
+        dev_log = (tmp_path / "dagster_dev.log").read_text()[-3000:]
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{dev_log}"
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        # the menu offered both versions, each named with its rows, model, run and time
+        assert [c.split(" | ")[:3] for c in seen["choices"]] == [
+            ["v1", "2040 rows", "hash-bow:64"], ["v2", "1500 rows", "hash-bow:64"]], seen["choices"]
+        assert seen["picked"].startswith("v1 | 2040 rows") and "run " in seen["picked"]
+        # picking it (nothing typed) put the version into the run config
+        assert "to: '1'" in (seen["config"] or ""), seen["config"]
+        # the new latest equals v1, made by the run launched from the page
+        assert seen["version"] == table.version == 3
+        assert table.read(3).sort_by("package").equals(table.read(1).sort_by("package"))
+        assert seen["runId"] == run_for_version(Store(str(store_dir)), "debian_embeddings", 3)
+        # the asset page said what a user wants before the click: model, latest version, picture
+        assert "Model hash-bow:64" in seen["overview"] and "Latest version when" in seen["overview"]
+        assert (shots / "2-version-menu.png").exists() and (shots / "4-asset-after.png").exists()
     finally:
         _stop(proc)
         log.close()

@@ -4,7 +4,7 @@ Random upserts, appends, overwrites, rollbacks, cleanups, index builds (graph or
 and refreshes, one build racing an upsert from another process, and after every step
 every search path checked against an exact numpy scan of the version read: the graph,
 the probe, Lance's own index (``nprobes=`` forces it), exact, a filter, a partition, time
-travel to an earlier version, and ``get``. The invariant: 0 rows that are not rows of
+travel to an earlier version, ``get`` and SQL ``knn``. The invariant: 0 rows that are not rows of
 the version read, every distance the row's true distance, and recall at or above the
 target over the run.
 
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embed_assets import Store, build_index, refresh_index
+from embed_assets import Store, build_index, connect, refresh_index
 from embed_assets.store import CACHE
 
 from .test_index import clustered
@@ -50,7 +50,7 @@ class Tally:
         self.paths[path] = self.paths.get(path, 0) + 1
         self.hits += hits
         self.wanted += wanted
-        if path in ("graph", "probe", "filtered-probe", "lance"):
+        if path in ("graph", "probe", "filtered-probe", "lance", "sql"):
             self.ann_hits += hits
             self.ann_wanted += wanted
 
@@ -68,7 +68,8 @@ def truth_of(t, version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             mat / np.linalg.norm(mat, axis=1, keepdims=True))
 
 
-def check_version(t, version: int, rng: np.random.Generator, tally: Tally, step: str) -> None:
+def check_version(t, version: int, rng: np.random.Generator, tally: Tally, step: str,
+                  con=None) -> None:
     ids, tenant, unit = truth_of(t, version)
     by_id = {int(i): r for r, i in enumerate(ids)}
     picks = rng.choice(len(ids), size=min(4, len(ids)), replace=False)
@@ -102,6 +103,17 @@ def check_version(t, version: int, rng: np.random.Generator, tally: Tally, step:
             if plan.path in ("exact", "filtered-exact"):
                 assert hits == len(want), f"{step}: an exact path missed rows ({plan})"
             tally.add(plan.path, hits, len(want))
+    if con is not None:  # SQL knn on the latest version, through the store's search
+        for q in queries[:3]:
+            got = con.execute("SELECT id, distance FROM knn('f', ?::FLOAT[], 10) ORDER BY rank",
+                              [q.tolist()]).fetchall()
+            dist = 1 - unit @ (q / np.linalg.norm(q))
+            for gid, gd in got:
+                assert gid in by_id, f"{step}: SQL knn row {gid} is not in version {version}"
+                assert abs(gd - dist[by_id[gid]]) < 1e-4, f"{step}: SQL knn distance of {gid}"
+            kth = np.sort(dist)[9]
+            tally.add("sql", min(10, len({g for g, _ in got} & set(ids[dist <= kth + 1e-6].tolist()))),
+                      10)
     keys = [*rng.choice(ids, size=min(5, len(ids)), replace=False).tolist(), 10**9]
     got = t.get(keys, version=version, columns=["id", "vector"])
     assert got.column("id").to_pylist() == keys[:-1], step
@@ -147,6 +159,7 @@ def test_search_agrees_with_an_exact_scan_through_random_histories(tmp_path, see
     tally = Tally()
     seen: list[int] = [store.table("f").version]
     raced = False
+    con = connect(store)
     t0 = time.perf_counter()
     for step in range(STEPS):
         t = store.table("f")
@@ -190,7 +203,7 @@ def test_search_agrees_with_an_exact_scan_through_random_histories(tmp_path, see
         t = store.table("f")
         seen.append(t.version)
         label = f"seed {seed} step {step} ({op})"
-        check_version(t, t.version, rng, tally, label)
+        check_version(t, t.version, rng, tally, label, con)
         older = [v for v in seen[:-1] if t._readable(v)]
         if older and rng.random() < 0.4:
             check_version(t, int(rng.choice(older)), rng, tally, label + " time travel")

@@ -3,6 +3,9 @@ factory, asset checks and rollback/tag jobs.
 
 This is the only part of embed_assets that imports Dagster; the store does not.
 
+In a dg project, ``EmbeddingsComponent`` configures all of it from a ``defs.yaml``
+(``dg scaffold defs embed_assets.dagster.EmbeddingsComponent NAME``; docs/dagster.md).
+
 Examples
 --------
 .. code-block:: python
@@ -30,6 +33,7 @@ from .checks import (
     build_embedding_checks,
     evaluate_embedding_checks,
 )
+from .component import EmbeddingsComponent, EmbeddingTableSpec, model_identity
 from .io_manager import (
     LanceArrowTypeHandler,
     LanceDbClient,
@@ -42,6 +46,7 @@ from .jobs import (
     RollbackConfig,
     TableRollbackConfig,
     TagConfig,
+    build_table_jobs,
     build_version_jobs,
     resolve_rollback_target,
     rollback_job_name,
@@ -57,6 +62,7 @@ from .metadata import (
     versions_for_run,
 )
 from .resources import EmbedderResource, EmbedStoreResource
+from .serving import build_serving_promotion
 
 __all__ = [
     "INTEGRITY_CHECKS",
@@ -69,6 +75,8 @@ __all__ = [
     "EmbedStoreResource",
     "EmbedderResource",
     "EmbeddingCheckSettings",
+    "EmbeddingTableSpec",
+    "EmbeddingsComponent",
     "LanceArrowTypeHandler",
     "LanceDBIOManager",
     "LanceDbClient",
@@ -79,9 +87,12 @@ __all__ = [
     "TagConfig",
     "build_embedding_asset",
     "build_embedding_checks",
+    "build_serving_promotion",
+    "build_table_jobs",
     "build_version_jobs",
     "evaluate_embedding_checks",
     "lance_table_name",
+    "model_identity",
     "resolve_rollback_target",
     "rollback_job_name",
     "rollback_link",

@@ -8,7 +8,7 @@ not worth stopping a pipeline.
 
 # No `from __future__ import annotations`: Dagster reads the Config and context
 # annotations of the decorated functions at definition time.
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,6 +93,21 @@ class EmbeddingCheckSettings:
     min_neighbour_overlap: float = 0.8
     drift_sample: int = 100
     max_unindexed_share: float = 0.1
+    # which checks run (default: all six) and severity overrides ("ERROR" / "WARN"):
+    # an ERROR check blocks downstream assets, a WARN one does not
+    include: tuple[str, ...] | None = None
+    severities: tuple[tuple[str, str], ...] = ()
+
+    def enabled(self) -> list[str]:
+        names = (*INTEGRITY_CHECKS, *WARN_CHECKS)
+        return [n for n in names if self.include is None or n in self.include]
+
+    def severity(self, check: str) -> AssetCheckSeverity:
+        default = "ERROR" if check in INTEGRITY_CHECKS else "WARN"
+        return AssetCheckSeverity[dict(self.severities).get(check, default)]
+
+    def blocking(self, check: str) -> bool:
+        return self.severity(check) == AssetCheckSeverity.ERROR
 
     def descriptions(self) -> dict[str, str]:
         """One line per check, as the UI shows it."""
@@ -119,7 +134,10 @@ def check_settings_of(checks: AssetChecksDefinition) -> tuple[AssetKey, Embeddin
     for spec in checks.check_specs:
         raw = (spec.metadata or {}).get(CHECK_SETTINGS_KEY)
         if raw is not None:
-            value = raw.value if isinstance(raw, MetadataValue) else raw
+            value = dict(raw.value if isinstance(raw, MetadataValue) else raw)
+            if value.get("include") is not None:
+                value["include"] = tuple(value["include"])
+            value["severities"] = tuple(tuple(p) for p in value.get("severities") or ())
             return spec.asset_key, EmbeddingCheckSettings(**value)
     raise ValueError(f"{checks.node_def.name!r} was not made by build_embedding_checks "
                      "(its specs carry no check settings)")
@@ -136,23 +154,36 @@ def build_embedding_checks(
     drift_sample: int = 100,
     max_unindexed_share: float = 0.1,
     name: str | None = None,
+    include: Sequence[str] | None = None,
+    severities: Mapping[str, str] | None = None,
 ) -> AssetChecksDefinition:
     """Checks on the latest version of the table behind ``asset``.
 
     ``expected_dimension`` defaults to the dimension recorded when the table was created.
     Hand the result to :func:`~embed_assets.dagster.build_version_jobs` (``checks=``) and
-    a rollback evaluates the same checks on the version it makes.
+    a rollback evaluates the same checks on the version it makes. ``include`` picks
+    checks by name (default all); ``severities`` maps a check to ``ERROR`` (blocking) or
+    ``WARN``.
     """
+    known = (*INTEGRITY_CHECKS, *WARN_CHECKS)
+    for n in [*(include or []), *(severities or {})]:
+        if n not in known:
+            raise ValueError(f"unknown check {n!r}; the checks are {', '.join(known)}")
+    for n, sev in (severities or {}).items():
+        if sev not in ("ERROR", "WARN"):
+            raise ValueError(f"severity of {n}: ERROR or WARN, got {sev!r}")
     asset_key = AssetKey.from_coercible(asset)
     settings = EmbeddingCheckSettings(
         table=table or lance_table_name(asset_key), expected_dimension=expected_dimension,
         max_centroid_shift=max_centroid_shift, min_neighbour_overlap=min_neighbour_overlap,
-        drift_sample=drift_sample, max_unindexed_share=max_unindexed_share)
+        drift_sample=drift_sample, max_unindexed_share=max_unindexed_share,
+        include=tuple(include) if include is not None else None,
+        severities=tuple(sorted((severities or {}).items())))
     descriptions = settings.descriptions()
     spec_md = {CHECK_SETTINGS_KEY: MetadataValue.json(asdict(settings))}
-    specs = [AssetCheckSpec(n, asset=asset_key, blocking=n in INTEGRITY_CHECKS,
+    specs = [AssetCheckSpec(n, asset=asset_key, blocking=settings.blocking(n),
                             description=descriptions[n], metadata=spec_md)
-             for n in (*INTEGRITY_CHECKS, *WARN_CHECKS)]
+             for n in settings.enabled()]
 
     @multi_asset_check(specs=specs, name=name or f"{settings.table}_checks",
                        required_resource_keys={store_key})
@@ -199,7 +230,10 @@ def evaluate_embedding_checks(t: EmbeddingTable, asset_key: AssetKey,
     out.append(_index_freshness(t, version, result, settings.max_unindexed_share))
     out.append(_drift(t, version, tbl, mat, finite, result, settings.max_centroid_shift,
                       settings.min_neighbour_overlap, settings.drift_sample))
-    return out
+    enabled = settings.enabled()
+    return [AssetCheckResult(check_name=r.check_name, asset_key=r.asset_key, passed=r.passed,
+                             severity=settings.severity(str(r.check_name)), metadata=r.metadata)
+            for r in out if r.check_name in enabled]
 
 
 def _partition_table(parts: list[dict[str, Any]]) -> MetadataValue:

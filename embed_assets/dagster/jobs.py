@@ -11,7 +11,7 @@ op also reports a materialisation, so the asset page shows the rolled-back versi
 import enum
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from dagster import (
     AssetCheckEvaluation,
@@ -19,20 +19,35 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     Config,
+    DefaultSensorStatus,
+    DynamicPartitionsDefinition,
     Failure,
     JobDefinition,
+    MetadataValue,
     OpExecutionContext,
+    PartitionedConfig,
+    PartitionsDefinition,
     RunConfig,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    StaticPartitionsDefinition,
     job,
     op,
+    sensor,
 )
 from pydantic import Field
 
 from ..errors import EmbedAssetsError, VersionNotFoundError
 from ..store import EmbeddingTable
 from ._compat import CoercibleToAssetKey
-from .checks import INTEGRITY_CHECKS, EmbeddingCheckSettings, check_settings_of, evaluate_embedding_checks
-from .metadata import record_run_version, table_metadata
+from .checks import EmbeddingCheckSettings, check_settings_of, evaluate_embedding_checks
+from .metadata import (
+    PARTITION_ROW_COUNT_KEY,
+    ROW_COUNT_KEY,
+    record_run_version,
+    table_metadata,
+)
 
 # What a rollback op reports: the owning asset's new version, then its checks on it.
 RollbackEvent: TypeAlias = AssetMaterialization | AssetCheckEvaluation
@@ -121,7 +136,8 @@ def build_version_jobs(
     checks: Sequence[AssetChecksDefinition] = (),
     rollback_name: str = "rollback_table",
     tag_name: str = "tag_table_version",
-    per_table: bool = True,
+    per_table: bool | Sequence[str] = True,
+    partitioned: Mapping[str, tuple[PartitionsDefinition, str]] | None = None,
 ) -> list[JobDefinition]:
     """A rollback job, a tag job and (``per_table``) one rollback job per table in ``tables``.
 
@@ -140,6 +156,10 @@ def build_version_jobs(
         Also make ``rollback_<table>`` (:func:`rollback_job_name`) for each table in
         ``tables``: its config is only ``to``, default ``previous``, so it launches from the
         Launchpad as it opens. :func:`rollback_link` points an asset description at it.
+        A sequence of table names: those tables only.
+    partitioned : mapping of table name -> (partitions definition, partition column)
+        Tables behind partitioned assets: a rollback is recorded as one materialisation
+        per partition, each with that partition's row count.
     """
     owners = {t: (AssetKey.from_coercible(k) if k is not None else None)
               for t, k in (tables or {}).items()}
@@ -158,6 +178,8 @@ def build_version_jobs(
         if explicit:
             return AssetKey.from_user_string(explicit)
         return owners.get(table)
+
+    parts = dict(partitioned or {})
 
     def _rollback(context: OpExecutionContext, table: str, to: str,
                   asset_key: str | None) -> Iterator[RollbackEvent]:
@@ -183,12 +205,18 @@ def build_version_jobs(
         context.log.info(f"rolled {table} back to v{target}{asked}: new latest v{new} "
                          f"(was v{before}{rebuilt})\n{table} after:\n{_listing(t)}")
         record_run_version(context, table, new)
+        sync_version_choices(context, t)
         key = _owner(table, asset_key)
         if key is None:
             return
         md = table_metadata(t, version=new, extra={"rollback_to": target, "rollback_from": before})
-        yield AssetMaterialization(asset_key=key, metadata=md,
-                                   description=f"rollback to version {target}")
+        if table in parts:
+            # one event per partition, each with its own row count: each partition's page
+            # then shows the restored version
+            yield from _partition_materialisations(t, key, new, target, md, *parts[table])
+        else:
+            yield AssetMaterialization(asset_key=key, metadata=md,
+                                       description=f"rollback to version {target}")
         settings = checked.get(key)
         if settings is not None and settings.table == table:
             yield from _check_events(t, key, settings)
@@ -198,10 +226,12 @@ def build_version_jobs(
     @op(name=f"{rollback_name}_op", required_resource_keys={store_key}, out={})
     def rollback_op(context: OpExecutionContext,
                     config: rollback_config) -> Iterator[RollbackEvent]:  # type: ignore[valid-type]
-        yield from _rollback(context, _plain(config.table), config.to, config.asset_key)
+        cfg = cast(RollbackConfig, config)  # _rollback_config's class: a RollbackConfig
+        yield from _rollback(context, _plain(cfg.table), cfg.to, cfg.asset_key)
 
     @op(name=f"{tag_name}_op", required_resource_keys={store_key})
     def tag_op(context: OpExecutionContext, config: tag_config) -> None:  # type: ignore[valid-type]
+        config = cast(TagConfig, config)  # _tag_config's class: a TagConfig
         table = _plain(config.table)
         store = getattr(context.resources, store_key).get_store()
         try:
@@ -228,7 +258,8 @@ def build_version_jobs(
 
     jobs = [rollback_job, tag_job]
     if per_table:
-        jobs += [_table_rollback_job(table, key, _rollback, store_key) for table, key in owners.items()]
+        chosen = owners if per_table is True else {t: owners[t] for t in per_table}
+        jobs += [_table_rollback_job(table, key, _rollback, store_key) for table, key in chosen.items()]
     return jobs
 
 
@@ -263,7 +294,7 @@ def _rollback_config(table_type: Any) -> type[Config]:
         return RollbackConfig
 
     class StoreRollbackConfig(RollbackConfig):
-        table: table_type = Field(description="store table to roll back")  # type: ignore[valid-type]
+        table: table_type = Field(description="store table to roll back")
 
     return StoreRollbackConfig
 
@@ -273,7 +304,7 @@ def _tag_config(table_type: Any) -> type[Config]:
         return TagConfig
 
     class StoreTagConfig(TagConfig):
-        table: table_type = Field(description="store table")  # type: ignore[valid-type]
+        table: table_type = Field(description="store table")
 
     return StoreTagConfig
 
@@ -286,8 +317,180 @@ def _check_events(t: EmbeddingTable, key: AssetKey,
     for r in results:
         yield AssetCheckEvaluation(
             asset_key=key, check_name=str(r.check_name), passed=bool(r.passed),
-            metadata=r.metadata, severity=r.severity, blocking=r.check_name in INTEGRITY_CHECKS)
-    failed = [r.check_name for r in results if not r.passed and r.check_name in INTEGRITY_CHECKS]
+            metadata=r.metadata, severity=r.severity, blocking=settings.blocking(str(r.check_name)))
+    failed = [str(r.check_name) for r in results if not r.passed and settings.blocking(str(r.check_name))]
     if failed:
         raise Failure(f"rolled {t.name} back, but the new version fails blocking checks: "
                       f"{', '.join(failed)}; roll back to another version")
+
+
+def _partition_materialisations(t: EmbeddingTable, key: AssetKey, version: int, target: int,
+                                md: Mapping[str, Any], partitions_def: PartitionsDefinition,
+                                column: str) -> Iterator[AssetMaterialization]:
+    """A rollback of a partitioned table as one materialisation per partition key."""
+    col = t.read(version, columns=[column]).column(column)
+    counts: dict[str, int] = {}
+    for v in col.to_pylist():
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    if isinstance(partitions_def, StaticPartitionsDefinition):
+        keys = partitions_def.get_partition_keys()
+    else:  # time windows and dynamic partitions: the keys the table holds rows of
+        keys = sorted(counts)
+    for pk in keys:
+        rows = counts.get(pk, 0)
+        yield AssetMaterialization(
+            asset_key=key, partition=pk,
+            metadata={**md, ROW_COUNT_KEY: MetadataValue.int(rows),
+                      PARTITION_ROW_COUNT_KEY: MetadataValue.int(rows),
+                      "table_rows": MetadataValue.int(t.dataset(version).count_rows())},
+            description=f"rollback to version {target}")
+
+
+# -- the table's versions as Launchpad choices ------------------------------------------------
+# The restore_<table> and tag_<table> jobs are partitioned by the table's versions: the
+# Launchpad's partition menu lists them (version, tags, rows, model, run, time) and a
+# click picks one, with nothing typed. Dynamic partitions, because they change with
+# every write: the embedding asset, the rollback and tag ops and a sensor (for writes
+# from outside Dagster: the CLI, Python) keep them equal to the store's versions.
+MAX_CHOICES = 50
+_CHOICE = re.compile(r"^v(\d+)\b")
+
+
+def versions_partitions_name(table: str) -> str:
+    return f"versions_{table}"
+
+
+def version_choice(t: EmbeddingTable, info: Any) -> str:
+    """One version as a Launchpad choice:
+    ``v3 [prod] | 2040 rows | model | run 1a2b3c4d | 2026-12-07 14:41 UTC``."""
+    tags = f" [{', '.join(info.tags)}]" if info.tags else ""
+    run = (info.properties.get("run_id") or "")[:8] or "-"
+    try:
+        model = t.meta_at(info.version).model or "?"
+    except Exception:  # a version whose schema cannot be read still gets a choice
+        model = "?"
+    when = info.timestamp.strftime("%Y-%m-%d %H:%M UTC")
+    return f"v{info.version}{tags} | {info.rows} rows | {model} | run {run} | {when}"
+
+
+def version_from_choice(choice: str) -> int:
+    m = _CHOICE.match(choice.strip())
+    if not m:
+        raise Failure(f"{choice!r} is not a version choice (v<N> | ...)")
+    return int(m.group(1))
+
+
+def sync_version_choices(context: Any, t: EmbeddingTable) -> None:
+    """Make the dynamic partitions ``versions_<table>`` the latest versions of ``t``, newest
+    first in the menu. Never fails the caller: the choices are a convenience."""
+    instance = getattr(context, "instance", None)
+    if instance is None:
+        return
+    name = versions_partitions_name(t.name)
+    try:
+        wanted = [version_choice(t, v) for v in t.versions()[-MAX_CHOICES:]]
+        have = list(instance.get_dynamic_partitions(name))
+        if have == wanted:
+            return
+        # Dagster lists dynamic partitions in the order they were added: rewrite them all
+        # when anything changed (tens of rows), so the menu stays ordered by version.
+        for k in have:
+            instance.delete_dynamic_partition(name, k)
+        instance.add_dynamic_partitions(name, wanted)
+    except Exception as exc:
+        context.log.warning(f"could not refresh the version choices of {t.name}: {exc}")
+
+
+def version_choices_sensor(name: str, tables: Mapping[str, Any], *, store_key: str = "embed_store",
+                           interval_seconds: int = 60) -> SensorDefinition:
+    """A sensor that keeps the version choices of ``tables`` equal to the store's versions
+    (writes made outside Dagster included); it never requests a run."""
+
+    @sensor(name=name, minimum_interval_seconds=interval_seconds, required_resource_keys={store_key},
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Keeps the version menus of the restore_/tag_ Launchpads equal to the store.")
+    def _sensor(context: SensorEvaluationContext) -> SkipReason:
+        store = getattr(context.resources, store_key).get_store()
+        done = []
+        for table in tables:
+            if store.exists(table):
+                sync_version_choices(context, store.table(table))
+                done.append(table)
+        return SkipReason(f"version choices refreshed: {', '.join(done) or 'no table yet'}")
+
+    return _sensor
+
+
+class RestoreConfig(Config):
+    """Nothing to type: the version is the partition picked in the Launchpad."""
+
+
+class TableTagConfig(Config):
+    """Tag the version picked in the Launchpad's partition menu."""
+
+    tag: str = Field(description="tag name (starts with a letter or '_')")
+    move: bool = Field(default=False, description="move the tag if it already points elsewhere")
+    remove: bool = Field(default=False, description="delete this tag (from whichever version holds it)")
+
+
+def build_table_jobs(owners: Mapping[str, AssetKey | None], *,
+                     checks: Sequence[AssetChecksDefinition] = (), store_key: str = "embed_store",
+                     partitioned: Mapping[str, tuple[PartitionsDefinition, str]] | None = None,
+                     ) -> list[JobDefinition]:
+    """Per table: ``rollback_<table>`` (to the previous version, launches as it opens),
+    ``restore_<table>`` (to the version picked in the Launchpad) and ``tag_<table>`` (tag
+    the version picked), the asset's checks run after a rollback or restore."""
+    jobs = build_version_jobs(tables=owners, checks=checks, store_key=store_key,
+                              partitioned=partitioned, per_table=True,
+                              rollback_name="rollback_table_" + "_".join(sorted(owners))[:60],
+                              tag_name="tag_table_" + "_".join(sorted(owners))[:60])
+    per_table = jobs[2:]  # the rollback_<table> jobs; the generic pair stays out
+    rollback_op_of = {j.name: j for j in per_table}
+    out: list[JobDefinition] = list(per_table)
+    for table in owners:
+        parts = DynamicPartitionsDefinition(name=versions_partitions_name(table))
+        out.append(_restore_job(table, parts, rollback_op_of[rollback_job_name(table)]))
+        out.append(_tag_job(table, parts, store_key))
+    return out
+
+
+def _restore_job(table: str, parts: DynamicPartitionsDefinition, rollback: JobDefinition) -> JobDefinition:
+    """``restore_<table>``: the rollback op of ``rollback_<table>``, its target the picked version."""
+    node = rollback.graph.node_defs[0]
+    op_name = node.name
+
+    @job(name=f"restore_{table}", partitions_def=parts,
+         description=f"Make a version of store table `{table}` the latest again: pick it in the "
+                     "Launchpad's partition menu (version, tags, rows, model, run, time), then "
+                     "Launch Run; the asset's checks run on the new version.",
+         config=PartitionedConfig(partitions_def=parts, run_config_for_partition_key_fn=lambda key: {
+             "ops": {op_name: {"config": {"to": str(version_from_choice(key))}}}}))
+    def restore_job() -> None:
+        node()
+
+    return restore_job
+
+
+def _tag_job(table: str, parts: DynamicPartitionsDefinition, store_key: str) -> JobDefinition:
+    @op(name=f"tag_{table}_op", required_resource_keys={store_key})
+    def tag_op(context: OpExecutionContext, config: TableTagConfig) -> None:
+        version = version_from_choice(context.partition_key)
+        t = getattr(context.resources, store_key).get_store().table(table)
+        try:
+            if config.remove:
+                v = t.untag(config.tag)
+                context.log.info(f"removed tag {config.tag!r} (was on v{v})")
+            else:
+                v = (t.retag if config.move else t.tag)(config.tag, version)
+                context.log.info(f"tagged v{v} of {table} as {config.tag!r}")
+        except EmbedAssetsError as exc:
+            raise Failure(str(exc)) from None
+        sync_version_choices(context, t)
+
+    @job(name=f"tag_{table}", partitions_def=parts,
+         description=f"Tag a version of store table `{table}`: pick it in the Launchpad's "
+                     "partition menu, name the tag.")
+    def tag_job() -> None:
+        tag_op()
+
+    return tag_job

@@ -24,6 +24,8 @@ from dagster import (
     DagsterInstance,
     MetadataValue,
     TableColumn,
+    TableColumnDep,
+    TableColumnLineage,
     TableSchema,
 )
 
@@ -49,6 +51,7 @@ ROW_COUNT_KEY = "dagster/row_count"
 PARTITION_ROW_COUNT_KEY = "dagster/partition_row_count"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
 TABLE_NAME_KEY = "dagster/table_name"
+URI_KEY = "dagster/uri"
 # Run tag prefix: ``embed_assets/version/<table>`` = the version a run wrote (run -> version).
 RUN_TAG_PREFIX = "embed_assets/version/"
 # Points drawn in the projection; more only slows the PNG down and hides nothing.
@@ -81,11 +84,20 @@ def column_schema(schema: pa.Schema) -> TableSchema:
     return TableSchema(columns=cols)
 
 
+def column_lineage(source: AssetKey, column: str) -> TableColumnLineage:
+    """``vector`` <- ``source.column``: the embedding is computed from that one column."""
+    return TableColumnLineage(deps_by_column={
+        VECTOR_COLUMN: [TableColumnDep(asset_key=source, column_name=column)]})
+
+
 def standard_table_metadata(*, row_count: int | None = None, column_schema: TableSchema | None = None,
                             table_name: str | None = None,
-                            partition_row_count: int | None = None) -> dict[str, MetadataValue]:
+                            partition_row_count: int | None = None,
+                            uri: str | None = None) -> dict[str, MetadataValue]:
     """Dagster's standard table entries (``dagster/row_count``, ...), for those given."""
     out: dict[str, MetadataValue] = {}
+    if uri is not None:
+        out[URI_KEY] = MetadataValue.text(uri)
     if column_schema is not None:
         out[COLUMN_SCHEMA_KEY] = MetadataValue.table_schema(column_schema)
     if row_count is not None:
@@ -184,8 +196,14 @@ def table_metadata(
     extra: Mapping[str, Any] | None = None,
     label_column: str | None = None,
     plot: bool = True,
+    preview_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The metadata of a materialisation that left ``table`` at ``version`` (latest by default)."""
+    """The metadata of a materialisation that left ``table`` at ``version`` (latest by default).
+
+    ``preview_columns``: the columns the preview shows first (key, text, label); the
+    provenance columns (``_*``) are left out of the preview, which a reader uses to see
+    what was embedded (they stay in the column schema).
+    """
     version = table.version if version is None else version
     ds = table.dataset(version)
     rows = ds.count_rows()
@@ -194,7 +212,8 @@ def table_metadata(
         out.update(_write_entries(write))
     out.update(extra or {})
     if rows:
-        out.update(_sample_entries(table, ds, version, rows, label_column=label_column, plot=plot))
+        out.update(_sample_entries(table, ds, version, rows, label_column=label_column, plot=plot,
+                                   preview_columns=preview_columns))
     return out
 
 
@@ -207,8 +226,10 @@ def _version_entries(table: EmbeddingTable, version: int, rows: int, schema: pa.
         VERSION_KEY: MetadataValue.int(version),
         TAGS_KEY: MetadataValue.text(", ".join(tags) if tags else "(none)"),
         WRITER_RUN_KEY: MetadataValue.text(props.get("run_id", "")),
+        # table_name: what SQL reads (``FROM debian_embeddings``, ``"name@N"``); uri: what
+        # lancedb / pylance / DuckDB's lance extension open, at ``lance/version``.
         **standard_table_metadata(row_count=rows, column_schema=column_schema(schema),
-                                  table_name=table.uri),
+                                  table_name=table.name, uri=table.uri),
         "dimension": MetadataValue.int(int(meta.dimension)),
         "model": MetadataValue.text(meta.model or "(not recorded)"),
         "metric": MetadataValue.text(meta.metric),
@@ -228,11 +249,11 @@ def _write_entries(write: WriteResult) -> dict[str, Any]:
 
 
 def _sample_entries(table: EmbeddingTable, ds: lance.LanceDataset, version: int, rows: int, *,
-                    label_column: str | None, plot: bool) -> dict[str, Any]:
+                    label_column: str | None, plot: bool,
+                    preview_columns: Sequence[str] | None = None) -> dict[str, Any]:
     """A preview and (with ``plot``) the projection, from one bounded, deterministic sample."""
     sample = ds.take(_sample_indices(rows, MAX_PLOT_POINTS))
-    visible = [c for c in sample.column_names if c != VECTOR_COLUMN] + (
-        [VECTOR_COLUMN] if VECTOR_COLUMN in sample.column_names else [])
+    visible = preview_column_order(sample.column_names, table.meta.key, preview_columns)
     out: dict[str, Any] = {PREVIEW_KEY: MetadataValue.md(preview_markdown(sample.select(visible)))}
     if not plot or VECTOR_COLUMN not in sample.column_names or sample.num_rows < 2:
         return out
@@ -245,6 +266,44 @@ def _sample_entries(table: EmbeddingTable, ds: lance.LanceDataset, version: int,
                              title=f"{table.name} v{version} ({sample.num_rows} of {rows} rows)")
         out[PROJECTION_KEY] = projection_markdown(png)
     return out
+
+
+def preview_column_order(names: Sequence[str], key: str | None,
+                         first: Sequence[str] | None = None) -> list[str]:
+    """The preview's columns: key, then ``first`` (text, label), then the other user
+    columns, then the vector; provenance columns (``_*``) are left out: they are the
+    same in every row of a run and push the text off the screen."""
+    head = [c for c in [key, *(first or [])] if c and c in names]
+    head = list(dict.fromkeys(head))
+    rest = [c for c in names if c not in head and c != VECTOR_COLUMN and not c.startswith("_")]
+    return head + rest + ([VECTOR_COLUMN] if VECTOR_COLUMN in names else [])
+
+
+def latest_version_markdown(table: EmbeddingTable, *, label_column: str | None = None,
+                            points: int = 1000) -> str:
+    """The latest user version of ``table`` as markdown: number, tags, rows, model, run,
+    time, and the 2-D projection of a bounded sample as an inline picture."""
+    info = table.versions()[-1]
+    ds = table.dataset(info.version)
+    tags = f" [{', '.join(info.tags)}]" if info.tags else ""
+    model = table.meta_at(info.version).model or "?"
+    when = info.timestamp.strftime("%Y-%m-%d %H:%M UTC")
+    run = (info.properties.get("run_id") or "-")[:8]
+    text = (f"**Latest version when this code location loaded: v{info.version}{tags}**, "
+            f"{info.rows:,} rows, model `{model}`, run `{run}`, {when}. (Reload the code "
+            "location to refresh this paragraph; the Metadata below is always current.)")
+    if info.rows < 2 or VECTOR_COLUMN not in ds.schema.names:
+        return text
+    sample = ds.take(_sample_indices(info.rows, points))
+    vecs = np.asarray(sample.column(VECTOR_COLUMN).combine_chunks().flatten()
+                      .to_numpy(zero_copy_only=False)).reshape(sample.num_rows, -1)
+    if not np.isfinite(vecs).all():
+        return text
+    lab = _label_column(sample, table.meta.key, label_column)
+    png = projection_png(vecs, sample.column(lab).to_pylist() if lab else None,
+                         title=f"{table.name} v{info.version} ({sample.num_rows} of {info.rows} rows)")
+    return f"{text}\n\n![2-D PCA projection of v{info.version}]" \
+           f"(data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def _sample_indices(rows: int, limit: int) -> list[int]:

@@ -4,6 +4,7 @@ process, streamed with resumable commits, or on Ray."""
 
 from ._backends import EMBED_BACKENDS, default_embedder
 from ._decode import BadImage, BadImagePolicy, decode_image, image_hash
+from ._efficientnet import EfficientNetEmbedder, default_image_embedder
 from ._embedders import (
     DEFAULT_MODEL,
     Embedder,
@@ -14,6 +15,8 @@ from ._embedders import (
 )
 from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
 from ._gpu import FastTorchEmbedder
+from ._image_guard import ImageLimits
+from ._image_io import image_source, neighbours_png, search_by_image, stored_images
 from ._images import (
     ImageEmbedder,
     ImageEmbedResult,
@@ -44,6 +47,7 @@ __all__ = [
     "PROVENANCE_COLUMNS",
     "BadImage",
     "BadImagePolicy",
+    "EfficientNetEmbedder",
     "EmbedMode",
     "EmbedResult",
     "Embedder",
@@ -53,6 +57,7 @@ __all__ = [
     "HashEmbedder",
     "ImageEmbedResult",
     "ImageEmbedder",
+    "ImageLimits",
     "InProcess",
     "OnRay",
     "OnnxEmbedder",
@@ -67,12 +72,17 @@ __all__ = [
     "content_hash",
     "decode_image",
     "default_embedder",
+    "default_image_embedder",
     "embed_images",
     "embed_table",
     "embed_table_ray",
     "fit_pixel_pca",
     "image_grid_png",
     "image_hash",
+    "image_source",
     "model_cache_dir",
     "model_change",
+    "neighbours_png",
+    "search_by_image",
+    "stored_images",
 ]

@@ -12,8 +12,9 @@ A source column of images may hold, per row:
 
 Bad images
 ----------
-Unreadable bytes, missing files, zero-size images, arrays of the wrong shape or range
-are found before the model runs. Like blank texts, they are refused by default with an
+Unreadable bytes, missing files, zero-size images, arrays of the wrong shape or range,
+and what :mod:`._image_guard` refuses (decompression bombs, placeholders, SVG) are found
+before the model runs. Like blank texts, they are refused by default with an
 error naming their keys and the reason (``on_bad="error"``), or left out and reported
 (``on_bad="skip"``).
 """
@@ -21,7 +22,6 @@ error naming their keys and the reason (``on_bad="error"``), or left out and rep
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,16 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import ValidationError
+from ._image_guard import DEFAULT_LIMITS, BadImage, ImageLimits, check_header, open_checked, to_8bit
 
 if TYPE_CHECKING:  # Pillow is imported when images are decoded, not with the package
     from PIL.Image import Image
 
 BadImagePolicy = Literal["error", "skip"]
 IMAGE_MODES = ("RGB", "L")
-
-
-class BadImage(ValueError):
-    """One image that cannot be used, with the reason (collected per key by the pipeline)."""
 
 
 def pil() -> Any:
@@ -111,14 +108,15 @@ def image_hash(value: Any) -> str:
     return h.hexdigest()
 
 
-def decode_image(value: Any, mode: str = "RGB") -> Image:
+def decode_image(value: Any, mode: str = "RGB", limits: ImageLimits = DEFAULT_LIMITS) -> Image:
     """One image input (bytes, path, array or Pillow image) as a Pillow image in ``mode``.
 
     Raises
     ------
     BadImage
-        With the reason: unreadable or truncated bytes, a missing file, a zero-size
-        image, an array that is not an image, a mode that cannot be converted.
+        With the reason: unreadable or truncated bytes, a missing file, an image too
+        large (a decompression bomb) or too small, SVG, an array that is not an image,
+        a mode that cannot be converted (see :class:`ImageLimits`).
     """
     if mode not in IMAGE_MODES:
         raise ValidationError(f"image mode must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
@@ -128,21 +126,14 @@ def decode_image(value: Any, mode: str = "RGB") -> Image:
     if isinstance(value, str | os.PathLike):
         value = _read_path(os.fspath(value))
     if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        if not raw:
-            raise BadImage("empty (0 bytes)")
-        try:
-            im = PILImage.open(io.BytesIO(raw))
-            im.load()  # decode now: a truncated file fails here, not inside the model
-        except Exception as exc:  # Pillow raises several types for bad data
-            raise BadImage(f"unreadable image ({type(exc).__name__}: {exc})") from None
-    elif isinstance(value, PILImage.Image):
-        im = value
+        im = open_checked(bytes(value), limits)
     else:
-        arr = _as_array(value)
-        im = PILImage.fromarray(arr, "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA"))
-    if im.width == 0 or im.height == 0:
-        raise BadImage(f"zero-size image ({im.width}x{im.height})")
+        if isinstance(value, PILImage.Image):
+            im = to_8bit(value)
+        else:
+            arr = _as_array(value)
+            im = PILImage.fromarray(arr, "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA"))
+        check_header(im, limits)
     if im.mode != mode:
         try:
             # Transparent pixels are composited on white, the usual "no background".
@@ -169,7 +160,8 @@ class LoadedImages:
 
 
 def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB",
-                on_bad: BadImagePolicy = "error", keep_decoded: bool = True) -> LoadedImages:
+                on_bad: BadImagePolicy = "error", keep_decoded: bool = True,
+                limits: ImageLimits = DEFAULT_LIMITS) -> LoadedImages:
     """Decode and hash every image; refuse (``"error"``) or leave out (``"skip"``) bad ones.
 
     ``keep_decoded=False`` keeps the encoded inputs instead of the decoded images: a
@@ -188,7 +180,7 @@ def load_images(keys: Sequence[Any], values: Sequence[Any], *, mode: str = "RGB"
         try:
             if isinstance(v, str | os.PathLike):
                 v = _read_path(os.fspath(v))  # read once: decoded and hashed from the same bytes
-            im = decode_image(v, mode)
+            im = decode_image(v, mode, limits)
             h = image_hash(v)
         except BadImage as exc:
             out.bad.append((k, str(exc)))

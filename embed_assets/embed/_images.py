@@ -35,6 +35,7 @@ from ..store import VECTOR_COLUMN, as_arrow, validate_keys
 from ._cnn_arch import ARTEFACT_FORMAT, build_encoder, weights_hash
 from ._decode import IMAGE_MODES, BadImagePolicy, decode_image, load_images, pil
 from ._embedders import Model, SentenceTransformerEmbedder
+from ._image_guard import DEFAULT_LIMITS, ImageLimits
 from ._plan import EmbedResult
 
 if TYPE_CHECKING:  # Pillow is imported when images are decoded, not with the package
@@ -76,6 +77,7 @@ class _HashedImages:
     model: Any
     by_hash: dict[str, Any]
     mode: str
+    limits: ImageLimits = DEFAULT_LIMITS
 
     def __getattr__(self, attr: str) -> Any:
         if attr in ("name", "revision", "dimension"):
@@ -83,7 +85,7 @@ class _HashedImages:
         raise AttributeError(attr)
 
     def embed(self, hashes: Sequence[str]) -> np.ndarray:
-        images = [decode_image(self.by_hash[h], self.mode) for h in hashes]
+        images = [decode_image(self.by_hash[h], self.mode, self.limits) for h in hashes]
         return np.asarray(self.model.embed_images(images), np.float32)
 
 
@@ -133,21 +135,26 @@ class ImageSource:
         return ImageEmbedResult(**fields, bad_images=self.bad)
 
 
-def prepare_images(data: Any, *, key: str, image: str, embedder: ImageEmbedder,
-                   columns: Sequence[str] | None, on_bad: BadImagePolicy) -> ImageSource:
+def prepare_images(data: Any, *, key: str, image: str, embedder: ImageEmbedder | None,
+                   columns: Sequence[str] | None, on_bad: BadImagePolicy,
+                   limits: ImageLimits = DEFAULT_LIMITS) -> ImageSource:
     """Decode and hash every image of ``data[image]`` (bad ones refused or left out, as
     ``on_bad`` says) for :func:`~embed_assets.embed_table` with ``image=``.
 
     The kept columns default to all, the image column too when Arrow can store it
-    (bytes, paths, pixel lists)."""
+    (bytes, paths, pixel lists). No embedder: EfficientNet-Lite0 (ImageNet), the default."""
     tbl, values, storable = _split_source(data, image)
     if tbl.num_columns == 0 or key not in tbl.column_names:
         raise ValidationError(f"key column {key!r} not found; columns are "
                               f"{', '.join(tbl.column_names) or 'none'}")
     validate_keys(tbl, key)
+    if embedder is None:
+        from ._efficientnet import default_image_embedder
+
+        embedder = default_image_embedder()
     image_mode = getattr(embedder, "image_mode", "RGB")
     loaded = load_images(tbl.column(key).to_pylist(), values, mode=image_mode, on_bad=on_bad,
-                         keep_decoded=False)
+                         keep_decoded=False, limits=limits)
     if loaded.bad:
         tbl = tbl.take(pa.array(loaded.indices, pa.int64()))
     src = tbl.append_column(IMAGE_HASH_COLUMN, pa.array(loaded.hashes, pa.string()))
@@ -155,7 +162,7 @@ def prepare_images(data: Any, *, key: str, image: str, embedder: ImageEmbedder,
         columns = [c for c in src.column_names if c != key and c != VECTOR_COLUMN
                    and not c.startswith("_") and (storable or c != image)]
     hashed = _HashedImages(embedder, dict(zip(loaded.hashes, loaded.images, strict=True)),
-                           image_mode)
+                           image_mode, limits)
     return ImageSource(src, hashed, list(columns), loaded.bad)
 
 
@@ -230,8 +237,9 @@ class PixelEmbedder:
         out = np.empty((len(images), self._pixels), np.float32)
         for i, im in enumerate(images):
             im = im.convert(self.image_mode)
-            if im.size != tuple(self.size):
-                im = im.resize(tuple(self.size), PILImage.Resampling.BILINEAR)
+            w, h = self.size
+            if im.size != (w, h):
+                im = im.resize((w, h), PILImage.Resampling.BILINEAR)
             out[i] = np.asarray(im, np.float32).reshape(-1) / 255.0
         return out
 
@@ -300,7 +308,7 @@ class TorchImageEmbedder:
 
     path: str
     size: tuple[int, int] | None = None
-    image_mode: str | None = None  # type: ignore[assignment]
+    image_mode: str | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     device: str = "cpu"
@@ -351,7 +359,8 @@ class TorchImageEmbedder:
             with open(self.path, "rb") as fh:
                 self._revision = hashlib.blake2b(fh.read(), digest_size=8).hexdigest()
             self.name = self.name or os.path.basename(self.path)
-        self.size = tuple(self.size or spec.get("size") or (224, 224))  # type: ignore[assignment]
+        w, h = self.size or spec.get("size") or (224, 224)
+        self.size = (int(w), int(h))
         self.image_mode = self.image_mode or spec.get("image_mode") or "RGB"
         if self.image_mode not in IMAGE_MODES:
             raise ValidationError(f"image_mode must be one of {', '.join(IMAGE_MODES)}")

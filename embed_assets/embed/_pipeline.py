@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ValidationError
 from ..store import Store
-from ._embedders import EmptyTextPolicy
+from ._backends import default_embedder
+from ._embedders import Embedder, EmptyTextPolicy
 from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
+from ._image_guard import DEFAULT_LIMITS, ImageLimits
 from ._images import IMAGE_HASH_COLUMN, BadImagePolicy, ImageEmbedder, ImageEmbedResult, prepare_images
 from ._plan import EmbedJob, EmbedMode, EmbedPlan, EmbedResult, Executor, is_stream_source
 from ._ray import DEFAULT_MAX_RETRIES, OnRay, RayEmbedResult
@@ -28,7 +30,7 @@ def embed_table(
     key: str,
     text: str | None = None,
     image: str | None = None,
-    embedder: Any,
+    embedder: Embedder | ImageEmbedder | str | None = None,
     mode: EmbedMode = "upsert",
     columns: Sequence[str] | None = None,
     partition: tuple[str, Any] | None = None,
@@ -38,6 +40,7 @@ def embed_table(
     executor: Executor | None = None,
     commit_every: int | None = None,
     progress: bool | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> EmbedResult:
     """Embed ``data[text]`` (or the images of ``data[image]``) keyed by ``data[key]`` into
     table ``name``; only new or changed rows reach the model (:mod:`~embed_assets.embed._plan`).
@@ -66,6 +69,10 @@ def embed_table(
         How the run goes (see ``docs/embedding.md``): in this process with one commit,
         streamed in groups of rows with resumable commits, or the model on a Ray cluster.
         Default: ``Streamed`` for a Parquet path or with ``commit_every``, else ``InProcess``.
+    embedder
+        The model; for images it may be left out: EfficientNet-Lite0 (ImageNet).
+    limits : ImageLimits
+        For images: size bounds (decompression bombs, placeholders) and animations.
     commit_every, progress
         Shorthand for ``executor=Streamed(commit_every, progress)``: commit every this
         many rows, so an interrupted run resumes without re-embedding committed rows
@@ -85,13 +92,21 @@ def embed_table(
     """
     if (text is None) == (image is None):
         raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
+    if isinstance(embedder, str) and text is not None:  # a model name, as the CLI's --model takes
+        embedder = default_embedder(embedder)
+    # an image embedder embeds images (embed_images), a text one texts (embed)
+    if not callable(getattr(embedder, "embed" if image is None else "embed_images", None)):
+        raise ValidationError(
+            f"embedder must be an embedder object (SentenceTransformerEmbedder(), HashEmbedder(), "
+            f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
     images = None
     if image is not None:  # the plan keys rows on the images' hashes, its hidden "text"
-        images = prepare_images(data, key=key, image=image, embedder=embedder, columns=columns,
-                                on_bad=on_empty)
+        images = prepare_images(data, key=key, image=image, embedder=cast(ImageEmbedder, embedder),
+                                columns=columns, on_bad=on_empty, limits=limits)
         data, embedder, columns = images.table, images.embedder, images.columns
         properties = {"input_kind": "image", "image_column": image, **(properties or {})}
-    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN, embedder=embedder,
+    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN,
+                   embedder=cast(Embedder, embedder),  # for images: their view for the plan
                    mode=mode, columns=columns, partition=partition, on_empty=on_empty,
                    run_id=run_id or "", properties=properties or {})
     executor = _executor(executor, data, commit_every, progress)
@@ -116,7 +131,7 @@ def _executor(executor: Executor | None, data: Any, commit_every: int | None,
 
 
 def embed_images(store: Store, name: str, data: Any, *, key: str, image: str,
-                 embedder: ImageEmbedder, on_bad: BadImagePolicy = "error",
+                 embedder: ImageEmbedder | None = None, on_bad: BadImagePolicy = "error",
                  **kwargs: Any) -> ImageEmbedResult:
     """``embed_table(..., image=image, on_empty=on_bad)``: the images of ``data[image]``
     (bytes, file paths or pixel arrays) keyed by ``data[key]``, through the same plan,

@@ -11,7 +11,7 @@ provenance as Lance data files into the table's own directory
 (:func:`embed_assets.store._fragments.write_uncommitted`). It returns only the
 fragments' metadata. When every slice is done the driver commits all the fragments in
 one transaction through the store's commit path
-(:func:`~embed_assets.store._fragments.commit_fragments`): the table's writer lock, the
+(:func:`~embed_assets.store._fragments.commit_fragments`): the same fenced commit, the
 same refusals and the same provenance (model, revision, run id, row counts) as any
 write, one version.
 
@@ -23,8 +23,8 @@ shape, ...) is not retried: it would fail again. If a slice still fails, the oth
 are cancelled, the files of the fragments already written are deleted, and
 :class:`RayEmbedError` says which slice failed and why: no version is committed, the
 table stays exactly as it was. Files of attempts that died mid-write are referenced by
-no version, so no reader ever sees them, and ``cleanup`` deletes them once they are older
-than its grace period (they count as ``orphan_files``).
+no version, so no reader ever sees them, and ``cleanup`` deletes them after Lance's 7
+days, or at once with ``grace=0`` (they count as ``orphan_files``).
 
 Addresses
 ---------

@@ -158,6 +158,7 @@ def build_index(
     pinned_fp = fingerprint(pinned)
     sample = _held_out(table, pinned, meta.metric, k, sample_queries, seed)
     params = {**default_params(rows, meta.dimension, index_type), **overrides}
+    hook("read")
     # create_index moves the handle it is called on to the version it commits: train on
     # a handle of its own, so `pinned` stays the version read.
     ds = _train(pinned.checkout_version(pinned.version), index_type, meta.metric, params, report,
@@ -185,7 +186,7 @@ def build_index(
     return report
 
 
-# Test seam: called with a stage name ("trained", "tuned") between a build's steps, so a
+# Test seam: called with a stage name ("read", "trained", "tuned") between a build's steps, so a
 # test can commit a write at an exact point of a build. None in normal use.
 BUILD_HOOK: Callable[[str], None] | None = None
 

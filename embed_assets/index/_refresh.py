@@ -81,6 +81,8 @@ def partition_freshness(table: EmbeddingTable) -> list[dict[str, Any]]:
         if covered and outside:
             for f in outside:
                 frag = ds.get_fragment(f)
+                if frag is None or column is None:  # gone since the listing; no partitions
+                    continue
                 vals = frag.to_table(columns=[column]).column(column).to_pylist()
                 unindexed += sum(1 for v in vals if v == p["value"])
         share = p["rows"] / total
@@ -171,6 +173,10 @@ def refresh_graph(table: EmbeddingTable) -> dict[str, Any] | None:
     fp = fingerprint(ds)
     if fp == p["graph_fingerprint"] and "graph_files" in p:
         return {"action": "fresh"}
+    if "graph_files" not in p:
+        return {"action": "stale", "reason": "the graph was recorded by an older embed_assets "
+                "(no checked files, a fingerprint that counted deletions, not which rows): "
+                "build_index rebuilds it"}
     old = _version_with(table, p["graph_fingerprint"], p.get("graph_version"))
     if old is None:
         return {"action": "stale", "reason": "the version the graph was built from is gone "

@@ -4,6 +4,7 @@ from ._ivf import Int8Rows, IvfProbe, default_rank
 from ._topk import (
     batch_distances,
     exact_topk,
+    exact_topk_batch,
     join_topk,
     mahalanobis_topk,
     normalize,
@@ -23,6 +24,7 @@ __all__ = [
     "batch_distances",
     "default_rank",
     "exact_topk",
+    "exact_topk_batch",
     "join_topk",
     "mahalanobis_topk",
     "normalize",

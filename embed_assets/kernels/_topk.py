@@ -296,3 +296,26 @@ def join_topk(left: np.ndarray, right: np.ndarray, k: int, metric: str,
         ri_parts.append(idx.ravel())
         d_parts.append(dist.ravel())
     return np.concatenate(li_parts), np.concatenate(ri_parts), np.concatenate(d_parts)
+
+
+def exact_topk_batch(mat: np.ndarray, queries: np.ndarray, k: int, metric: str,
+                     block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_topk` of many queries: (n, k) row offsets and distances, one GEMM per
+    block of queries (``mat`` rows unit for cosine, as the cache keeps them)."""
+    k = min(int(k), mat.shape[0])
+    n = len(queries)
+    idx_out = np.zeros((n, k), np.int64)
+    dist_out = np.zeros((n, k), np.float32)
+    sq = (mat * mat).sum(1)[None, :] if metric not in ("cosine", "dot") else None
+    for s in range(0, n, block):
+        q = np.asarray(queries[s:s + block], dtype=np.float32)
+        if metric == "cosine":
+            d = 1.0 - normalize_rows(q) @ mat.T
+        elif metric == "dot":
+            d = 1.0 - q @ mat.T
+        else:
+            d = (q * q).sum(1)[:, None] - 2 * (q @ mat.T) + sq
+        idx = top_k_rows(d, k)
+        idx_out[s:s + block] = idx
+        dist_out[s:s + block] = np.take_along_axis(d, idx, axis=1)
+    return idx_out, dist_out

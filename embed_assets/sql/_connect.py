@@ -16,6 +16,7 @@ from . import _native
 from ._connection import SQLConnection
 from ._files import EXTENSIONS, NATIVE_MACRO_FILES, STORE_MACRO_FILES, extension_path, load_macros
 from ._functions import register_functions
+from ._images import register_image_functions
 
 
 def connect(
@@ -100,6 +101,7 @@ def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_l
     ea_vec extension loaded, the macros that move the aggregates onto it."""
     load_macros(raw)
     register_functions(raw, con.registry)
+    register_image_functions(raw)
     con.publish_metadata()  # the (empty) view metadata the store macros read
     load_macros(raw, STORE_MACRO_FILES)
     if native_loaded:

@@ -54,6 +54,10 @@ def key_offsets(filt: pc.Expression, key: str, keys: np.ndarray, offsets: np.nda
 SELECTIVE_TAKE_ROWS = 4096
 
 
+def _is_blob(field: pa.Field) -> bool:
+    return "blob" in str(getattr(field.type, "extension_name", ""))
+
+
 class ScanDataset(lance.LanceDataset):
     """The Lance dataset of one version as DuckDB scans it (through ``scanner()``).
 
@@ -72,7 +76,21 @@ class ScanDataset(lance.LanceDataset):
         # The store's key for this version: the library-wide cache is shared with search.
         self.cache_key = VersionKey(str(uri), table_identity(self), self.version)
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema DuckDB reads the view by. A picture column kept with Lance's blob
+        encoding is reported as the bytes it holds: Lance's own schema gives it the blob
+        extension's storage struct while its scans return blob descriptions, and DuckDB,
+        reading one by the other, failed every ``SELECT *`` ("Strings over 4GB")."""
+        s = super().schema
+        if not any(_is_blob(f) for f in s):
+            return s
+        return pa.schema([pa.field(f.name, pa.large_binary(), f.nullable) if _is_blob(f) else f
+                          for f in s], metadata=s.metadata)
+
     def scanner(self, *args: Any, **kwargs: Any) -> Any:
+        # blob columns as their bytes (only when a query selects them: DuckDB projects)
+        kwargs.setdefault("blob_handling", "all_binary")
         filt = kwargs.get("filter")
         if filt is None:
             kwargs["filter"] = SCAN_ALL
@@ -89,6 +107,8 @@ class ScanDataset(lance.LanceDataset):
         names = list(columns) if columns is not None else schema.names
         if not names or any(c not in schema.names for c in names):
             return None
+        if any(_is_blob(f) for f in super().schema if f.name in names):
+            return None  # pictures come from Lance's own blob reader
         offsets = self._key_lookup(filt)
         if offsets is None:
             mem = CACHE.scalars(self.cache_key, self)

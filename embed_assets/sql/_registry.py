@@ -90,7 +90,7 @@ class Registry:
                         pass
                 seen = table_fingerprint(uri)
                 ds = ScanDataset(uri, storage_options=opts)
-                ds._ea_seen = seen  # type: ignore[attr-defined]
+                ds._ea_seen = seen
                 version = ds.version
             elif version_number(ref) is not None:
                 version = int(ref)

@@ -51,7 +51,7 @@ from ._search import BROAD_FILTER, Plan, VersionContext
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
 from ._subsets import row_addresses
 from ._table import EmbeddingTable, table_fingerprint, table_identity
-from ._validation import to_vector_array, validate_keys, validate_table_name, validate_tag
+from ._validation import as_duration, to_vector_array, validate_keys, validate_table_name, validate_tag
 from ._writes import check_partition
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "WriteResult",
     "absolute_uri",
     "as_arrow",
+    "as_duration",
     "centroids",
     "check_partition",
     "default_store_uri",

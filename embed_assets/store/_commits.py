@@ -28,16 +28,19 @@ with a conditional ``PUT``): no lease, no lock service. Index builds commit
 A conflict is retried: the write is planned again on the latest version, after a
 backoff with jitter, up to :data:`MAX_ATTEMPTS` times; the number of retries is in the
 result and in the version's provenance. Writers of one table on one machine also take
-an advisory ``fcntl`` lock (:func:`table_lock`), only so that they do not waste plans
-under contention: correctness never depends on it (``EMBED_ASSETS_WRITER_LOCK=0`` turns
-it off; the concurrency tests run without it).
+an advisory ``fcntl`` lock (:func:`table_lock`; for an object store a file in the
+machine's temporary folder), only so that they do not waste plans under contention:
+correctness never depends on it (``EMBED_ASSETS_WRITER_LOCK=0`` turns it off; the
+concurrency tests run without it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,24 +80,28 @@ def lock_enabled() -> bool:
 @contextlib.contextmanager
 def table_lock(store: StoreLocation, name: str) -> Iterator[None]:
     """Writers of one table on this machine take turns (a throughput optimisation only:
-    see the module docstring). Object stores: threads of this process take turns."""
+    see the module docstring). For an object store the lock file is in the machine's
+    temporary folder: writers on other machines are fenced by Lance alone."""
     if not lock_enabled():
         yield
         return
-    store_path = store.lock_path
-    if store_path is None:
-        with _thread_lock(f"{store.uri}/{name}"):
-            yield
-        return
     import fcntl
 
-    folder = os.path.join(store_path, LOCK_DIR)
+    store_path = store.lock_path
+    if store_path is not None:
+        folder = os.path.join(store_path, LOCK_DIR)
+    else:  # an object store: writers on this machine still take turns, through a local file
+        digest = hashlib.sha1(store.uri.encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), "embed_assets-locks", digest)
     path = os.path.join(folder, f"{name}.lock")
     with _thread_lock(path):
         try:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if store_path is None:  # only an optimisation: go on without it
+                yield
+                return
             raise StorageError(f"cannot take the writer lock of {name!r} at {path}: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -135,16 +142,44 @@ def fence(base: lance.LanceDataset, removed: list[int], updated: list[lance.Frag
     sentinel = min(f.fragment_id for f in frags)
     touched = {f.id for f in updated}
     if sentinel not in touched and sentinel not in removed:
-        updated = [*updated, base.get_fragment(sentinel).metadata]
+        frag = base.get_fragment(sentinel)
+        assert frag is not None  # one of base's own fragments
+        updated = [*updated, frag.metadata]
     return LanceOperation.Update(removed_fragment_ids=list(removed), updated_fragments=list(updated),
                                  new_fragments=list(new))
 
 
 def commit(base: lance.LanceDataset | str, op: LanceOperation.BaseOperation, read_version: int,
            props: dict[str, str], storage_options: dict[str, str] | None) -> lance.LanceDataset:
-    """Commit ``op`` as planned on ``read_version``."""
+    """Commit ``op`` as planned on ``read_version``.
+
+    A commit whose answer was lost (a dropped connection on an object store: the
+    manifest ``PUT`` reached the store, the client retried it and got 412) is reported
+    by Lance as a conflict or an I/O error although it landed. So a failed commit looks
+    for its own transaction (by uuid) among the versions after ``read_version`` and,
+    found, is a success: the write is not planned again on top of itself."""
     txn = lance.Transaction(read_version, op, transaction_properties=props)
-    return lance.LanceDataset.commit(base, txn, storage_options=storage_options)
+    try:
+        return lance.LanceDataset.commit(base, txn, storage_options=storage_options)
+    except BaseException:
+        landed = _landed(base, read_version, txn.uuid, storage_options)
+        if landed is None:
+            raise
+        return landed
+
+
+def _landed(base: lance.LanceDataset | str, read_version: int, txn_uuid: str,
+            storage_options: dict[str, str] | None) -> lance.LanceDataset | None:
+    uri = base.uri if isinstance(base, lance.LanceDataset) else base
+    try:
+        latest = lance.dataset(uri, storage_options=storage_options)
+        for v in range(read_version + 1, latest.version + 1):
+            t = latest.read_transaction(v)
+            if t is not None and t.uuid == txn_uuid:
+                return lance.dataset(uri, version=v, storage_options=storage_options)
+    except Exception:  # cannot tell: the commit's own error is the one to report
+        return None
+    return None
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -230,6 +230,7 @@ def _plan_and_commit(
         inserted, updated, deleted = rows, 0, existing.count_rows() if existing is not None else 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
     elif req.mode == "append":
+        assert existing is not None  # not a replace: the table exists
         clash = existing_keys(existing, req.key, pa.chunked_array([keys]).to_pylist())
         if clash:
             raise ValidationError(
@@ -240,6 +241,7 @@ def _plan_and_commit(
         inserted, updated, deleted = rows, 0, 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
     else:
+        assert existing is not None  # not a replace: the table exists
         op, updated, deleted = _update(req, existing, fragments, keys)
         inserted = rows - updated
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
@@ -297,7 +299,9 @@ def _update(
     for fid, ks in sorted(by_fragment.items()):
         # one delete per fragment: it writes the fragment's new deletion file (referenced
         # by nothing until the commit) and returns None when no row is left
-        new = existing.get_fragment(fid).delete(sqlx.in_list(req.key, ks))
+        frag = existing.get_fragment(fid)
+        assert frag is not None  # a fragment of the version the keys were read from
+        new = frag.delete(sqlx.in_list(req.key, ks))
         if new is None:
             removed.append(fid)
         else:

@@ -60,29 +60,52 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
               for k, v in opts.items() if k not in _CLIENT_KEYS}
     for _ in range(len(config) + 1):
         try:
-            store = from_url(uri, config=config or None, client_options=client or None)
+            # user-given option names: obstore checks them at run time, its TypedDicts cannot
+            store = from_url(uri, config=config or None,  # type: ignore[arg-type]
+                             client_options=client or None)  # type: ignore[arg-type]
             break
         except BaseException as exc:  # obstore raises a pyo3 PanicException for some keys
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             key = _unknown_key(exc)
             if key is None or key not in config:
-                raise StorageError(f"cannot configure object store {uri}: {explain(exc)}") from None
+                raise StorageError(f"cannot configure object store {uri}: {explain(exc, uri)}") from None
             config.pop(key)
     with _stores_guard:
         _stores[cache_key] = store
     return store
 
 
-def explain(exc: BaseException | str) -> str:
+# What each cloud needs when no credentials were found (the scheme decides: a gs:// store
+# was told to set AWS keys before).
+_CREDENTIALS_HINT = {
+    "s3": "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+          "storage_options aws_access_key_id / aws_secret_access_key)",
+    "gs": "no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a service "
+          "account file (or storage_options google_service_account)",
+    "az": "no Azure credentials found: set AZURE_STORAGE_ACCOUNT_NAME and "
+          "AZURE_STORAGE_ACCOUNT_KEY (or storage_options account_name / account_key)",
+}
+_SCHEME_CLOUD = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az",
+                 "abfss": "az", "azure": "az"}
+
+
+def explain(exc: BaseException | str, uri: str | None = None) -> str:
     """An object-store failure in one line that names the problem (credentials, an
-    unreachable endpoint, a missing bucket), followed by the store's own words."""
+    unreachable endpoint, a missing bucket), followed by the store's own words. ``uri``
+    (the store's) picks which cloud's credentials to name."""
     text = str(exc)
     low = text.lower()
+    cloud = _SCHEME_CLOUD.get((uri or "s3://").split("://", 1)[0].lower(), "s3")
     # (169.254.169.254: the instance-metadata endpoint, asked when no key was given)
-    if "failed to get aws credentials" in low or "no credentials" in low or "169.254.169.254" in low:
-        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
-                "storage_options aws_access_key_id / aws_secret_access_key)")
+    if ("credentials" in low and ("failed to get" in low or "no credentials" in low)) \
+            or "169.254.169.254" in low or "metadata.google.internal" in low:
+        return _CREDENTIALS_HINT[cloud]
+    if "failed to resolve region" in low:
+        # S3 asks the bucket for its region first: with no region and no credentials that
+        # is what fails, and its words named neither
+        return (f"cannot find the region of the bucket: set AWS_REGION (or storage_options "
+                f"region), and credentials if none are set ({_CREDENTIALS_HINT['s3']})")
     if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
         return f"the bucket does not exist ({describe(exc)[:200]})"
     if any(s in low for s in ("error sending request", "connection refused", "dns error",
@@ -103,9 +126,9 @@ def list_objects(uri: str, storage_options: dict[str, str] | None, prefix: str) 
 
     store = object_store(uri, storage_options)
     try:
-        return [m for batch in obs.list(store, prefix=prefix) for m in batch]
+        return [dict(m) for batch in obs.list(store, prefix=prefix) for m in batch]
     except Exception as exc:
-        raise StorageError(f"cannot list {uri}/{prefix}: {explain(exc)}") from None
+        raise StorageError(f"cannot list {uri}/{prefix}: {explain(exc, uri)}") from None
 
 
 def delete_objects(uri: str, storage_options: dict[str, str] | None, paths: list[str]) -> None:
@@ -116,4 +139,4 @@ def delete_objects(uri: str, storage_options: dict[str, str] | None, paths: list
         try:
             obs.delete(store, paths)
         except Exception as exc:
-            raise StorageError(f"cannot delete objects under {uri}: {explain(exc)}") from None
+            raise StorageError(f"cannot delete objects under {uri}: {explain(exc, uri)}") from None

@@ -34,11 +34,11 @@ MAINTENANCE_OPERATIONS = frozenset({"CreateIndex", "UpdateConfig"})
 
 def is_maintenance(properties: dict[str, str]) -> bool:
     """Whether a version's provenance (``EmbeddingTable.properties``) says it is index or
-    config bookkeeping rather than a user's write: our ``mode`` ``index``, or a Lance
+    config bookkeeping rather than a user's write: our ``mode`` ``index`` or ``migrate``, or a Lance
     CreateIndex / UpdateConfig commit that no write of ours made."""
     mode = properties.get("mode")
     if mode is not None:
-        return mode == "index"
+        return mode in ("index", "migrate")
     return properties.get("operation") in MAINTENANCE_OPERATIONS
 
 

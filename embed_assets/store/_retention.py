@@ -13,9 +13,11 @@
    ``delete_unverified``: the caller promises that no write is in flight).
 
 What Lance's cleanup does not cover is its own run: it reads the tags and lists the
-manifests once, then deletes. A rollback committed, or a tag created, after that reading
-could lose the files of its version (reproduced here: tests/test_concurrency.py, 3 of
-3 forced interleavings). So a cleanup announces itself with a **cleanup marker** (a Lance
+manifests once, then deletes (pylance 14's ``CleanupTask::run``). A rollback committed,
+or a tag created, after that reading could lose the files of its version, as the sweep
+this module replaced did (its choice made once, then deleted: the latest version
+unreadable after a rollback, a tag on a removed version, forced in 2 of 2 runs against
+it). So a cleanup announces itself with a **cleanup marker** (a Lance
 tag ``_ea-cleanup-...`` on the latest version, removed when it is done), and a rollback
 or a new tag first protects its version with a tag, then waits for the cleanups that were
 already running (:func:`wait_for_cleanups`), then checks that its version is still whole:
@@ -33,13 +35,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
 
 from ..errors import StorageError, ValidationError, describe
 from ._meta import is_local, local_path
 from ._results import CleanupReport
+from ._validation import as_duration
 
 U64_MAX = 2**64 - 1
 # A version superseded less than this long ago is never removed: a reader that resolved a
@@ -117,6 +120,26 @@ def missing_files(table_path: str, ds: lance.LanceDataset) -> list[str]:
 
 
 # -- cleanup markers and guards -------------------------------------------------------------
+def _tag_vanished(exc: BaseException) -> bool:
+    low = str(exc)
+    return "_refs/tags" in low and ("not found" in low.lower() or "no such file" in low.lower())
+
+
+def list_tags(ds: lance.LanceDataset) -> dict[str, Any]:
+    """``ds.tags.list()``, retried when a tag was deleted between Lance's listing of the
+    tag files and its reading of one (pylance 14 fails the whole listing with "Not
+    found: .../_refs/tags/<tag>.json"; the guard and marker tags here come and go, seen
+    in the 8-writer test of tests/test_concurrency.py)."""
+    for attempt in range(50):
+        try:
+            return ds.tags.list()
+        except (OSError, ValueError) as exc:
+            if not _tag_vanished(exc) or attempt == 49:
+                raise
+            time.sleep(0.002 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _stamp() -> str:
     return f"{int(time.time() * 1000)}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -144,7 +167,7 @@ def wait_for_cleanups(ds: lance.LanceDataset) -> None:
     delay = 0.02
     while True:
         now_ms = int(time.time() * 1000)
-        live = [t for t in ds.tags.list() if t.startswith(MARKER) and _marker_alive(t, now_ms)]
+        live = [t for t in list_tags(ds) if t.startswith(MARKER) and _marker_alive(t, now_ms)]
         if not live:
             return
         time.sleep(delay)
@@ -206,8 +229,25 @@ def _list_files(uri: str, storage_options: dict[str, str] | None) -> set[str]:
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
 
-    def cleanup(self, *, keep_last: int | None = None, older_than: dt.timedelta | None = None,
-                grace: dt.timedelta = DEFAULT_GRACE) -> CleanupReport:
+    if TYPE_CHECKING:  # what the mixin reads of the table it is part of
+        store: Any
+        name: str
+        _versions_open: dict[int, lance.LanceDataset]
+        _readable_cache: set[int]
+
+        @property
+        def uri(self) -> str: ...
+
+        def refresh(self) -> Any: ...
+
+        def versions(self, *, with_properties: bool = True,
+                     include_maintenance: bool = False) -> list[Any]: ...
+
+        def _open_raw(self, version: int) -> lance.LanceDataset: ...
+
+    def cleanup(self, *, keep_last: int | None = None,
+                older_than: dt.timedelta | float | str | None = None,
+                grace: dt.timedelta | float | str = DEFAULT_GRACE) -> CleanupReport:
         """Delete old versions: those beyond the last ``keep_last``, and/or those older
         than ``older_than`` (either criterion alone removes a version), with Lance's
         ``cleanup_old_versions``.
@@ -223,8 +263,9 @@ class RetentionMixin:
             raise ValidationError("cleanup needs keep_last and/or older_than")
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
-        if grace < dt.timedelta(0) or (older_than is not None and older_than < dt.timedelta(0)):
-            raise ValidationError("older_than and grace must not be negative")
+        # durations as a timedelta, seconds (grace=0) or text ("7d"), as the CLI takes them
+        grace = as_duration(grace, "grace")
+        older_than = None if older_than is None else as_duration(older_than, "older_than")
         self._versions_open.clear()  # handles on removed versions would point at deleted files
         ds = self.refresh()._ds
         marker = MARKER + _stamp()
@@ -243,7 +284,7 @@ class RetentionMixin:
         maintenance = {v.version for v in self.versions(with_properties=False,
                                                         include_maintenance=True)
                        if v.maintenance} if keep_last is not None else set()
-        tagged = {int(d["version"]) for d in ds.tags.list().values()}
+        tagged = {int(d["version"]) for d in list_tags(ds).values()}
         remove = choose(listed, ds.version, tagged, keep_last=keep_last, older_than=older_than,
                         grace=grace, now=now, maintenance=maintenance)
         of_removed: set[str] = set()
@@ -255,14 +296,20 @@ class RetentionMixin:
         if before_delete is not None:
             before_delete(remove)
         latest = self.store.open_dataset(self.name, required=True)  # newest: Lance keeps what is newer
-        try:
-            # (Lance refuses an empty list; the latest version, never removed, stands for
-            # "no version", and the orphan files are still swept)
-            stats = latest.cleanup_old_versions(
-                versions=remove or [latest.version], error_if_tagged_old_versions=False,
-                delete_unverified=grace == dt.timedelta(0))
-        except Exception as exc:
-            raise StorageError(f"cleanup of {self.name!r} failed: {describe(exc)}") from None
+        for attempt in range(50):
+            try:
+                # (Lance refuses an empty list; the latest version, never removed, stands
+                # for "no version", and the orphan files are still swept)
+                stats = latest.cleanup_old_versions(
+                    versions=remove or [latest.version], error_if_tagged_old_versions=False,
+                    delete_unverified=grace == dt.timedelta(0))
+                break
+            except Exception as exc:
+                # Lance reads the tags before it deletes anything: a tag deleted meanwhile
+                # (see list_tags) fails that reading, and trying again is safe
+                if not _tag_vanished(exc) or attempt == 49:
+                    raise StorageError(f"cleanup of {self.name!r} failed: {describe(exc)}") from None
+                time.sleep(0.002 * (attempt + 1))
         freed, manifests = int(stats.bytes_removed), int(stats.old_versions)
         gone = before - _list_files(self.uri, opts)
         self._versions_open.clear()

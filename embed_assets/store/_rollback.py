@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
 from lance import LanceOperation
@@ -16,6 +16,7 @@ from ._commits import table_lock, with_retries
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import PROP_PREFIX, VersionRef
 from ._retention import guarded, version_whole, wait_for_cleanups
+from .graph import fingerprint
 
 # Rebuilds a tuned vector index on the latest version, given the report of the index that
 # a rollback lost. The index policy lives above the store (embed_assets.index), so the
@@ -33,6 +34,28 @@ def set_index_keeper(keeper: IndexKeeper | None) -> None:
 
 class RollbackMixin:
     """``rollback`` and ``index_pending`` of :class:`~._table.EmbeddingTable`."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the table it is part of
+        store: Any
+        name: str
+        _identity: str
+
+        @property
+        def meta(self) -> Any: ...
+
+        def refresh(self) -> Any: ...
+
+        def resolve(self, ref: VersionRef) -> int: ...
+
+        def _at(self, ref: int | str) -> lance.LanceDataset: ...
+
+        def _properties(self, version: int) -> dict[str, str]: ...
+
+        @property
+        def uri(self) -> str: ...
+
+        _ds: lance.LanceDataset
+        _versions_open: dict[int, lance.LanceDataset]
 
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
         """Make a new latest version equal to version/tag ``to``; history stays readable.
@@ -75,6 +98,10 @@ class RollbackMixin:
         latest = self.refresh()._ds
         lost = vector_index_type(latest)
         report = index_config(latest, self._identity) or {}
+        if _same_rows(latest, self._at(target)):
+            # Rolling back to what is already current (the latest version, or one that only
+            # index bookkeeping followed) changes nothing: no version, and the index stays.
+            return latest, report, None, False
         txn = lance.Transaction(read_version=latest.version,
                                 operation=LanceOperation.Restore(target))
         props = {
@@ -105,3 +132,9 @@ class RollbackMixin:
             if props.get("mode") in ("overwrite",):
                 return None
         return None
+
+
+def _same_rows(a: lance.LanceDataset, b: lance.LanceDataset) -> bool:
+    """Whether two versions hold the same rows (the same data and deletion files) under the
+    same schema and table facts."""
+    return a.schema.equals(b.schema, check_metadata=True) and fingerprint(a) == fingerprint(b)

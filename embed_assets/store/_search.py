@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import SchemaMismatchError, ValidationError, first_line
-from ..kernels import default_rank, exact_topk
+from ..kernels import default_rank, exact_topk, exact_topk_batch
 from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
 from ._filters import conjunction
 from ._filters import eq as filter_eq
@@ -180,38 +180,66 @@ def query_vector(name: str, meta: TableMeta, query: Any, embedder: Any,
     if query is None:  # refused alike by SQL knn (a NULL query vector)
         raise ValidationError("query vector is None: give a vector or a text")
     if isinstance(query, str):
-        if not query.strip():
-            raise ValidationError("search text is empty")
-        if embedder is None:
-            raise ValidationError(
-                f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
-        if meta.model and embedder.name != meta.model:
-            raise SchemaMismatchError(
-                f"this version of {name!r} was embedded with {meta.model!r}; "
-                f"the query embedder is {embedder.name!r}")
-        q = np.asarray(embedder.embed([query])[0], dtype=np.float32)
+        q = np.asarray(_embed(name, meta, [query], embedder)[0], dtype=np.float32)
     else:
         try:
             q = np.asarray(query, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise ValidationError("query must be a text or a numeric vector") from None
-    if q.shape[0] != meta.dimension:
+    return _checked(name, meta, q[None, :], metric)[0]
+
+
+def query_matrix(name: str, meta: TableMeta, queries: Any, embedder: Any,
+                 metric: str = "cosine") -> np.ndarray:
+    """Many queries as one float32 (n, d) matrix: texts (embedded in one call, with the
+    version's model) or vectors (a 2-D array or a sequence of vectors)."""
+    if isinstance(queries, str):
+        raise ValidationError("search_batch takes a list of texts or vectors, not one text")
+    if isinstance(queries, list | tuple) and queries and all(isinstance(x, str) for x in queries):
+        m = np.asarray(_embed(name, meta, list(queries), embedder), dtype=np.float32)
+    else:
+        try:
+            m = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValidationError("queries must be texts or numeric vectors of one dimension") from None
+        if m.ndim != 2:
+            raise ValidationError(f"queries must be a (n, {meta.dimension}) matrix, got shape {m.shape}")
+    return _checked(name, meta, m, metric)
+
+
+def _embed(name: str, meta: TableMeta, texts: list[str], embedder: Any) -> Any:
+    if any(not t.strip() for t in texts):
+        raise ValidationError("search text is empty")
+    if embedder is None:
         raise ValidationError(
-            f"query vector has dimension {q.shape[0]}; table {name!r} has {meta.dimension}")
-    if not np.isfinite(q).all():
+            f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
+    if meta.model and embedder.name != meta.model:
+        raise SchemaMismatchError(
+            f"this version of {name!r} was embedded with {meta.model!r}; "
+            f"the query embedder is {embedder.name!r}")
+    return embedder.embed(texts)
+
+
+def _checked(name: str, meta: TableMeta, m: np.ndarray, metric: str) -> np.ndarray:
+    if m.shape[1] != meta.dimension:
+        raise ValidationError(
+            f"query vector has dimension {m.shape[1]}; table {name!r} has {meta.dimension}")
+    if not np.isfinite(m).all():
         raise ValidationError("query vector has NaN or infinite values")
-    if metric == "cosine" and not np.any(q):
+    if metric == "cosine" and not np.any(m, axis=1).all():
         raise ValidationError("query vector is all zeros: it has no cosine distance to any row")
-    return q
+    return m
 
 
 def plan(ctx: VersionContext, req: SearchRequest, metric: str) -> Plan:
     """Choose the path (see the module docstring)."""
-    ds, meta, tid = ctx.ds, ctx.meta, ctx.table_id
-    rows = _rows(ctx.key, ds)
-    defaults = (search_defaults(ds, tid) or {}) if req.use_index is not False else {}
+    ds, meta, tid, key = ctx.ds, ctx.meta, ctx.table_id, ctx.key
+    rows = _rows(key, ds)
+    # A version's index facts never change: read them once per version.
+    defaults = (version_fact(key, "search_defaults", lambda: search_defaults(ds, tid)) or {}) \
+        if req.use_index is not False else {}
     ann = req.use_index is True or (req.use_index is None and bool(defaults))
-    if ann and not has_vector_index(ds, tid):
+    if ann and not version_fact(key, "has_vector_index", lambda: has_vector_index(ds, tid)):
         if req.use_index is True:
             raise ValidationError(
                 f"table {ctx.name!r} has no vector index at this version; "
@@ -221,10 +249,10 @@ def plan(ctx: VersionContext, req: SearchRequest, metric: str) -> Plan:
     probe_ok = (ann and metric == meta.metric and not forced and "probe_nprobes" in defaults)
     graph_ok = ann and metric == meta.metric and not forced and "graph_ef" in defaults
     if req.where is None and graph_ok:
-        return Plan("graph", True, defaults, "the index policy chose the tuned HNSW graph of "
+        return Plan("graph", True, dict(defaults), "the index policy chose the tuned HNSW graph of "
                     "these rows", rows)
     if req.where is None and metric == meta.metric and probe_ok:
-        return Plan("probe", True, defaults, "the index policy chose the tuned in-memory "
+        return Plan("probe", True, dict(defaults), "the index policy chose the tuned in-memory "
                     "IVF probe for this version", rows)
     lance_params = lance_only(defaults)
     if ann and req.use_index is None and not lance_params and req.nprobes is None \
@@ -275,7 +303,8 @@ def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: i
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {ctx.name!r}: bad filter {where!r}: "
+        shown = where if part is not None else " AND ".join(req.where_parts)
+        raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
                               f"{first_line(exc)}") from None
     if sub is None:
         return None
@@ -313,19 +342,15 @@ def run(ctx: VersionContext, q: np.ndarray, req: SearchRequest, metric: str, p: 
         if g is not None:
             idx, dist = g.search(normalized_query(q, metric), req.k)
             return rows_at(key, ds, idx, dist, req.columns, metric)
-        if "probe_nprobes" in p.params:
-            p.fall_back("probe", why)
-        else:
-            p.fall_back("exact", why)
-            p.ann, p.params = False, {}
+        _graph_fallback(p, why)
     if p.path in ("probe", "filtered-probe"):
         allowed = p.subset if p.path == "filtered-probe" else None
         got = _probe(ds, key, q, req.k, metric, p.params, allowed)
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
         p.fall_back("lance", "the probe does not fit in the cache")
-    if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
-        sub = p.subset
+    sub = p.subset
+    if p.path == "filtered-exact" and sub is not None and sub.matrix is not None:
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
         return rows_at(key, ds, sub.offsets[idx], dist, req.columns, metric)
     if p.path == "exact":
@@ -334,6 +359,53 @@ def run(ctx: VersionContext, q: np.ndarray, req: SearchRequest, metric: str, p: 
             return rows_at(key, ds, *exact_topk(mat, q, req.k, metric), req.columns, metric)
         p.fall_back("lance", "the matrix does not fit in the cache")
     return _lance(ctx.name, ds, q, req, metric, p)
+
+
+def _graph_fallback(p: Plan, why: str) -> None:
+    if "probe_nprobes" in p.params:
+        p.fall_back("probe", why)
+    else:
+        p.fall_back("exact", why)
+        p.ann, p.params = False, {}
+
+
+QUERY_COLUMN = "query"
+
+
+def run_batch(ctx: VersionContext, qs: np.ndarray, req: SearchRequest, metric: str,
+              p: Plan, threads: int = 1) -> pa.Table:
+    """Execute one plan for many query vectors (``qs``: (n, d)): the rows of each query,
+    nearest first, with a ``query`` column (the query's position). The graph answers all
+    of them in one hnswlib call and an exact scan in one GEMM per block; the other paths
+    answer one query at a time on the same plan. One gather of the rows for all."""
+    ds, key = ctx.ds, ctx.key
+    got: tuple[np.ndarray, np.ndarray] | None = None
+    if p.path == "graph":
+        g, why = _graph_of(ctx, metric, p.params)
+        if g is not None:
+            got = g.search_batch(normalized_query(qs, metric), req.k, threads)
+        else:
+            _graph_fallback(p, why)
+    if got is None and p.path == "exact":
+        mat = CACHE.matrix(key, ds, metric)
+        if mat is not None:
+            got = exact_topk_batch(mat, qs, req.k, metric)
+    if got is None and p.path == "filtered-exact" and p.subset is not None \
+            and p.subset.matrix is not None:
+        idx, dist = exact_topk_batch(p.subset.matrix, qs, req.k, metric)
+        got = p.subset.offsets[idx], dist
+    if got is None:
+        parts = [run(ctx, q, req, metric, p) for q in qs]
+        parts = [t.append_column(QUERY_COLUMN, pa.array(np.full(t.num_rows, i, np.int32)))
+                 for i, t in enumerate(parts)]
+        return pa.concat_tables(parts) if parts else rows_at(key, ds, np.zeros(0, np.int64),
+                                                             np.zeros(0, np.float32), req.columns,
+                                                             metric)
+    idx, dist = got
+    n, k = idx.shape
+    extra = [*_rank_columns(dist.reshape(-1), metric, k),
+             (pa.field(QUERY_COLUMN, pa.int32()), pa.array(np.repeat(np.arange(n, dtype=np.int32), k)))]
+    return take_rows(key, ds, idx.reshape(-1), req.columns, extra)
 
 
 def _graph_of(ctx: VersionContext, metric: str, params: dict[str, Any]) -> tuple[Graph | None, str]:
@@ -392,11 +464,17 @@ _RANK = pa.field("rank", pa.int32())
 _RANKS = pa.array(np.arange(1, 1025, dtype=np.int32))
 
 
-def _rank_columns(dist: np.ndarray, metric: str) -> list[tuple[pa.Field, pa.Array]]:
+def _rank_columns(dist: np.ndarray, metric: str, per: int | None = None,
+                  ) -> list[tuple[pa.Field, pa.Array]]:
+    """``distance`` and ``rank`` columns; ``per``: ranks restart every ``per`` rows (a
+    batch of queries, ``per`` rows each)."""
     if metric == "l2":  # Lance ranks by squared L2; users see Euclidean everywhere
         dist = np.sqrt(np.maximum(dist, 0))
     n = len(dist)
-    ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
+    if per is not None:
+        ranks = pa.array(np.tile(np.arange(1, per + 1, dtype=np.int32), n // per if per else 0))
+    else:
+        ranks = _RANKS.slice(0, n) if n <= len(_RANKS) else pa.array(np.arange(1, n + 1, dtype=np.int32))
     return [(_DISTANCE, pa.array(np.asarray(dist, np.float32))), (_RANK, ranks)]
 
 

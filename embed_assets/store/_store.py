@@ -150,7 +150,7 @@ class Store:
                 if not token:
                     break
         except Exception as exc:  # credentials, endpoint, network: say so
-            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc)}") from None
+            raise StorageError(f"cannot list tables in {self.uri}: {explain(exc, self.uri)}") from None
         return sorted(_usable(list(names), self.uri))
 
     def tables(self) -> list[TableInfo]:
@@ -187,7 +187,7 @@ class Store:
             except Exception as exc:
                 if not _is_missing(exc) or is_local(uri):
                     raise StorageError(f"cannot open table {name!r} in {self.uri}: "
-                                       f"{describe(exc) if is_local(uri) else explain(exc)}") from None
+                                       f"{describe(exc) if is_local(uri) else explain(exc, uri)}") from None
         if not required:
             return None
         names = self.table_names()

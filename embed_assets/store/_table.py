@@ -8,16 +8,17 @@ import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import StorageError, ValidationError, VersionNotFoundError, describe
+from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
+from ._latest import VersionsWatch
 from ._meta import (
     PROP_PREFIX,
     SCAN_ALL,
@@ -46,6 +47,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._identity = table_identity(ds)
         self._versions_open: dict[int, lance.LanceDataset] = {}
         self._readable_cache: set[int] = set()
+        self._watch = VersionsWatch(local_path(self._uri)) if is_local(self._uri) else None
         self._seen = self._fingerprint()
 
     def __repr__(self) -> str:
@@ -60,6 +62,20 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """An id written when the table was created, kept by overwrites; a table dropped
         and created again under the same name has another one."""
         return self._identity
+
+    def _searched(self, version: VersionRef) -> lance.LanceDataset:
+        """The dataset a search reads: the latest version is looked up only when the
+        table's ``_versions`` folder changed since the last lookup (:mod:`._latest`)."""
+        if version is not None:
+            return self._at(version)
+        watch = self._watch
+        if watch is not None and watch.unchanged():
+            return self._ds
+        stamp = watch.before_lookup() if watch is not None else None
+        ds = self.refresh()._ds
+        if watch is not None:
+            watch.looked_up(stamp)
+        return ds
 
     def cache_key(self, version: int) -> VersionKey:
         return VersionKey(self.uri, self._identity, version)
@@ -111,7 +127,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
     # -- versions and tags ----------------------------------------------------------------
     def tags(self) -> dict[str, int]:
         """Tag name -> version (the store's own bookkeeping tags left out)."""
-        return {t: int(d["version"]) for t, d in self._ds.tags.list().items()
+        return {t: int(d["version"]) for t, d in _retention.list_tags(self._ds).items()
                 if not t.startswith(_retention.INTERNAL_TAG)}
 
     def _open_raw(self, version: int) -> lance.LanceDataset:
@@ -131,8 +147,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """
         self.refresh()
         by_version: dict[int, list[str]] = {}
-        for t, v in self.tags().items():
-            by_version.setdefault(v, []).append(t)
+        for t, tagged in self.tags().items():
+            by_version.setdefault(tagged, []).append(t)
         out: list[VersionInfo] = []
         for v in self._ds.versions():
             num = int(v["version"])
@@ -141,7 +157,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             props = self._properties(num)
             info = VersionInfo(
                 version=num,
-                timestamp=v["timestamp"].astimezone(dt.UTC),  # Lance gives naive local time
+                # Lance gives a naive local datetime (its type also allows an int)
+                timestamp=cast(dt.datetime, v["timestamp"]).astimezone(dt.UTC),
                 rows=int(v.get("metadata", {}).get("total_rows", -1)),
                 tags=sorted(by_version.get(num, [])),
                 properties=props if with_properties else {},
@@ -282,6 +299,43 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         self._create_tag(tag, v, move=tag in self.tags())
         return v
 
+    def migrate(self) -> bool:
+        """Declare the key column as Lance's unenforced primary key on a table created
+        before embed_assets declared it (a one-time, idempotent step; new tables have it).
+
+        One maintenance version (Lance ``Project``: the key column becomes non-null and
+        carries ``lance-schema:unenforced-primary-key``), hidden from :meth:`versions`
+        like an index build. Returns False when there was nothing to do. The store's own
+        writers keep keys unique without it (their commits are fenced); it makes Lance's
+        ``merge_insert`` run by other tools on the same table detect concurrent inserts of
+        one key too.
+        """
+        from ._commits import commit, with_retries
+        from ._writes import has_primary_key, with_primary_key
+
+        def attempt(_n: int) -> bool:
+            ds = self.refresh()._ds
+            key = TableMeta.infer(ds.schema).key
+            if has_primary_key(ds.schema, key):
+                return False
+            schema = with_primary_key(ds.schema, key)
+            if not has_primary_key(schema, key):
+                raise ValidationError(f"the key column {key!r} of {self.name!r} has type "
+                                      f"{ds.schema.field(key).type}: Lance takes no primary key of it")
+            nulls = ds.count_rows(filter=f"{sqlx.quote_ident(key)} IS NULL")
+            if nulls:
+                raise ValidationError(f"the key column {key!r} of {self.name!r} holds {nulls} null(s) "
+                                      "(written around embed_assets): it cannot become a primary key")
+            commit(ds, lance.LanceOperation.Project(schema), ds.version,
+                   {f"{PROP_PREFIX}mode": "migrate",
+                    f"{PROP_PREFIX}written_at": dt.datetime.now(dt.UTC).isoformat()},
+                   self.store.storage_options)
+            return True
+
+        changed, _ = with_retries(attempt)
+        self.refresh()
+        return changed
+
     def untag(self, tag: str) -> int:
         tags = self.tags()
         if tag not in tags:
@@ -339,9 +393,11 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         return self.read(version, **kwargs).to_pandas()
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
-            columns: Sequence[str] | None = None) -> pa.Table:
+            columns: Sequence[str] | None = None,
+            missing: Literal["skip", "error"] = "skip") -> pa.Table:
         """Fetch rows by key at any version, in the order asked; keys not stored are
-        skipped (a key is never converted: 1.5 does not find the integer key 1).
+        skipped, or with ``missing="error"`` refused with :class:`KeyNotFoundError` naming
+        them (a key is never converted: 1.5 does not find the integer key 1).
 
         Served by an in-memory key index of the (immutable) version, built from one scan
         of the key column on first use; the rows come from the version's cached scalar
@@ -353,11 +409,23 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
         cols = list(columns) if columns else None
+        if missing not in ("skip", "error"):
+            raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
-            return take_rows(key, ds, idx.lookup(keys), cols)
-        parts = [ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
-                 for i in range(0, max(len(keys), 1), 5000)]
-        return pa.concat_tables(parts)
+            out = take_rows(key, ds, idx.lookup(keys), cols)
+        else:
+            out = pa.concat_tables([
+                ds.to_table(columns=cols, filter=sqlx.in_list(meta.key, keys[i:i + 5000]))
+                for i in range(0, max(len(keys), 1), 5000)])
+        if missing == "error" and out.num_rows < len(keys):
+            found = set(self.get(keys, ds.version, columns=[meta.key]).column(meta.key).to_pylist()) \
+                if cols is not None and meta.key not in cols else set(out.column(meta.key).to_pylist())
+            absent = [k for k in keys if k not in found]
+            if absent:
+                shown = ", ".join(map(repr, absent[:10])) + (", ..." if len(absent) > 10 else "")
+                raise KeyNotFoundError(f"{len(absent)} key(s) not in {self.name!r} at version "
+                                       f"{ds.version}: {shown}")
+        return out
 
     # -- search ---------------------------------------------------------------------------
     def search(
@@ -439,7 +507,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if mode not in _hybrid.SEARCH_MODES:
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
-        ds = self.dataset(version)
+        ds = self._searched(version)
         key = self.cache_key(ds.version)
         meta = meta_of(key, ds)
         where, parts = _search.combine_filters(
@@ -459,6 +527,67 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
                     ctx = self._context(ds, key, meta)
                     p = _search.plan(ctx, req, rank_metric)
                     res = _search.run(ctx, q, req, rank_metric, p)
+        except (ValidationError, OSError) as exc:
+            self._raise_if_vanished(ds.version, exc)
+            raise
+        out = _as_output(res, output)
+        return (out, p) if explain else out
+
+    def search_batch(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        version: VersionRef = None,
+        columns: Sequence[str] | None = None,
+        embedder: Any = None,
+        use_index: bool | None = None,
+        metric: str | None = None,
+        partition: Any = None,
+        output: str = "arrow",
+        explain: bool = False,
+        threads: int = 1,
+    ) -> Any:
+        """Nearest neighbours of many queries in one call: one plan, one version, and the
+        rows of every query in one table with a ``query`` column (the query's position in
+        ``queries``), each query's rows nearest first. The same answers as calling
+        :meth:`search` once per query, for a fraction of the fixed cost per query: the
+        HNSW graph answers all queries in one call (``threads`` > 1 spreads them over
+        cores), an exact scan is one matrix product per block of queries, and the rows
+        are gathered once.
+
+        ``queries``: a list of texts (embedded in one call with ``embedder``) or vectors
+        (an (n, d) array). The other arguments as in :meth:`search`.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from embed_assets import Store
+        >>> s = Store(tempfile.mkdtemp())
+        >>> _ = s.write("t", {"id": [1, 2, 3], "vector": np.eye(3, dtype=np.float32)}, key="id")
+        >>> got = s.table("t").search_batch(np.eye(3, dtype=np.float32)[:2], k=1)
+        >>> got.column("query").to_pylist(), got.column("id").to_pylist()
+        ([0, 1], [1, 2])
+        """
+        if output not in _OUTPUTS:
+            raise ValidationError(
+                f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValidationError(f"threads must be a positive integer, got {threads!r}")
+        ds = self._searched(version)
+        key = self.cache_key(ds.version)
+        meta = meta_of(key, ds)
+        where, parts = _search.combine_filters(
+            validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
+        req = _search.SearchRequest(None, k, where, list(columns) if columns else None,
+                                    embedder, use_index, None, None, metric, parts)
+        rank_metric = _search.check_request(req, meta)
+        qs = _search.query_matrix(self.name, meta, queries, embedder, rank_metric)
+        try:
+            ctx = self._context(ds, key, meta)
+            p = _search.plan(ctx, req, rank_metric)
+            res = _search.run_batch(ctx, qs, req, rank_metric, p, threads)
         except (ValidationError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
             raise
@@ -615,7 +744,8 @@ def table_identity(ds: lance.LanceDataset) -> str:
     if meta is not None and meta.table_id:
         return meta.table_id
     first = min(ds.versions(), key=lambda v: int(v["version"]))
-    return f"created:{first['timestamp'].isoformat()}"
+    ts = first["timestamp"]
+    return f"created:{ts.isoformat() if isinstance(ts, dt.datetime) else ts}"
 
 
 def _ranges(nums: Sequence[int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -188,3 +189,24 @@ def validate_where(where: Any) -> str | None:
             raise ValidationError(f"where {_describe(where)} holds ';': give one expression")
     check_closed(where)
     return where
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.ASCII)
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def as_duration(value: object, name: str) -> dt.timedelta:
+    """A duration given as a ``timedelta``, a number of seconds, or text with a unit
+    (``"90s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"``); never negative."""
+    if isinstance(value, dt.timedelta):
+        out = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out = dt.timedelta(seconds=value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+        out = dt.timedelta(**{_DURATION_UNITS[m.group(2)]: float(m.group(1))})
+    else:
+        raise ValidationError(f"bad duration {value!r} for {name}: give a timedelta, seconds, or "
+                              "a number and a unit: 90s, 15m, 12h, 7d, 2w")
+    if out < dt.timedelta(0):
+        raise ValidationError(f"{name} must not be negative, got {value!r}")
+    return out

@@ -49,6 +49,7 @@ from ._meta import (
     StoreLocation,
     TableMeta,
     WriteMode,
+    is_local,
     new_table_id,
 )
 from ._results import WriteResult
@@ -217,7 +218,7 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
                     f"write to {req.name!r} kept conflicting with concurrent commits "
                     f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
     except BaseException:
-        if staged:
+        if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
             from ._fragments import remove_files
 
             remove_files(store.table_uri(req.name), store.storage_options, staged)
@@ -275,6 +276,8 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
     schema = with_primary_key(tbl.schema, req.key)
     schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: meta.to_bytes()})
     tbl = tbl.cast(schema)
+    if existing is not None and _holds_exactly(existing, tbl, req.key):
+        return _unchanged(req, existing, props)  # a rerun that changes nothing: no version
     try:
         ds = lance.write_dataset(
             tbl, uri, mode="create" if existing is None else "overwrite",
@@ -290,6 +293,16 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
                        req.mode, rows_inserted=tbl.num_rows,
                        rows_deleted=existing.count_rows() if existing is not None else 0,
                        properties=props)
+
+
+def _holds_exactly(existing: lance.LanceDataset, tbl: pa.Table, key: str) -> bool:
+    """Whether the latest version already holds exactly these rows (in any order) under the
+    same schema and table facts. Costs one read of the table, only when the row counts and
+    schemas already match: at most what the overwrite itself would have written."""
+    if existing.count_rows() != tbl.num_rows or not existing.schema.equals(tbl.schema, check_metadata=True):
+        return False
+    old = existing.to_table(columns=tbl.column_names)
+    return bool(old.sort_by(key).equals(tbl.sort_by(key)))
 
 
 def _append(store: StoreLocation, req: WriteRequest, uri: str, tbl: pa.Table, props: dict[str, str],
@@ -362,7 +375,7 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
     inserted = int(stats.get("num_inserted_rows", 0))
     updated = int(stats.get("num_updated_rows", 0))
     deleted = int(stats.get("num_deleted_rows", 0))
-    op = txn.operation
+    op: Any = txn.operation  # an Update (its fragment lists), typed as the base operation
     if inserted == updated == deleted == 0:
         return _unchanged(req, existing, props)
     props = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
@@ -372,9 +385,10 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
                                     list(op.new_fragments)),
                     existing.version, props, store.storage_options)
     except BaseException:  # this plan's files will never be committed
-        from ._fragments import remove_files
+        if is_local(existing.uri):  # (on an object store a lost answer leaves doubt: they
+            from ._fragments import remove_files  # stay for cleanup, as orphans)
 
-        remove_files(existing.uri, store.storage_options, list(op.new_fragments))
+            remove_files(existing.uri, store.storage_options, list(op.new_fragments))
         raise
     return WriteResult(req.name, ds.version, existing.version, req.mode, rows_inserted=inserted,
                        rows_updated=updated, rows_deleted=deleted, properties=_public(props))
@@ -390,9 +404,18 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
         if have - want:
             parts.append(f"unexpected {', '.join(sorted(have - want))}")
         raise SchemaMismatchError(f"columns do not match table {name!r}: {'; '.join(parts)}")
-    cols = []
+    cols, fields = [], []
     for f in schema:
         col = tbl.column(f.name)
+        if "blob" in str(getattr(f.type, "extension_name", "")) and (
+                pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            # A Lance blob column is read back as its extension type but written as bytes
+            # marked for the blob encoding (as when the table was created); Arrow has no
+            # cast from bytes to the extension's struct.
+            cols.append(col.cast(pa.large_binary()))
+            fields.append(pa.field(f.name, pa.large_binary(), f.nullable,
+                                   metadata={b"lance-encoding:blob": b"true"}))
+            continue
         if col.type != f.type:
             try:
                 col = col.cast(f.type)
@@ -401,7 +424,8 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
                     f"column {f.name!r} has type {col.type}, table {name!r} expects {f.type}: {exc}"
                 ) from None
         cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def existing_keys(ds: lance.LanceDataset, key: str, keys: list[Any]) -> list[Any]:

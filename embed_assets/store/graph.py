@@ -185,7 +185,7 @@ def save_graph(index: Any, home: GraphHome, fp: str, labels: np.ndarray | None =
 
 def _put(home: GraphHome, fp: str, suffix: str, data: bytes) -> dict[str, Any]:
     sha = _sha256(data)
-    rec = {"name": f"{fp}-{sha[:16]}{suffix}", "bytes": len(data), "sha256": sha}
+    rec: dict[str, Any] = {"name": f"{fp}-{sha[:16]}{suffix}", "bytes": len(data), "sha256": sha}
     _write_atomic(home.dir / rec["name"], data)
     if not home.local:
         import obstore as obs
@@ -376,6 +376,9 @@ def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
     q = np.asarray(q, dtype=np.float32)
     if metric != "cosine":
         return q
+    if q.ndim == 1:  # the per-call path: np.linalg.norm costs ~10x a dot here
+        n = float(np.dot(q, q)) ** 0.5
+        return q * np.float32(1.0 / n) if n > 0 else q
     norms = np.linalg.norm(q, axis=-1, keepdims=True)
     return (q / np.where(norms > 0, norms, 1)).astype(np.float32)
 

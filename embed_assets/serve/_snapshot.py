@@ -1,0 +1,251 @@
+"""One loaded, immutable version of one served table.
+
+A request takes the table's current :class:`Snapshot` once, at its start, and reads only
+from it: the version it names in its answer is the version every row came from, and a
+swap that happens meanwhile (a new snapshot assigned) cannot touch it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ValidationError
+from ..store import (
+    CACHE,
+    OFFSET_COLUMN,
+    VECTOR_COLUMN,
+    EmbeddingTable,
+    Store,
+    TableMeta,
+    quote_ident,
+    sql_literal,
+)
+from ..store import filter_in as _in_list
+
+# Filter operators a request may use; the value is always rendered by the store's literal()
+# and the column always checked against the version's schema, so a request can only ever
+# name a column and give values, never write SQL.
+OPERATORS: dict[str, str] = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+@dataclass
+class Snapshot:
+    """A version held in memory: key -> row, the stored vectors, the scalar columns."""
+
+    table: EmbeddingTable  # a handle of its own: searches of this version only
+    version: int
+    meta: TableMeta
+    rows_of: dict[Any, int]  # key -> row offset
+    matrix: np.ndarray  # (rows, dim) float32, as stored
+    scalars: pa.Table  # every column but the vector, row-aligned with matrix
+    key_type: pa.DataType
+    loaded_s: float = 0.0
+    embedder: Any = None
+    schemas: dict[tuple[str, ...], pa.Schema] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def columns(self) -> list[str]:
+        """Scalar columns a request may ask for or filter on."""
+        return [n for n in self.scalars.column_names if n != OFFSET_COLUMN]
+
+    # -- request checks -----------------------------------------------------------------
+    def check_columns(self, columns: Any) -> list[str]:
+        if columns is None:
+            return []
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise ValidationError("columns must be a list of column names")
+        known = self.columns
+        for c in columns:
+            if c not in known:
+                raise ValidationError(f"table has no column {c[:60]!r}; columns: {', '.join(known)}")
+        return [c for c in dict.fromkeys(columns) if c != self.meta.key]
+
+    def check_keys(self, keys: Any, limit: int) -> list[Any]:
+        if not isinstance(keys, list):
+            raise ValidationError("keys must be a list")
+        if not keys:
+            raise ValidationError("keys is empty")
+        if len(keys) > limit:
+            raise ValidationError(f"{len(keys)} keys asked; at most {limit} per request")
+        want: type | tuple[type, ...] = str if pa.types.is_string(self.key_type) or \
+            pa.types.is_large_string(self.key_type) else int
+        for k in keys:
+            if isinstance(k, bool) or not isinstance(k, want):
+                raise ValidationError(f"key {str(k)[:40]!r} is not a {getattr(want, '__name__', want)} "
+                                      f"(the key column {self.meta.key!r} is {self.key_type})")
+        return keys
+
+    def query_vector(self, value: Any) -> np.ndarray:
+        """A query vector from a list of numbers or base64 little-endian float32."""
+        if isinstance(value, str):
+            import base64
+            import binascii
+
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValidationError("vector is not valid base64") from None
+            if len(raw) % 4:
+                raise ValidationError("a base64 vector must hold float32 values (a multiple of 4 bytes)")
+            q = np.frombuffer(raw, dtype="<f4")
+        elif isinstance(value, list):
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+                raise ValidationError("vector must be a list of numbers")
+            with np.errstate(over="ignore"):
+                q = np.asarray(value, dtype=np.float32)
+        else:
+            raise ValidationError("vector must be a list of numbers or base64 float32")
+        if q.shape != (self.dimension,):
+            raise ValidationError(f"vector has dimension {q.shape[0]}; the table's is {self.dimension}")
+        if not np.isfinite(q).all():
+            raise ValidationError("vector holds NaN or infinity")
+        return q
+
+    def where_sql(self, where: Any) -> str | None:
+        """A Lance filter from ``{"column": value | [values] | {"op": value}}``: columns
+        checked against this version's schema, values rendered as literals (never
+        interpolated text)."""
+        if where is None:
+            return None
+        if not isinstance(where, dict) or not where:
+            raise ValidationError(
+                'where must be an object of column conditions, e.g. {"section": "editors"}')
+        known = set(self.columns)
+        parts: list[str] = []
+        for col, cond in where.items():
+            if col not in known:
+                raise ValidationError(f"cannot filter on {col[:60]!r}: not a column of the table "
+                                      f"(columns: {', '.join(self.columns)})")
+            if isinstance(cond, list):
+                parts.append(_in_list(col, [_scalar(v) for v in cond]))
+            elif isinstance(cond, dict):
+                if not cond:
+                    raise ValidationError(f"empty condition for {col!r}")
+                for op, v in cond.items():
+                    if op == "in":
+                        if not isinstance(v, list):
+                            raise ValidationError(f"{col!r} in: give a list")
+                        parts.append(_in_list(col, [_scalar(x) for x in v]))
+                    elif op in OPERATORS:
+                        parts.append(f"{quote_ident(col)} {OPERATORS[op]} {sql_literal(_scalar(v))}")
+                    else:
+                        raise ValidationError(f"unknown operator {str(op)[:10]!r}; use one of "
+                                              f"{', '.join([*OPERATORS, 'in'])}")
+            else:
+                parts.append(f"{quote_ident(col)} = {sql_literal(_scalar(cond))}")
+        return " AND ".join(f"({p})" for p in parts)
+
+    # -- reads --------------------------------------------------------------------------
+    def lookup(self, keys: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """Row offsets of the stored keys in the order asked, and the keys not stored."""
+        rows_of = self.rows_of
+        found: list[int] = []
+        missing: list[Any] = []
+        for k in keys:
+            r = rows_of.get(k)
+            if r is None:
+                missing.append(k)
+            else:
+                found.append(r)
+        return np.asarray(found, dtype=np.int64), missing
+
+    def rows_table(self, rows: np.ndarray, columns: list[str], vectors: bool) -> pa.Table:
+        """Key, the asked columns and (if asked) the vectors of the given rows."""
+        names = [self.meta.key, *columns]
+        sub = self.scalars.select(names)
+        arrays = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in sub.columns]
+        if len(rows) == 1:  # a slice costs nothing; take() copies through a kernel
+            r = int(rows[0])
+            arrays = [a.slice(r, 1) for a in arrays]
+        else:
+            idx = pa.array(rows, pa.int64())
+            arrays = [a.take(idx) for a in arrays]
+        if vectors:
+            m = self.matrix[rows]
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), self.dimension))
+            names.append(VECTOR_COLUMN)
+        return pa.Table.from_arrays(arrays, schema=self.schema(tuple(names)))
+
+    def schema(self, names: tuple[str, ...]) -> pa.Schema:
+        """The answer's schema (cached: the IPC encoder reuses its bytes)."""
+        s = self.schemas.get(names)
+        if s is None:
+            fields = [self.scalars.schema.field(n) for n in names if n != VECTOR_COLUMN]
+            if VECTOR_COLUMN in names:
+                fields.append(pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), self.dimension)))
+            s = pa.schema(fields)
+            self.schemas[names] = s
+        return s
+
+    def search(self, q: np.ndarray, k: int, where: str | None, columns: list[str],
+               vectors: bool) -> pa.Table:
+        cols = [self.meta.key, *columns] + ([VECTOR_COLUMN] if vectors else [])
+        return self.table.search(q, k=k, where=where, version=self.version, columns=cols)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        if self.embedder is None:
+            raise ValidationError(
+                "text queries are off for this server (start it with --text, where the "
+                f"table's model {self.meta.model!r} is installed)")
+        q = np.asarray(self.embedder.embed([text]), dtype=np.float32)[0]
+        return q
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValidationError("a filter value is NaN or infinite")
+    if v is None or isinstance(v, list | dict):
+        raise ValidationError("a filter value must be a string, number or boolean")
+    return v
+
+
+def load(store: Store, name: str, version: int, *, text: bool = False,
+         warm_query: bool = True) -> Snapshot:
+    """Read one version into memory and run one lookup and one search on it, so the first
+    request after a swap finds every cache (Lance handles, the store's search structures)
+    already built."""
+    t0 = time.perf_counter()
+    table = store.table(name)
+    ds = table.dataset(version)
+    meta = TableMeta.infer(ds.schema)
+    key = table.cache_key(version)
+    scalars = CACHE.scalars(key, ds)
+    if scalars is None:  # larger than the cache budget: read it outside the cache
+        names = [n for n in ds.schema.names if n != VECTOR_COLUMN]
+        scalars = ds.to_table(columns=names).combine_chunks()
+    else:
+        scalars = scalars.drop_columns([OFFSET_COLUMN])
+    vec = ds.to_table(columns=[VECTOR_COLUMN]).column(VECTOR_COLUMN).combine_chunks()
+    dim = vec.type.list_size
+    matrix = vec.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    keys = scalars.column(meta.key).to_pylist()
+    snap = Snapshot(table=table, version=version, meta=meta, rows_of={k: i for i, k in enumerate(keys)},
+                    matrix=matrix, scalars=scalars, key_type=scalars.schema.field(meta.key).type)
+    if text and meta.model:  # a table of vectors written by hand records no model
+        from ..embed import default_embedder
+
+        try:
+            snap.embedder = default_embedder(meta.model)
+            snap.embedder.embed(["warm"])
+        except Exception:  # the model is not installed here: text queries answer 400
+            snap.embedder = None
+    if warm_query and snap.rows:
+        snap.search(matrix[0], 10, None, [], False)
+        snap.rows_table(np.zeros(1, np.int64), [], True)
+    snap.loaded_s = time.perf_counter() - t0
+    return snap
