@@ -385,10 +385,13 @@ def start_server(port: int, poll: float, workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, LANCE_LOG="error", HF_HUB_OFFLINE="1")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    # a file, not a pipe: nobody reads a pipe during the run, and a full one blocks every
+    # server thread that logs
+    err = open(datasets.CACHE / f"serve-{port}.err", "wb")  # noqa: SIM115 (the server's lifetime)
     p = subprocess.Popen([sys.executable, "-m", "embed_assets.cli", "--store", str(STORE), "serve",
                           f"{TABLE}@prod", "--port", str(port), "--poll", str(poll), "--no-access-log",
                           "--workers", str(workers)],
-                         env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=err)
     wait_ready(port, p)
     return p
 
@@ -399,7 +402,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise RuntimeError(f"server exited {proc.returncode}; see benchmarks/.cache/serve-{port}.err")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
                 if r.status == 200:
