@@ -94,6 +94,10 @@ def embed_table(
         raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
     if isinstance(embedder, str) and text is not None:  # a model name, as the CLI's --model takes
         embedder = default_embedder(embedder)
+    if embedder is None and image is not None:  # images have a default model
+        from ._efficientnet import default_image_embedder
+
+        embedder = default_image_embedder()
     # an image embedder embeds images (embed_images), a text one texts (embed)
     if not callable(getattr(embedder, "embed" if image is None else "embed_images", None)):
         raise ValidationError(
