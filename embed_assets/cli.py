@@ -26,6 +26,7 @@ from .embed import (
     default_embedder,
     embed_table,
 )
+from .embed._images import IMAGE_HASH_COLUMN
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
 from .serve import _cli as serve_cli
@@ -253,6 +254,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)  # the version searched decides the model, not the latest
+    if meta.text_column == IMAGE_HASH_COLUMN and args.mode != "text":
+        # its model is an image model: loading it as a text model went looking for it on
+        # the Hugging Face hub (15 s, then a misleading error)
+        raise ValidationError(f"table {args.name!r} holds image embeddings ({meta.model}); "
+                              f"search it by image: embed-assets search-image {args.name} "
+                              "PATH|KEY")
     embedder: Any = None
     if args.mode != "text":
         embedder = default_embedder(meta.model)

@@ -242,3 +242,23 @@ def test_the_progress_bar_moves_and_keeps_one_number_format(tmp_path, capsys):
     frames = [f for f in err.replace("\r", "\n").splitlines() if "embed t" in f]
     assert len(frames) >= n // 1024, frames  # a step at least every ~1k rows (4,096 before)
     assert "1e+" not in err and "12,000" in err, frames[-3:]
+
+
+def test_text_search_on_an_image_table_says_to_search_by_image(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    from embed_assets.embed import PixelEmbedder, embed_images
+
+    def png(v: int) -> bytes:
+        b = io.BytesIO()
+        Image.new("L", (4, 4), v).save(b, "PNG")
+        return b.getvalue()
+
+    root = tmp_path / "s"
+    embed_images(Store(root), "pics", {"id": [1, 2], "png": [png(10), png(200)]}, key="id",
+                 image="png", embedder=PixelEmbedder(size=(4, 4)))
+    rc = main(["--store", str(root), "search", "pics", "a red car"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds image embeddings" in err and "search-image pics" in err, err
