@@ -343,3 +343,16 @@ def test_text_or_image_column_exactly_one(env: dict[str, Any]) -> None:
             pass
     assert "tables[0]: give exactly one of text_column and image_column" in "".join(
         str(e) for e in _chain(err.value))
+
+
+def test_translation_renames_the_asset_and_its_table(env: dict[str, Any]) -> None:
+    body = _yaml([TEXT_TABLE])
+    body["attributes"]["translation"] = {"key_prefix": "vectors", "group_name": "search"}
+    with create_defs_folder_sandbox() as sandbox:
+        path = _build(sandbox, "docs", body)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            key = AssetKey(["vectors", "docs", "embeddings"])
+            spec = defs.resolve_assets_def(key).specs_by_key[key]
+            assert spec.group_name == "search"
+            assert spec.metadata["table"] == "vectors_docs_embeddings"
+            assert "restore_vectors_docs_embeddings" in {j.name for j in defs.jobs}

@@ -476,3 +476,30 @@ def test_where_objects_become_quoted_literals_never_sql_text(tmp_path):
     for bad in ({"vector": 1}, {"size": {"in": 3}}, {"size": float("inf")}, {"size": {"like": "%"}}, {}):
         with pytest.raises(ValidationError):
             snap.where_sql(bad)
+
+
+def test_the_tag_poller_survives_any_failure_and_keeps_the_current_version(tmp_path):
+    from embed_assets.serve._state import PinnedTable, Poller, TableSpec
+
+    store = Store(tmp_path / "store")
+    a, _ = two_versions(store, "t")
+    pinned = PinnedTable(store, TableSpec("t"))
+    pinned.sync()
+    calls = []
+
+    def boom() -> bool:
+        calls.append(1)
+        raise RuntimeError("an unexpected failure")
+
+    pinned.sync = boom  # type: ignore[method-assign]
+    poller = Poller([pinned], 0.01)
+    poller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3:  # polled again after a failure: the thread lives
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+    assert poller.errors >= 3 and "RuntimeError" in (pinned.last_error or "")
+    assert pinned.current is not None and pinned.current.version == a

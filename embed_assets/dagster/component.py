@@ -239,7 +239,8 @@ class EmbeddingsComponent(Component, Resolvable):
                     io_manager_key=self.io_manager_key, on_write=on_write)
             else:
                 asset_def = build_embedding_asset(
-                    spec.key, source=source_key, key_column=t.key_column, text_column=t.text_column,
+                    spec.key, source=source_key, key_column=t.key_column,
+                    text_column=cast(str, t.text_column),  # a text table: no image_column
                     columns=t.columns, partitions_def=t.partitions,
                     partition_expr=t.partition_column if t.partitions is not None else None,
                     table=name, on_empty=t.on_empty, group_name=spec.group_name,
@@ -308,7 +309,8 @@ class EmbeddingsComponent(Component, Resolvable):
         """The latest version as markdown, read when the code location loads ("" if none)."""
         name = t.table or lance_table_name(key)
         try:
-            store = shared_store_resource(self.store.uri, self.store.storage_options).get_store()
+            store = EmbedStoreResource(uri=self.store.uri or None,
+                                       storage_options=self.store.storage_options).get_store()
             if not store.exists(name):
                 return ""
             return latest_version_markdown(store.table(name), label_column=t.label_column
@@ -506,7 +508,8 @@ def build_image_embedding_asset(spec: AssetSpec, t: EmbeddingTableSpec, table: s
                 context.log.warning(f"{table}: model {meta.model} -> {embedder.name}: re-embedding "
                                     "every image")
                 mode = "overwrite"
-        res = embed_images(store, table, as_arrow(source), key=t.key_column, image=t.image_column,
+        res = embed_images(store, table, as_arrow(source), key=t.key_column,
+                           image=cast(str, t.image_column),  # an image table
                            embedder=embedder, mode=mode, columns=t.columns, run_id=context.run.run_id,
                            properties={"dagster_asset": spec.key.to_user_string()})
         context.log.info(res.summary())
@@ -523,7 +526,8 @@ def build_image_embedding_asset(spec: AssetSpec, t: EmbeddingTableSpec, table: s
             on_write(context, tbl)
         return MaterializeResult(metadata=md, data_version=DataVersion(f"v{res.version}"))
 
-    common = dict(key=spec.key, required_resource_keys={store_key}, io_manager_key=io_manager_key,
+    common: dict[str, Any] = dict(
+                  key=spec.key, required_resource_keys={store_key}, io_manager_key=io_manager_key,
                   metadata={"key": t.key_column, "table": table, "image_column": t.image_column,
                             **spec.metadata},
                   group_name=spec.group_name, kinds=set(spec.kinds) | {"image"}, tags=spec.tags,
@@ -583,11 +587,18 @@ def _shared(key: Any, make: Any) -> Any:
 
 
 def shared_store_resource(uri: str | None = None,
-                          storage_options: Mapping[str, str] | None = None) -> EmbedStoreResource:
-    """The store resource for these settings, one object per settings in a process."""
+                          storage_options: Mapping[str, str] | None = None) -> Any:
+    """The store resource for these settings, one object per settings in a process.
+
+    A ``configure_at_launch`` partial: what the YAML leaves unset (the URI, by default)
+    stays settable in the Launchpad, and the IO manager, which holds this very object as
+    its nested ``store``, follows what is set there (a fully built resource would be
+    resolved on its own and keep its defaults).
+    """
     opts = dict(storage_options) if storage_options else None
+    given = {k: v for k, v in (("uri", uri or None), ("storage_options", opts)) if v is not None}
     key = ("store", uri or None, tuple(sorted((opts or {}).items())))
-    return _shared(key, lambda: EmbedStoreResource(uri=uri or None, storage_options=opts))
+    return _shared(key, lambda: EmbedStoreResource.configure_at_launch(**given))
 
 
 def shared_embedder_resource(model: ModelSpec) -> EmbedderResource:

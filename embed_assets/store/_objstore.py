@@ -10,7 +10,7 @@ since 2024-08, MinIO, Cloudflare R2 and moto do); the README's "Object storage" 
 
 ``obstore`` (the same Rust ``object_store`` crate Lance uses) remains for the two things
 pylance does not expose: deleting the files of a failed run at once
-(:func:`._fragments.remove_files`; Lance's cleanup would wait 7 days for them) and
+(:func:`._staged.remove_files`; Lance's cleanup would wait 7 days for them) and
 listing a table's files for the cleanup report.
 """
 

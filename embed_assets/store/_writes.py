@@ -53,6 +53,7 @@ from ._meta import (
     new_table_id,
 )
 from ._results import WriteResult
+from ._staged import remove_files
 from ._validation import to_vector_array, validate_column_names, validate_keys, validate_table_name
 
 Partition = tuple[str, Any]
@@ -219,8 +220,6 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
                     f"({MAX_ATTEMPTS} attempts); nothing was written: {describe(exc)}") from None
     except BaseException:
         if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
-            from ._fragments import remove_files
-
             remove_files(store.table_uri(req.name), store.storage_options, staged)
         raise
     result.retries = retries
@@ -385,9 +384,8 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
                                     list(op.new_fragments)),
                     existing.version, props, store.storage_options)
     except BaseException:  # this plan's files will never be committed
-        if is_local(existing.uri):  # (on an object store a lost answer leaves doubt: they
-            from ._fragments import remove_files  # stay for cleanup, as orphans)
-
+        # (on an object store a lost answer leaves doubt: they stay for cleanup, as orphans)
+        if is_local(existing.uri):
             remove_files(existing.uri, store.storage_options, list(op.new_fragments))
         raise
     return WriteResult(req.name, ds.version, existing.version, req.mode, rows_inserted=inserted,
