@@ -165,7 +165,7 @@ import argparse, importlib, json, sys
 
 ap = argparse.ArgumentParser()
 ap.add_argument("verb")
-ap.add_argument("-m", "--module-name", default="dagster_project")
+ap.add_argument("-m", "--module-name", default="dagster_project.definitions")  # dg.toml's target
 ap.add_argument("-f", "--python-file")
 ap.add_argument("--assets")
 ap.add_argument("--job")
@@ -177,6 +177,8 @@ assert a.verb == "launch", a.verb
 assert not a.python_file, "check-dg is for the repository's modules"
 mod = importlib.import_module(a.module_name)  # from PYTHONPATH: this checkout
 defs = mod.defs
+if not hasattr(defs, "resolve_job_def"):  # a package whose defs is a dg defs folder
+    defs = importlib.import_module(a.module_name + ".definitions").defs
 if a.job:
     defs.resolve_job_def(a.job)          # raises for an unknown job
 if a.config_json:
