@@ -1,15 +1,20 @@
-# Two entry points: `make demo` and `make test`. Each creates .venv and installs into it.
+# Two entry points: `make demo` and `make test`. Each creates .venv and installs into it:
+# the library with every extra (all), the demo's UI tools (demo), the test tools (dev) and
+# the docs site's generator (docs). A user's own project needs only `pip install embed_assets`
+# and the extras it uses (docs/getting-started.md).
 VENV    := .venv
 PY      := $(VENV)/bin/python
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export LANCE_LOG := error
+# mkdocs-material prints a banner about its successor on every build otherwise
+export NO_MKDOCS_2_WARNING := 1
 export EMBED_ASSETS_STORE ?= $(CURDIR)/.embed_store
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo test stress ui lint bench browser-deps
+.PHONY: install demo test stress ui lint bench browser-deps docs docs-serve
 
 # dg, Dagster 1.13's CLI, with this venv as the project's ("activated": else dg warns that
 # ./.venv is not the active environment).
@@ -18,7 +23,7 @@ PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constrain
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard embed_assets/sql/native/*.c embed_assets/sql/native/*.h) embed_assets/sql/native/build.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) -e '.[dev,onnx,ray,openvino,images]'
+	$(PIP) -e '.[all,demo,dev,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,6 +59,13 @@ test: $(STAMP) browser-deps
 # writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
 stress: $(STAMP)
 	EMBED_ASSETS_STRESS=full $(PY) -m pytest -q tests/test_faults.py tests/test_reliability.py tests/test_bad_input_matrix.py tests/test_concurrency.py tests/test_search_fuzz.py
+
+# The docs site (mkdocs + material) into site/; the test suite builds it with --strict.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

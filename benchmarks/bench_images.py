@@ -34,6 +34,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 import numpy as np
 
 from embed_assets import Store
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.embed import (
     EfficientNetEmbedder,
     ImageLimits,
@@ -43,7 +44,7 @@ from embed_assets.embed import (
     embed_images,
     fit_pixel_pca,
 )
-from embed_assets.train import digits_dataset, knn_label_accuracy, save_model, train_digits_cnn
+from embed_assets.train import knn_label_accuracy, save_model
 
 
 def clipart_bench(threads: int, speed_images: int) -> None:

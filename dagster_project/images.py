@@ -33,6 +33,7 @@ from dagster import (
 from pydantic import Field
 
 from embed_assets import Store
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.dagster import (
     EmbedStoreResource,
     build_embedding_checks,
@@ -48,7 +49,7 @@ from embed_assets.embed import (
     fit_pixel_pca,
     image_grid_png,
 )
-from embed_assets.train import digits_dataset, knn_label_accuracy, save_model, train_digits_cnn
+from embed_assets.train import knn_label_accuracy, save_model
 
 
 class CnnConfig(Config):

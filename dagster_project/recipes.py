@@ -24,18 +24,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from embed_assets._demo import demo_source
+from embed_assets._demo import debian_pairs, demo_source, interactions_from_depends, simulate_history
 from embed_assets.dagster import build_embedding_asset
 from embed_assets.dagster.metadata import projection_markdown, projection_png
 from embed_assets.recipes import (
     build_direction,
-    debian_pairs,
     evaluate_direction,
     fit_pca,
     fit_recommender,
-    interactions_from_depends,
     next_item_hit_rate,
-    simulate_history,
     user_vectors,
     write_directions,
 )

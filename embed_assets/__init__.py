@@ -28,31 +28,26 @@ Examples
 
 from ._version import __version__
 from .embed import (
-    DEFAULT_MODEL,
-    EMBED_BACKENDS,
     EfficientNetEmbedder,
     Embedder,
     EmbedResult,
     HashEmbedder,
     ImageEmbedder,
-    ImageLimits,
-    OnnxEmbedder,
-    OpenVinoEmbedder,
+    OnRay,
     RayEmbedError,
-    RayEmbedResult,
     SentenceTransformerEmbedder,
     SentenceTransformerImageEmbedder,
+    Streamed,
     TorchImageEmbedder,
-    content_hash,
     default_embedder,
-    embed_images,
     embed_table,
-    embed_table_ray,
     search_by_image,
 )
 from .errors import (
+    ConflictError,
     EmbedAssetsError,
     KeyNotFoundError,
+    MissingExtraError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -61,36 +56,30 @@ from .errors import (
     VersionNotFoundError,
 )
 from .index import (
-    IndexReport,
     build_index,
     build_text_index,
     freshness,
     rebuild_after_rollback,
     refresh_index,
 )
-from .serve import Client
-from .sql import SQLConnection, connect, run_sql
+from .serve import Client, ServeError
+from .sql import SQLConnection, UnknownColumnError, connect
 from .store import (
-    CleanupReport,
     EmbeddingTable,
     Fusion,
-    Plan,
     Store,
-    TableMeta,
-    VersionInfo,
-    WriteResult,
-    default_store_uri,
     set_index_keeper,
 )
 from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
 
 set_index_keeper(rebuild_after_rollback)
 
+# The public names (tests/test_public_api.py pins them): what a user imports. Everything
+# else lives in its subpackage (embed_assets.store, .index, .sql, .embed, .recipes,
+# .dagster, .train, .serve), documented there where it is meant for users.
 __all__ = [
-    "DEFAULT_MODEL",
-    "EMBED_BACKENDS",
-    "CleanupReport",
     "Client",
+    "ConflictError",
     "EfficientNetEmbedder",
     "EmbedAssetsError",
     "EmbedResult",
@@ -99,44 +88,73 @@ __all__ = [
     "Fusion",
     "HashEmbedder",
     "ImageEmbedder",
-    "ImageLimits",
-    "IndexReport",
     "KeyNotFoundError",
-    "OnnxEmbedder",
-    "OpenVinoEmbedder",
-    "Plan",
+    "MissingExtraError",
+    "OnRay",
     "QueryError",
     "RayEmbedError",
-    "RayEmbedResult",
     "SQLConnection",
     "SchemaMismatchError",
     "SentenceTransformerEmbedder",
     "SentenceTransformerImageEmbedder",
+    "ServeError",
     "Snapshot",
     "StorageError",
     "Store",
-    "TableMeta",
+    "Streamed",
     "TableNotFoundError",
     "TorchImageEmbedder",
+    "UnknownColumnError",
     "ValidationError",
-    "VersionInfo",
     "VersionNotFoundError",
-    "WriteResult",
     "__version__",
     "build_index",
     "build_text_index",
     "cleanup_snapshots",
     "connect",
-    "content_hash",
     "default_embedder",
-    "default_store_uri",
-    "embed_images",
     "embed_table",
-    "embed_table_ray",
     "freshness",
     "open_snapshot",
     "refresh_index",
-    "run_sql",
     "search_by_image",
     "snapshot",
 ]
+
+# Names the package root exported before issue 22 trimmed it to the public ones: they
+# still resolve (from their subpackage), with a DeprecationWarning naming the new home.
+_MOVED = {
+    "DEFAULT_MODEL": "embed_assets.embed",
+    "EMBED_BACKENDS": "embed_assets.embed",
+    "content_hash": "embed_assets.embed",
+    "RayEmbedResult": "embed_assets.embed",
+    "IndexReport": "embed_assets.index",
+    "run_sql": "embed_assets.sql",
+    "CleanupReport": "embed_assets.store",
+    "Plan": "embed_assets.store",
+    "TableMeta": "embed_assets.store",
+    "default_store_uri": "embed_assets.store",
+    # embed_table is the one entry point (issue 22): images with image=, Ray with executor=OnRay
+    "embed_images": "embed_assets.embed",
+    "embed_table_ray": "embed_assets.embed",
+    "VersionInfo": "embed_assets.store",
+    "WriteResult": "embed_assets.store",
+    # backends are chosen by name (default_embedder(model, backend="onnx")); the classes
+    # and the executors' default stay in embed_assets.embed
+    "OnnxEmbedder": "embed_assets.embed",
+    "OpenVinoEmbedder": "embed_assets.embed",
+    "InProcess": "embed_assets.embed",
+    "ImageLimits": "embed_assets.embed",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    warnings.warn(f"embed_assets.{name} moved: import it from {home}", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(importlib.import_module(home), name)

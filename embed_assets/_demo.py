@@ -1,4 +1,10 @@
-"""The demo behind ``embed-assets demo``: real Debian package descriptions, the real model."""
+"""The demo's data and generators (private): the shipped Debian slice, the seeded install
+log and dependency interactions the recipe demos use, the labelled Debian pairs, the
+scikit-learn digits and the small CNN trained on them, and ``embed-assets demo``.
+
+They make the demo code location (``dagster_project``), the tests and the benchmarks
+run on real data; they are not library API (issue 22): a user brings their own data.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,14 @@ from importlib import resources
 import polars as pl
 
 from .embed import SentenceTransformerEmbedder, embed_table
+from .recipes._directions import debian_pairs
+from .recipes._history import simulate_history
+from .recipes._recommend import interactions_from_depends
 from .store import Store
+from .train._digits_cnn import digits_dataset, train_digits_cnn
+
+__all__ = ["debian_pairs", "demo_source", "digits_dataset", "interactions_from_depends", "run_demo",
+           "simulate_history", "train_digits_cnn"]
 
 DEMO_TABLE = "debian_packages"
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ConflictError",
     "EmbedAssetsError",
     "KeyNotFoundError",
+    "MissingExtraError",
     "QueryError",
     "SchemaMismatchError",
     "StorageError",
@@ -32,7 +34,6 @@ __all__ = [
     "ValidationError",
     "VersionNotFoundError",
     "describe",
-    "first_line",
 ]
 
 
@@ -69,6 +70,11 @@ class StorageError(EmbedAssetsError, OSError):
 class ConflictError(EmbedAssetsError):
     """A write kept conflicting with concurrent commits (or conflicted in a way no retry
     can fix) and was given up; nothing of it was committed."""
+
+
+class MissingExtraError(EmbedAssetsError, ImportError):
+    """A feature's optional dependency is not installed. The message names the extra that
+    installs it: ``pip install 'embed_assets[dagster]'``."""
 
 
 class QueryError(EmbedAssetsError):
@@ -112,6 +118,13 @@ def describe(exc: BaseException | str) -> str:
     return "error" if isinstance(exc, str) else type(exc).__name__
 
 
-def first_line(exc: BaseException) -> str:
-    """Kept for callers of the old name: the same as :func:`describe`."""
-    return describe(exc)
+def __getattr__(name: str) -> object:
+    # first_line was a second name for describe (issue 22: one name per thing); code
+    # written against the old name keeps working, with a warning.
+    if name == "first_line":
+        import warnings
+
+        warnings.warn("embed_assets.errors.first_line is deprecated: use describe",
+                      DeprecationWarning, stacklevel=2)
+        return describe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

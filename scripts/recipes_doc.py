@@ -93,8 +93,8 @@ def materialise(store_dir: Path) -> None:
 
     from dagster_project.demo import build_demo_definitions
     from embed_assets import Store
-    from embed_assets._demo import demo_source
-    from embed_assets.recipes import fit_recommender, interactions_from_depends
+    from embed_assets._demo import demo_source, interactions_from_depends
+    from embed_assets.recipes import fit_recommender
 
     defs = build_demo_definitions("debian")  # built now: the model is read at definition time
     assets = list(defs.assets or [])
@@ -106,8 +106,7 @@ def materialise(store_dir: Path) -> None:
 
 
 def run(store_dir: Path) -> list[str]:
-    from embed_assets import run_sql
-    from embed_assets.sql import format_result
+    from embed_assets.sql import format_result, run_sql
 
     outputs = []
     for _title, _prose, sql in SESSION:

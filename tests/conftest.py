@@ -95,3 +95,19 @@ def con(request: pytest.FixtureRequest) -> Any:
     c = plain_duckdb() if request.param == "plain" else connect(extensions=())
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def demo_store_dir(tmp_path_factory):
+    """A folder whose ./.embed_store holds the demo location's tables (hash-bow), made on
+    first use: what the README's and the docs' ``needs: make demo`` blocks read."""
+    from tests.docs_blocks import materialise_demo
+
+    made: list[Any] = []
+
+    def get():
+        if not made:
+            made.append(materialise_demo(tmp_path_factory.mktemp("docs_demo")))
+        return made[0]
+
+    return get

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from embed_assets import (
-    EMBED_BACKENDS,
     OnnxEmbedder,
     SchemaMismatchError,
     Store,
@@ -21,7 +20,7 @@ from embed_assets import (
     embed_table,
 )
 from embed_assets.dagster import EmbedderResource
-from embed_assets.embed import OpenVinoEmbedder
+from embed_assets.embed import EMBED_BACKENDS, OpenVinoEmbedder
 from embed_assets.embed._openvino import cpu_has_bf16
 
 pytestmark = pytest.mark.e2e

@@ -26,8 +26,8 @@ from embed_assets import (
     VersionNotFoundError,
     connect,
     embed_table,
-    run_sql,
 )
+from embed_assets.sql import run_sql
 
 from .conftest import COUNTS, vectors_table
 

@@ -26,13 +26,13 @@ from embed_assets import (
     ValidationError,
     connect,
     embed_table,
-    run_sql,
 )
 from embed_assets import cli as cli_mod
 from embed_assets.cli import build_parser, main
 from embed_assets.embed._backends import default_embedder
 from embed_assets.embed._embedders import prepare_texts
 from embed_assets.errors import describe
+from embed_assets.sql import run_sql
 
 from .conftest import vectors_table
 

@@ -313,7 +313,7 @@ def test_model_identity_parts() -> None:
 def test_an_image_table_from_yaml(env: dict[str, Any]) -> None:
     """image_column + image_model (raw pixels here: no weights): the digits' PNG bytes are
     embedded, incremental by image hash, with the table's checks."""
-    from embed_assets.train import digits_dataset
+    from embed_assets._demo import digits_dataset
 
     src = env["tmp"] / "digits.parquet"
     pl.from_arrow(digits_dataset()).head(150).write_parquet(src)

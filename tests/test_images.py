@@ -20,6 +20,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 import embed_assets
 from embed_assets import Store, ValidationError
+from embed_assets._demo import digits_dataset, train_digits_cnn
 from embed_assets.embed import (
     BadImage,
     PixelEmbedder,
@@ -31,11 +32,9 @@ from embed_assets.embed import (
     image_hash,
 )
 from embed_assets.train import (
-    digits_dataset,
     knn_label_accuracy,
     model_provenance,
     save_model,
-    train_digits_cnn,
 )
 
 PREFIX = "digits"

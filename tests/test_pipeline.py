@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embed_assets import HashEmbedder, SchemaMismatchError, content_hash, embed_table
+from embed_assets import HashEmbedder, SchemaMismatchError, embed_table
+from embed_assets.embed import content_hash
 
 
 class CountingEmbedder(HashEmbedder):

@@ -450,8 +450,11 @@ def test_an_unreachable_address_fails_fast_with_its_name(tmp_path):
 
 
 def test_missing_ray_says_to_install_the_extra(monkeypatch):
+    # issue 28: a missing extra is an ImportError naming it (MissingExtraError)
+    from embed_assets import MissingExtraError
+
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ValidationError, match=r"embed_assets\[ray\]"), ray_session("local:1"):
+    with pytest.raises(MissingExtraError, match=r"embed_assets\[ray\]"), ray_session("local:1"):
         pass
 
 

@@ -17,12 +17,11 @@ import pyarrow.compute as pc
 import pytest
 
 from embed_assets import HashEmbedder, Store, ValidationError, connect, embed_table
+from embed_assets._demo import interactions_from_depends, simulate_history
 from embed_assets.recipes import (
     fit_recommender,
-    interactions_from_depends,
     next_item_hit_rate,
     recommend,
-    simulate_history,
     user_vectors,
 )
 

@@ -12,11 +12,11 @@ import pytest
 
 import embed_assets
 from embed_assets import Store, ValidationError, embed_table
+from embed_assets._demo import debian_pairs
 from embed_assets.recipes import (
     Direction,
     apply_direction,
     build_direction,
-    debian_pairs,
     evaluate_direction,
     fit_pca,
     load_pca,

@@ -25,8 +25,8 @@ from embed_assets import (
     ValidationError,
     connect,
     embed_table,
-    run_sql,
 )
+from embed_assets.sql import run_sql
 
 
 def table(keys: list, vectors: list[list[float]]) -> pa.Table:

@@ -25,6 +25,12 @@ Examples
     )
 """
 
+from .._extras import require
+
+# Without the extra, one line naming it instead of a ModuleNotFoundError from a submodule.
+require("dagster", "the Dagster integration (embed_assets.dagster)", "dagster")
+# ruff: noqa: E402
+
 from .assets import EmbedConfig, build_embedding_asset
 from .checks import (
     INTEGRITY_CHECKS,

@@ -157,6 +157,8 @@ def build_embedding_asset(
         Reads the source itself (a file) instead of loading asset ``source`` through its
         IO manager; ``source`` is then only a dependency (an external asset).
 
+    Notes
+    -----
     A model change with the same dimension re-embeds everything (unpartitioned assets);
     a dimension change, or a model change on a partitioned asset, needs run config
     ``overwrite: true`` or a new ``table``: a table never mixes models.

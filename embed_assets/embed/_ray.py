@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import EmbedAssetsError, ValidationError, describe, first_line
+from .._extras import require
+from ..errors import EmbedAssetsError, ValidationError, describe
 from ..store import Store, WriteResult
 from ..store._fragments import (
     FragmentTarget,
@@ -79,7 +80,6 @@ _MAX_ROWS_PER_TASK = 32_768
 _LOADED_STATE = ("_model", "_session", "_tokenizer", "_st")
 _CONNECT_TIMEOUT_S = 5.0
 # PyPI package extra that installs Ray.
-_INSTALL_HINT = "install the ray extra: pip install 'embed_assets[ray]'"
 
 
 class RayEmbedError(EmbedAssetsError, RuntimeError):
@@ -102,14 +102,8 @@ class RayEmbedResult(EmbedResult):
 
 # -- connecting -----------------------------------------------------------------------------
 def import_ray() -> Any:
-    """The ``ray`` module, or a :class:`ValidationError` saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ValidationError(
-            f"distributed embedding needs Ray, which is not installed; {_INSTALL_HINT}"
-        ) from None
-    return ray
+    """The ``ray`` module, or a :class:`~embed_assets.MissingExtraError` naming the extra."""
+    return require("ray", "distributed embedding (Ray)", "ray")
 
 
 def parse_address(address: str) -> tuple[str, int | None]:
@@ -184,7 +178,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
             ray.init(address=where, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ValidationError(
-            f"cannot connect to the Ray cluster at {address}: {first_line(exc)} (start one with "
+            f"cannot connect to the Ray cluster at {address}: {describe(exc)} (start one with "
             "`ray start --head`, or use local:N for a local cluster of N CPUs)"
         ) from None
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import ValidationError, first_line
+from ..errors import ValidationError, describe
 from ..store import EmbeddingTable
 
 
@@ -74,6 +74,6 @@ def build_text_index(table: EmbeddingTable, columns: Sequence[str] | None = None
             ds.create_scalar_index(c, "INVERTED", name=f"fts_{c}", replace=True)
         except (ValueError, OSError) as exc:
             raise ValidationError(f"full-text index on {table.name}.{c} failed: "
-                                  f"{first_line(exc)}") from None
+                                  f"{describe(exc)}") from None
         ds = table.refresh().dataset()
     return {"columns": cols, "version": table.refresh().version}

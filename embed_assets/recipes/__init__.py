@@ -10,14 +10,13 @@ from ._directions import (
     Direction,
     apply_direction,
     build_direction,
-    debian_pairs,
     evaluate_direction,
     read_directions,
     write_directions,
 )
-from ._history import HistoryReport, next_item_hit_rate, simulate_history, user_vectors
+from ._history import HistoryReport, next_item_hit_rate, user_vectors
 from ._pca import PcaReport, fit_pca, load_pca, project
-from ._recommend import RecommenderReport, fit_recommender, interactions_from_depends, recommend
+from ._recommend import RecommenderReport, fit_recommender, recommend
 
 __all__ = [
     "Direction",
@@ -26,17 +25,29 @@ __all__ = [
     "RecommenderReport",
     "apply_direction",
     "build_direction",
-    "debian_pairs",
     "evaluate_direction",
     "fit_pca",
     "fit_recommender",
-    "interactions_from_depends",
     "load_pca",
     "next_item_hit_rate",
     "project",
     "read_directions",
     "recommend",
-    "simulate_history",
     "user_vectors",
     "write_directions",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The demo's data generators moved to the demo (issue 22); the README used
+    # simulate_history from here, so the old names resolve, with a warning.
+    homes = {"debian_pairs": "_directions", "simulate_history": "_history",
+             "interactions_from_depends": "_recommend"}
+    if name in homes:
+        import importlib
+        import warnings
+
+        warnings.warn(f"embed_assets.recipes.{name} is demo data, not library API: it moved "
+                      "to embed_assets._demo", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(f"{__name__}.{homes[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .._extras import require
 from ..errors import ValidationError
 from ..store import VECTOR_COLUMN, EmbeddingTable, Store, VersionRef
 
@@ -141,7 +142,7 @@ def fit_pca(table: EmbeddingTable, k: int, *, version: VersionRef = None,
     -------
     PcaReport
     """
-    from sklearn.decomposition import PCA
+    PCA = require("sklearn.decomposition", "fit_pca", "recipes").PCA
 
     v = table.resolve(version)
     meta = table.meta_at(v)

@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from .._extras import require
 from ..errors import ValidationError
 from ..kernels import top_k_rows
 from ..store import VECTOR_COLUMN, Store, VersionRef
@@ -195,8 +196,7 @@ def _edges(interactions: Any, user: str, item: str) -> _Edges:
 
 
 def _matrix(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> Any:
-    from scipy import sparse
-
+    sparse = require("scipy.sparse", "fit_recommender", "recipes")
     return sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
 
 
@@ -210,11 +210,11 @@ def _svd(x: Any, rank: int, seed: int, center: bool) -> tuple[np.ndarray, np.nda
     """
     x = x.astype(np.float64)
     if center:
-        from sklearn.decomposition import PCA
+        PCA = require("sklearn.decomposition", "fit_recommender", "recipes").PCA
 
         model: Any = PCA(n_components=rank, svd_solver="arpack", random_state=seed)
     else:
-        from sklearn.decomposition import TruncatedSVD
+        TruncatedSVD = require("sklearn.decomposition", "fit_recommender", "recipes").TruncatedSVD
 
         model = TruncatedSVD(n_components=rank, algorithm="randomized", n_iter=7, random_state=seed)
     us = model.fit_transform(x)                      # U S

@@ -11,13 +11,14 @@ DuckDB's pushed filters from memory, :mod:`._native` loads the ea_vec C extensio
 """
 
 from . import _native as native
-from ._connect import connect, run_sql, timed_connect
-from ._connection import SQLConnection
+from ._connect import connect, run_sql
+from ._connection import SQLConnection, UnknownColumnError
 from ._files import extension_path, load_macros, macro_file
 from ._format import format_result
 
 __all__ = [
     "SQLConnection",
+    "UnknownColumnError",
     "connect",
     "extension_path",
     "format_result",
@@ -25,5 +26,4 @@ __all__ = [
     "macro_file",
     "native",
     "run_sql",
-    "timed_connect",
 ]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from .._extras import missing
 from ..errors import ValidationError
 from ..store import Store, is_local
 from . import _native
 from ._connection import SQLConnection
-from ._files import EXTENSIONS, NATIVE_MACRO_FILES, STORE_MACRO_FILES, extension_path, load_macros
+from ._files import NATIVE_MACRO_FILES, STORE_MACRO_FILES, default_extensions, extension_path, load_macros
 from ._functions import register_functions
 from ._images import register_image_functions
 
@@ -23,7 +23,7 @@ def connect(
     store: Store | str | os.PathLike[str] | None = None,
     *,
     read_only_views: bool = True,
-    extensions: Iterable[str] = EXTENSIONS,
+    extensions: Iterable[str] | None = None,
     database: str = ":memory:",
     config: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
@@ -42,9 +42,11 @@ def connect(
         provenance). With False the store directory is also attached through the
         ``lance`` extension as catalog ``lance_store`` (local stores only), where SQL can
         ``CREATE TABLE``/``INSERT`` Lance tables directly, without embed_assets provenance.
-    extensions : iterable of str, default ("lance", "vss")
-        DuckDB extensions to load from their PyPI wheels (``()`` skips them; loading the
-        lance extension takes about a second, once per process).
+    extensions : iterable of str, optional
+        DuckDB extensions to load from their PyPI wheels. The default loads ``lance`` where
+        its wheel is installed (the ``duckdb-lance`` extra; the store's views do not need
+        it); ``()`` loads none; ``("lance", "vss")`` adds DuckDB's ``vss`` (the ``bench``
+        extra). Loading the lance extension takes about a second, once per process.
     database, config
         Passed to :func:`duckdb.connect`.
     storage_options : dict, optional
@@ -85,6 +87,7 @@ def connect(
     if not progress_bar:
         raw.execute("SET enable_progress_bar = false")
     native_loaded = ea_vec.load(raw)  # ...and off again right after it
+    extensions = default_extensions() if extensions is None else tuple(extensions)
     for name in extensions:
         raw.execute(f"LOAD '{extension_path(name)}'")
     con = SQLConnection(raw, store)
@@ -110,6 +113,8 @@ def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_l
 
 def _attach_writable(raw: duckdb.DuckDBPyConnection, store: Store, extensions: Iterable[str]) -> None:
     if "lance" not in set(extensions):
+        if "lance" not in default_extensions():
+            raise missing("duckdb_extension_lance", "connect(read_only_views=False)", "duckdb-lance")
         raise ValidationError("read_only_views=False needs the lance extension")
     if not is_local(store.uri):
         raise ValidationError("read_only_views=False works for local stores only")
@@ -119,7 +124,7 @@ def _attach_writable(raw: duckdb.DuckDBPyConnection, store: Store, extensions: I
 
 def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
             storage_options: dict[str, str] | None = None,
-            extensions: Iterable[str] = EXTENSIONS) -> pa.Table:
+            extensions: Iterable[str] | None = None) -> pa.Table:
     """Run one SQL statement (or several; the last one's result is returned) on a store.
 
     This is the body of ``embed-assets sql "QUERY"``. Every failure of a statement is a
@@ -134,10 +139,3 @@ def run_sql(store: Store | str | os.PathLike[str] | None, query: str, *,
         return con.run(query)
     finally:
         con.close()
-
-
-def timed_connect(store: Store | str, **kwargs: Any) -> tuple[SQLConnection, float]:
-    """:func:`connect` and the seconds it took (used by the benchmark)."""
-    t0 = time.perf_counter()
-    con = connect(store, **kwargs)
-    return con, time.perf_counter() - t0

@@ -9,7 +9,8 @@
   Python-backed versions of ``vec_mean``/``vec_sum``/``list_vec_*``, ``knn`` and
   ``similarity_join``, and adds ``vec_covariance`` and ``mat_inverse``; where the ea_vec C
   extension builds (:mod:`._native`), ``sql/native.sql`` moves the aggregates onto it;
-* the ``lance`` and ``vss`` extensions are loaded from their PyPI wheels.
+* DuckDB's ``lance`` extension is loaded from its PyPI wheel where installed (the
+  ``duckdb-lance`` extra), ``vss`` only when named; the views need neither.
 
 Each statement run through this wrapper (``execute``, ``sql``, ``query``...) first
 registers the versions it names (:mod:`._registry`: a version written after connect is

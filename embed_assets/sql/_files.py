@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 
+from .._extras import missing
 from ..errors import ValidationError
 
-EXTENSIONS = ("lance", "vss")
+# connect()'s default: DuckDB's lance extension where its wheel is installed (the
+# duckdb-lance extra: lance_scan, SQL writes with read_only_views=False). The store's views
+# do not need it, and vss (the benchmark's vss_join baseline) is loaded only when named:
+# each LOAD costs time on every connect() of a process.
+EXTENSIONS = ("lance",)
 MACRO_FILES = ("vectors.sql",)
 STORE_MACRO_FILES = ("store.sql",)
 NATIVE_MACRO_FILES = ("native.sql",)
@@ -27,6 +33,12 @@ def macro_file(name: str = "vectors.sql") -> Path:
     return path
 
 
+def default_extensions() -> tuple[str, ...]:
+    """The extensions :func:`connect` loads when not told: those of :data:`EXTENSIONS`
+    whose wheel is installed (a core install has none, and needs none)."""
+    return tuple(n for n in EXTENSIONS if importlib.util.find_spec(f"duckdb_extension_{n}") is not None)
+
+
 def load_macros(con: duckdb.DuckDBPyConnection, files: Sequence[str] = MACRO_FILES) -> None:
     """Execute macro files (plain SQL) on a DuckDB connection."""
     for f in files:
@@ -39,9 +51,14 @@ def extension_path(name: str) -> str:
     ``INSTALL`` needs DuckDB's extension server, which offline and locked-down hosts
     cannot reach; the wheels carry ``extensions/v<duckdb version>/<name>.duckdb_extension``.
     """
+    module = f"duckdb_extension_{name}"
     try:
-        mod = importlib.import_module(f"duckdb_extension_{name}")
-    except ImportError:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        if module == "duckdb_extension_vss":
+            raise missing(module, "DuckDB's vss extension", "bench") from None
+        if module == "duckdb_extension_lance":
+            raise missing(module, "DuckDB's lance extension", "duckdb-lance") from None
         raise ValidationError(
             f"DuckDB extension {name!r} is not installed; pip install duckdb-extension-{name}"
         ) from None

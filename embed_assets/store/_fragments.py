@@ -33,7 +33,7 @@ from lance import LanceOperation
 from lance.commit import CommitConflictError
 from lance.fragment import FragmentMetadata
 
-from ..errors import ConflictError, ValidationError, first_line
+from ..errors import ConflictError, ValidationError, describe
 from . import _filters as sqlx
 from ._commits import MAX_ATTEMPTS, commit, fence, table_lock, with_retries
 from ._meta import (
@@ -158,7 +158,7 @@ def commit_fragments(
             raise ConflictError(
                 f"commit of {len(fragments)} fragment(s) to {req.name!r} kept conflicting with "
                 f"concurrent commits ({MAX_ATTEMPTS} attempts); nothing was committed: "
-                f"{first_line(exc)}"
+                f"{describe(exc)}"
             ) from None
     result.retries = retries
     return result

@@ -25,7 +25,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ValidationError, first_line
+from ..errors import ValidationError, describe
 from ..kernels import pair_distances
 from ._cache import CACHE, VersionKey, take_rows
 from ._meta import VECTOR_COLUMN, TableMeta
@@ -76,7 +76,7 @@ def text_hits(name: str, ds: lance.LanceDataset, meta: TableMeta, text: str, n: 
         res = ds.to_table(full_text_query=MultiMatchQuery(text, cols), columns=[meta.key, "_score"],
                           limit=n, filter=where, prefilter=where is not None)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"text search on {name!r} failed: {first_line(exc)}") from None
+        raise ValidationError(f"text search on {name!r} failed: {describe(exc)}") from None
     res = res.rename_columns([("text_score" if c == "_score" else c) for c in res.column_names])
     return res.sort_by([("text_score", "descending")])
 

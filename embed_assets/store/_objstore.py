@@ -20,6 +20,7 @@ import re
 import threading
 from typing import Any
 
+from .._extras import require
 from ..errors import StorageError, describe
 
 _stores: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
@@ -48,10 +49,7 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
     with _stores_guard:
         if cache_key in _stores:
             return _stores[cache_key]
-    try:
-        from obstore.store import from_url
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise StorageError("object stores need the 'obstore' package (pip install obstore)") from None
+    from_url = require("obstore.store", "writing to an object store", "s3").from_url
     scheme, _, rest = uri.partition("://")
     if scheme == "s3+ddb":  # Lance's DynamoDB-locked S3: the objects are plain S3 ones
         scheme, uri = "s3", "s3://" + rest.split("?", 1)[0]
@@ -60,9 +58,9 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
               for k, v in opts.items() if k not in _CLIENT_KEYS}
     for _ in range(len(config) + 1):
         try:
-            # user-given option names: obstore checks them at run time, its TypedDicts cannot
-            store = from_url(uri, config=config or None,  # type: ignore[arg-type]
-                             client_options=client or None)  # type: ignore[arg-type]
+            # user-given option names: obstore checks them at run time (from_url comes
+            # through require(), untyped: its TypedDicts could not check them anyway)
+            store = from_url(uri, config=config or None, client_options=client or None)
             break
         except BaseException as exc:  # obstore raises a pyo3 PanicException for some keys
             if isinstance(exc, KeyboardInterrupt | SystemExit):

@@ -36,7 +36,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from ..errors import SchemaMismatchError, ValidationError, first_line
+from ..errors import SchemaMismatchError, ValidationError, describe
 from ..kernels import default_rank, exact_topk, exact_topk_batch
 from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
 from ._filters import conjunction
@@ -305,7 +305,7 @@ def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: i
     except (ValueError, OSError) as exc:
         shown = where if part is not None else " AND ".join(req.where_parts)
         raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
-                              f"{first_line(exc)}") from None
+                              f"{describe(exc)}") from None
     if sub is None:
         return None
     if probe_ok and sub.selectivity > BROAD_FILTER:
@@ -446,7 +446,7 @@ def _lance(name: str, ds: lance.LanceDataset, q: np.ndarray, req: SearchRequest,
         res = ds.to_table(nearest=nearest, filter=req.where, prefilter=req.where is not None,
                           columns=req.columns)
     except (ValueError, OSError) as exc:
-        raise ValidationError(f"search on {name!r} failed: {first_line(exc)}") from None
+        raise ValidationError(f"search on {name!r} failed: {describe(exc)}") from None
     res = res.rename_columns([("distance" if c == "_distance" else c) for c in res.column_names])
     res = res.sort_by([("distance", "ascending")])
     i = res.column_names.index("distance")

@@ -14,6 +14,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
+from .._extras import require
 from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNotFoundError, describe
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
@@ -390,6 +391,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
     def to_pandas(self, version: VersionRef = None, **kwargs: Any) -> Any:
         """The table at a version (or tag) as a pandas DataFrame; ``columns`` and ``where``
         as in :meth:`read`. Vectors are numpy arrays (one per cell)."""
+        require("pandas", "to_pandas()", "pandas")
         return self.read(version, **kwargs).to_pandas()
 
     def get(self, keys: Iterable[Any], version: VersionRef = None, *,
@@ -709,6 +711,7 @@ def _as_output(tbl: pa.Table, output: str) -> Any:
 
         return pl.from_arrow(tbl)
     if output == "pandas":
+        require("pandas", "output='pandas'", "pandas")
         return tbl.to_pandas()
     return tbl
 

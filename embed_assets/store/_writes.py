@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.commit import CommitConflictError
 
-from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe, first_line
+from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe
 from . import _filters as sqlx
 from ._arrow import as_arrow
 from ._commits import MAX_ATTEMPTS, commit, fence, is_conflict, table_lock, with_retries
@@ -217,7 +217,7 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
             except CommitConflictError as exc:
                 raise ConflictError(
                     f"write to {req.name!r} kept conflicting with concurrent commits "
-                    f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
+                    f"({MAX_ATTEMPTS} attempts); nothing was written: {describe(exc)}") from None
     except BaseException:
         if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
             remove_files(store.table_uri(req.name), store.storage_options, staged)

@@ -7,11 +7,9 @@ from ._digits_cnn import (
     DIGITS_MODEL,
     KnnReport,
     TrainedCNN,
-    digits_dataset,
     knn_label_accuracy,
     model_provenance,
     save_model,
-    train_digits_cnn,
 )
 from ._snapshot import (
     Snapshot,
@@ -32,7 +30,6 @@ __all__ = [
     "TrainedCNN",
     "cleanup_snapshots",
     "default_cache_dir",
-    "digits_dataset",
     "knn_label_accuracy",
     "list_snapshots",
     "model_provenance",
@@ -40,5 +37,19 @@ __all__ = [
     "save_model",
     "snapshot",
     "snapshot_id",
-    "train_digits_cnn",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The digits data and the CNN trained on them make the image demo's model (issue 22:
+    # demo generators are not library API); the README imported them from here, so the
+    # old names resolve, with a warning.
+    if name in ("digits_dataset", "train_digits_cnn"):
+        import warnings
+
+        from . import _digits_cnn
+
+        warnings.warn(f"embed_assets.train.{name} is the image demo's, not library API: it moved "
+                      "to embed_assets._demo", DeprecationWarning, stacklevel=2)
+        return getattr(_digits_cnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
