@@ -47,6 +47,7 @@ browser-deps:
 	scripts/install_browser_deps.sh || echo "browser test dependencies unavailable: that test will skip"
 
 test: $(STAMP) browser-deps
+	$(BIN)/mypy
 	$(PY) -m pytest -q
 
 # The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
@@ -56,6 +57,7 @@ stress: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(PIP) -e '.[bench]'

@@ -4,16 +4,6 @@
   components (dg.toml, the defs folder ``dagster_project/defs``);
 - ``dagster_project.by_section``: the same pipeline, one partition per Debian section.
 
-Importing this package builds neither: each location loads only its own module. ``defs``
-here is the first location's, built on first use.
+Importing this package builds neither: each location loads only its own module
+(``dagster_project.defs`` is the defs folder, not a Definitions object).
 """
-
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    if name == "defs":
-        from .definitions import defs
-
-        return defs
-    raise AttributeError(name)

@@ -26,6 +26,7 @@ from .embed import (
     default_embedder,
     embed_table,
 )
+from .embed._images import IMAGE_HASH_COLUMN
 from .errors import EmbedAssetsError, ValidationError, describe
 from .index import build_index, build_text_index, freshness, refresh_index
 from .serve import _cli as serve_cli
@@ -253,6 +254,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)  # the version searched decides the model, not the latest
+    if meta.text_column == IMAGE_HASH_COLUMN and args.mode != "text":
+        # its model is an image model: loading it as a text model went looking for it on
+        # the Hugging Face hub (15 s, then a misleading error)
+        raise ValidationError(f"table {args.name!r} holds image embeddings ({meta.model}); "
+                              f"search it by image: embed-assets search-image {args.name} "
+                              "PATH|KEY")
     embedder: Any = None
     if args.mode != "text":
         embedder = default_embedder(meta.model)
@@ -274,7 +281,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.explain:
             print(f"plan: {plan}")
         _print_table(rows, ["rank", meta.key, *scores,
-                            *([meta.text_column] if meta.text_column in cols else [])])
+                            *([meta.text_column] if meta.text_column and meta.text_column in cols
+                              else [])])
     return 0
 
 
@@ -467,7 +475,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
                         help="store URI (default: $EMBED_ASSETS_STORE or ./.embed_store)")
     p = _Parser(prog="embed-assets", parents=[common],
@@ -583,8 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", default="upsert", choices=["upsert", "overwrite", "append", "sync"],
                     help="upsert (default), overwrite, append or sync, as for embed")
     sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
-                    help="how the network runs: auto (default: onnx where onnxruntime is installed, "
-                         "else torch), torch, onnx or openvino (all fp32, the same vectors)")
+                    help="how the network runs: auto (default: openvino, else onnx, else torch, "
+                         "whichever is installed first), torch, onnx or openvino (all fp32, the "
+                         "same vectors)")
     sp.add_argument("--batch-size", type=_positive_int, default=32,
                     help="images per forward pass (default 32)")
     sp.add_argument("--run-id", default=None, help="recorded on the version written")

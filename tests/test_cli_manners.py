@@ -37,7 +37,8 @@ from embed_assets.errors import describe
 from .conftest import vectors_table
 
 VERBS = ["embed", "tables", "versions", "tag", "untag", "rollback", "search", "export",
-         "cleanup", "index", "sql", "demo", "snapshot", "embed-images", "search-image"]
+         "cleanup", "index", "sql", "demo", "snapshot", "embed-images", "search-image",
+         "serve"]
 
 
 def cli(store: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

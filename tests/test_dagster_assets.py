@@ -346,7 +346,7 @@ def test_drift_check_warns_when_the_space_changes(env: dict[str, Any]) -> None:
 
 def test_partitioned_by_section_replaces_one_partition_per_commit(
         env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from dagster_project.demo import build_demo_definitions
+    from dagster_project.demo import build_demo_definitions, sections
 
     defs = build_demo_definitions("debian_by_section", partitioned=True)
     emb = AssetKey(["debian_by_section", "embeddings"])
@@ -389,6 +389,21 @@ def test_partitioned_by_section_replaces_one_partition_per_commit(
     assert plan.path == "filtered-exact" and "gathered at version 2" in plan.reason
     exact = t.search(q, k=5, where="section = 'editors'", use_index=False, nprobes=1)
     assert got.column("package").to_pylist() == exact.column("package").to_pylist()
+    # a partition's dagster/row_count is its own, not the table's (issue 23, point 4)
+    assert md["dagster/row_count"] == 160 and md["table_rows"] == 330
+    # a rollback (to v2: games back to 170 rows) is recorded per partition, each with its
+    # own row count, so each partition's page shows the restored version
+    job = rollback_job_name(table_name)
+    rb = defs.resolve_job_def(job).execute_in_process(
+        instance=env["instance"], run_config={"ops": {f"{job}_op": {"config": {"to": "2"}}}})
+    assert rb.success
+    mats = {e.materialization.partition: e.materialization.metadata
+            for e in rb.get_asset_materialization_events() if e.asset_key == emb}
+    assert {k: v["dagster/row_count"].value for k, v in mats.items() if v["dagster/row_count"].value} == {
+        "editors": 170, "games": 170}
+    assert None not in mats and set(mats) == set(sections())
+    latest = env["instance"].get_latest_materialization_event(emb).asset_materialization
+    assert latest.metadata["rollback_to"].value == 2
 
 
 def test_io_manager_types_modes_partitions_and_version_pins(env: dict[str, Any]) -> None:

@@ -74,6 +74,9 @@ def test_cli_partition_range_runs_all_sections_in_one_run(tmp_path: Path) -> Non
     t = Store(str(tmp_path / "store")).table("debian_by_section_embeddings")
     # twelve partitions, one commit
     assert t.count_rows() == 2040 and t.version == 1
+    # Dagster's Beta warning about backfill_policy (three times per launch before) does not
+    # reach the user (issue 23, point 6)
+    assert "backfill_policy" not in p.stderr + p.stdout
 
 
 @pytest.mark.e2e

@@ -308,3 +308,51 @@ def test_model_identity_parts() -> None:
     assert model_identity(ModelSpec(backend="hash", dimension=16)) == "hash-bow:16@v1#hash"
     onnx = model_identity(ModelSpec(name="/models/mini", backend="onnx", revision="abc"))
     assert onnx == "/models/mini@abc#onnx"
+
+
+def test_an_image_table_from_yaml(env: dict[str, Any]) -> None:
+    """image_column + image_model (raw pixels here: no weights): the digits' PNG bytes are
+    embedded, incremental by image hash, with the table's checks."""
+    from embed_assets.train import digits_dataset
+
+    src = env["tmp"] / "digits.parquet"
+    pl.from_arrow(digits_dataset()).head(150).write_parquet(src)
+    body = _yaml([{"asset": "digits/embeddings", "path": str(src), "key_column": "digit_id",
+                   "image_column": "png", "columns": ["label", "split"], "label_column": "label"}])
+    body["attributes"]["image_model"] = {"backend": "pixels", "size": [8, 8]}
+    key = AssetKey(["digits", "embeddings"])
+    with create_defs_folder_sandbox() as sandbox:
+        path = _build(sandbox, "digits", body)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            assert defs.resolve_assets_def(key).specs_by_key[key].code_version == "pixels-raw:8x8:L#pixels"
+            res = _materialize(defs, env["instance"])
+            assert res.success
+            again = _materialize(defs, env["instance"])
+    t = env["store"].table("digits_embeddings")
+    assert t.count_rows() == 150 and t.meta.dimension == 64 and t.version == 1  # 2nd run: no version
+    assert _meta(res, key)["rows_embedded"] == 150 and _meta(again, key)["lance/version"] == 1
+    checks = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
+    assert checks["vectors_finite"] and checks["unique_keys"]
+
+
+def test_text_or_image_column_exactly_one(env: dict[str, Any]) -> None:
+    body = _yaml([{**TEXT_TABLE, "image_column": "png"}])
+    with create_defs_folder_sandbox() as sandbox:
+        path = _build(sandbox, "docs", body)
+        with pytest.raises(Exception) as err, sandbox.load_component_and_build_defs(defs_path=path):
+            pass
+    assert "tables[0]: give exactly one of text_column and image_column" in "".join(
+        str(e) for e in _chain(err.value))
+
+
+def test_translation_renames_the_asset_and_its_table(env: dict[str, Any]) -> None:
+    body = _yaml([TEXT_TABLE])
+    body["attributes"]["translation"] = {"key_prefix": "vectors", "group_name": "search"}
+    with create_defs_folder_sandbox() as sandbox:
+        path = _build(sandbox, "docs", body)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            key = AssetKey(["vectors", "docs", "embeddings"])
+            spec = defs.resolve_assets_def(key).specs_by_key[key]
+            assert spec.group_name == "search"
+            assert spec.metadata["table"] == "vectors_docs_embeddings"
+            assert "restore_vectors_docs_embeddings" in {j.name for j in defs.jobs}

@@ -419,7 +419,7 @@ def test_image_tables_share_listing_tags_and_the_index_policy(store: Store) -> N
 def test_the_demo_and_image_rollback_jobs_offer_their_own_tables() -> None:
     """Both job sets live in one Definitions; each rollback job's table Enum holds its own
     tables (a shared Enum name made Dagster refuse 'digits_embeddings' in the image job)."""
-    from dagster_project import defs
+    from dagster_project.definitions import defs
 
     for job, table in (("rollback_image_table", "digits_embeddings"),
                        ("rollback_table", "debian_embeddings")):

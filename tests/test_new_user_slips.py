@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,41 @@ def test_cli_on_an_s3_store_without_region_or_credentials_says_what_to_set(tmp_p
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "set AWS_REGION" in proc.stderr or "no AWS credentials found" in proc.stderr, proc.stderr
+
+
+def test_the_progress_bar_moves_and_keeps_one_number_format(tmp_path, capsys):
+    from embed_assets.embed import Streamed
+
+    n = 12_000
+    src = {"id": list(range(n)), "text": [f"row {i} text {i % 97}" for i in range(n)]}
+    class Slow(HashEmbedder):  # as slow per call as a model on a CPU, for tqdm's throttle
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            time.sleep(0.12)
+            return super().embed(texts)
+
+    embed_table(Store(tmp_path / "s"), "t", src, key="id", text="text",
+                embedder=Slow(dimension=8), executor=Streamed(50_000, progress=True))
+    err = capsys.readouterr().err
+    frames = [f for f in err.replace("\r", "\n").splitlines() if "embed t" in f]
+    assert len(frames) >= n // 1024, frames  # a step at least every ~1k rows (4,096 before)
+    assert "1e+" not in err and "12,000" in err, frames[-3:]
+
+
+def test_text_search_on_an_image_table_says_to_search_by_image(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    from embed_assets.embed import PixelEmbedder, embed_images
+
+    def png(v: int) -> bytes:
+        b = io.BytesIO()
+        Image.new("L", (4, 4), v).save(b, "PNG")
+        return b.getvalue()
+
+    root = tmp_path / "s"
+    embed_images(Store(root), "pics", {"id": [1, 2], "png": [png(10), png(200)]}, key="id",
+                 image="png", embedder=PixelEmbedder(size=(4, 4)))
+    rc = main(["--store", str(root), "search", "pics", "a red car"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds image embeddings" in err and "search-image pics" in err, err

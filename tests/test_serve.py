@@ -462,3 +462,44 @@ def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, words
     assert main(["--store", str(tmp_path / "s"), "serve", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+def test_where_objects_become_quoted_literals_never_sql_text(tmp_path):
+    from embed_assets.serve._snapshot import load
+
+    store = Store(tmp_path / "store")
+    store.write("t", rows(1.0), key="id")
+    snap = load(store, "t", 1)
+    assert snap.where_sql({"section": "x' OR '1'='1"}) == "(`section` = 'x'' OR ''1''=''1')"
+    assert snap.where_sql({"size": {">=": 3, "<": 9}, "section": ["a", "b"]}) == \
+        "(`size` >= 3) AND (`size` < 9) AND (`section` IN ('a', 'b'))"
+    for bad in ({"vector": 1}, {"size": {"in": 3}}, {"size": float("inf")}, {"size": {"like": "%"}}, {}):
+        with pytest.raises(ValidationError):
+            snap.where_sql(bad)
+
+
+def test_the_tag_poller_survives_any_failure_and_keeps_the_current_version(tmp_path):
+    from embed_assets.serve._state import PinnedTable, Poller, TableSpec
+
+    store = Store(tmp_path / "store")
+    a, _ = two_versions(store, "t")
+    pinned = PinnedTable(store, TableSpec("t"))
+    pinned.sync()
+    calls = []
+
+    def boom() -> bool:
+        calls.append(1)
+        raise RuntimeError("an unexpected failure")
+
+    pinned.sync = boom  # type: ignore[method-assign]
+    poller = Poller([pinned], 0.01)
+    poller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3:  # polled again after a failure: the thread lives
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+    assert poller.errors >= 3 and "RuntimeError" in (pinned.last_error or "")
+    assert pinned.current is not None and pinned.current.version == a

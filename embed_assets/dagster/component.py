@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 
 import pyarrow as pa
 from dagster import (
@@ -62,7 +62,7 @@ CheckName = Literal["vectors_finite", "vector_dimension", "no_zero_vectors", "un
                     "index_freshness", "drift"]
 Backend = Literal["sentence-transformers", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16",
                   "torch-fp16", "hash"]
-assert set(Backend.__args__) == set(BACKENDS)  # one list of backends: resources.BACKENDS
+assert set(get_args(Backend)) == set(BACKENDS)  # one list of backends: resources.BACKENDS
 
 
 # -- the YAML schema ------------------------------------------------------------------------
@@ -90,12 +90,25 @@ class ModelSpec(Resolvable, Model):
 class ChecksSpec(Resolvable, Model):
     """Which asset checks run, and at which severity (ERROR blocks downstream assets)."""
 
-    enabled: list[CheckName] = field(default_factory=lambda: [*INTEGRITY_CHECKS, *WARN_CHECKS])
+    enabled: list[CheckName] = field(
+        default_factory=lambda: cast(list[CheckName], [*INTEGRITY_CHECKS, *WARN_CHECKS]))
     severity: dict[CheckName, Literal["ERROR", "WARN"]] = field(default_factory=dict)
     expected_dimension: int | None = None
     max_centroid_shift: float = 0.05
     min_neighbour_overlap: float = 0.8
     max_unindexed_share: float = 0.1
+
+
+class ImageModelSpec(Resolvable, Model):
+    """The model of image tables: ``efficientnet`` (EfficientNet-Lite0 on ImageNet, 1,280-d,
+    shipped; the default), ``clip`` (a sentence-transformers image model: name or path),
+    ``torch`` (a torch image model file: ``name`` is its path) or ``pixels`` (raw pixels
+    resized to ``size``: a baseline, no weights)."""
+
+    backend: Literal["efficientnet", "pixels", "clip", "torch"] = "efficientnet"
+    name: str | None = None
+    size: list[int] = field(default_factory=lambda: [8, 8])
+    image_mode: Literal["L", "RGB"] = "L"
 
 
 class FreshnessSpec(Resolvable, Model):
@@ -112,7 +125,10 @@ class EmbeddingTableSpec(Resolvable):
 
     asset: str
     key_column: str
-    text_column: str
+    # what is embedded: a text column (the component's model), or an image column (its
+    # image_model): exactly one
+    text_column: str | None = None
+    image_column: str | None = None
     # the upstream asset (loaded by its IO manager), or a file (Parquet, CSV, JSON lines)
     # read at run time, relative to the defs.yaml's folder
     source: str | None = None
@@ -158,7 +174,10 @@ class EmbeddingsComponent(Component, Resolvable):
 
     tables: Sequence[EmbeddingTableSpec]
     store: StoreSpec = field(default_factory=StoreSpec)
-    model: ModelSpec = field(default_factory=ModelSpec)
+    # the YAML key `model`; it shadows Resolvable's `model` classmethod, which this
+    # component does not use
+    model: ModelSpec = field(default_factory=ModelSpec)  # type: ignore[assignment]
+    image_model: ImageModelSpec = field(default_factory=ImageModelSpec)
     group_name: str | None = None
     kinds: list[str] = field(default_factory=lambda: ["lancedb", "python"])
     automation_condition: Annotated[
@@ -213,20 +232,27 @@ class EmbeddingsComponent(Component, Resolvable):
                 _check_columns(f"tables[{i}]", source_file_columns(path), t)
                 load_source = _loader(path)
             on_write = sync_version_choices if self.version_jobs else None
-            asset_def = build_embedding_asset(
-                spec.key, source=source_key, key_column=t.key_column, text_column=t.text_column,
-                columns=t.columns, partitions_def=t.partitions,
-                partition_expr=t.partition_column if t.partitions is not None else None,
-                table=name, on_empty=t.on_empty, group_name=spec.group_name,
-                description=spec.description, io_manager_key=self.io_manager_key,
-                store_key=self.store_key, embedder_key=self.embedder_key,
-                label_column=t.label_column, metadata=spec.metadata,
-                code_version=spec.code_version, automation_condition=spec.automation_condition,
-                freshness_policy=spec.freshness_policy, kinds=sorted(spec.kinds),
-                tags=spec.tags, owners=spec.owners, write_mode=t.write_mode,
-                reembed_on_model_change=True, index_recall=t.index_recall, on_write=on_write,
-                load_source=load_source,
-            )
+            if t.image_column is not None:
+                asset_def = build_image_embedding_asset(
+                    spec, t, name, self.image_model, source_key=source_key,
+                    load_source=load_source, store_key=self.store_key,
+                    io_manager_key=self.io_manager_key, on_write=on_write)
+            else:
+                asset_def = build_embedding_asset(
+                    spec.key, source=source_key, key_column=t.key_column,
+                    text_column=cast(str, t.text_column),  # a text table: no image_column
+                    columns=t.columns, partitions_def=t.partitions,
+                    partition_expr=t.partition_column if t.partitions is not None else None,
+                    table=name, on_empty=t.on_empty, group_name=spec.group_name,
+                    description=spec.description, io_manager_key=self.io_manager_key,
+                    store_key=self.store_key, embedder_key=self.embedder_key,
+                    label_column=t.label_column, metadata=spec.metadata,
+                    code_version=spec.code_version, automation_condition=spec.automation_condition,
+                    freshness_policy=spec.freshness_policy, kinds=sorted(spec.kinds),
+                    tags=spec.tags, owners=spec.owners, write_mode=t.write_mode,
+                    reembed_on_model_change=True, index_recall=t.index_recall, on_write=on_write,
+                    load_source=load_source,
+                )
             assets.append(asset_def)
             cs = t.checks or ChecksSpec()
             if cs.enabled:
@@ -236,7 +262,7 @@ class EmbeddingsComponent(Component, Resolvable):
                     max_centroid_shift=cs.max_centroid_shift,
                     min_neighbour_overlap=cs.min_neighbour_overlap,
                     max_unindexed_share=cs.max_unindexed_share,
-                    include=cs.enabled, severities=cs.severity))
+                    include=cs.enabled, severities={str(k): v for k, v in cs.severity.items()}))
             owners[name] = spec.key
             if t.partitions is not None and t.partition_column:
                 partitioned[name] = (t.partitions, t.partition_column)
@@ -264,11 +290,13 @@ class EmbeddingsComponent(Component, Resolvable):
             key=key,
             group_name=self.group_name,
             kinds=set(self.kinds),
-            code_version=self.code_version(),
+            code_version=(image_model_identity(self.image_model) if t.image_column
+                          else self.code_version()),
             automation_condition=condition,
             freshness_policy=_freshness_policy(fresh) if fresh else None,
             description=t.description or _description(
-                t, key, self.code_version(), links=self.version_jobs,
+                t, key, image_model_identity(self.image_model) if t.image_column
+                else self.code_version(), links=self.version_jobs,
                 latest=self._latest_snapshot(t, key) if self.describe_latest else ""),
             deps=[AssetKey.from_user_string(t.source)] if t.source else [],
         )
@@ -281,7 +309,8 @@ class EmbeddingsComponent(Component, Resolvable):
         """The latest version as markdown, read when the code location loads ("" if none)."""
         name = t.table or lance_table_name(key)
         try:
-            store = shared_store_resource(self.store.uri, self.store.storage_options).get_store()
+            store = EmbedStoreResource(uri=self.store.uri or None,
+                                       storage_options=self.store.storage_options).get_store()
             if not store.exists(name):
                 return ""
             return latest_version_markdown(store.table(name), label_column=t.label_column
@@ -296,7 +325,8 @@ def _description(t: EmbeddingTableSpec, key: AssetKey, identity: str, *, links: 
     (at load time) with its picture, and the way back."""
     name = t.table or lance_table_name(key)
     model, _, backend = identity.rpartition("#")
-    text = (f"Embeddings of `{t.source or Path(str(t.path)).name}`.{t.text_column}, keyed by "
+    text = (f"Embeddings of `{t.source or Path(str(t.path)).name}`.{t.text_column or t.image_column}, "
+            "keyed by "
             f"`{t.key_column}`, in store table `{name}` (SQL: `FROM {name}`). "
             f"**Model** `{model.split('@')[0]}` ({backend}; the code version is the model "
             "identity). Only new or changed rows are embedded; the data version is the Lance "
@@ -327,8 +357,13 @@ def _validate(c: EmbeddingsComponent) -> None:
         if (t.partitions is None) != (t.partition_column is None):
             raise ValidationError(f"{at}: partitions and partition_column go together (the "
                                   "column of the source holding each row's partition key)")
-        for name, value in (("key_column", t.key_column), ("text_column", t.text_column)):
-            if not value or not value.strip():
+        if (t.text_column is None) == (t.image_column is None):
+            raise ValidationError(f"{at}: give exactly one of text_column and image_column")
+        if t.image_column is not None and (t.partitions is not None or t.index_recall is not None):
+            raise ValidationError(f"{at}: partitions and index_recall apply to text tables")
+        for name, value in (("key_column", t.key_column), ("text_column", t.text_column),
+                            ("image_column", t.image_column)):
+            if value is not None and not value.strip():
                 raise ValidationError(f"{at}.{name}: empty")
         name = t.table or lance_table_name(AssetKey.from_user_string(t.asset))
         if name in names:
@@ -342,7 +377,8 @@ def _validate(c: EmbeddingsComponent) -> None:
 
 def _check_columns(at: str, names: Sequence[str], t: EmbeddingTableSpec) -> None:
     """Every column the entry names is a column of its source file."""
-    wanted = {"key_column": [t.key_column], "text_column": [t.text_column],
+    wanted = {"key_column": [t.key_column], "text_column": [t.text_column] if t.text_column else [],
+              "image_column": [t.image_column] if t.image_column else [],
               "columns": t.columns or [], "partition_column": [t.partition_column] if
               t.partition_column else [], "label_column": [t.label_column] if t.label_column else []}
     for attr, cols in wanted.items():
@@ -419,6 +455,99 @@ def _local_revision(name: str | None) -> str | None:
     return _model_revision(None, str(path))
 
 
+def image_model_identity(model: ImageModelSpec) -> str:
+    """The code version of an image table: ``name#backend`` (pixels: size and mode)."""
+    if model.backend == "pixels":
+        w, h = model.size
+        return f"pixels-raw:{w}x{h}:{model.image_mode}#pixels"
+    if model.backend == "efficientnet":
+        return "efficientnet-lite0-imagenet#efficientnet"
+    return f"{model.name or '?'}#{model.backend}"
+
+
+def build_image_embedder(model: ImageModelSpec) -> Any:
+    """The image embedder of an :class:`ImageModelSpec`."""
+    from ..embed import (
+        EfficientNetEmbedder,
+        PixelEmbedder,
+        SentenceTransformerImageEmbedder,
+        TorchImageEmbedder,
+    )
+
+    if model.backend == "efficientnet":
+        return EfficientNetEmbedder()
+    if model.backend == "pixels":
+        w, h = model.size
+        return PixelEmbedder(size=(w, h), image_mode=model.image_mode)
+    if not model.name:
+        raise ValidationError(f"image_model.name: the {model.backend} backend needs a model name or path")
+    if model.backend == "clip":
+        return SentenceTransformerImageEmbedder(model=model.name, image_mode=model.image_mode)
+    return TorchImageEmbedder(path=model.name)
+
+
+def build_image_embedding_asset(spec: AssetSpec, t: EmbeddingTableSpec, table: str,
+                                model: ImageModelSpec, *, source_key: AssetKey | None,
+                                load_source: Any, store_key: str, io_manager_key: str,
+                                on_write: Any) -> Any:
+    """An asset embedding the images of ``t.image_column`` (:func:`embed_assets.embed.embed_images`):
+    incremental by a hash of the image bytes; a model change re-embeds every image."""
+    from dagster import AssetExecutionContext, AssetIn, DataVersion, MaterializeResult, MetadataValue, asset
+
+    from ..embed import embed_images
+    from ..store import as_arrow
+    from .metadata import record_run_version, table_metadata
+
+    def _embed(context: AssetExecutionContext, source: Any) -> MaterializeResult:
+        store = getattr(context.resources, store_key).get_store()
+        embedder = build_image_embedder(model)
+        mode = "sync"
+        if store.exists(table):
+            meta = store.table(table).meta
+            if (meta.model, meta.model_revision) != (embedder.name, embedder.revision):
+                context.log.warning(f"{table}: model {meta.model} -> {embedder.name}: re-embedding "
+                                    "every image")
+                mode = "overwrite"
+        res = embed_images(store, table, as_arrow(source), key=t.key_column,
+                           image=cast(str, t.image_column),  # an image table
+                           embedder=embedder, mode=mode, columns=t.columns, run_id=context.run.run_id,
+                           properties={"dagster_asset": spec.key.to_user_string()})
+        context.log.info(res.summary())
+        record_run_version(context, table, res.version)
+        tbl = store.table(table)
+        md = table_metadata(tbl, version=res.version, write=res.write, label_column=t.label_column,
+                            preview_columns=[c for c in (t.key_column, t.label_column) if c],
+                            extra={"summary": MetadataValue.text(res.summary()),
+                                   "rows_embedded": MetadataValue.int(res.rows_embedded),
+                                   "rows_reused": MetadataValue.int(res.rows_reused),
+                                   "rows_unchanged": MetadataValue.int(res.rows_unchanged),
+                                   "bad_images": MetadataValue.int(res.rows_skipped_empty)})
+        if on_write is not None:
+            on_write(context, tbl)
+        return MaterializeResult(metadata=md, data_version=DataVersion(f"v{res.version}"))
+
+    common: dict[str, Any] = dict(
+                  key=spec.key, required_resource_keys={store_key}, io_manager_key=io_manager_key,
+                  metadata={"key": t.key_column, "table": table, "image_column": t.image_column,
+                            **spec.metadata},
+                  group_name=spec.group_name, kinds=set(spec.kinds) | {"image"}, tags=spec.tags,
+                  owners=list(spec.owners) or None, code_version=spec.code_version,
+                  automation_condition=spec.automation_condition,
+                  freshness_policy=spec.freshness_policy, description=spec.description)
+    if load_source is not None:
+        @asset(**common)
+        def _image_asset_from_file(context: AssetExecutionContext) -> MaterializeResult:
+            return _embed(context, load_source())
+
+        return _image_asset_from_file
+
+    @asset(ins={"source": AssetIn(key=source_key)}, **common)
+    def _image_asset(context: AssetExecutionContext, source: Any) -> MaterializeResult:
+        return _embed(context, source)
+
+    return _image_asset
+
+
 def default_automation_condition() -> AutomationCondition:
     """Re-embed when the upstream asset has new data or the model (code version) changed."""
     return (AutomationCondition.eager() | AutomationCondition.code_version_changed()).with_label(
@@ -458,11 +587,18 @@ def _shared(key: Any, make: Any) -> Any:
 
 
 def shared_store_resource(uri: str | None = None,
-                          storage_options: Mapping[str, str] | None = None) -> EmbedStoreResource:
-    """The store resource for these settings, one object per settings in a process."""
+                          storage_options: Mapping[str, str] | None = None) -> Any:
+    """The store resource for these settings, one object per settings in a process.
+
+    A ``configure_at_launch`` partial: what the YAML leaves unset (the URI, by default)
+    stays settable in the Launchpad, and the IO manager, which holds this very object as
+    its nested ``store``, follows what is set there (a fully built resource would be
+    resolved on its own and keep its defaults).
+    """
     opts = dict(storage_options) if storage_options else None
+    given = {k: v for k, v in (("uri", uri or None), ("storage_options", opts)) if v is not None}
     key = ("store", uri or None, tuple(sorted((opts or {}).items())))
-    return _shared(key, lambda: EmbedStoreResource(uri=uri or None, storage_options=opts))
+    return _shared(key, lambda: EmbedStoreResource.configure_at_launch(**given))
 
 
 def shared_embedder_resource(model: ModelSpec) -> EmbedderResource:
@@ -503,4 +639,5 @@ class EmbeddingsScaffolder(Scaffolder):
         })
 
 
-EmbeddingsComponent = scaffold_with(EmbeddingsScaffolder)(EmbeddingsComponent)
+# (the scaffolder is defined after the class it scaffolds, so not as a decorator)
+EmbeddingsComponent = scaffold_with(EmbeddingsScaffolder)(EmbeddingsComponent)  # type: ignore[misc]

@@ -114,7 +114,7 @@ def build_image_embedding_asset(
         store = getattr(context.resources, store_key).get_store()
         data, kcol, image = image_source(config.source or source, column=column, key=key_column,
                                          store_bytes=store_bytes)
-        limits = ImageLimits(**({"max_pixels": max_pixels} if max_pixels else {}))
+        limits = ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
         res = embed_images(store, name, data, key=kcol, image=image,
                            embedder=EfficientNetEmbedder(backend=backend),
                            mode="overwrite" if config.overwrite else "upsert",

@@ -27,7 +27,7 @@ Input metadata (``AssetIn(metadata={...})``) steers reads: ``version`` (a number
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import polars as pl
@@ -48,6 +48,7 @@ from ..store import (
     VECTOR_COLUMN,
     EmbeddingTable,
     Store,
+    WriteMode,
     WriteResult,
     as_arrow,
     filter_in,
@@ -99,7 +100,9 @@ def _rows_in_slice(tbl: pa.Table, dims: Sequence[TablePartitionDimension]) -> pa
             )
         col = tbl.column(d.partition_expr)
         if isinstance(d.partitions, TimeWindow):
-            start, end = d.partitions.start, d.partitions.end
+            # datetimes, or the dates of a date column
+            start: Any = d.partitions.start
+            end: Any = d.partitions.end
             if pa.types.is_timestamp(col.type) and col.type.tz is None:
                 start, end = _naive_utc(start), _naive_utc(end)
             elif pa.types.is_date(col.type):
@@ -239,7 +242,7 @@ def _same_content(table: EmbeddingTable, tbl: pa.Table, key: str, model: str | N
         return False
 
 
-def _write_mode(context: OutputContext, md: Mapping[str, Any], *, partitioned: bool) -> str:
+def _write_mode(context: OutputContext, md: Mapping[str, Any], *, partitioned: bool) -> WriteMode:
     """The ``write_mode`` of the asset's metadata, checked (default: upsert when partitioned)."""
     mode = md.get("write_mode") or ("upsert" if partitioned else "overwrite")
     if mode not in IO_WRITE_MODES:
@@ -247,13 +250,13 @@ def _write_mode(context: OutputContext, md: Mapping[str, Any], *, partitioned: b
             f"write_mode {mode!r} in the metadata of {context.asset_key.to_user_string()}; "
             f"choose one of {', '.join(IO_WRITE_MODES)}"
         )
-    return str(mode)
+    return cast(WriteMode, str(mode))  # one of IO_WRITE_MODES, checked above
 
 
 def _partition_write(context: OutputContext, store: Store, name: str, tbl: pa.Table, *,
                      dims: Sequence[TablePartitionDimension], existing: EmbeddingTable | None,
                      key: str, model: str | None,
-                     properties: Mapping[str, Any]) -> tuple[WriteResult, str]:
+                     properties: Mapping[str, Any]) -> tuple[WriteResult, WriteMode]:
     """Replace exactly the slice's partitions of table ``name`` with ``tbl``, in one commit.
 
     Refuses rows of other partitions; then the store's ``replace_partition`` (the one
@@ -270,7 +273,7 @@ def _partition_write(context: OutputContext, store: Store, name: str, tbl: pa.Ta
             f"(partition_expr {[d.partition_expr for d in dims]})"
         )
     props = {**properties, "partition": ",".join(context.asset_partition_keys)}
-    mode = "replace_partition" if existing is not None else "overwrite"
+    mode: WriteMode = "replace_partition" if existing is not None else "overwrite"
     write = store.write(name, tbl, key=key, mode=mode, model=model, run_id=context.run_id,
                         partition_where=partition_filter(dims) if existing is not None else None,
                         properties=props)
@@ -305,7 +308,7 @@ class _RunTaggingHandler(DbTypeHandler[Any]):
     def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: Any,
                       connection: Store) -> Mapping[str, Any] | None:
         md = self.inner.handle_output(context, table_slice, obj, connection)
-        version = (md or {}).get(VERSION_KEY)
+        version: Any = (md or {}).get(VERSION_KEY)
         if version is not None:
             tag_run_with_version(self._instance, context.run_id, table_slice.table,
                                  int(getattr(version, "value", version)), context.log)

@@ -11,7 +11,7 @@ op also reports a materialisation, so the asset page shows the rolled-back versi
 import enum
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from dagster import (
     AssetCheckEvaluation,
@@ -226,10 +226,12 @@ def build_version_jobs(
     @op(name=f"{rollback_name}_op", required_resource_keys={store_key}, out={})
     def rollback_op(context: OpExecutionContext,
                     config: rollback_config) -> Iterator[RollbackEvent]:  # type: ignore[valid-type]
-        yield from _rollback(context, _plain(config.table), config.to, config.asset_key)
+        cfg = cast(RollbackConfig, config)  # _rollback_config's class: a RollbackConfig
+        yield from _rollback(context, _plain(cfg.table), cfg.to, cfg.asset_key)
 
     @op(name=f"{tag_name}_op", required_resource_keys={store_key})
     def tag_op(context: OpExecutionContext, config: tag_config) -> None:  # type: ignore[valid-type]
+        config = cast(TagConfig, config)  # _tag_config's class: a TagConfig
         table = _plain(config.table)
         store = getattr(context.resources, store_key).get_store()
         try:
@@ -292,7 +294,7 @@ def _rollback_config(table_type: Any) -> type[Config]:
         return RollbackConfig
 
     class StoreRollbackConfig(RollbackConfig):
-        table: table_type = Field(description="store table to roll back")  # type: ignore[valid-type]
+        table: table_type = Field(description="store table to roll back")
 
     return StoreRollbackConfig
 
@@ -302,7 +304,7 @@ def _tag_config(table_type: Any) -> type[Config]:
         return TagConfig
 
     class StoreTagConfig(TagConfig):
-        table: table_type = Field(description="store table")  # type: ignore[valid-type]
+        table: table_type = Field(description="store table")
 
     return StoreTagConfig
 
@@ -316,7 +318,7 @@ def _check_events(t: EmbeddingTable, key: AssetKey,
         yield AssetCheckEvaluation(
             asset_key=key, check_name=str(r.check_name), passed=bool(r.passed),
             metadata=r.metadata, severity=r.severity, blocking=settings.blocking(str(r.check_name)))
-    failed = [r.check_name for r in results if not r.passed and settings.blocking(str(r.check_name))]
+    failed = [str(r.check_name) for r in results if not r.passed and settings.blocking(str(r.check_name))]
     if failed:
         raise Failure(f"rolled {t.name} back, but the new version fails blocking checks: "
                       f"{', '.join(failed)}; roll back to another version")

@@ -10,7 +10,7 @@ that fails them; so a failed check never reaches serving, whichever way the run 
 
 # No `from __future__ import annotations`: Dagster reads the decorated function's
 # annotations at definition time.
-from typing import Any
+from typing import Any, cast
 
 from dagster import (
     AssetChecksDefinition,
@@ -47,7 +47,8 @@ def build_serving_promotion(checks: AssetChecksDefinition, *, tag: str = "prod",
         t = getattr(context.resources, store_key).get_store().table(settings.table)
         version = t.version
         results = evaluate_embedding_checks(t, asset_key, settings)
-        checked = {int(r.metadata[VERSION_KEY].value) for r in results if VERSION_KEY in r.metadata}
+        checked = {int(cast(Any, r.metadata[VERSION_KEY]).value) for r in results
+                   if VERSION_KEY in r.metadata}
         if checked != {version}:  # a write landed while the checks ran: judge that one next run
             raise Failure(f"{settings.table!r} moved from version {version} while it was checked; "
                           f"tag {tag!r} left unchanged")

@@ -86,8 +86,10 @@ def build_network() -> Any:
     import torch.nn.functional as F
 
     nn = _nn()
+    Conv2d: Any = nn.Conv2d  # torch is imported here, not with the module: bases typed Any
+    Module: Any = nn.Module
 
-    class SameConv(nn.Conv2d):
+    class SameConv(Conv2d):
         """A bias-free convolution with TensorFlow's SAME padding. At stride 1 that is the
         symmetric ``k // 2`` (odd kernels), done by the convolution itself; at stride 2 it
         pads one more row and column at the bottom/right, done by an explicit pad."""
@@ -105,7 +107,7 @@ def build_network() -> Any:
                 x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
             return super().forward(x)
 
-    class MBConv(nn.Module):
+    class MBConv(Module):
         def __init__(self, expand: int, k: int, stride: int, cin: int, cout: int) -> None:
             super().__init__()
             mid = cin * expand
@@ -126,7 +128,7 @@ def build_network() -> Any:
             y = self._bn2(self._project_conv(y))
             return y + x if self.residual else y
 
-    class EfficientNetLite0(nn.Module):
+    class EfficientNetLite0(Module):
         def __init__(self) -> None:
             super().__init__()
             self._conv_stem = SameConv(3, 32, 3, 2)

@@ -184,7 +184,7 @@ def query_vector(table: Any, query: Any, *, embedder: Any = None, version: Any =
     A key's stored vector is used as it is; bytes and files are embedded with
     ``embedder`` (default: the table's model when it is the default image model).
     """
-    from ._images import decode_image
+    from ._decode import decode_image
 
     v = table.resolve(version)
     meta = table.meta_at(v)
@@ -255,7 +255,8 @@ def neighbours_png(table: Any, hits: pa.Table, query: bytes | None, *, version: 
     green, another red."""
     from PIL import Image
 
-    from ._images import decode_image, image_grid_png
+    from ._decode import decode_image
+    from ._images import image_grid_png
 
     v = table.resolve(version)
     meta = table.meta_at(v)

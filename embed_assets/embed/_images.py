@@ -237,8 +237,9 @@ class PixelEmbedder:
         out = np.empty((len(images), self._pixels), np.float32)
         for i, im in enumerate(images):
             im = im.convert(self.image_mode)
-            if im.size != tuple(self.size):
-                im = im.resize(tuple(self.size), PILImage.Resampling.BILINEAR)
+            w, h = self.size
+            if im.size != (w, h):
+                im = im.resize((w, h), PILImage.Resampling.BILINEAR)
             out[i] = np.asarray(im, np.float32).reshape(-1) / 255.0
         return out
 
@@ -307,7 +308,7 @@ class TorchImageEmbedder:
 
     path: str
     size: tuple[int, int] | None = None
-    image_mode: str | None = None  # type: ignore[assignment]
+    image_mode: str | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     device: str = "cpu"
@@ -358,7 +359,8 @@ class TorchImageEmbedder:
             with open(self.path, "rb") as fh:
                 self._revision = hashlib.blake2b(fh.read(), digest_size=8).hexdigest()
             self.name = self.name or os.path.basename(self.path)
-        self.size = tuple(self.size or spec.get("size") or (224, 224))  # type: ignore[assignment]
+        w, h = self.size or spec.get("size") or (224, 224)
+        self.size = (int(w), int(h))
         self.image_mode = self.image_mode or spec.get("image_mode") or "RGB"
         if self.image_mode not in IMAGE_MODES:
             raise ValidationError(f"image_mode must be one of {', '.join(IMAGE_MODES)}")

@@ -182,7 +182,7 @@ def _pooling_of(st: Any, name: str, backend: str) -> tuple[str, bool]:
             ),
             None,
         )
-    mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
+    mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(str(mode), mode)
     if not ok or mode not in ("mean", "cls", "max"):
         raise ValidationError(
             f"backend {backend!r} supports Transformer + Pooling(mean|cls|max) "

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ValidationError
 from ..store import Store
 from ._backends import default_embedder
-from ._embedders import EmptyTextPolicy
+from ._embedders import Embedder, EmptyTextPolicy
 from ._executors import DEFAULT_COMMIT_EVERY, InProcess, Streamed
 from ._image_guard import DEFAULT_LIMITS, ImageLimits
 from ._images import IMAGE_HASH_COLUMN, BadImagePolicy, ImageEmbedder, ImageEmbedResult, prepare_images
@@ -30,7 +30,7 @@ def embed_table(
     key: str,
     text: str | None = None,
     image: str | None = None,
-    embedder: Any = None,
+    embedder: Embedder | ImageEmbedder | str | None = None,
     mode: EmbedMode = "upsert",
     columns: Sequence[str] | None = None,
     partition: tuple[str, Any] | None = None,
@@ -50,9 +50,8 @@ def embed_table(
     data : table-like or path
         An Arrow/polars/pandas table, a dict of columns, or the path of a Parquet file.
     text, image : str
-        The column to embed, exactly one of the two: texts, for an
-        :class:`~embed_assets.Embedder`; or images (bytes, file paths or pixel arrays, see
-        :mod:`embed_assets.embed._images`), for an :class:`~embed_assets.ImageEmbedder`.
+        The column to embed, one of the two: texts, for an :class:`~embed_assets.Embedder`,
+        or images (bytes, file paths, pixel arrays), for an :class:`~embed_assets.ImageEmbedder`.
         Rows are keyed on a hash of the text, or of the image's bytes.
     mode : {"upsert", "sync", "overwrite", "append", "replace_partition"}
         ``upsert`` inserts new keys and updates changed ones; ``sync`` also deletes keys
@@ -62,22 +61,19 @@ def embed_table(
     columns : sequence of str, optional
         Source columns to keep beside key and vector (default: all source columns).
     on_empty : {"error", "skip"}
-        What to do with null or blank texts, or unusable images: refuse the run naming
-        their keys, or leave them out (counted in ``rows_skipped_empty``; for images the
-        result's ``bad_images`` says why).
+        Null or blank texts, or unusable images: refuse the run naming their keys, or leave
+        them out (``rows_skipped_empty``; for images ``bad_images`` says why).
     executor : InProcess, Streamed or OnRay, optional
-        How the run goes (see ``docs/embedding.md``): in this process with one commit,
-        streamed in groups of rows with resumable commits, or the model on a Ray cluster.
-        Default: ``Streamed`` for a Parquet path or with ``commit_every``, else ``InProcess``.
+        In this process with one commit, streamed with resumable commits, or on Ray (see
+        ``docs/embedding.md``). Default: ``Streamed`` for a Parquet path or with
+        ``commit_every``, else ``InProcess``.
     embedder
         The model; for images it may be left out: EfficientNet-Lite0 (ImageNet).
     limits : ImageLimits
         For images: size bounds (decompression bombs, placeholders) and animations.
     commit_every, progress
-        Shorthand for ``executor=Streamed(commit_every, progress)``: commit every this
-        many rows, so an interrupted run resumes without re-embedding committed rows
-        (default 50,000 for a Parquet path); a progress bar on stderr (``None``: when
-        stderr is a terminal). Not with ``replace_partition``.
+        Shorthand for ``executor=Streamed(commit_every, progress)`` (a commit every this
+        many rows, default 50,000; a progress bar on stderr, ``None``: when a terminal).
 
     Examples
     --------
@@ -90,21 +86,14 @@ def embed_table(
     >>> embed_table(store, "t", src, key="id", text="text", embedder=HashEmbedder()).rows_embedded
     0
     """
-    if (text is None) == (image is None):
-        raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
-    if isinstance(embedder, str) and text is not None:  # a model name, as the CLI's --model takes
-        embedder = default_embedder(embedder)
-    if not callable(getattr(embedder, "embed", None)):
-        raise ValidationError(
-            f"embedder must be an embedder object (SentenceTransformerEmbedder(), HashEmbedder(), "
-            f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
-    images = None
+    embedder, images = _checked_embedder(embedder, text, image), None
     if image is not None:  # the plan keys rows on the images' hashes, its hidden "text"
-        images = prepare_images(data, key=key, image=image, embedder=embedder, columns=columns,
-                                on_bad=on_empty, limits=limits)
+        images = prepare_images(data, key=key, image=image, embedder=cast(ImageEmbedder, embedder),
+                                columns=columns, on_bad=on_empty, limits=limits)
         data, embedder, columns = images.table, images.embedder, images.columns
         properties = {"input_kind": "image", "image_column": image, **(properties or {})}
-    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN, embedder=embedder,
+    job = EmbedJob(name=name, key=key, text=text or IMAGE_HASH_COLUMN,
+                   embedder=cast(Embedder, embedder),  # for images: their view for the plan
                    mode=mode, columns=columns, partition=partition, on_empty=on_empty,
                    run_id=run_id or "", properties=properties or {})
     executor = _executor(executor, data, commit_every, progress)
@@ -112,6 +101,23 @@ def embed_table(
     plan = EmbedPlan.prepare(store, job, data, scan_rows=executor.scan_rows())
     result = executor.run(plan)
     return images.result(result) if images is not None else result
+
+
+def _checked_embedder(embedder: Any, text: str | None, image: str | None) -> Any:
+    """The embedder object: for text, a model name is built as the CLI's --model builds it;
+    for images, none stays none (the default image model, :func:`prepare_images`)."""
+    if (text is None) == (image is None):
+        raise ValidationError("pass the column to embed as text=COLUMN or image=COLUMN (one of them)")
+    if embedder is None and text is None:
+        return None
+    if isinstance(embedder, str) and text is not None:
+        embedder = default_embedder(embedder)
+    # an image embedder embeds images (embed_images), a text one texts (embed)
+    if not callable(getattr(embedder, "embed" if text is not None else "embed_images", None)):
+        raise ValidationError(
+            f"embedder must be an embedder object (SentenceTransformerEmbedder(), HashEmbedder(), "
+            f"an ImageEmbedder...) or, for text, a model name; got {embedder!r}")
+    return embedder
 
 
 def _executor(executor: Executor | None, data: Any, commit_every: int | None,

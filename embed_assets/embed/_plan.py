@@ -255,7 +255,7 @@ def _scan_rows(source: Source, job: EmbedJob, rows: int | None) -> pa.Array:
     the keys of the rows that will be embedded."""
     kept: list[pa.Array] = []
     all_keys: list[pa.ChunkedArray] = []
-    blank_n, blank_shown = 0, []
+    blank_n, blank_shown = 0, list[Any]()
     cols = [job.key, job.text] + ([job.partition[0]] if job.partition is not None else [])
     for b in source.batches(cols, rows):
         if job.partition is not None:
@@ -316,7 +316,11 @@ def _stored_state(store: Store, job: EmbedJob, keep: list[str]) -> _Stored | Non
         raise SchemaMismatchError(
             f"table {name!r} was not written by the embedding pipeline (no _content_hash); "
             "use mode 'overwrite' or a new table")
-    sig_columns = [c for c in keep if c in schema_names and c != key]
+    # A Lance blob column (pictures kept in the table) scans as descriptions, never equal
+    # to the source's bytes: every row would look changed and every picture be rewritten.
+    # An image column's bytes are in _content_hash already (the image hash is the "text").
+    blobs = {f.name for f in ds.schema if "blob" in str(getattr(f.type, "extension_name", ""))}
+    sig_columns = [c for c in keep if c in schema_names and c != key and c not in blobs]
     where = SCAN_ALL
     if job.partition is not None:
         # A list of values scopes the write to several partitions at once (a Dagster
@@ -334,7 +338,7 @@ def _stored_state(store: Store, job: EmbedJob, keep: list[str]) -> _Stored | Non
             "_content_hash__old": pl.from_arrow(tbl.column("_content_hash")),
             "_sig__old": _row_signature(tbl, sig_columns)}))
     frame = pl.concat(parts) if parts else pl.DataFrame(
-        {key: pl.Series([], dtype=pl.from_arrow(pa.array([], ds.schema.field(key).type)).dtype),
+        {key: pl.Series(key, pa.array([], ds.schema.field(key).type)),
          "_content_hash__old": pl.Series([], dtype=pl.String),
          "_sig__old": pl.Series([], dtype=pl.UInt64)})
     return _Stored(frame, meta.model, meta.dimension, ds.schema, sig_columns, ds.version)

@@ -81,6 +81,8 @@ def partition_freshness(table: EmbeddingTable) -> list[dict[str, Any]]:
         if covered and outside:
             for f in outside:
                 frag = ds.get_fragment(f)
+                if frag is None or column is None:  # gone since the listing; no partitions
+                    continue
                 vals = frag.to_table(columns=[column]).column(column).to_pylist()
                 unindexed += sum(1 for v in vals if v == p["value"])
         share = p["rows"] / total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,10 +42,10 @@ class Truth:
         s = self._sim(self.mat[got], self.queries[i])
         return min(self.k, int((s >= self.kth[i] - TIE_EPS).sum())) / self.k
 
-    def recall(self, found: list[list[int]] | list[np.ndarray]) -> float:
+    def recall(self, found: Sequence[list[int] | np.ndarray]) -> float:
         return float(np.mean([self.hits(i, f) for i, f in enumerate(found)]))
 
-    def meets(self, found: list[list[int]] | list[np.ndarray], target: float) -> tuple[bool, float]:
+    def meets(self, found: Sequence[list[int] | np.ndarray], target: float) -> tuple[bool, float]:
         """Whether the recall of ``found`` meets ``target`` with two standard errors to
         spare (the tuner keeps the cheapest setting that passes, which would otherwise
         favour settings that were lucky on these queries), and the recall."""

@@ -169,7 +169,7 @@ def fit_pca(table: EmbeddingTable, k: int, *, version: VersionRef = None,
         singular_values=np.asarray(pca.singular_values_, dtype=np.float64),
         source_table=table.name, source_version=v, seed=seed)
     if store is None and (name is not None or projected is not None):
-        store = table.store  # type: ignore[assignment]
+        store = table.store
     if store is None:
         return report
     report.name = name or f"{table.name}_pca{k}"

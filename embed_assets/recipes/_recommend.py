@@ -31,6 +31,7 @@ worse at rank 32 (0.246); centred, it beats popularity at ranks 4-12 on every se
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -433,6 +434,13 @@ def fit_recommender(
         "popularity_auc": round(metrics["popularity_auc"], 6),
         "users_table": users_table, "items_table": items_table,
     }
+    # The fit's identity is what it computed, not the run that computed it: a rerun on the
+    # same interactions gives the same id, so its overwrite changes nothing and writes no
+    # version, while vectors of two different fits still never mix.
+    h = hashlib.sha256(np.ascontiguousarray(uvec).tobytes())
+    h.update(np.ascontiguousarray(ivec).tobytes())
+    h.update("\x00".join(map(str, [*e.users, "|", *e.items])).encode())
+    fit_id = f"fit-{h.hexdigest()[:16]}"
     user_items: list[list[Any]] = [[] for _ in range(n_users)]
     for u, i in zip(e.u.tolist(), e.i.tolist(), strict=True):
         user_items[u].append(e.items[i])
@@ -441,13 +449,13 @@ def fit_recommender(
         VECTOR_COLUMN: _vectors(uvec),
         ITEMS_COLUMN: user_items,
         DEGREE_COLUMN: pa.array(np.diff(full.indptr), pa.int64()),
-        FIT_COLUMN: [run_id] * n_users,
+        FIT_COLUMN: [fit_id] * n_users,
     })
     items_data = pa.table({
         item: e.items,
         VECTOR_COLUMN: _vectors(ivec),
         DEGREE_COLUMN: pa.array(np.bincount(e.i, minlength=n_items), pa.int64()),
-        FIT_COLUMN: [run_id] * n_items,
+        FIT_COLUMN: [fit_id] * n_items,
     })
     model = MODEL_CENTRED if center else MODEL_NAME
     common: dict[str, Any] = {"mode": "overwrite", "metric": "dot", "model": model,

@@ -93,10 +93,14 @@ class App:
         self.store = Store(config.store, storage_options=config.storage_options)
         self.metrics = Metrics()
         self.tables: dict[str, PinnedTable] = {}
+
+        def on_swap(t: Any, old: Any, new: Any) -> None:
+            if old is not None:
+                self.metrics.swapped(t.name)
+
         for spec in config.tables:
             self.tables[spec.name] = PinnedTable(
-                self.store, spec, text=config.text, keep=config.keep_versions,
-                on_swap=lambda t, old, new: old is not None and self.metrics.swapped(t.name))
+                self.store, spec, text=config.text, keep=config.keep_versions, on_swap=on_swap)
         self.poller = Poller(list(self.tables.values()), config.poll_interval)
         self._token = config.token.encode() if config.token else None
         self._loader: threading.Thread | None = None

@@ -53,7 +53,21 @@ def _build(config: ServeConfig) -> App:
     # (5 ms by default), each one a stall for every request on the event loop; 1 ms slices
     # bound that stall at the cost of more switches while (only while) a load runs.
     sys.setswitchinterval(0.001)
+    _one_blas_thread()
     return App(config)
+
+
+def _one_blas_thread() -> None:
+    """Single-threaded BLAS in a server process. Warming a new version builds its in-memory
+    IVF probe (an SVD of the whole matrix); with a BLAS thread per core that build took
+    every core from the event loop: measured with 2 workers at load 30, a swap's warm-up
+    ran for minutes and throughput fell 5x. One BLAS thread leaves the other core to the
+    requests (a single query's matmul gains nothing from more threads)."""
+    try:
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn, a dependency
+    except ImportError:  # then the default threading stays
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _spec(o: Any) -> Any:

@@ -86,7 +86,7 @@ class Snapshot:
             pa.types.is_large_string(self.key_type) else int
         for k in keys:
             if isinstance(k, bool) or not isinstance(k, want):
-                raise ValidationError(f"key {str(k)[:40]!r} is not a {want.__name__} "
+                raise ValidationError(f"key {str(k)[:40]!r} is not a {getattr(want, '__name__', want)} "
                                       f"(the key column {self.meta.key!r} is {self.key_type})")
         return keys
 

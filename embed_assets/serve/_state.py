@@ -120,6 +120,8 @@ class Poller:
             return
         self._thread = threading.Thread(target=self._run, name="embed-assets-tag-poller", daemon=True)
         self._thread.start()
+        log.info("following %s every %s s", ", ".join(f"{t.name}@{t.spec.ref}" for t in self.tables),
+                 self.interval)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -130,9 +132,10 @@ class Poller:
             try:
                 t.sync()
                 t.last_error = None
-            except (EmbedAssetsError, OSError, ValueError) as exc:
+            except Exception as exc:  # any failure: the thread must live to poll again
                 self.errors += 1
-                t.last_error = describe(exc)
+                t.last_error = describe(exc) if isinstance(exc, EmbedAssetsError | OSError | ValueError) \
+                    else f"{type(exc).__name__}: {describe(exc)}"
                 log.warning("cannot follow %s@%s: %s", t.name, t.spec.ref, t.last_error)
 
     def stop(self, timeout: float = 5.0) -> None:

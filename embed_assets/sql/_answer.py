@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from duckdb.func import ARROW, SPECIAL
 
 from ..store import VECTOR_COLUMN
 from ._errors import refused
@@ -150,7 +151,7 @@ class RowFunctions:
         name = f"__ea_knn_rows_{self._n}"
         self.con.create_function(
             name, _rows_function(self, table, spec, out, info.meta.key), [duckdb.sqltype("FLOAT[]")],
-            duckdb.list_type(duckdb.struct_type(fields)), type="arrow", null_handling="special",
+            duckdb.list_type(duckdb.struct_type(fields)), type=ARROW, null_handling=SPECIAL,
             side_effects=False)
         self._fns[spec] = name
         while len(self._fns) > _MAX_FUNCTIONS:

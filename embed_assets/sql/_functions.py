@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import duckdb
 import numpy as np
 import pyarrow as pa
+from duckdb.func import ARROW, SPECIAL
 
 from ..kernels import join_topk, mahalanobis_topk, whitening
 from . import _ranking
@@ -69,8 +70,8 @@ def register_functions(con: duckdb.DuckDBPyConnection, owner: _Views) -> None:
     """Create every ``_ea_*`` function on ``con``; ``owner`` answers the store-aware ones
     and keeps, in ``owner.udf_error``, the exception a failing function raised."""
     for f in _functions(owner):
-        con.create_function(f.name, _recorded(owner, f.fn), list(f.args), f.returns, type="arrow",
-                            null_handling="special", side_effects=f.side_effects)
+        con.create_function(f.name, _recorded(owner, f.fn), list(f.args), f.returns, type=ARROW,
+                            null_handling=SPECIAL, side_effects=f.side_effects)
 
 
 def _recorded(owner: _Views, fn: Callable[..., pa.Array]) -> Callable[..., pa.Array]:

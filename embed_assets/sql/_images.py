@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+from duckdb.func import ARROW, SPECIAL
 
 _VEC = "FLOAT[]"
 
@@ -51,7 +52,7 @@ def _from_bytes(blobs: pa.Array) -> pa.Array:
 
 def register_image_functions(con: duckdb.DuckDBPyConnection) -> None:
     """``image_vector(path VARCHAR)`` and ``image_vector_blob(data BLOB)`` on ``con``."""
-    con.create_function("image_vector", _from_paths, ["VARCHAR"], _VEC, type="arrow",
-                        null_handling="special", side_effects=False)
-    con.create_function("image_vector_blob", _from_bytes, ["BLOB"], _VEC, type="arrow",
-                        null_handling="special", side_effects=False)
+    con.create_function("image_vector", _from_paths, ["VARCHAR"], _VEC, type=ARROW,
+                        null_handling=SPECIAL, side_effects=False)
+    con.create_function("image_vector_blob", _from_bytes, ["BLOB"], _VEC, type=ARROW,
+                        null_handling=SPECIAL, side_effects=False)

@@ -119,7 +119,8 @@ class Plan:
         if self.file is None:
             return False
         try:
-            on = str(con.execute(f"SELECT current_setting('{SETTING}')").fetchone()[0]).lower() == "true"
+            row = con.execute(f"SELECT current_setting('{SETTING}')").fetchone()
+            on = row is not None and str(row[0]).lower() == "true"
             if not on:  # the caller's config keeps it off: their choice, Python macros
                 return False
             try:

@@ -78,19 +78,18 @@ class ScanDataset(lance.LanceDataset):
 
     @property
     def schema(self) -> pa.Schema:
-        """The schema DuckDB reads the view by. A picture column kept with Lance's blob
-        encoding is reported as the bytes it holds: Lance's own schema gives it the blob
-        extension's storage struct while its scans return blob descriptions, and DuckDB,
-        reading one by the other, failed every ``SELECT *`` ("Strings over 4GB")."""
+        """The columns DuckDB sees. A picture column kept with Lance's blob encoding is left
+        out: Lance's schema gives it the blob extension's storage struct while its scans
+        and takes return blob descriptions, and DuckDB, reading one by the other, failed
+        every ``SELECT *`` of such a table ("Strings over 4GB"), and ``knn`` with it. The
+        pictures are read with ``stored_images`` / ``search-image --png``, not through SQL
+        (which would also pull every picture into the scalar-column cache)."""
         s = super().schema
         if not any(_is_blob(f) for f in s):
             return s
-        return pa.schema([pa.field(f.name, pa.large_binary(), f.nullable) if _is_blob(f) else f
-                          for f in s], metadata=s.metadata)
+        return pa.schema([f for f in s if not _is_blob(f)], metadata=s.metadata)
 
     def scanner(self, *args: Any, **kwargs: Any) -> Any:
-        # blob columns as their bytes (only when a query selects them: DuckDB projects)
-        kwargs.setdefault("blob_handling", "all_binary")
         filt = kwargs.get("filter")
         if filt is None:
             kwargs["filter"] = SCAN_ALL
@@ -107,8 +106,6 @@ class ScanDataset(lance.LanceDataset):
         names = list(columns) if columns is not None else schema.names
         if not names or any(c not in schema.names for c in names):
             return None
-        if any(_is_blob(f) for f in super().schema if f.name in names):
-            return None  # pictures come from Lance's own blob reader
         offsets = self._key_lookup(filt)
         if offsets is None:
             mem = CACHE.scalars(self.cache_key, self)

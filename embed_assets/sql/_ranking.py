@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,9 @@ from ..kernels import join_topk, mahalanobis_topk, pair_distances, whitening, wh
 from ..store import CACHE, VECTOR_COLUMN, EmbeddingTable, Store, search_defaults
 from . import _udf as udf
 from ._views import JoinSide, View
+
+# the metrics LanceDB's vector query takes (the store's own, checked before a search)
+DistanceType = Literal["l2", "cosine", "dot"]
 
 
 def join_side(info: View) -> tuple[np.ndarray, pa.Array]:
@@ -111,6 +114,7 @@ def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: 
              metric: str) -> pa.Array:
     """Approximate join: batched index probes, then exact distances on the candidates."""
     import lancedb  # only this path needs LanceDB's query builder; importing it costs ~0.3 s
+    from lancedb.query import LanceVectorQueryBuilder
 
     key = info.meta.key
     db = lancedb.connect(store.uri, storage_options=store.storage_options)
@@ -121,8 +125,10 @@ def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: 
     params = _search_params(info.dataset)
     for s in range(0, left.shape[0], 256):
         block = left[s:s + 256]
-        search = (tbl.search(list(block), vector_column_name=VECTOR_COLUMN)
-                  .distance_type(metric).limit(int(k)).refine_factor(params["refine_factor"]))
+        query = tbl.search(list(block), vector_column_name=VECTOR_COLUMN)
+        assert isinstance(query, LanceVectorQueryBuilder)  # a query by vectors
+        search = (query.distance_type(cast(DistanceType, metric)).limit(int(k))
+                  .refine_factor(params["refine_factor"]))
         if "nprobes" in params:
             search = search.nprobes(params["nprobes"])
         res = search.select([key, VECTOR_COLUMN]).to_arrow()

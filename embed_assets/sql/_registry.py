@@ -90,7 +90,7 @@ class Registry:
                         pass
                 seen = table_fingerprint(uri)
                 ds = ScanDataset(uri, storage_options=opts)
-                ds._ea_seen = seen  # type: ignore[attr-defined]
+                ds._ea_seen = seen
                 version = ds.version
             elif version_number(ref) is not None:
                 version = int(ref)
@@ -128,7 +128,9 @@ class Registry:
                                                             or pa.types.is_large_string(typ))
                            else "o")
         for var, m in (("__ea_key", keys), ("__ea_keykind", kinds), ("__ea_metric", metrics)):
-            self.con.execute(f"SET VARIABLE {var} = {_map_literal(m)}")
+            names = sorted(m)  # bound as data: view names never become SQL text
+            self.con.execute(f"SET VARIABLE {var} = MAP(?::VARCHAR[], ?::VARCHAR[])",
+                             [names, [m[n] for n in names]])
 
     def ensure(self, name: str, literal: bool = False) -> bool:
         """Make sure a name that may denote a store view is registered and current. A
@@ -218,15 +220,6 @@ class Registry:
             assert self.store is not None
             return _ranking.ann_join(self.store, info, left, sql_keys, k, metric)
         return _ranking.exact_join(self.matrix(info), left, sql_keys, k, metric, inv_cov)
-
-
-def _map_literal(m: dict[str, str]) -> str:
-    def q(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-
-    if not m:
-        return "MAP {}::MAP(VARCHAR, VARCHAR)"
-    return "MAP {" + ", ".join(f"{q(k)}: {q(v)}" for k, v in sorted(m.items())) + "}"
 
 
 def _tokens(query: str) -> list[tuple[str, Any]]:

@@ -264,6 +264,10 @@ def filter_expression(text: str) -> Node:
     if not clean:
         raise ValueError("it must be one predicate, not a statement")
     expr: Node = node["select_list"][0]
+    if any(n.get("class") == "SUBQUERY" for n in nodes(expr)):
+        # A filter reads the table's own columns (the store's search takes no more); a
+        # subquery could read any file DuckDB can, one row-or-no-row answer at a time.
+        raise ValueError("it may only read the table's columns, not a subquery")
     expr["alias"] = ""
     return expr
 

@@ -142,7 +142,9 @@ def fence(base: lance.LanceDataset, removed: list[int], updated: list[lance.Frag
     sentinel = min(f.fragment_id for f in frags)
     touched = {f.id for f in updated}
     if sentinel not in touched and sentinel not in removed:
-        updated = [*updated, base.get_fragment(sentinel).metadata]
+        frag = base.get_fragment(sentinel)
+        assert frag is not None  # one of base's own fragments
+        updated = [*updated, frag.metadata]
     return LanceOperation.Update(removed_fragment_ids=list(removed), updated_fragments=list(updated),
                                  new_fragments=list(new))
 

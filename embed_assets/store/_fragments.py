@@ -23,8 +23,6 @@ Per mode, the one operation committed:
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +42,9 @@ from ._meta import (
     PROP_PREFIX,
     VECTOR_COLUMN,
     StoreLocation,
-    is_local,
-    local_path,
 )
 from ._results import WriteResult
+from ._staged import remove_files
 from ._validation import validate_column_names
 from ._writes import (
     WriteRequest,
@@ -124,30 +121,6 @@ def remove_uncommitted(target: FragmentTarget, fragments: Sequence[FragmentMetad
     returns how many were asked to go. Best effort: whatever is left (and the files of
     attempts that died mid-write) is an orphan that ``cleanup`` removes."""
     return remove_files(target.uri, target.storage_options, fragments)
-
-
-def remove_files(uri: str, storage_options: dict[str, str] | None,
-                 fragments: Sequence[FragmentMetadata]) -> int:
-    """Delete the data files of uncommitted fragments of the table at ``uri`` (best
-    effort: the caller's own error is the one to report). Lance's cleanup would only
-    reclaim them after 7 days (unreferenced files may belong to a write in flight), so
-    a writer that knows they are its own deletes them at once."""
-    paths = [f"data/{f.path}" for frag in fragments for f in frag.files]
-    if not paths:
-        return 0
-    if is_local(uri):
-        gone = 0
-        for rel in paths:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(local_path(uri), rel))
-                gone += 1
-        return gone
-    from ._objstore import delete_objects
-
-    with contextlib.suppress(Exception):
-        delete_objects(uri, storage_options, paths)
-        return len(paths)
-    return 0
 
 
 def commit_fragments(
@@ -230,6 +203,7 @@ def _plan_and_commit(
         inserted, updated, deleted = rows, 0, existing.count_rows() if existing is not None else 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
     elif req.mode == "append":
+        assert existing is not None  # not a replace: the table exists
         clash = existing_keys(existing, req.key, pa.chunked_array([keys]).to_pylist())
         if clash:
             raise ValidationError(
@@ -240,6 +214,7 @@ def _plan_and_commit(
         inserted, updated, deleted = rows, 0, 0
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
     else:
+        assert existing is not None  # not a replace: the table exists
         op, updated, deleted = _update(req, existing, fragments, keys)
         inserted = rows - updated
         props[f"{PROP_PREFIX}rows_written"] = str(rows)
@@ -297,7 +272,9 @@ def _update(
     for fid, ks in sorted(by_fragment.items()):
         # one delete per fragment: it writes the fragment's new deletion file (referenced
         # by nothing until the commit) and returns None when no row is left
-        new = existing.get_fragment(fid).delete(sqlx.in_list(req.key, ks))
+        frag = existing.get_fragment(fid)
+        assert frag is not None  # a fragment of the version the keys were read from
+        new = frag.delete(sqlx.in_list(req.key, ks))
         if new is None:
             removed.append(fid)
         else:

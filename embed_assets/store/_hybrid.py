@@ -53,7 +53,7 @@ class Fusion:
 
 def text_columns(ds: lance.LanceDataset) -> list[str]:
     """The columns of this version that have an inverted (full-text) index."""
-    out = []
+    out: list[str] = []
     for idx in ds.describe_indices():
         if "Inverted" in idx.type_url or str(getattr(idx, "index_type", "")).upper() == "INVERTED":
             out.extend(c for c in idx.field_names if c not in out)

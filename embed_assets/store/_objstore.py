@@ -10,7 +10,7 @@ since 2024-08, MinIO, Cloudflare R2 and moto do); the README's "Object storage" 
 
 ``obstore`` (the same Rust ``object_store`` crate Lance uses) remains for the two things
 pylance does not expose: deleting the files of a failed run at once
-(:func:`._fragments.remove_files`; Lance's cleanup would wait 7 days for them) and
+(:func:`._staged.remove_files`; Lance's cleanup would wait 7 days for them) and
 listing a table's files for the cleanup report.
 """
 
@@ -60,7 +60,9 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
               for k, v in opts.items() if k not in _CLIENT_KEYS}
     for _ in range(len(config) + 1):
         try:
-            store = from_url(uri, config=config or None, client_options=client or None)
+            # user-given option names: obstore checks them at run time, its TypedDicts cannot
+            store = from_url(uri, config=config or None,  # type: ignore[arg-type]
+                             client_options=client or None)  # type: ignore[arg-type]
             break
         except BaseException as exc:  # obstore raises a pyo3 PanicException for some keys
             if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -124,7 +126,7 @@ def list_objects(uri: str, storage_options: dict[str, str] | None, prefix: str) 
 
     store = object_store(uri, storage_options)
     try:
-        return [m for batch in obs.list(store, prefix=prefix) for m in batch]
+        return [dict(m) for batch in obs.list(store, prefix=prefix) for m in batch]
     except Exception as exc:
         raise StorageError(f"cannot list {uri}/{prefix}: {explain(exc, uri)}") from None
 

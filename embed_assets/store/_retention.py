@@ -35,7 +35,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
 
@@ -228,6 +228,22 @@ def _list_files(uri: str, storage_options: dict[str, str] | None) -> set[str]:
 
 class RetentionMixin:
     """``cleanup`` of :class:`~._table.EmbeddingTable` (see the module docstring)."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the table it is part of
+        store: Any
+        name: str
+        _versions_open: dict[int, lance.LanceDataset]
+        _readable_cache: set[int]
+
+        @property
+        def uri(self) -> str: ...
+
+        def refresh(self) -> Any: ...
+
+        def versions(self, *, with_properties: bool = True,
+                     include_maintenance: bool = False) -> list[Any]: ...
+
+        def _open_raw(self, version: int) -> lance.LanceDataset: ...
 
     def cleanup(self, *, keep_last: int | None = None,
                 older_than: dt.timedelta | float | str | None = None,

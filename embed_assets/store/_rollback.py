@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
 from lance import LanceOperation
@@ -34,6 +34,28 @@ def set_index_keeper(keeper: IndexKeeper | None) -> None:
 
 class RollbackMixin:
     """``rollback`` and ``index_pending`` of :class:`~._table.EmbeddingTable`."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the table it is part of
+        store: Any
+        name: str
+        _identity: str
+
+        @property
+        def meta(self) -> Any: ...
+
+        def refresh(self) -> Any: ...
+
+        def resolve(self, ref: VersionRef) -> int: ...
+
+        def _at(self, ref: int | str) -> lance.LanceDataset: ...
+
+        def _properties(self, version: int) -> dict[str, str]: ...
+
+        @property
+        def uri(self) -> str: ...
+
+        _ds: lance.LanceDataset
+        _versions_open: dict[int, lance.LanceDataset]
 
     def rollback(self, to: VersionRef, *, run_id: str | None = None) -> int:
         """Make a new latest version equal to version/tag ``to``; history stays readable.

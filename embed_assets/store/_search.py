@@ -303,8 +303,7 @@ def _filtered_plan(ctx: VersionContext, req: SearchRequest, metric: str, rows: i
             # Row offsets first: a broad filter on a probed table needs no gathered vectors.
             sub = subset(key, ds, where, metric, with_vectors=False)
     except (ValueError, OSError) as exc:
-        # name the user's own filter text, not the closed, combined form sent to Lance
-        shown = " AND ".join(req.where_parts) if req.where_parts else where
+        shown = where if part is not None else " AND ".join(req.where_parts)
         raise ValidationError(f"search on {ctx.name!r}: bad filter {shown!r}: "
                               f"{first_line(exc)}") from None
     if sub is None:
@@ -350,8 +349,8 @@ def run(ctx: VersionContext, q: np.ndarray, req: SearchRequest, metric: str, p: 
         if got is not None:
             return rows_at(key, ds, *got, req.columns, metric)
         p.fall_back("lance", "the probe does not fit in the cache")
-    if p.path == "filtered-exact" and p.subset is not None and p.subset.matrix is not None:
-        sub = p.subset
+    sub = p.subset
+    if p.path == "filtered-exact" and sub is not None and sub.matrix is not None:
         idx, dist = exact_topk(sub.matrix, q, req.k, metric)
         return rows_at(key, ds, sub.offsets[idx], dist, req.columns, metric)
     if p.path == "exact":

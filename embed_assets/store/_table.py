@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lance
 import numpy as np
@@ -147,8 +147,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """
         self.refresh()
         by_version: dict[int, list[str]] = {}
-        for t, v in self.tags().items():
-            by_version.setdefault(v, []).append(t)
+        for t, tagged in self.tags().items():
+            by_version.setdefault(tagged, []).append(t)
         out: list[VersionInfo] = []
         for v in self._ds.versions():
             num = int(v["version"])
@@ -157,7 +157,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             props = self._properties(num)
             info = VersionInfo(
                 version=num,
-                timestamp=v["timestamp"].astimezone(dt.UTC),  # Lance gives naive local time
+                # Lance gives a naive local datetime (its type also allows an int)
+                timestamp=cast(dt.datetime, v["timestamp"]).astimezone(dt.UTC),
                 rows=int(v.get("metadata", {}).get("total_rows", -1)),
                 tags=sorted(by_version.get(num, [])),
                 properties=props if with_properties else {},
@@ -743,7 +744,8 @@ def table_identity(ds: lance.LanceDataset) -> str:
     if meta is not None and meta.table_id:
         return meta.table_id
     first = min(ds.versions(), key=lambda v: int(v["version"]))
-    return f"created:{first['timestamp'].isoformat()}"
+    ts = first["timestamp"]
+    return f"created:{ts.isoformat() if isinstance(ts, dt.datetime) else ts}"
 
 
 def _ranges(nums: Sequence[int]) -> str:

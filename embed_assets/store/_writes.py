@@ -53,6 +53,7 @@ from ._meta import (
     new_table_id,
 )
 from ._results import WriteResult
+from ._staged import remove_files
 from ._validation import to_vector_array, validate_column_names, validate_keys, validate_table_name
 
 Partition = tuple[str, Any]
@@ -219,8 +220,6 @@ def write(store: StoreLocation, req: WriteRequest, data: Any) -> WriteResult:
                     f"({MAX_ATTEMPTS} attempts); nothing was written: {first_line(exc)}") from None
     except BaseException:
         if staged and is_local(store.uri):  # (see _merge: on an object store they stay)
-            from ._fragments import remove_files
-
             remove_files(store.table_uri(req.name), store.storage_options, staged)
         raise
     result.retries = retries
@@ -375,7 +374,7 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
     inserted = int(stats.get("num_inserted_rows", 0))
     updated = int(stats.get("num_updated_rows", 0))
     deleted = int(stats.get("num_deleted_rows", 0))
-    op = txn.operation
+    op: Any = txn.operation  # an Update (its fragment lists), typed as the base operation
     if inserted == updated == deleted == 0:
         return _unchanged(req, existing, props)
     props = {**props, f"{PROP_PREFIX}rows_written": str(inserted + updated),
@@ -385,9 +384,8 @@ def _merge(store: StoreLocation, req: WriteRequest, tbl: pa.Table, props: dict[s
                                     list(op.new_fragments)),
                     existing.version, props, store.storage_options)
     except BaseException:  # this plan's files will never be committed
-        if is_local(existing.uri):  # (on an object store a lost answer leaves doubt: they
-            from ._fragments import remove_files  # stay for cleanup, as orphans)
-
+        # (on an object store a lost answer leaves doubt: they stay for cleanup, as orphans)
+        if is_local(existing.uri):
             remove_files(existing.uri, store.storage_options, list(op.new_fragments))
         raise
     return WriteResult(req.name, ds.version, existing.version, req.mode, rows_inserted=inserted,
@@ -404,9 +402,18 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
         if have - want:
             parts.append(f"unexpected {', '.join(sorted(have - want))}")
         raise SchemaMismatchError(f"columns do not match table {name!r}: {'; '.join(parts)}")
-    cols = []
+    cols, fields = [], []
     for f in schema:
         col = tbl.column(f.name)
+        if "blob" in str(getattr(f.type, "extension_name", "")) and (
+                pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            # A Lance blob column is read back as its extension type but written as bytes
+            # marked for the blob encoding (as when the table was created); Arrow has no
+            # cast from bytes to the extension's struct.
+            cols.append(col.cast(pa.large_binary()))
+            fields.append(pa.field(f.name, pa.large_binary(), f.nullable,
+                                   metadata={b"lance-encoding:blob": b"true"}))
+            continue
         if col.type != f.type:
             try:
                 col = col.cast(f.type)
@@ -415,7 +422,8 @@ def _conform(name: str, tbl: pa.Table, schema: pa.Schema) -> pa.Table:
                     f"column {f.name!r} has type {col.type}, table {name!r} expects {f.type}: {exc}"
                 ) from None
         cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def existing_keys(ds: lance.LanceDataset, key: str, keys: list[Any]) -> list[Any]:

@@ -185,7 +185,7 @@ def save_graph(index: Any, home: GraphHome, fp: str, labels: np.ndarray | None =
 
 def _put(home: GraphHome, fp: str, suffix: str, data: bytes) -> dict[str, Any]:
     sha = _sha256(data)
-    rec = {"name": f"{fp}-{sha[:16]}{suffix}", "bytes": len(data), "sha256": sha}
+    rec: dict[str, Any] = {"name": f"{fp}-{sha[:16]}{suffix}", "bytes": len(data), "sha256": sha}
     _write_atomic(home.dir / rec["name"], data)
     if not home.local:
         import obstore as obs

@@ -137,8 +137,8 @@ def _pixels(pngs: Sequence[Any], size: tuple[int, int]) -> np.ndarray:
     out = np.empty((len(pngs), 1, size[1], size[0]), np.float32)
     for i, v in enumerate(pngs):
         im = decode_image(v, "L")
-        if im.size != tuple(size):
-            im = im.resize(tuple(size), Image.Resampling.BILINEAR)
+        if im.size != (size[0], size[1]):
+            im = im.resize((size[0], size[1]), Image.Resampling.BILINEAR)
         out[i, 0] = np.asarray(im, np.float32) / 255.0
     return out
 

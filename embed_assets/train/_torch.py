@@ -27,7 +27,7 @@ class Snapshot(Protocol):
                 shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]: ...
 
 
-class SnapshotDataset(Dataset):  # type: ignore[type-arg]
+class SnapshotDataset(Dataset):
     """Map-style: item ``i`` is ``{"vector": float32 tensor (dim,), key: value, ...}``."""
 
     def __init__(self, snap: Snapshot, columns: Sequence[str] | None) -> None:
@@ -43,7 +43,7 @@ class SnapshotDataset(Dataset):  # type: ignore[type-arg]
         return out
 
 
-class SnapshotBatches(IterableDataset):  # type: ignore[type-arg]
+class SnapshotBatches(IterableDataset):
     """Whole batches; each DataLoader worker yields its own share, so one epoch covers
     every row exactly once; a new permutation per epoch (seed + epoch), the same in every
     worker of that epoch. Iterating in the main process advances the epoch itself; with

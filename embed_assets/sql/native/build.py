@@ -73,11 +73,12 @@ def _fail(msg: str) -> NoReturn:
 def detect_platform() -> str:
     """DuckDB's platform string (must equal ``SELECT platform FROM pragma_platform()``)."""
     try:
-        import duckdb  # type: ignore[import-not-found]
+        import duckdb
 
         con = duckdb.connect()
         try:
-            return str(con.execute("SELECT platform FROM pragma_platform()").fetchone()[0])
+            row = con.execute("SELECT platform FROM pragma_platform()").fetchone()
+            return str(row[0]) if row is not None else ""
         finally:
             con.close()
     except Exception:
