@@ -68,7 +68,7 @@ def check_closed(where: str) -> None:
             while end != -1 and where[end + 1:end + 2] == c:
                 end = where.find(c, end + 2)  # a doubled quote inside a quoted token
             if end == -1:
-                raise ValidationError(f"filter {where!r} has an unterminated {c}...{c}")
+                raise ValidationError(f"bad filter {where!r}: it has an unterminated {c}...{c}")
             i = end + 1
             continue
         if two == "--":
@@ -78,7 +78,7 @@ def check_closed(where: str) -> None:
         if two == "/*":
             end = where.find("*/", i + 2)
             if end == -1:
-                raise ValidationError(f"filter {where!r} has an unterminated /* comment")
+                raise ValidationError(f"bad filter {where!r}: it has an unterminated /* comment")
             i = end + 2
             continue
         if c == "(":
@@ -86,14 +86,14 @@ def check_closed(where: str) -> None:
         elif c == ")":
             depth -= 1
             if depth < 0:
-                raise ValidationError(f"filter {where!r} closes a parenthesis it never opened: "
+                raise ValidationError(f"bad filter {where!r}: it closes a parenthesis it never opened: "
                                       "give one expression")
         elif c == ";" or two == "$$":
-            raise ValidationError(f"filter {where!r} holds {two if c == '$' else c!r}: "
+            raise ValidationError(f"bad filter {where!r}: it holds {two if c == '$' else c!r}: "
                                   "give one expression")
         i += 1
     if depth:
-        raise ValidationError(f"filter {where!r} leaves {depth} parenthesis(es) open")
+        raise ValidationError(f"bad filter {where!r}: it leaves {depth} parenthesis(es) open")
 
 
 def conjunction(*parts: str | None) -> str | None:
