@@ -61,8 +61,6 @@ OUTPUT_LANGS = ("text", "yaml")
 # them runnable or mark their output as text. test_docs.py checks every entry still
 # names a block, so the list only shrinks.
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("docs/store.md", 'store.table("docs").migrate()'):
-        "needs a store with a table 'docs' the page never makes",
     ("docs/serving.md", "pip install 'embed_assets[serve]'"):
         "starts a server on s3:// with a mounted secret",
     ("docs/serving.md", "from embed_assets import Client"):
