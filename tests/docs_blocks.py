@@ -67,14 +67,6 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "talks to a server at 10.0.0.5",
     ("docs/serving.md", "checks = build_embedding_checks(embeddings.key)"):
         "a fragment of a definitions file (embeddings, docs undefined)",
-    ("docs/images.md", "embed-assets embed-images pics ./photos"):
-        "needs a folder of photos (and the fence names no language)",
-    ("docs/images.md", "from embed_assets import Store, search_by_image"):
-        "needs the table 'pics' of the block above",
-    ("docs/images.md", "embed-assets search-image pics query.jpg -k 8 --png neighbours.png"):
-        "needs the table 'pics' and query.jpg (and the fence names no language)",
-    ("docs/images.md", "SELECT key, distance FROM knn('pics', image_vector('/photos/q.jpg'), 5);"):
-        "needs the table 'pics' and /photos/q.jpg",
     ("docs/dagster.md", "dg list components"):
         "runs in a dg project made by create-dagster (tests/test_dagster_dg_project.py runs that path)",
     ("docs/dagster.md", "dg launch --assets '*'"):
@@ -82,7 +74,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
 }
 # what a fresh clone holds that the blocks use (linked into each page's folder)
 CLONE_ENTRIES = ("Makefile", "pyproject.toml", "constraints.txt", "setup.py", "dg.toml", "workspace.yaml",
-                 "embed_assets", "dagster_project", "examples", "sql", "benchmarks", "scripts", "docs")
+                 "embed_assets", "dagster_project", "examples", "sql", "benchmarks", "scripts", "docs",
+                 "tests")
 
 
 @dataclass
