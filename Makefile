@@ -53,7 +53,7 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(BIN)/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The long fault-injection run: 15 SIGKILLs per operation, 20 rounds of 4 concurrent
 # writers, a minute of readers under writes and cleanup (CI runs the short pass in `make test`).
