@@ -268,7 +268,11 @@ def run_page(page: Path, base: Path, demo_dir: Callable[[], Path], *, real_model
     real = embed_assets.SentenceTransformerEmbedder
     if not real_model:
         embed_assets.SentenceTransformerEmbedder = lambda *a, **k: HashEmbedder(64)  # type: ignore[misc]
-    saved_env = {k: os.environ.get(k) for k in ("EMBED_ASSETS_STORE", "HOME")}
+    # (RAY_*: Ray 2.60's first local cluster in a process turns token auth on for the
+    # process and caches the token it saved under this page's temporary HOME; left so, a
+    # later test's cluster failed to start: "InvalidAuthToken")
+    saved_env = {k: os.environ.get(k) for k in ("EMBED_ASSETS_STORE", "HOME", "RAY_AUTH_MODE",
+                                                  "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     try:
         os.environ.pop("EMBED_ASSETS_STORE", None)
         os.environ["HOME"] = env["HOME"]
@@ -314,7 +318,19 @@ def run_page(page: Path, base: Path, demo_dir: Callable[[], Path], *, real_model
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _forget_ray_auth()
     return {"ns": ns, "shell": shell, "cwd": cwd, "home": Path(env["HOME"])}
+
+
+def _forget_ray_auth() -> None:
+    """Drop the Ray token this process cached while a page ran (see run_page)."""
+    if "ray._raylet" not in sys.modules:
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    # the order of Ray's own reset_auth_token_state: the config first, then the cache
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def materialise_demo(root: Path) -> Path:
