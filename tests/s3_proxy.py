@@ -72,11 +72,14 @@ class Proxy:
     def _up(self, client: socket.socket, server: socket.socket, state: dict) -> None:
         try:
             while chunk := client.recv(65536):
-                if self.hits < self.arm and _COMMIT.search(chunk):
+                commit = self.hits < self.arm and _COMMIT.search(chunk) is not None
+                if commit:
                     self.hits += 1
                     state["pending"] = True
                 server.sendall(chunk)
-                if state["pending"]:
+                # (not state["pending"]: the answer may already have cleared it - with drop=True
+                # the server answers before this line runs often enough to fail a CI run)
+                if commit:
                     self.seen.set()
         except OSError:
             pass
