@@ -150,7 +150,8 @@ class RowFunctions:
         self._n += 1
         name = f"__ea_knn_rows_{self._n}"
         self.con.create_function(
-            name, _rows_function(self, table, spec, out, info.meta.key), [duckdb.sqltype("FLOAT[]")],
+            name, _rows_function(self, table, spec, out, info.meta.key, info.meta.dimension),
+            [duckdb.sqltype("FLOAT[]")],
             duckdb.list_type(duckdb.struct_type(fields)), type=ARROW, null_handling=SPECIAL,
             side_effects=False)
         self._fns[spec] = name
@@ -161,7 +162,7 @@ class RowFunctions:
 
 
 def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
-                   key: str) -> Callable[[Any], pa.Array]:
+                   key: str, dimension: int) -> Callable[[Any], pa.Array]:
     columns = [f.name for f in out if f.name not in _RESULT_COLUMNS]
     # The vectors of all the chunk's result rows come from one fetch by key after the
     # searches (a Lance take per search cost ~1 ms per outer row).
@@ -182,19 +183,15 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
             vectors = vectors.combine_chunks()
         parts: list[pa.Table] = []
         offsets = [0]
-        valid = []
         for v in vectors.to_pylist():
-            # A NULL outer vector has no neighbours, as a join on a NULL key has no match.
-            valid.append(v is not None)
-            if v is not None:
-                owner.searches += 1
-                res = table.search(np.asarray(v, dtype=np.float32), k=spec.k, version=spec.version,
-                                   columns=scalar, metric=spec.metric, where=spec.where,
-                                   use_index=spec.use_index)
-                parts.append(sql_distances(res))
-                offsets.append(offsets[-1] + res.num_rows)
-            else:
-                offsets.append(offsets[-1])
+            # A NULL outer vector is refused, as knn('t', NULL, k) and Table.search(None)
+            # are (it once gave no rows, silently); the same checks in the same words.
+            q = query_vector(v, dimension, spec.metric)
+            owner.searches += 1
+            res = table.search(q, k=spec.k, version=spec.version, columns=scalar, metric=spec.metric,
+                               where=spec.where, use_index=spec.use_index)
+            parts.append(sql_distances(res))
+            offsets.append(offsets[-1] + res.num_rows)
         got = pa.concat_tables(parts).combine_chunks() if parts else out.empty_table()
         if parts and with_vectors:
             vecs = table.get(got.column(key).to_pylist(), version=spec.version,
@@ -203,7 +200,6 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
         values = pa.StructArray.from_arrays(
             [pa.concat_arrays(got.column(f.name).chunks) if got.column(f.name).num_chunks
              else pa.array([], f.type) for f in out], fields=list(out))
-        mask = None if all(valid) else pa.array([not ok for ok in valid])
-        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, mask=mask)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
     return rows

@@ -33,7 +33,7 @@ from ._meta import (
 from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
-from ._validation import validate_tag, validate_where
+from ._validation import as_list, validate_columns, validate_tag, validate_where
 from .graph import GraphHome
 
 
@@ -213,7 +213,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """The dataset at a version number or tag. Versions are immutable, so handles are
         kept; listing every version (one manifest read each) happens only for the error."""
         if isinstance(ref, bool) or not isinstance(ref, int | str):
-            raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
+            raise ValidationError(f"a version must be an int or a tag name, got "
+                                  f"{type(ref).__name__} {ref!r}")
         if isinstance(ref, str) and version_number(ref) is None:
             tags = self.tags()
             if ref not in tags:
@@ -355,8 +356,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """Read the table at a version (or tag) as Arrow."""
         validate_where(where)
         ds = self.dataset(version)
+        cols = validate_columns(columns, ds.schema.names, self.name)
         try:
-            return ds.to_table(columns=list(columns) if columns else None,
+            return ds.to_table(columns=cols,
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
@@ -405,12 +407,12 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         of the key column on first use; the rows come from the version's cached scalar
         columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        keys = list(keys)
+        keys = as_list(keys, "keys", "key")
         ds = self.dataset(version)
         key = self.cache_key(ds.version)
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
-        cols = list(columns) if columns else None
+        cols = validate_columns(columns, ds.schema.names, self.name)
         if missing not in ("skip", "error"):
             raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
