@@ -72,7 +72,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], pa.list_(pa.float32()))}), key="name")
     embed_table(s, "docs", {"id": [1, 2], "text": ["text editor", "web browser"]}, key="id",
                 text="text", embedder=H8)
-    build_text_index(s.table("docs"))
+    embed_table(s, "notes", {"id": [1, 2], "text": ["text editor", "web browser"]}, key="id",
+                text="text", embedder=H8)
+    build_text_index(s.table("notes"))  # for hybrid_search; docs has no full-text index
     return s
 
 
@@ -324,7 +326,7 @@ PY: list[Case] = [
     ("cleanup grace negative", _tb("cleanup", keep_last=1, grace=dt.timedelta(-1)), V, "negative"),
     ("cleanup grace bad", _tb("cleanup", keep_last=1, grace="abc"), V, "abc"),
     # store-level
-    ("table unknown", lambda s: s.table("nope"), TN, "docs, s, t"),
+    ("table unknown", lambda s: s.table("nope"), TN, "docs, notes, s, t"),
     ("table empty name", lambda s: s.table(""), V, "empty"),
     ("table None", lambda s: s.table(None), V, "table name"),
     ("table path", lambda s: s.table("../t"), V, "path separator"),
@@ -465,11 +467,11 @@ SQL: list[SqlCase] = [
      "LATERAL knn('t', q.vector, 1) k", None, "the query vector is NULL"),
     ("INSERT SELECT k 0", "INSERT INTO dst SELECT id, distance FROM knn('t', [1.0, 0, 0, 0], 0)", None,
      "got 0"),
-    ("hybrid_search NULL text", "SELECT * FROM hybrid_search('docs', NULL, 1, mode := 'text')", None,
+    ("hybrid_search NULL text", "SELECT * FROM hybrid_search('notes', NULL, 1, mode := 'text')", None,
      "the query text is NULL"),
-    ("hybrid_search NULL text param", "SELECT * FROM hybrid_search('docs', ?, 1, mode := 'text')", [None],
+    ("hybrid_search NULL text param", "SELECT * FROM hybrid_search('notes', ?, 1, mode := 'text')", [None],
      "the query text is NULL"),
-    ("hybrid_search k 0", "SELECT * FROM hybrid_search('docs', 'editor', 0, mode := 'text')", None,
+    ("hybrid_search k 0", "SELECT * FROM hybrid_search('notes', 'editor', 0, mode := 'text')", None,
      "k must be a positive integer, got 0"),
     ("CREATE TABLE AS NULL vector", "CREATE TABLE dst2 AS SELECT id FROM knn('t', NULL, 1)", None,
      "the query vector is NULL"),
@@ -647,10 +649,9 @@ LAZY = ["SELECT vec_add([1, 2, 3], [1, 2])",
 FETCH: dict[str, Callable[[Any], Any]] = {
     "fetchall": lambda r: r.fetchall(), "fetchone": lambda r: r.fetchone(),
     "fetchmany": lambda r: r.fetchmany(2), "df": lambda r: r.df(), "fetchdf": lambda r: r.fetchdf(),
-    "arrow": lambda r: r.arrow(), "fetch_arrow_table": lambda r: r.fetch_arrow_table(),
+    "arrow": lambda r: r.arrow(), "to_arrow_reader": lambda r: r.to_arrow_reader().read_all(),
     "to_arrow_table": lambda r: r.to_arrow_table(), "pl": lambda r: r.pl(),
     "fetchnumpy": lambda r: r.fetchnumpy(), "execute": lambda r: r.execute(),
-    "fetch_record_batch": lambda r: r.fetch_record_batch().read_all(),
     "filter then fetch": lambda r: r.filter("true").fetchall(),
     "limit then df": lambda r: r.limit(1).df(), "order then arrow": lambda r: r.order("1").arrow(),
     "pa.table": lambda r: pa.table(r), "to_parquet": lambda r: r.to_parquet(os.devnull),
