@@ -17,6 +17,7 @@ and the ``embed-assets`` command line (a real subprocess per case) -- and must b
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import re
@@ -668,6 +669,22 @@ def test_lazy_relation_fetch_fails_as_query_error(store: Store, con: SQLConnecti
     assert isinstance(err.value, duckdb.Error)
     _check_message(err.value, "mismatch" if "vec_add" in query or "LATERAL" in query else "hamming")
     COUNTS["sweep_sql_fetch"] += 1
+
+
+def test_the_wrapped_relation_is_duckdbs_and_keeps_its_result_tables(store: Store,
+                                                                    con: SQLConnection) -> None:
+    a, b = con.sql("SELECT id FROM t"), con.sql("SELECT id, sec FROM t")
+    assert isinstance(a.relation, duckdb.DuckDBPyRelation)
+    assert a.columns == ["id"] and a.shape == (4, 1) and len(a) == 4
+    assert a.join(b, "id").order("id").limit(1).fetchall() == [(1, "a")]  # relations as arguments
+    assert a.union(a).count("id").fetchall() == [(8,)] and pa.table(a).num_rows == 4
+    assert a.query("x", "SELECT max(id) FROM x").fetchall() == [(4,)] and "id" in str(a)
+    # a relation made from a knn result keeps the result table after its parent is gone
+    # (it was dropped at the next statement: "Table with name __ea_knn_1 does not exist")
+    r = con.sql("SELECT id, rank FROM knn('t', [1.0, 0, 0, 0], 2)").filter("rank >= 1")
+    gc.collect()
+    con.execute("SELECT 1").fetchall()
+    assert [rank for _, rank in r.order("rank").fetchall()] == [1, 2]
 
 
 def test_plain_duckdb_knn_refuses_a_null_query_vector() -> None:
