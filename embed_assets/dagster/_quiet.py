@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Any, cast
 
 # Dagster 1.13.27 warns about beta parameters it passes itself, not ones our code or the
 # user's names: `execution_type` when it copies a checks definition that a component's
@@ -29,7 +30,8 @@ def quiet_dagster_internal_warnings() -> None:
     from dagster import BetaWarning
 
     entry = ("ignore", re.compile(_MESSAGE, re.I), BetaWarning, None, 0)
-    for filters in (warnings.filters, _warnings.filters):
+    lists: tuple[list[Any], ...] = (cast(list[Any], warnings.filters), cast(list[Any], _warnings.filters))
+    for filters in lists:
         if entry not in filters:
             filters.insert(0, entry)
     warnings._filters_mutated()  # type: ignore[attr-defined]  # the C cache of the filters
