@@ -28,19 +28,25 @@ from ..store import (
     table_identity,
     take_rows,
 )
+from ._substrait import key_filter
 
 
 def key_offsets(filt: pc.Expression, key: str, keys: np.ndarray, offsets: np.ndarray,
                 key_type: pa.DataType) -> np.ndarray | None:
     """The row offsets ``filt`` (the expression object DuckDB pushed down) selects when it
-    reads the key column alone: evaluated by Arrow over the version's sorted keys, which
-    are in memory; None when it reads any other column (or cannot be evaluated there).
+    reads the key column alone; None when it reads any other column (or cannot be
+    evaluated there).
 
-    Why not read the expression's text: ``str()`` of a pyarrow expression is not a stable
-    format, and Arrow gives no other way to walk one; evaluating it is exact by definition.
-    Over 120k keys this costs well under a millisecond (a join filter's ``is_in`` plus two
-    comparisons), against ~10 ms for Lance to plan the filtered scan.
+    Lookups, ranges and ``IN`` lists (what ``WHERE id = 5`` and a ``knn`` join push) are
+    read from the expression's Substrait form (:mod:`._substrait`) and answered by binary
+    search over the sorted keys, in microseconds. Any other filter on the key is evaluated
+    by Arrow over all the keys, which is exact by definition (~0.2-0.5 ms at 64k keys),
+    against ~10 ms for Lance to plan the filtered scan. ``str()`` of the expression is
+    never read: it is not a stable format.
     """
+    kf = key_filter(filt, key, key_type)
+    if kf is not None:
+        return offsets[kf.select(keys)]
     table = pa.table({key: pa.array(keys, key_type), OFFSET_COLUMN: pa.array(offsets, pa.int64())})
     try:
         kept = table.filter(filt)
