@@ -19,6 +19,7 @@ key lookup it cost 1.18 -> 1.39 ms per statement (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,8 @@ class _NotAKeyFilter(Exception):
 
 @dataclass
 class KeyFilter:
-    """An integer key restricted to value sets and/or a range (all of them at once)."""
+    """An integer key restricted to value sets and/or a range (all of them at once).
+    Read-only once built: :func:`_parse` hands the same one to every statement."""
 
     values: np.ndarray | None = None  # None: any value in the range
     lo: int | None = None
@@ -142,8 +144,13 @@ def key_filter(filt: pc.Expression, key: str, key_type: pa.DataType) -> KeyFilte
     except (pa.ArrowException, ValueError, TypeError):
         return None  # reads another column, or a term Arrow cannot express in Substrait
     buf = bytes(raw)
-    if len(buf) > MAX_BYTES:
-        return None
+    return None if len(buf) > MAX_BYTES else _parse(buf)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(buf: bytes) -> KeyFilter | None:
+    """One Substrait filter read (cached by its bytes, which name the key and its type: a
+    repeated statement pushes the same filter, and reading it is most of the ~30 us)."""
     try:
         top = _fields(buf)
         names = _function_names(top)
