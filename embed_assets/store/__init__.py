@@ -1,15 +1,19 @@
 """The versioned store: tables, writes (one path per mode), versions and tags, search.
 
 Knows nothing of Dagster, DuckDB or the model; reads what it needs about an ANN index
-(:mod:`._index_facts`) and shares one cache of decoded versions (:data:`CACHE`).
+(:mod:`._index_facts`) and keeps what it holds in memory in one object, :data:`STATE`
+(a :class:`StoreState`: bounded, evicted per table; see docs/internals.md).
 """
 
 from ._arrow import as_arrow, normalize_types
 from ._cache import (
     CACHE,
     OFFSET_COLUMN,
+    STATE,
+    Facts,
     KeyIndex,
     MatrixCache,
+    StoreState,
     VersionKey,
     load_matrix,
     probe_kind,
@@ -25,7 +29,6 @@ from ._index_facts import (
     VECTOR_INDEX_NAME,
     centroids,
     ensure_scalar_indexes,
-    forget_facts,
     has_vector_index,
     index_config,
     search_defaults,
@@ -46,7 +49,7 @@ from ._meta import (
 )
 from ._results import CleanupReport, VersionInfo, WriteResult
 from ._retention import DEFAULT_GRACE
-from ._rollback import IndexKeeper, set_index_keeper
+from ._rollback import IndexKeeper
 from ._search import BROAD_FILTER, Plan, VersionContext
 from ._store import Store, TableInfo, absolute_uri, default_store_uri
 from ._subsets import row_addresses
@@ -65,17 +68,20 @@ __all__ = [
     "RRF_K",
     "SCAN_ALL",
     "SEARCH_MODES",
+    "STATE",
     "VECTOR_COLUMN",
     "VECTOR_INDEX_NAME",
     "WRITE_MODES",
     "CleanupReport",
     "EmbeddingTable",
+    "Facts",
     "Fusion",
     "IndexKeeper",
     "KeyIndex",
     "MatrixCache",
     "Plan",
     "Store",
+    "StoreState",
     "TableInfo",
     "TableMeta",
     "VersionContext",
@@ -93,7 +99,6 @@ __all__ = [
     "ensure_scalar_indexes",
     "filter_eq",
     "filter_in",
-    "forget_facts",
     "has_vector_index",
     "index_config",
     "is_local",
@@ -104,7 +109,6 @@ __all__ = [
     "quote_ident",
     "row_addresses",
     "search_defaults",
-    "set_index_keeper",
     "sql_literal",
     "table_fingerprint",
     "table_identity",

@@ -55,7 +55,7 @@ from typing import Any
 import lance
 import numpy as np
 
-from ._cache import CACHE, VersionKey, load_matrix
+from ._cache import CACHE, STATE, VersionKey, load_matrix
 from ._meta import VECTOR_COLUMN, is_local, local_path
 
 GRAPH_DIR = ".embed_assets/graphs"
@@ -321,7 +321,7 @@ class Graph:
         return (got if self.labels is None else self.labels[got]), dist.astype(np.float32)
 
 
-_UNUSABLE: dict[tuple[VersionKey, str], str] = {}
+_UNUSABLE = "unusable:"  # the kind prefix, in STATE.facts, of a graph found unusable
 
 
 def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[str, Any],
@@ -337,7 +337,7 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     except (KeyError, TypeError, ValueError):
         return None, "the index config records no graph size or ef"
     kind = f"graph/{metric}/{ef}/{files['graph'].get('sha256') if isinstance(files, dict) else ''}"
-    why = _UNUSABLE.get((key, kind))
+    why = STATE.facts.peek(key, _UNUSABLE + kind)
     if why is not None:
         return None, why
 
@@ -357,9 +357,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     try:
         got = CACHE.get_or_build(key, kind, lambda: int(files["graph"].get("bytes", 0)), build)
     except Unusable as exc:
-        if len(_UNUSABLE) > 4096:
-            _UNUSABLE.clear()
-        _UNUSABLE[(key, kind)] = why = f"graph unusable: {exc}"
+        why = f"graph unusable: {exc}"
+        STATE.facts.put(key, _UNUSABLE + kind, why)
         return None, why
     if got is None:
         return None, "the graph does not fit in the cache"
@@ -367,8 +366,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
 
 
 def forget_unusable() -> None:
-    """Forget the graphs found unusable (tests that repair a file)."""
-    _UNUSABLE.clear()
+    """Forget the graphs found unusable, in every table (tests that repair a file)."""
+    STATE.facts.forget("", kind_prefix=_UNUSABLE)
 
 
 def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
