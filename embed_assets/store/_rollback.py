@@ -14,10 +14,10 @@ from lance import LanceOperation
 from ..errors import VersionNotFoundError
 from ._cache import STATE
 from ._commits import table_lock, with_retries
+from ._identity import fingerprint
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import PROP_PREFIX, VersionRef
 from ._retention import guarded, version_whole, wait_for_cleanups
-from .graph import fingerprint
 
 # Rebuilds a tuned vector index on the latest version, given (the table, the report of the
 # index that a rollback lost, its index type). The index policy lives above the store

@@ -14,7 +14,7 @@ Identity
 --------
 A graph's labels are row offsets of the version it was built from, so it may only serve
 a version whose rows are exactly those, in the same order. :func:`fingerprint` hashes
-what fixes them: every fragment's id, its data files (Lance names them by UUID) and its
+what fixes them (:mod:`._identity`): every fragment's id, its data files (Lance names them by UUID) and its
 deletion file (its random id and read version: *which* rows were deleted, not how many;
 two histories that each delete three different rows get different fingerprints).
 Index and config commits keep the fragments, so the graph of version N also serves the
@@ -56,6 +56,7 @@ import lance
 import numpy as np
 
 from ._cache import CACHE, STATE, VersionKey, load_matrix
+from ._identity import fingerprint as fingerprint  # (where the index policy reads it)
 from ._meta import VECTOR_COLUMN, is_local, local_path
 
 GRAPH_DIR = ".embed_assets/graphs"
@@ -80,18 +81,6 @@ def space(metric: str) -> str:
     # Unit rows for cosine: inner product ranks them, and hnswlib's "ip" distance is 1 - ip,
     # the cosine distance itself.
     return "l2" if metric == "l2" else "ip"
-
-
-def fingerprint(ds: lance.LanceDataset) -> str:
-    """The identity of a version's rows and their order (see the module docstring)."""
-    h = hashlib.sha256(b"rows/2;")
-    for frag in ds.get_fragments():
-        md = frag.metadata
-        files = ",".join(f.path for f in md.files)
-        d = md.deletion_file
-        dele = "-" if d is None else f"{d.read_version}:{d.id}:{d.num_deleted_rows}"
-        h.update(f"{frag.fragment_id}|{md.physical_rows}|{files}|{dele};".encode())
-    return h.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
