@@ -78,9 +78,10 @@ def available() -> bool:
 
 
 def space(metric: str) -> str:
-    # Unit rows for cosine: inner product ranks them, and hnswlib's "ip" distance is 1 - ip,
-    # the cosine distance itself.
-    return "l2" if metric == "l2" else "ip"
+    # hnswlib's "cosine" is its "ip" space (distance 1 - ip, the cosine distance itself on
+    # unit rows) with every added row and every query normalised in C++: the same graph
+    # file either way, and no Python normalisation per search (~1.5 us of a ~35 us query).
+    return {"l2": "l2", "cosine": "cosine"}.get(metric, "ip")
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,10 @@ class Graph:
         if k < 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         labels, dist = self.index.knn_query(q, k=k)
-        got = labels[0].astype(np.int64)
-        return (got if self.labels is None else self.labels[got]), dist[0].astype(np.float32)
+        # hnswlib returns uint64 labels (< 2**63: row offsets) and float32 distances: a
+        # view, not a copy
+        got = labels[0].view(np.int64)
+        return (got if self.labels is None else self.labels[got]), dist[0]
 
     def search_batch(self, qs: np.ndarray, k: int, threads: int = 1,
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -306,8 +309,8 @@ class Graph:
         if k < 1 or not len(qs):
             return np.zeros((len(qs), 0), np.int64), np.zeros((len(qs), 0), np.float32)
         labels, dist = self.index.knn_query(qs, k=k, num_threads=threads)
-        got = labels.astype(np.int64)
-        return (got if self.labels is None else self.labels[got]), dist.astype(np.float32)
+        got = labels.view(np.int64)
+        return (got if self.labels is None else self.labels[got]), dist
 
 
 _UNUSABLE = "unusable:"  # the kind prefix, in STATE.facts, of a graph found unusable
@@ -326,6 +329,9 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     except (KeyError, TypeError, ValueError):
         return None, "the index config records no graph size or ef"
     kind = f"graph/{metric}/{ef}/{files['graph'].get('sha256') if isinstance(files, dict) else ''}"
+    got = CACHE.get(key, kind)  # the hit, before any closure is made: every search
+    if got is not None:
+        return got, ""
     why = STATE.facts.peek(key, _UNUSABLE + kind)
     if why is not None:
         return None, why
@@ -357,18 +363,6 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
 def forget_unusable() -> None:
     """Forget the graphs found unusable, in every table (tests that repair a file)."""
     STATE.facts.forget("", kind_prefix=_UNUSABLE)
-
-
-def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
-    """One query (d,) or many (n, d) as the graph wants them: unit rows for cosine."""
-    q = np.asarray(q, dtype=np.float32)
-    if metric != "cosine":
-        return q
-    if q.ndim == 1:  # the per-call path: np.linalg.norm costs ~10x a dot here
-        n = float(np.dot(q, q)) ** 0.5
-        return q * np.float32(1.0 / n) if n > 0 else q
-    norms = np.linalg.norm(q, axis=-1, keepdims=True)
-    return (q / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 # -- refreshing -----------------------------------------------------------------------
