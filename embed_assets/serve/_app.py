@@ -69,6 +69,10 @@ class ServeConfig:
     access_log: bool = True
     keep_versions: int = 2  # loaded versions held per table (a rollback swaps instantly)
     storage_options: dict[str, str] | None = None
+    resp_port: int | None = None  # key lookups over the Redis protocol too (see _resp)
+    resp_host: str = "127.0.0.1"
+    resp_reuse_port: bool = False  # several worker processes bind the RESP port
+    graceful_timeout: float = 10.0
 
 
 class HTTPError(Exception):
@@ -105,6 +109,7 @@ class App:
         self._token = config.token.encode() if config.token else None
         self._loader: threading.Thread | None = None
         self.load_error: str | None = None
+        self.resp: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -182,12 +187,47 @@ class App:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                try:
+                    await self._start_resp()
+                except OSError as exc:
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"cannot listen for RESP on port {self.config.resp_port}: "
+                                           f"{exc.strerror}"})
+                    return
                 self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                if self.resp is not None:
+                    await self.resp.drain(self.config.graceful_timeout)
                 self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _start_resp(self) -> None:
+        if self.config.resp_port is None:
+            return
+        from ._resp import RespServer
+
+        self.resp = RespServer(self, self.config.resp_host, self.config.resp_port,
+                               self.config.resp_reuse_port)
+        await self.resp.start()
+        # uvicorn stops accepting HTTP on SIGINT/SIGTERM and tells the app only after its
+        # connections drained (lifespan shutdown): chain its handlers so the RESP listener
+        # stops accepting at the signal too, not seconds later
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(sig)
+            if not callable(prev):
+                continue
+
+            def chained(signum: int, frame: Any, prev: Any = prev) -> None:
+                loop.call_soon_threadsafe(self.resp.stop_accepting)
+                prev(signum, frame)
+
+            signal.signal(sig, chained)
 
     def _route(self, method: str, path: str) -> tuple[str, Any, str | None]:
         simple = {"/health": ("health", self._health), "/ready": ("ready", self._ready),
@@ -269,7 +309,8 @@ class App:
                              "version": s.version if s else None, "swaps": t.swaps}
         if s is not None:
             d.update(rows=s.rows, dimension=s.dimension, key=s.meta.key, metric=s.meta.metric,
-                     model=s.meta.model, columns=s.columns, text=s.embedder is not None)
+                     model=s.meta.model, columns=s.columns, text=s.embedder is not None,
+                     knn=s.knn_path)
         if t.last_error:
             d["follow_error"] = t.last_error
         return d

@@ -30,6 +30,8 @@ def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8765,
         import uvicorn
     except ImportError:  # the extra is not installed
         raise ValidationError("serving needs uvicorn: pip install 'embed_assets[serve]'") from None
+    config = dataclasses.replace(config, graceful_timeout=graceful_timeout,
+                                 resp_reuse_port=workers > 1)
     common: dict[str, Any] = dict(
         host=host, port=port, lifespan="on", log_level="warning",
         access_log=False,  # ours is structured, and never holds a header

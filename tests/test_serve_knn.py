@@ -1,0 +1,84 @@
+"""Unfiltered kNN of a served version runs on an in-memory index, whatever path the
+version's index policy chose for in-process searches (issue 26: one served version on
+Lance's ANN path took the kNN p99 from sub-millisecond to 368 ms under 16 clients)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from embed_assets import Store, build_index
+from embed_assets.index._build import record_config
+from embed_assets.serve._snapshot import load
+from embed_assets.store import index_config
+
+N, DIM = 3000, 32
+
+
+def _clustered(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(30, DIM)).astype(np.float32)
+    return (centers[rng.integers(0, 30, N)] + 0.3 * rng.normal(size=(N, DIM))).astype(np.float32)
+
+
+def _table(m: np.ndarray) -> pa.Table:
+    return pa.table({"id": [f"k{i}" for i in range(N)], "grp": [i % 4 for i in range(N)],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), DIM)})
+
+
+def _lance_chosen(store: Store, name: str) -> int:
+    """A version whose recorded policy is Lance's own ANN search (what build_index records
+    when Lance's path timed faster than the probe): the probe's settings taken out."""
+    t = store.table(name)
+    build_index(t, recall=0.9, force_ann=True, graph=False, num_partitions=16, num_sub_vectors=8)
+    cfg = index_config(t.refresh().dataset())
+    assert cfg is not None and cfg["kind"] == "ann"
+    cfg["params"] = {k: v for k, v in cfg["params"].items() if not k.startswith(("probe_", "graph_"))}
+    cfg["params"].setdefault("nprobes", 4)
+    return record_config(t, cfg)
+
+
+def test_a_version_whose_policy_chose_lance_is_served_from_an_in_memory_probe(tmp_path):
+    store = Store(tmp_path / "s")
+    m = _clustered(0)
+    store.write("t", _table(m), key="id")
+    v = _lance_chosen(store, "t")
+    t = store.table("t")
+    _, plan = t.search(m[0], k=10, version=v, explain=True)
+    assert plan.path == "lance" and plan.ann  # what the old server answered every kNN with
+
+    snap = load(store, "t", v)
+    assert snap.knn_path == "server-probe" and snap.probe is not None and snap.probe_nprobes >= 1
+    assert snap.probe_recall is not None and snap.probe_recall >= 0.9
+
+    # the answers: the store's shape (key, columns, distance, rank) and near-exact rows
+    rng = np.random.default_rng(1)
+    hits = 0
+    for i in rng.integers(0, N, 40):
+        got = snap.search(m[i], 10, None, ["grp"], False)
+        assert got.column_names == ["id", "grp", "distance", "rank"]
+        assert got.column("rank").to_pylist() == list(range(1, 11))
+        exact = t.search(m[i], k=10, version=v, use_index=False, columns=["id", "grp"])
+        hits += len(set(got.column("id").to_pylist()) & set(exact.column("id").to_pylist()))
+        d = got.column("distance").to_numpy()
+        assert np.all(np.diff(d) >= -1e-6)
+        assert np.allclose(d[0], exact.column("distance").to_numpy()[0], atol=1e-4)
+    assert hits / 400 >= 0.9
+    # a filtered search still goes through the store (its filtered paths are exact)
+    f = snap.search(m[0], 5, "grp = 1", ["grp"], False)
+    assert set(f.column("grp").to_pylist()) == {1}
+
+
+def test_an_in_memory_path_the_policy_chose_is_kept_and_an_unindexed_version_stays_exact(tmp_path):
+    store = Store(tmp_path / "s")
+    m = _clustered(2)
+    store.write("t", _table(m), key="id")
+    plain = load(store, "t", store.table("t").version)
+    assert plain.knn_path == "exact" and plain.probe is None
+    rep = build_index(store.table("t"), recall=0.9, force_ann=True, graph=False, num_partitions=16,
+                      num_sub_vectors=8)
+    snap = load(store, "t", rep.version)
+    if "probe_nprobes" in rep.params:  # the policy's own probe: the store's path serves it
+        assert snap.knn_path == "probe" and snap.probe is None
+    else:
+        assert snap.knn_path == "server-probe"
