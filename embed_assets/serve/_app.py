@@ -386,7 +386,7 @@ class App:
     def _answer(self, scope: Scope, snap: Snapshot, name: str, tbl: pa.Table,
                 extra: dict[str, Any]) -> Any:
         if _wants_arrow(scope):
-            payload = _ipc(tbl, snap.version, name)
+            payload = _ipc(tbl, snap, name)
             headers = [(b"content-type", ARROW.encode())]
             if extra.get("missing"):
                 headers.append((b"x-embed-assets-missing", str(len(extra["missing"])).encode()))
@@ -397,17 +397,20 @@ class App:
         return 200, headers, payload, snap.version
 
 
-def _ipc(tbl: pa.Table, version: int, name: str) -> bytes:
-    schema = tbl.schema.with_metadata({"embed_assets.version": str(version), "embed_assets.table": name})
-    batches = tbl.to_batches()
+def _ipc(tbl: pa.Table, snap: Snapshot, name: str) -> bytes:
     # schema message + batches + end-of-stream marker: the stream format without a writer
-    # object per answer (a writer costs more than encoding a 1-row batch)
-    parts = [schema.serialize().to_pybytes()]
+    # object per answer (a writer costs more than encoding a 1-row batch); the schema
+    # message, with the version in its metadata, is encoded once per snapshot and shape
+    key = (name, *tbl.schema.names)
+    head = snap.ipc_heads.get(key)
+    if head is None:
+        head = tbl.schema.with_metadata({"embed_assets.version": str(snap.version),
+                                         "embed_assets.table": name}).serialize().to_pybytes()
+        snap.ipc_heads[key] = head
+    batches = tbl.to_batches()
     if not batches:
         batches = [pa.RecordBatch.from_pylist([], schema=tbl.schema)]
-    parts += [b.serialize().to_pybytes() for b in batches]
-    parts.append(_EOS)
-    return b"".join(parts)
+    return b"".join([head, *(b.serialize().to_pybytes() for b in batches), _EOS])
 
 
 def _rows(tbl: pa.Table) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ class Snapshot:
     loaded_s: float = 0.0
     embedder: Any = None
     schemas: dict[tuple[str, ...], pa.Schema] = field(default_factory=dict)
+    ipc_heads: dict[tuple[str, ...], bytes] = field(default_factory=dict)
+    arrays: dict[tuple[str, ...], list[pa.Array]] = field(default_factory=dict)
     # Unfiltered kNN: "graph" / "probe" (the store's in-memory paths the index policy
     # chose), "server-probe" (an in-memory probe this server tuned at load, see
     # memory_knn), or whatever else the store's plan is ("exact", "lance").
@@ -182,8 +184,12 @@ class Snapshot:
     def rows_table(self, rows: np.ndarray, columns: list[str], vectors: bool) -> pa.Table:
         """Key, the asked columns and (if asked) the vectors of the given rows."""
         names = [self.meta.key, *columns]
-        sub = self.scalars.select(names)
-        arrays = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in sub.columns]
+        cols = self.arrays.get(tuple(names))
+        if cols is None:  # one contiguous array per column, made once per snapshot
+            sub = self.scalars.select(names)
+            cols = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in sub.columns]
+            self.arrays[tuple(names)] = cols
+        arrays = cols
         if len(rows) == 1:  # a slice costs nothing; take() copies through a kernel
             r = int(rows[0])
             arrays = [a.slice(r, 1) for a in arrays]
