@@ -78,8 +78,14 @@ def test_an_in_memory_path_the_policy_chose_is_kept_and_an_unindexed_version_sta
     rep = build_index(store.table("t"), recall=0.9, force_ann=True, graph=False, num_partitions=16,
                       num_sub_vectors=8)
     snap = load(store, "t", rep.version)
-    if "probe_nprobes" in rep.params:  # the policy's own probe: the store's path serves it
-        assert snap.knn_path == "probe" and snap.probe is None
+    if "probe_nprobes" in rep.params:  # the policy's own probe, its recorded settings
+        assert snap.knn_path == "probe" and snap.probe_nprobes == rep.params["probe_nprobes"]
+        for i in (0, 7, 99):  # the answers the store's own search gives
+            want = store.table("t").search(m[i], k=10, version=rep.version, columns=["id", "grp"])
+            got = snap.search(m[i], 10, None, ["grp"], False)
+            assert got.column("id").to_pylist() == want.column("id").to_pylist()
+            assert np.allclose(got.column("distance").to_numpy(), want.column("distance").to_numpy(),
+                               atol=1e-5)
     else:
         assert snap.knn_path == "server-probe"
 
@@ -104,3 +110,77 @@ def test_a_server_process_runs_its_kernels_on_one_thread():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env=env, check=True)
     assert out.stdout.split() == ["1", "1"], out.stdout
+
+
+def test_a_batched_probe_scan_answers_as_one_query_at_a_time():
+    from embed_assets.kernels import IvfProbe, normalize_rows
+
+    m = normalize_rows(_clustered(3)[:2000])
+    cents = m[np.random.default_rng(0).choice(len(m), 8, replace=False)]
+    qs = normalize_rows(_clustered(4)[:20])
+    for rank in (0, 16):  # a full-precision scan, and a projected int8/float pre-scan
+        probe = IvfProbe.build(m, cents, "cosine", rank=rank, candidates=200)
+        one = [probe.search(q, 10, 8) for q in qs]
+        many = probe.search_batch(qs, 10, 8)
+        same = sum(len(set(a[0]) & set(b[0])) for a, b in zip(one, many, strict=True))
+        if rank == 0:
+            assert all(np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-6)
+                       for a, b in zip(one, many, strict=True))
+        else:  # the int8 pre-scan quantises the batch on one scale: near-identical shortlists
+            assert same >= 0.97 * 10 * len(qs)
+        # fewer partitions than a quarter: one search per query, the same answers
+        few = probe.search_batch(qs, 10, 1)
+        assert all(np.array_equal(a[0], probe.search(q, 10, 1)[0]) for a, q in zip(few, qs, strict=True))
+
+
+def test_concurrent_knn_requests_are_answered_in_one_batch_each_with_its_own_rows(tmp_path):
+    """The server's batcher: requests ready together share one scan; each answer is the
+    one its own query gets alone, k and columns its own; a zero vector is still refused."""
+    import asyncio
+    import json
+
+    from embed_assets.serve._app import App, ServeConfig
+    from embed_assets.serve._state import TableSpec
+
+    store = Store(tmp_path / "s")
+    m = _clustered(5)
+    store.write("t", _table(m), key="id")
+    v = _lance_chosen(store, "t")
+    store.table("t").retag("prod", v)
+    app = App(ServeConfig(store=store.uri, tables=[TableSpec("t")], poll_interval=0, access_log=False))
+    app._load_all()
+    snap = app.tables["t"].current
+    assert snap is not None and snap.probe is not None
+    sizes: list[int] = []
+    real = snap.probe.search_batch
+    snap.probe.search_batch = lambda qs, k, n: (sizes.append(len(qs)), real(qs, k, n))[1]
+    snap.probe_nprobes = max(snap.probe_nprobes, 4)  # a full scan: the batched GEMM path
+
+    async def call(doc: dict) -> tuple[int, dict]:
+        body = json.dumps(doc).encode()
+        out: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(msg: dict) -> None:
+            out.append(msg)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/tables/t/search", "headers": []}
+        await app(scope, receive, send)
+        return out[0]["status"], json.loads(out[1]["body"])
+
+    async def main() -> list[tuple[int, dict]]:
+        docs = [{"vector": m[i].tolist(), "k": 3 + i % 4, "columns": ["grp"]} for i in range(12)]
+        docs.append({"vector": [0.0] * DIM})
+        return await asyncio.gather(*(call(d) for d in docs))
+
+    got = asyncio.run(main())
+    assert sizes == [12]  # one scan for the twelve valid queries
+    for i, (status, doc) in enumerate(got[:12]):
+        alone = snap.probe.search(m[i], 3 + i % 4, snap.probe_nprobes)[0]
+        assert status == 200 and doc["version"] == v
+        assert [r["id"] for r in doc["rows"]] == [f"k{j}" for j in alone]
+        assert [r["rank"] for r in doc["rows"]] == list(range(1, 4 + i % 4))
+    status, doc = got[12]
+    assert status == 400 and "all zeros" in doc["error"]["message"]

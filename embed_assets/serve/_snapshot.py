@@ -29,6 +29,7 @@ from ..store import (
     centroids,
     index_config,
     quote_ident,
+    search_defaults,
     sql_literal,
 )
 from ..store import filter_in as _in_list
@@ -216,10 +217,16 @@ class Snapshot:
     def search(self, q: np.ndarray, k: int, where: str | None, columns: list[str],
                vectors: bool) -> pa.Table:
         if where is None and self.probe is not None:
+            self.check_probe_query(q)
             idx, dist = self.probe.search(q, k, self.probe_nprobes)
             return self.hits_table(idx, dist, columns, vectors)
         cols = [self.meta.key, *columns] + ([VECTOR_COLUMN] if vectors else [])
         return self.table.search(q, k=k, where=where, version=self.version, columns=cols)
+
+    def check_probe_query(self, q: np.ndarray) -> None:
+        """What the store's search refuses before its probe runs (see store._search)."""
+        if self.meta.metric == "cosine" and not q.any():
+            raise ValidationError("query vector is all zeros: it has no cosine distance to any row")
 
     def hits_table(self, idx: np.ndarray, dist: np.ndarray, columns: list[str],
                    vectors: bool) -> pa.Table:
@@ -250,6 +257,19 @@ def _scalar(v: Any) -> Any:
     if v is None or isinstance(v, list | dict):
         raise ValidationError("a filter value must be a string, number or boolean")
     return v
+
+
+def _policy_probe(snap: Snapshot, ds: Any, key: Any) -> None:
+    """Hold the store's own cached probe of the version (the one its searches use, not a
+    copy), with the recorded settings, so unfiltered kNN requests that arrive together
+    are answered by one batched scan (:meth:`IvfProbe.search_batch`)."""
+    d = search_defaults(ds, key.table_id) or {}
+    if "probe_rank" not in d or "probe_nprobes" not in d:
+        return  # recorded before per-table settings: the store's path keeps them
+    probe = CACHE.probe(key, ds, snap.meta.metric, lambda: centroids(ds), int(d["probe_rank"]),
+                        int(d.get("probe_candidates", 0)))
+    if probe is not None:
+        snap.probe, snap.probe_nprobes = probe, int(d["probe_nprobes"])
 
 
 def memory_knn(snap: Snapshot, ds: Any) -> None:
@@ -309,7 +329,9 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
     if warm_query and snap.rows:
         _, plan = table.search(matrix[0], k=10, version=version, columns=[meta.key], explain=True)
         snap.knn_path = plan.path
-        if plan.path == "lance" and plan.ann:
+        if plan.path == "probe":
+            _policy_probe(snap, ds, key)
+        elif plan.path == "lance" and plan.ann:
             memory_knn(snap, ds)
         snap.search(matrix[0], 10, None, [], False)
         snap.rows_table(np.zeros(1, np.int64), [], True)
