@@ -564,6 +564,11 @@ def test_resp_lookups_name_their_version_need_the_token_and_refuse_bad_commands(
         assert got[0] == a and got[2] is None
         assert np.frombuffer(got[1], "<f4").tolist() == base[7].tolist()
         assert np.frombuffer(got[3], "<f4").tolist() == base[3].tolist()
+        many_keys = [f"p{i:03d}" for i in range(0, N, 3)]  # all stored: the one-take path
+        got = c.call("EA.GET", "t", *many_keys)
+        assert got[0] == a and np.array_equal(np.frombuffer(b"".join(got[1:]), "<f4").reshape(-1, DIM),
+                                              base[::3])
+        assert c.call("EA.GET", "t", "a\r\nb", "p001")[1] is None  # CRLF inside a key: parsed exactly
         # the tag moves: answers follow, each naming its version with that version's bytes
         store.table("t").retag("prod", b)
         deadline = time.monotonic() + 10

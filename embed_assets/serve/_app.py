@@ -106,7 +106,8 @@ class App:
 
         for spec in config.tables:
             self.tables[spec.name] = PinnedTable(
-                self.store, spec, text=config.text, keep=config.keep_versions, on_swap=on_swap)
+                self.store, spec, text=config.text, keep=config.keep_versions, on_swap=on_swap,
+                resp=config.resp_port is not None)
         self.poller = Poller(list(self.tables.values()), config.poll_interval)
         self._token = config.token.encode() if config.token else None
         self._batcher = Batcher()
