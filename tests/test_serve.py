@@ -430,7 +430,9 @@ def test_base64_vector_round_trip(served):
 def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
     store = Store(tmp_path / "store")
     a, b = two_versions(store, "t")
-    srv = Server(store.uri, ["t@prod"], tmp_path, token=TOKEN, extra=["--workers", "2"])
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=TOKEN,
+                 extra=["--workers", "2", "--resp-port", str(rport)])
     try:
         c = Client(srv.url, token=TOKEN)
         assert Client.version_of(c.get("t", ["p001"])) == a
@@ -443,6 +445,13 @@ def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
             assert time.monotonic() < deadline, "a worker did not follow the tag"
             st, h, _ = http(srv.url + "/v1/tables/t/get", "POST", {"keys": ["p001"]})
             streak = streak + 1 if st == 200 and h["x-embed-assets-version"] == str(b) else 0
+        # both workers listen for RESP on the one port (SO_REUSEPORT): fresh connections
+        # land on either, and each answers from b
+        for _ in range(10):
+            r = Resp(rport)
+            assert r.call("AUTH", TOKEN) == "OK"
+            assert r.call("EA.GET", "t", "p001")[0] == b
+            r.call("QUIT")
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
 
