@@ -234,7 +234,10 @@ class App:
                 loop.call_soon_threadsafe(self.resp.stop_accepting)
                 prev(signum, frame)
 
-            signal.signal(sig, chained)
+            try:
+                signal.signal(sig, chained)
+            except ValueError:  # not the main thread (an embedding server): its own handlers
+                return
 
     def _route(self, method: str, path: str) -> tuple[str, Any, str | None]:
         simple = {"/health": ("health", self._health), "/ready": ("ready", self._ready),
