@@ -3,7 +3,7 @@
 Loopback only, bounded in time. Run it under the shared benchmark lock:
 
     flock /work/bench.lock python benchmarks/bench_serve.py            # the full run
-    python benchmarks/bench_serve.py --protocols                      # HTTP vs Arrow Flight
+    python benchmarks/bench_serve.py --protocols       # HTTP vs Arrow Flight vs RESP vs Redis
 
 The data: the 63,666 real Debian MiniLM vectors (../shared/data/debian_minilm.npz) with
 section / priority / installed size from debian_packages.parquet, in a store cached under
@@ -493,7 +493,8 @@ def stop(p: subprocess.Popen) -> None:
 # -- protocol choice ----------------------------------------------------------------------------
 def protocols(n: int) -> None:
     """One sequential client: a 1-key lookup and a kNN through the HTTP server and through an
-    Arrow Flight server over the same in-memory snapshot (pyarrow.flight, do_get)."""
+    Arrow Flight server over the same in-memory snapshot (pyarrow.flight, do_get); a 1-key
+    lookup over RESP (EA.GET) beside Redis GET."""
     import pyarrow.flight as fl
 
     from embed_assets import Store
@@ -518,7 +519,10 @@ def protocols(n: int) -> None:
     fs = Flight(f"grpc://127.0.0.1:{fport}")
     threading.Thread(target=fs.serve, daemon=True).start()
     hport = free_port()
-    hs = start_server(hport, 0)
+    rsport = free_port()
+    hs = start_server(hport, 0, resp=rsport)
+    redis, redport = start_redis(pk, vec)
+    rc, ec = Redis(redport), Redis(rsport)
     rng = np.random.default_rng(0)
     queries = [base64.b64encode(vec[i].tobytes()).decode() for i in rng.integers(0, len(pk), 200)]
     fc = fl.connect(f"grpc://127.0.0.1:{fport}")
@@ -528,6 +532,9 @@ def protocols(n: int) -> None:
         ("http get1", lambda i: hc.call(Http.request(f"/v1/tables/{TABLE}/get",
                                                      {"keys": [pk[i % len(pk)]]}))),
         ("flight get1", lambda i: fc.do_get(fl.Ticket(json.dumps({"keys": [pk[i % len(pk)]]}))).read_all()),
+        ("resp EA.GET 1", lambda i: ec.call(Redis.command(b"EA.GET", TABLE.encode(),
+                                                          pk[i % len(pk)].encode()), 2)),
+        ("redis GET 1", lambda i: rc.call(Redis.command(b"GET", pk[i % len(pk)].encode()))),
         ("http knn", lambda i: hc.call(Http.request(
             f"/v1/tables/{TABLE}/search", {"vector": queries[i % 200], "k": 10, "columns": ["gen"]}))),
         ("flight knn", lambda i: fc.do_get(fl.Ticket(json.dumps({"vector": queries[i % 200]}))).read_all()),
@@ -542,6 +549,7 @@ def protocols(n: int) -> None:
         out[name] = _pcts(np.asarray(ts) * 1e3)
         print(name, out[name], file=sys.stderr, flush=True)
     stop(hs)
+    stop(redis)
     fs.shutdown()
     print(json.dumps({"uptime": _uptime(), "protocols": out}, indent=1))
 
