@@ -464,6 +464,8 @@ def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
     (["t", "--max-k", "0"], "--max-k must be at least 1"),
     (["t", "--poll", "-1"], "--poll must be 0 or more"),
     (["t", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+    (["t", "--resp-port", "0"], "--resp-port must be a port number"),
+    (["t", "--port", "7001", "--resp-port", "7001"], "--resp-port must differ from --port"),
 ])
 def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, words):
     from embed_assets.cli import main
