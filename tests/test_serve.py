@@ -653,3 +653,18 @@ def test_graceful_shutdown_answers_requests_in_flight_refuses_new_ones_and_exits
     assert r.closed()  # answered, then closed: the server is going away
     assert srv.proc.wait(30) in (0, -signal.SIGTERM)
     assert "shut down: in-flight requests answered, tag poller stopped" in srv.logs()
+
+
+def test_a_resp_port_in_use_stops_the_server_at_startup_saying_so(tmp_path):
+    store = Store(tmp_path / "store")
+    two_versions(store, "t")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "embed_assets.cli", "--store", store.uri, "serve", "t",
+                              "--port", str(free_port()), "--resp-port", str(port)],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"cannot listen for RESP on port {port}" in out.stderr and "address already in use" in out.stderr
