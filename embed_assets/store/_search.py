@@ -42,10 +42,11 @@ from ._cache import CACHE, VersionKey, schema_of, take_rows, version_fact
 from ._filters import conjunction
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
+from ._identity import fingerprint
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
 from ._subsets import RowSubset, subset
-from .graph import Graph, GraphHome, fingerprint, normalized_query
+from .graph import Graph, GraphHome, normalized_query
 from .graph import load as load_graph
 
 

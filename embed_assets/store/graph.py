@@ -14,7 +14,7 @@ Identity
 --------
 A graph's labels are row offsets of the version it was built from, so it may only serve
 a version whose rows are exactly those, in the same order. :func:`fingerprint` hashes
-what fixes them: every fragment's id, its data files (Lance names them by UUID) and its
+what fixes them (:mod:`._identity`): every fragment's id, its data files (Lance names them by UUID) and its
 deletion file (its random id and read version: *which* rows were deleted, not how many;
 two histories that each delete three different rows get different fingerprints).
 Index and config commits keep the fragments, so the graph of version N also serves the
@@ -55,7 +55,8 @@ from typing import Any
 import lance
 import numpy as np
 
-from ._cache import CACHE, VersionKey, load_matrix
+from ._cache import CACHE, STATE, VersionKey, load_matrix
+from ._identity import fingerprint as fingerprint  # (where the index policy reads it)
 from ._meta import VECTOR_COLUMN, is_local, local_path
 
 GRAPH_DIR = ".embed_assets/graphs"
@@ -80,18 +81,6 @@ def space(metric: str) -> str:
     # Unit rows for cosine: inner product ranks them, and hnswlib's "ip" distance is 1 - ip,
     # the cosine distance itself.
     return "l2" if metric == "l2" else "ip"
-
-
-def fingerprint(ds: lance.LanceDataset) -> str:
-    """The identity of a version's rows and their order (see the module docstring)."""
-    h = hashlib.sha256(b"rows/2;")
-    for frag in ds.get_fragments():
-        md = frag.metadata
-        files = ",".join(f.path for f in md.files)
-        d = md.deletion_file
-        dele = "-" if d is None else f"{d.read_version}:{d.id}:{d.num_deleted_rows}"
-        h.update(f"{frag.fragment_id}|{md.physical_rows}|{files}|{dele};".encode())
-    return h.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -321,7 +310,7 @@ class Graph:
         return (got if self.labels is None else self.labels[got]), dist.astype(np.float32)
 
 
-_UNUSABLE: dict[tuple[VersionKey, str], str] = {}
+_UNUSABLE = "unusable:"  # the kind prefix, in STATE.facts, of a graph found unusable
 
 
 def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[str, Any],
@@ -337,7 +326,7 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     except (KeyError, TypeError, ValueError):
         return None, "the index config records no graph size or ef"
     kind = f"graph/{metric}/{ef}/{files['graph'].get('sha256') if isinstance(files, dict) else ''}"
-    why = _UNUSABLE.get((key, kind))
+    why = STATE.facts.peek(key, _UNUSABLE + kind)
     if why is not None:
         return None, why
 
@@ -357,9 +346,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     try:
         got = CACHE.get_or_build(key, kind, lambda: int(files["graph"].get("bytes", 0)), build)
     except Unusable as exc:
-        if len(_UNUSABLE) > 4096:
-            _UNUSABLE.clear()
-        _UNUSABLE[(key, kind)] = why = f"graph unusable: {exc}"
+        why = f"graph unusable: {exc}"
+        STATE.facts.put(key, _UNUSABLE + kind, why)
         return None, why
     if got is None:
         return None, "the graph does not fit in the cache"
@@ -367,8 +355,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
 
 
 def forget_unusable() -> None:
-    """Forget the graphs found unusable (tests that repair a file)."""
-    _UNUSABLE.clear()
+    """Forget the graphs found unusable, in every table (tests that repair a file)."""
+    STATE.facts.forget("", kind_prefix=_UNUSABLE)
 
 
 def normalized_query(q: np.ndarray, metric: str) -> np.ndarray:
