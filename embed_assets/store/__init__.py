@@ -15,6 +15,8 @@ from ._cache import (
     probe_kind,
     take_rows,
 )
+from ._compare import Comparison
+from ._experiments import ExperimentInfo, ExperimentResult, PromotionResult
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
 from ._filters import literal as sql_literal
@@ -69,12 +71,16 @@ __all__ = [
     "VECTOR_INDEX_NAME",
     "WRITE_MODES",
     "CleanupReport",
+    "Comparison",
     "EmbeddingTable",
+    "ExperimentInfo",
+    "ExperimentResult",
     "Fusion",
     "IndexKeeper",
     "KeyIndex",
     "MatrixCache",
     "Plan",
+    "PromotionResult",
     "Store",
     "TableInfo",
     "TableMeta",
