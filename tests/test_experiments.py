@@ -301,3 +301,59 @@ def test_killed_promotion_or_experiment_leaves_production(store: Store, table: A
     else:  # a branch with no embedded rows: listed as such, run again to fill it
         assert not t.experiment_info("slow").embedded
         assert t.experiment("slow", embedder=HashEmbedder(dimension=8)).rows_embedded == 300
+
+
+def test_sql_reads_experiment_versions(store: Store, table: Any) -> None:
+    from embed_assets import connect
+
+    res = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    con = connect(store=store.uri)
+    dims = 'SELECT count(*), max(len(vector)) FROM "{}"'
+    assert con.sql(dims.format("t@small")).fetchall() == [(300, 16)]
+    assert con.sql(dims.format(f"t@small:{res.version}")).fetchall() == [(300, 16)]
+    assert con.sql(dims.format("t@1")).fetchall() == [(300, 32)]  # the same number, production
+    assert con.sql(dims.format("t")).fetchall() == [(300, 32)]
+    got = con.sql("SELECT id FROM knn('t@small', (SELECT vector FROM \"t@small\" WHERE id = 3), 3) "
+                  "ORDER BY rank").fetchall()
+    assert got[0] == (3,)
+    with pytest.raises(Exception, match="experiments: small"):
+        con.sql('SELECT * FROM "t@nope"').fetchall()
+
+
+def test_cli_verbs(store: Store, table: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from embed_assets.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        rc = main(["--store", store.uri, *argv])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    rc, out, _ = run("experiment", "t", "small", "--model", "hash-bow:16", "--json")
+    assert rc == 0 and json.loads(out)["rows_embedded"] == 300
+    rc, out, _ = run("experiment", "t", "--json")
+    assert [e["name"] for e in json.loads(out)] == ["small"]
+    rc, out, _ = run("compare", "t", "small", "--label", "section", "--sample", "20", "--json")
+    figures = json.loads(out)
+    assert rc == 0 and figures["queries"] == 20 and "same_label_at_k_experiment" in figures
+    rc, out, _ = run("search", "t", "package 3 tool", "--version", "small", "-k", "2", "--json")
+    assert rc == 0 and len(json.loads(out)) == 2
+    embed_table(store, "t", _source(1, word="moved"), key="id", text="text",
+                embedder=HashEmbedder(dimension=32))
+    rc, _, err = run("promote", "t", "small")
+    assert rc == 2 and "changed since experiment 'small'" in err and "--resync" in err
+    rc, out, _ = run("promote", "t", "small", "--resync", "--json")
+    promoted = json.loads(out)
+    # row 0 was updated in the branch: its fragment has a deletion vector, which Lance's
+    # Overwrite refuses, so that fragment alone is rewritten
+    assert rc == 0 and promoted["previous_version"] == 2 and promoted["rows_rewritten"] > 0
+    t = store.table("t")
+    assert t.meta.dimension == 16 and t.read().num_rows == 300
+    assert "moved" in t.get([0], columns=["text"]).column("text")[0].as_py()
+    rc, out, _ = run("discard", "t", "small", "--now")
+    assert rc == 0 and store.table("t").experiments() == []
+    rc, _, err = run("experiment", "t", "x")
+    assert rc == 2 and "--model" in err
+    rc, _, err = run("compare", "t", "nope")
+    assert rc == 2 and "no experiment 'nope'" in err

@@ -96,7 +96,10 @@ def mahalanobis_hits(info: View, q: np.ndarray, k: int, inv_cov: Any) -> list[di
 
 
 def index_serves(info: View, metric: str) -> bool:
-    """Whether the view's ANN index can answer an approximate join in ``metric``."""
+    """Whether the view's ANN index can answer an approximate join in ``metric`` (not on an
+    experiment's version: LanceDB's ``checkout`` takes production's version numbers only)."""
+    if not isinstance(info.version, int):
+        return False
     return metric in ("cosine", "dot", "l2") and _index_metric(info.dataset) == metric
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError, VersionNotFoundError
-from ..store import Fusion, Store, TableMeta, table_fingerprint, version_number
+from ..store import Fusion, Store, TableMeta, VersionKey, table_fingerprint, version_number
 from . import _ranking
 from ._pushdown import ScanDataset
 from ._views import View
@@ -103,8 +103,17 @@ class Registry:
                     self.store.table(table).resolve(version)
                     raise
             else:
-                version = self.store.table(table).resolve(ref)
+                target = self.store.table(table).dataset(ref)  # a tag or an experiment
+                branch = getattr(target, "_ea_branch", None)
+                version = target.version if branch is None else (branch, target.version)
                 ds = None
+                if branch is not None and not (old is not None and old.version == version):
+                    ds = ScanDataset(uri, storage_options=opts)
+                    # (LanceDataset.checkout_version returns a plain LanceDataset: the
+                    # ScanDataset keeps its class with the branch's native handle)
+                    ds._ds = ds._ds.checkout_version(version)
+                    # versions of an experiment are numbered like production's: its own key
+                    ds.cache_key = VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version)
             if old is not None and old.version == version and (
                     ds is None or getattr(old.dataset, "_ea_seen", None) == getattr(ds, "_ea_seen", None)):
                 return False

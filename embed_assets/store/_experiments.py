@@ -665,7 +665,7 @@ def _production_fragments(uri: str, branch: str, bds: lance.LanceDataset, main: 
         if md.deletion_file is not None or (own and not local):
             live = frag.to_table()
             new = lance.fragment.write_fragments(
-                live, uri, schema=bds.schema, mode="append", max_rows_per_file=MAX_ROWS_PER_FILE,
+                live, uri, schema=bds.schema, mode="overwrite", max_rows_per_file=MAX_ROWS_PER_FILE,
                 data_storage_version=main.data_storage_version, storage_options=storage_options)
             copied_frags.extend(new)
             rewritten += live.num_rows
