@@ -126,7 +126,8 @@ class ExperimentSpec(Resolvable, Model):
     shows the comparison; the ``promote_<table>`` job makes it production."""
 
     name: str
-    model: str
+    # shadows Resolvable's `model` classmethod, unused here (as EmbeddingsComponent.model)
+    model: str  # type: ignore[assignment]
     backend: str | None = None
     sample: int = 200
     k: int = 10

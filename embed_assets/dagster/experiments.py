@@ -181,10 +181,11 @@ def build_promotion_job(table: str, *, production: CoercibleToAssetKey | None = 
                     "promotion_bytes_written": res.bytes_written,
                     "previous_version": res.previous_version}))
 
-    defaults = RunConfig(ops={f"{name}_op": PromoteConfig(experiment=experiments[0])}) \
-        if experiments else None
+    defaults: dict[str, Any] = (
+        {"config": RunConfig(ops={f"{name}_op": PromoteConfig(experiment=experiments[0])})}
+        if experiments else {})
 
-    @job(name=name, config=defaults,
+    @job(name=name, **defaults,
          description=f"Make an experiment of store table `{table}` its next production version "
                      "(one commit; `rollback` undoes it).")
     def promote_job() -> None:

@@ -122,7 +122,7 @@ def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: 
     key = info.meta.key
     db = lancedb.connect(store.uri, storage_options=store.storage_options)
     tbl = db.open_table(info.table)
-    tbl.checkout(info.version)
+    tbl.checkout(cast(int, info.version))  # (index_serves: never an experiment's)
     li_parts, ri_parts, d_parts = [], [], []
     value_set = udf._combine(sql_keys)
     params = _search_params(info.dataset)

@@ -75,6 +75,7 @@ class Registry:
         """(Re-)register one view; True if it changed. Raises for unknown versions/tags."""
         assert self.store is not None
         view = view or (table if ref is None else f"{table}@{ref}")
+        version: int | tuple[str, int]
         uri = self.store.table_uri(table)
         opts = self.store.storage_options
         with self.lock:

@@ -57,7 +57,10 @@ class Comparison:
     def to_arrow(self) -> pa.Table:
         """One row per figure: ``value`` for the figures of the pair, ``production`` and
         ``experiment`` for those of each side."""
-        names, value, prod, exp = [], [], [], []
+        names: list[str] = []
+        value: list[float | None] = []
+        prod: list[float | None] = []
+        exp: list[float | None] = []
         for name, v in self.figures_by_name.items():
             if name.endswith("_production"):
                 continue
@@ -166,9 +169,9 @@ def compare(table: Any, name: str, *, production: Any = None, queries: Sequence[
         if use:
             heads = sorted({x for x, _ in use}, key=lambda x: (str(type(x)), x))
             for side, ds, ref in (("production", pds, pref), ("experiment", eds, eref)):
-                tops = dict(zip(heads, _top(table, _vectors(ds, key, heads), k, ref, key, heads),
-                                strict=True))
-                figures[f"recall_at_k_{side}"] = sum(y in tops[x] for x, y in use) / len(use)
+                by_head = dict(zip(heads, _top(table, _vectors(ds, key, heads), k, ref, key, heads),
+                                   strict=True))
+                figures[f"recall_at_k_{side}"] = sum(y in by_head[x] for x, y in use) / len(use)
     vecs = _vectors(pds, key, labels_of[:latency_queries]) if queries is None else None
     evecs = _vectors(eds, key, labels_of[:latency_queries]) if queries is None else None
     figures["latency_ms_production"] = _latency(table, vecs, pref, k, key,

@@ -201,12 +201,6 @@ class ExperimentsMixin:
 
         def dataset(self, version: Any = None) -> lance.LanceDataset: ...
 
-        def search_batch(self, queries: Any, k: int = 10, **kw: Any) -> Any: ...
-
-        def search(self, query: Any, k: int = 10, **kw: Any) -> Any: ...
-
-        def get(self, keys: Any, version: Any = None, **kw: Any) -> pa.Table: ...
-
         def rollback(self, to: Any, *, run_id: str | None = None) -> int: ...
 
     # -- the branches ---------------------------------------------------------------------
@@ -221,6 +215,13 @@ class ExperimentsMixin:
             return self.dataset(version)
         if name not in self._branches():
             raise self._no_experiment(name)
+        # a numbered version never changes: its handle is kept (a checkout costs ~0.2 ms,
+        # which would count in every search of it, and in compare's latency figure)
+        opened: dict[tuple[str, int, str], lance.LanceDataset] = self.__dict__.setdefault(
+            "_branch_versions_open", {})
+        cached = opened.get((name, version, self._identity)) if version is not None else None
+        if cached is not None:
+            return cached
         try:
             ds = self.refresh()._ds.checkout_version((name, version))
         except (OSError, ValueError) as exc:
@@ -229,8 +230,19 @@ class ExperimentsMixin:
             raise VersionNotFoundError(
                 f"experiment {name!r} of {self.name!r} has no version {version}; versions: "
                 f"{', '.join(map(str, versions))} ({describe(exc)})") from None
-        ds._ea_branch = name  # type: ignore[attr-defined]  (cache keys tell branches apart)
+        # cache keys tell an experiment's versions from production's by this attribute
+        ds._ea_branch = name
+        if version is not None:
+            if len(opened) > 64:
+                opened.clear()
+            opened[(name, version, self._identity)] = ds
         return ds
+
+    def _forget_branch(self, name: str) -> None:
+        """Drop the kept handles of a branch being deleted (a new one may reuse its name)."""
+        opened = self.__dict__.get("_branch_versions_open", {})
+        for k in [k for k in opened if k[0] == name]:
+            opened.pop(k, None)
 
     def _no_experiment(self, name: str) -> VersionNotFoundError:
         names = sorted(self._branches())
@@ -291,6 +303,7 @@ class ExperimentsMixin:
         every = self._branches(discarded=True)
         if name in every and _MD_DISCARDED in (every[name].get("metadata") or {}):
             main.branches.delete(name)  # a discarded experiment of that name: start afresh
+            self._forget_branch(name)
             every.pop(name)
         if name not in every:
             main.create_branch(name, base)
@@ -525,6 +538,7 @@ class ExperimentsMixin:
         if name not in branches:
             raise self._no_experiment(name)
         ds = self.refresh()._ds
+        self._forget_branch(name)
         if grace is not None and as_duration(grace, "grace") == dt.timedelta(0):
             ds.branches.delete(name)
             return
@@ -542,6 +556,7 @@ class ExperimentsMixin:
             if stamp and now - dt.datetime.fromisoformat(stamp) >= grace:
                 with contextlib.suppress(Exception):
                     ds.branches.delete(n)
+                    self._forget_branch(n)
                     out.append(n)
         return out
 
