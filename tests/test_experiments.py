@@ -117,8 +117,10 @@ def test_compare_report(table: Any) -> None:
     assert same.figures_by_name["overlap_at_k"] == 1.0
     assert same.figures_by_name["nn_changed"] == 0.0
     assert same.figures_by_name["rank_correlation"] == pytest.approx(1.0)
+    assert same.figures_by_name["centroid_shift"] == pytest.approx(0.0, abs=1e-6)
     other = table.compare("other", sample=40, label_column="section")
     assert other.figures_by_name["overlap_at_k"] < 1.0
+    assert other.figures_by_name["centroid_shift"] is None  # 16-d vs 32-d: no common space
     tbl = other.to_arrow()
     assert set(tbl.column("metric").to_pylist()) >= {
         "overlap_at_k", "rank_correlation", "nn_changed", "same_label_at_k", "latency_ms",

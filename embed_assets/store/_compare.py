@@ -9,6 +9,8 @@ user passes as texts need the two embedders. Figures:
 * ``rank_correlation``: mean Spearman correlation of the ranks of the neighbours both
   return (queries with fewer than two in common are left out);
 * ``nn_changed``: share of queries whose nearest neighbour differs;
+* ``centroid_shift``: the drift check's figure (cosine distance of the sampled rows' mean
+  vectors), for an experiment in the same space only (same dimension; else None);
 * ``same_label_at_k`` (with ``label_column``): per side, mean share of the top-k
   neighbours with the query row's label (e.g. the same Debian section);
 * ``recall_at_k`` (with ``pairs``): per side, share of labelled pairs (a, b) with b among
@@ -92,7 +94,9 @@ class Comparison:
                  f"({self.experiment_model}), {self.queries} queries, k={self.k}",
                  f"  top-{self.k} overlap {f['overlap_at_k']:.3f}, rank correlation "
                  f"{_fmt(f.get('rank_correlation'))}, nearest neighbour changed for "
-                 f"{100 * f['nn_changed']:.1f}% of rows"]
+                 f"{100 * f['nn_changed']:.1f}% of rows"
+                 + (f", centroid shift {f['centroid_shift']:.4f}"
+                    if f.get("centroid_shift") is not None else "")]
         for what in ("same_label_at_k", "recall_at_k", "latency_ms", "index_build_seconds"):
             if f.get(f"{what}_production") is not None or f.get(f"{what}_experiment") is not None:
                 lines.append(f"  {what}: production {_fmt(f.get(what + '_production'))}, "
@@ -128,6 +132,7 @@ def compare(table: Any, name: str, *, production: Any = None, queries: Sequence[
     common = sorted(set(pkeys) & set(eds.to_table(columns=[key]).column(key).to_pylist()),
                     key=lambda x: (str(type(x)), x))
     rng = np.random.default_rng(seed)
+    shift: float | None = None
     per_query: dict[str, list[Any]] = {"query": [], "overlap": [], "rank_correlation": [],
                                        "nn_changed": []}
     figures: dict[str, Any] = {}
@@ -144,6 +149,8 @@ def compare(table: Any, name: str, *, production: Any = None, queries: Sequence[
         chosen = [common[i] for i in sorted(rng.choice(len(common), min(sample, len(common)),
                                                        replace=False))]
         pv, ev = _vectors(pds, key, chosen), _vectors(eds, key, chosen)
+        if pv.shape[1] == ev.shape[1]:  # the drift check's centroid shift (same space only)
+            shift = _centroid_shift(pv, ev)
         a = _top(table, pv, k, pref, key, chosen)
         b = _top(table, ev, k, eref, key, chosen)
         labels_of = chosen
@@ -161,6 +168,7 @@ def compare(table: Any, name: str, *, production: Any = None, queries: Sequence[
         per_query["rank_correlation"].append(_spearman(ta, tb, common_n))
         per_query["nn_changed"].append(bool(ta[:1] != tb[:1]))
     figures = {"overlap_at_k": float(np.mean(per_query["overlap"])),
+               "centroid_shift": shift,
                "rank_correlation": _mean([r for r in per_query["rank_correlation"] if r is not None]),
                "nn_changed": float(np.mean(per_query["nn_changed"])), **figures}
     if pairs:
@@ -222,6 +230,16 @@ def _spearman(a: list[Any], b: list[Any], common: list[Any]) -> float | None:
     if np.std(ra) == 0 or np.std(rb) == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _centroid_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine distance between the mean vectors of the sampled rows on each side, as the
+    drift asset check computes it between two versions (0 = same direction)."""
+    ca, cb = a.mean(axis=0), b.mean(axis=0)
+    na, nb = float(np.linalg.norm(ca)), float(np.linalg.norm(cb))
+    if na == 0 or nb == 0:
+        return 0.0 if na == nb else 1.0
+    return float(1.0 - ca @ cb / (na * nb))
 
 
 def _mean(xs: list[float]) -> float | None:
