@@ -359,3 +359,27 @@ def test_cli_verbs(store: Store, table: Any, capsys: pytest.CaptureFixture[str])
     assert rc == 2 and "--model" in err
     rc, _, err = run("compare", "t", "nope")
     assert rc == 2 and "no experiment 'nope'" in err
+
+
+def test_production_index_untouched_then_rebuilt_on_promotion(store: Store) -> None:
+    from embed_assets import build_index
+    from embed_assets.store import vector_index_type
+
+    src = pa.table({"id": list(range(1200)), "section": [f"s{i % 5}" for i in range(1200)],
+                    "text": [f"package {i % 37} tool {i % 11} number {i}" for i in range(1200)]})
+    embed_table(store, "t", src, key="id", text="text", embedder=HashEmbedder(dimension=32))
+    t = store.table("t")
+    build_index(t, recall=0.5, force_ann=True, graph=False)
+    indexed = t.version
+    kind = vector_index_type(t.dataset())
+    assert kind is not None
+    t.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    assert t.version == indexed and vector_index_type(t.dataset()) == kind
+    cmp = t.compare("small", sample=20)
+    assert cmp.figures_by_name["index_build_seconds_production"] is not None
+    assert cmp.figures_by_name["index_build_seconds_experiment"] is None  # exact search
+    p = t.promote("small")
+    # the promotion's own commit, then the index rebuilt on the promoted rows
+    assert p.index_rebuilt == kind and vector_index_type(t.dataset()) == kind
+    assert [v.version for v in t.versions()][-1] == p.version
+    assert t.dataset().schema.field("vector").type.list_size == 16
