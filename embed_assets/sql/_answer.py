@@ -101,7 +101,7 @@ def result_table(table: Any, info: View, q: np.ndarray, k: int, how: StoreSearch
 @dataclass(frozen=True)
 class _Spec:
     view: str
-    version: int
+    version: int | tuple[str, int]  # (experiment, version) for an experiment's version
     k: int
     metric: str
     use_index: bool | None
