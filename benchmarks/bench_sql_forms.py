@@ -119,7 +119,10 @@ def main() -> int:
         for label in ("before", "after"):
             cmd = [sys.executable, str(HERE), "--before", args.before, "--rows", str(args.rows),
                    "--reps", str(args.reps), "--only", args.only, "--measure", codes[label], store_dir]
-            got = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            got = subprocess.run(cmd, capture_output=True, text=True)
+            if got.returncode != 0:  # say why (a crash under load once said nothing)
+                print(f"{label} died ({got.returncode}):\n{got.stderr[-3000:]}", file=sys.stderr)
+                got.check_returncode()
             runs[label].append(json.loads(got.stdout.strip().splitlines()[-1]))
             print(label, runs[label][-1], flush=True)
     print(f"\n| SQL form ({args.rows:,} rows; p50 CPU ms, median of {args.rounds} rounds) "
