@@ -101,7 +101,7 @@ def result_table(table: Any, info: View, q: np.ndarray, k: int, how: StoreSearch
 @dataclass(frozen=True)
 class _Spec:
     view: str
-    version: int
+    version: int | tuple[str, int]  # (experiment, version) for an experiment's version
     k: int
     metric: str
     use_index: bool | None
@@ -118,6 +118,7 @@ class RowFunctions:
         self._fns: OrderedDict[_Spec, str] = OrderedDict()
         self._n = 0
         self.searches = 0  # query vectors searched so far (tests read it)
+        self.batches = 0  # batched searches made for them
 
     def function(self, info: View, table: Any, k: int, how: StoreSearch, with_vector: bool) -> str | None:
         """The name of the function that answers ``knn(info, <vector>, k, ...)`` per query
@@ -181,17 +182,22 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
     def search_rows(vectors: Any) -> pa.Array:
         if isinstance(vectors, pa.ChunkedArray):
             vectors = vectors.combine_chunks()
+        # A NULL outer vector is refused, as knn('t', NULL, k) and Table.search(None) are
+        # (it once gave no rows, silently); every vector is checked in the words of the
+        # other forms of knn, so the chunk is one batch of one dimension.
+        queries = [query_vector(v, dimension, spec.metric) for v in vectors.to_pylist()]
+        counts = np.zeros(len(queries), np.int64)
         parts: list[pa.Table] = []
-        offsets = [0]
-        for v in vectors.to_pylist():
-            # A NULL outer vector is refused, as knn('t', NULL, k) and Table.search(None)
-            # are (it once gave no rows, silently); the same checks in the same words.
-            q = query_vector(v, dimension, spec.metric)
-            owner.searches += 1
-            res = table.search(q, k=spec.k, version=spec.version, columns=scalar, metric=spec.metric,
-                               where=spec.where, use_index=spec.use_index)
-            parts.append(sql_distances(res))
-            offsets.append(offsets[-1] + res.num_rows)
+        if queries:
+            # One batched search for the whole chunk (one plan, one graph call, one
+            # gather), answering as one search per vector would.
+            owner.searches += len(queries)
+            owner.batches += 1
+            res = table.search_batch(np.stack(queries), k=spec.k, version=spec.version, columns=scalar,
+                                     metric=spec.metric, where=spec.where, use_index=spec.use_index)
+            counts = np.bincount(res.column("query").to_numpy(), minlength=len(queries))
+            parts.append(sql_distances(res.drop_columns(["query"])))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
         got = pa.concat_tables(parts).combine_chunks() if parts else out.empty_table()
         if parts and with_vectors:
             vecs = table.get(got.column(key).to_pylist(), version=spec.version,

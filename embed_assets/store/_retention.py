@@ -245,6 +245,10 @@ class RetentionMixin:
 
         def _open_raw(self, version: int) -> lance.LanceDataset: ...
 
+        def _branch_parents(self) -> set[int]: ...
+
+        def _purge_discarded(self, grace: dt.timedelta) -> list[str]: ...
+
     def cleanup(self, *, keep_last: int | None = None,
                 older_than: dt.timedelta | float | str | None = None,
                 grace: dt.timedelta | float | str = DEFAULT_GRACE) -> CleanupReport:
@@ -286,6 +290,10 @@ class RetentionMixin:
                                                         include_maintenance=True)
                        if v.maintenance} if keep_last is not None else set()
         tagged = {int(d["version"]) for d in list_tags(ds).values()}
+        # An experiment's first version references the files of the production version it
+        # was branched from: that version stays while the experiment lives.
+        tagged |= self._branch_parents()
+        self._purge_discarded(grace)
         remove = choose(listed, ds.version, tagged, keep_last=keep_last, older_than=older_than,
                         grace=grace, now=now, maintenance=maintenance)
         of_removed: set[str] = set()

@@ -53,9 +53,18 @@ MANIFEST = "manifest.json"
 LAST_USED = ".last_used"
 TMP_PREFIX = ".tmp-"
 _CHUNK = 8 << 20
-# Checksums verified in this process: (path, manifest mtime) -> True.
-_verified: set[tuple[str, float]] = set()
+# Checksums verified in this process, by (path, manifest mtime); the oldest forgotten past
+# _VERIFIED_MAX (forgetting one costs a checksum of that snapshot when it is opened again).
+_verified: dict[tuple[str, float], None] = {}
 _verified_guard = threading.Lock()
+_VERIFIED_MAX = 4096
+
+
+def _remember(stamp: tuple[str, float]) -> None:
+    with _verified_guard:
+        _verified[stamp] = None
+        while len(_verified) > _VERIFIED_MAX:
+            del _verified[next(iter(_verified))]
 
 Verify = Literal["full", "size"]
 
@@ -246,8 +255,7 @@ def _check(path: str, verify: Verify) -> dict[str, Any]:
             for name in (VECTORS, ROWS):
                 if _sha256(os.path.join(path, name)) != man["files"][name]["sha256"]:
                     raise StorageError(f"snapshot {path}: {name} does not match its checksum")
-            with _verified_guard:
-                _verified.add(stamp)
+            _remember(stamp)
     return man
 
 
@@ -338,8 +346,7 @@ def snapshot(table: EmbeddingTable, version: VersionRef = None, *, columns: Sequ
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    with _verified_guard:
-        _verified.add((final, os.path.getmtime(os.path.join(final, MANIFEST))))
+    _remember((final, os.path.getmtime(os.path.join(final, MANIFEST))))
     return Snapshot(path=final, manifest=man, reused=False)
 
 
