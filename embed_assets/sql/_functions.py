@@ -158,7 +158,7 @@ def _knn_rows(q: pa.Array, vs: pa.Array, k: pa.Array, inv: pa.Array) -> pa.Array
             mat = udf.vectors_matrix(cell.values, "knn", np.float64)
             w = whitening(udf.matrix_value(invs, min(i, len(invs) - 1)), mat.shape[1])
             seen = (cell.values, inv_i)
-        assert mat is not None
+        assert mat is not None and w is not None
         qv = qc.values.to_numpy(zero_copy_only=False).astype(np.float64)
         if qv.shape[0] != mat.shape[1]:
             raise ValueError(f"knn: dimension mismatch (query {qv.shape[0]} vs table {mat.shape[1]})")
