@@ -265,7 +265,8 @@ class RetentionMixin:
         """
         if keep_last is None and older_than is None:
             raise ValidationError("cleanup needs keep_last and/or older_than")
-        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)
+                                      or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
         # durations as a timedelta, seconds (grace=0) or text ("7d"), as the CLI takes them
         grace = as_duration(grace, "grace")

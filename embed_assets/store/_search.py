@@ -222,6 +222,9 @@ def _embed(name: str, meta: TableMeta, texts: list[str], embedder: Any) -> Any:
     if embedder is None:
         raise ValidationError(
             f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
+    if not callable(getattr(embedder, "embed", None)) or not isinstance(getattr(embedder, "name", None), str):
+        raise ValidationError(f"embedder must be an Embedder (with .name and .embed()), got "
+                              f"{type(embedder).__name__} {embedder!r}")
     if meta.model and embedder.name != meta.model:
         raise SchemaMismatchError(
             f"this version of {name!r} was embedded with {meta.model!r}; "

@@ -34,7 +34,7 @@ from ._meta import (
 from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
-from ._validation import validate_tag, validate_where
+from ._validation import as_list, validate_columns, validate_tag, validate_where
 from .graph import GraphHome
 
 
@@ -234,7 +234,8 @@ class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
         if br is not None:
             return self._branch_ds(*br)
         if isinstance(ref, bool) or not isinstance(ref, int | str):
-            raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
+            raise ValidationError(f"a version must be an int or a tag name, got "
+                                  f"{type(ref).__name__} {ref!r}")
         if isinstance(ref, str) and version_number(ref) is None:
             tags = self.tags()
             branches = self._branches() if ref not in tags else {}
@@ -380,8 +381,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
         """Read the table at a version (or tag) as Arrow."""
         validate_where(where)
         ds = self.dataset(version)
+        cols = validate_columns(columns, ds.schema.names, self.name)
         try:
-            return ds.to_table(columns=list(columns) if columns else None,
+            return ds.to_table(columns=cols,
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
@@ -430,12 +432,12 @@ class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
         of the key column on first use; the rows come from the version's cached scalar
         columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        keys = list(keys)
+        keys = as_list(keys, "keys", "key")
         ds = self.dataset(version)
         key = self._key(ds)
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
-        cols = list(columns) if columns else None
+        cols = validate_columns(columns, ds.schema.names, self.name)
         if missing not in ("skip", "error"):
             raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
