@@ -27,8 +27,8 @@ the table's own rows, then promoted in one commit or discarded.
   to the previous production version is one step.
 * **Discard** marks the branch discarded (hidden, refused for reads); ``cleanup`` deletes
   it, and its files, once the grace period has passed (``grace=0``: at once). Lance's
-  cleanup of production never removes a file a live branch references; the store's
-  cleanup also keeps each branch's parent version (tested in tests/test_experiments.py).
+  cleanup of production never removes a file a live branch references, nor the version a
+  branch was created from (tested in tests/test_experiments.py), so the store adds nothing.
 """
 
 from __future__ import annotations
@@ -559,12 +559,6 @@ class ExperimentsMixin:
                     self._forget_branch(n)
                     out.append(n)
         return out
-
-    def _branch_parents(self) -> set[int]:
-        """Production versions a branch was created from: its first version references
-        their files, so a cleanup keeps them."""
-        return {int(b["parent_version"]) for b in self._ds.branches.list().values()
-                if b.get("parent_branch") in (None, "main") and b.get("parent_version") is not None}
 
 
 # -- helpers -----------------------------------------------------------------------------------
