@@ -383,3 +383,15 @@ def test_production_index_untouched_then_rebuilt_on_promotion(store: Store) -> N
     assert p.index_rebuilt == kind and vector_index_type(t.dataset()) == kind
     assert [v.version for v in t.versions()][-1] == p.version
     assert t.dataset().schema.field("vector").type.list_size == 16
+
+
+def test_state_survives_a_run_killed_before_its_branch_metadata(store: Store, table: Any) -> None:
+    """The experiment's commit records its base and model with its rows: a run killed
+    after the commit and before the branch metadata is written loses nothing."""
+    res = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    table.dataset().branches.replace_metadata("small", {})  # as if killed in between
+    info = table.experiment_info("small")
+    assert (info.embedded, info.base_version, info.version) == (True, 1, res.version)
+    again = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    assert again.rows_embedded == 0 and not again.committed
+    assert table.promote("small").experiment_version == res.version

@@ -52,6 +52,7 @@ from lance.fragment import DataFile, FragmentMetadata
 from ..errors import (
     ProductionMovedError,
     SchemaMismatchError,
+    StorageError,
     ValidationError,
     VersionNotFoundError,
     describe,
@@ -264,13 +265,14 @@ class ExperimentsMixin:
         meta = TableMeta.infer(ds.schema)
         props = _props(ds, ds.version)
         created = b.get("create_at")
+        base, model = _state(md, props)
         return ExperimentInfo(
             name=name, version=ds.version,
-            base_version=int(md.get(_MD_BASE, b.get("parent_version") or 0)),
+            base_version=base if base is not None else int(b.get("parent_version") or 0),
             model=meta.model, dimension=meta.dimension, metric=meta.metric,
             rows=ds.count_rows(),
             created_at=dt.datetime.fromtimestamp(created, dt.UTC) if created else None,
-            embedded=_MD_MODEL in md, properties=props)
+            embedded=model is not None, properties=props)
 
     # -- running one ----------------------------------------------------------------------
     def experiment(self, name: str, *, embedder: Any, metric: str | None = None,
@@ -306,14 +308,20 @@ class ExperimentsMixin:
             self._forget_branch(name)
             every.pop(name)
         if name not in every:
-            main.create_branch(name, base)
+            try:
+                main.create_branch(name, base)
+            except (OSError, ValueError) as exc:
+                if name not in self._branches():  # not a concurrent run creating it too
+                    raise StorageError(f"cannot create experiment {name!r} of {self.name!r}: "
+                                       f"{describe(exc)}") from None
             self.refresh()
         md = dict(self._branches()[name].get("metadata") or {})
         bds = self._branch_ds(name)
-        embedded = _MD_MODEL in md
-        if embedded and md[_MD_MODEL] != embedder.name:
+        state = _state(md, _props(bds, bds.version))
+        embedded = state[1] is not None
+        if embedded and state[1] != embedder.name:
             raise SchemaMismatchError(
-                f"experiment {name!r} of {self.name!r} holds vectors from {md[_MD_MODEL]!r}, "
+                f"experiment {name!r} of {self.name!r} holds vectors from {state[1]!r}, "
                 f"not {embedder.name!r}; discard it or name another experiment")
         cols = [c for c in names if c != VECTOR_COLUMN]
         prod = main.to_table(columns=cols)
@@ -569,6 +577,16 @@ def _props(ds: lance.LanceDataset, version: int) -> dict[str, str]:
         return {}
     raw = getattr(txn, "transaction_properties", None) or {}
     return {k[len(PROP_PREFIX):]: v for k, v in sorted(raw.items()) if k.startswith(PROP_PREFIX)}
+
+
+def _state(md: dict[str, str], props: dict[str, str]) -> tuple[int | None, str | None]:
+    """(base version, model) of an experiment. Its latest commit records both atomically
+    with its rows; the branch metadata, written after each run, also moves the base when a
+    run found nothing to change. A run killed between the two leaves the older base in
+    the metadata: the newer of the two is the experiment's."""
+    bases = [int(b) for b in (md.get(_MD_BASE), props.get("experiment_base")) if b]
+    model = md.get(_MD_MODEL) or (props.get("model") if props.get("mode") == "experiment" else None)
+    return (max(bases) if bases else None), model
 
 
 def _revision(embedder: Any) -> str | None:
