@@ -12,8 +12,10 @@ this in CI, see ``.importlinter``)::
     kernels               distances, normalising, top-k, the in-memory IVF probe
     errors, _config       the exception tree, settings read from the environment
 
-This module is the composition root: the one place where the layers are wired together
-(the store calls back into the index policy to rebuild a tuned index after a rollback).
+This module is the composition root: the one place where the layers are wired together.
+Importing it changes nothing anywhere: the one upward call (a rollback to before a
+table's ANN index rebuilds the index through the index policy) is wired per store, by
+:class:`Store` below passing ``index_keeper=rebuild_after_rollback``.
 
 Examples
 --------
@@ -25,6 +27,8 @@ Examples
 >>> store.table("docs").search("text editor", k=1, embedder=HashEmbedder())["id"].to_pylist()
 [1]
 """
+
+import os
 
 from ._version import __version__
 from .embed import (
@@ -65,15 +69,19 @@ from .index import (
 )
 from .serve import Client, ServeError
 from .sql import SQLConnection, UnknownColumnError, connect
-from .store import (
-    EmbeddingTable,
-    Fusion,
-    Store,
-    set_index_keeper,
-)
+from .store import EmbeddingTable, Fusion, IndexKeeper
+from .store import Store as _LayerStore
 from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
 
-set_index_keeper(rebuild_after_rollback)
+
+class Store(_LayerStore):
+    __doc__ = _LayerStore.__doc__
+
+    def __init__(self, uri: str | os.PathLike[str] | None = None, *,
+                 storage_options: dict[str, str] | None = None,
+                 index_keeper: IndexKeeper | None = rebuild_after_rollback) -> None:
+        super().__init__(uri, storage_options=storage_options, index_keeper=index_keeper)
+
 
 # The public names (tests/test_public_api.py pins them): what a user imports. Everything
 # else lives in its subpackage (embed_assets.store, .index, .sql, .embed, .recipes,

@@ -28,7 +28,7 @@ from .embed import (
 )
 from .embed._images import IMAGE_HASH_COLUMN
 from .errors import EmbedAssetsError, ValidationError, describe
-from .index import build_index, build_text_index, freshness, refresh_index
+from .index import build_index, build_text_index, freshness, rebuild_after_rollback, refresh_index
 from .serve import _cli as serve_cli
 from .sql import format_result, run_sql
 from .store import DEFAULT_GRACE, Store, as_duration, is_local, local_path, version_number
@@ -126,7 +126,7 @@ _CREATING_VERBS = frozenset({"embed", "embed-images", "demo"})
 
 
 def _store(args: argparse.Namespace) -> Store:
-    store = Store(args.store)
+    store = Store(args.store, index_keeper=rebuild_after_rollback)
     if args.verb not in _CREATING_VERBS and is_local(store.uri):
         path = local_path(store.uri)
         if not os.path.isdir(path):

@@ -168,3 +168,22 @@ def test_demo_code_location_is_not_installed_as_a_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path)
     assert out.stdout.split() == ["None", "True"]
+
+
+def test_store_layer_public_names_are_pinned() -> None:
+    """``embed_assets.store.__all__`` is the store layer's user-facing API (issue 22: it
+    exported 55 names, CACHE, take_rows and set_index_keeper among them); what the layers
+    above need stays importable without being public."""
+    import embed_assets.store as store
+
+    assert set(store.__all__) == {
+        "Store", "EmbeddingTable", "TableInfo", "TableMeta", "VersionInfo", "WriteResult",
+        "CleanupReport", "Plan", "Fusion", "VersionRef", "WriteMode", "IndexKeeper",
+        "STATE", "StoreState", "default_store_uri", "index_config",
+        "DEFAULT_GRACE", "METRICS", "SEARCH_MODES", "VECTOR_COLUMN", "WRITE_MODES",
+        # experiments (issue 25): what compare / experiment / promote return
+        "Comparison", "ExperimentInfo", "ExperimentResult", "PromotionResult"}
+    for internal in ("CACHE", "take_rows", "set_index_keeper", "KeyIndex", "probe_kind"):
+        assert internal not in store.__all__
+    assert not hasattr(store, "set_index_keeper")  # rollback's rebuild is wired per store
+    assert store.take_rows and store.CACHE is store.STATE.matrices  # still importable

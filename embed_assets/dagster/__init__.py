@@ -31,6 +31,10 @@ from .._extras import require
 require("dagster", "the Dagster integration (embed_assets.dagster)", "dagster")
 # ruff: noqa: E402
 
+from ._quiet import quiet_dagster_internal_warnings
+
+quiet_dagster_internal_warnings()
+
 from .assets import EmbedConfig, build_embedding_asset
 from .checks import (
     INTEGRITY_CHECKS,

@@ -118,6 +118,7 @@ class RowFunctions:
         self._fns: OrderedDict[_Spec, str] = OrderedDict()
         self._n = 0
         self.searches = 0  # query vectors searched so far (tests read it)
+        self.batches = 0  # batched searches made for them
 
     def function(self, info: View, table: Any, k: int, how: StoreSearch, with_vector: bool) -> str | None:
         """The name of the function that answers ``knn(info, <vector>, k, ...)`` per query
@@ -180,21 +181,32 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
     def search_rows(vectors: Any) -> pa.Array:
         if isinstance(vectors, pa.ChunkedArray):
             vectors = vectors.combine_chunks()
+        # A NULL outer vector has no neighbours, as a join on a NULL key has no match.
+        given = vectors.to_pylist()
+        valid = [v is not None for v in given]
+        queries = [v for v in given if v is not None]
+        counts = np.zeros(len(given), np.int64)
         parts: list[pa.Table] = []
-        offsets = [0]
-        valid = []
-        for v in vectors.to_pylist():
-            # A NULL outer vector has no neighbours, as a join on a NULL key has no match.
-            valid.append(v is not None)
-            if v is not None:
+        if queries and len({len(v) for v in queries}) == 1:
+            # One batched search for the whole chunk (one plan, one graph call, one
+            # gather), answering as one search per vector would.
+            owner.searches += len(queries)
+            owner.batches += 1
+            res = table.search_batch(np.asarray(queries, dtype=np.float32), k=spec.k,
+                                     version=spec.version, columns=scalar, metric=spec.metric,
+                                     where=spec.where, use_index=spec.use_index)
+            per = np.bincount(res.column("query").to_numpy(), minlength=len(queries))
+            counts[np.flatnonzero(valid)] = per
+            parts.append(sql_distances(res.drop_columns(["query"])))
+        else:  # vectors of several lengths: each search says which one is wrong
+            for v in queries:
                 owner.searches += 1
                 res = table.search(np.asarray(v, dtype=np.float32), k=spec.k, version=spec.version,
                                    columns=scalar, metric=spec.metric, where=spec.where,
                                    use_index=spec.use_index)
                 parts.append(sql_distances(res))
-                offsets.append(offsets[-1] + res.num_rows)
-            else:
-                offsets.append(offsets[-1])
+            counts[np.flatnonzero(valid)] = [p.num_rows for p in parts]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
         got = pa.concat_tables(parts).combine_chunks() if parts else out.empty_table()
         if parts and with_vectors:
             vecs = table.get(got.column(key).to_pylist(), version=spec.version,

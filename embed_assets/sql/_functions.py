@@ -33,8 +33,8 @@ class _Views(Protocol):
 
     def _view(self, name: str) -> Any: ...
 
-    def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]: ...
+    def _knn_hits(self, view: str, qs: np.ndarray, k: int, metric: str,
+                  use_index: bool, where: str | None = None) -> list[list[dict[str, Any]]]: ...
 
     def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
                      text_weight: float, vector_weight: float) -> list[dict[str, Any]]: ...
@@ -183,13 +183,13 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
     once per inv_cov)."""
     views, qs, ks = _combine(view), _combine(q), _combine(k)
     metrics, idx, wheres = _combine(metric), _combine(use_index), _combine(where)
-    out: list[list[dict[str, Any]]] = []
+    out: list[list[dict[str, Any]]] = [[] for _ in range(len(views))]
+    # rows asking the same search of the same view: answered by one batched search
+    batches: dict[tuple[Any, ...], list[tuple[int, np.ndarray]]] = {}
     for i in range(len(views)):
         if not ks[i].is_valid or ks[i].as_py() <= 0:  # the macro refused it; k = 0: another arm
-            out.append([])
             continue
         if not qs[i].is_valid:  # a NULL query vector (a LATERAL row): no neighbours
-            out.append([])
             continue
         name = views[i].as_py()
         qv = qs[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
@@ -204,11 +204,15 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
         if str(metrics[i].as_py()).lower() == "mahalanobis":
             if flt is not None:
                 raise ValueError("knn: filter := is not supported with metric 'mahalanobis'")
-            out.append(_ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
-                                                 udf.matrix_value(inv, i)))
+            out[i] = _ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
+                                               udf.matrix_value(inv, i))
             continue
-        out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
-                                   bool(idx[i].as_py()), flt))
+        batches.setdefault((name, int(ks[i].as_py()), metrics[i].as_py(), bool(idx[i].as_py()),
+                            flt), []).append((i, qv))
+    for (name, kk, m, use, flt), rows in batches.items():
+        hits = owner._knn_hits(name, np.stack([qv for _, qv in rows]), kk, m, use, flt)
+        for (i, _), h in zip(rows, hits, strict=True):
+            out[i] = h
     return pa.array(out, _KNN_HITS)
 
 

@@ -113,6 +113,7 @@ class Registry:
                     # (LanceDataset.checkout_version returns a plain LanceDataset: the
                     # ScanDataset keeps its class with the branch's native handle)
                     ds._ds = ds._ds.checkout_version(version)
+                    ds.__dict__.pop("_ea_schema", None)  # (ScanDataset keeps the schema it read)
                     # versions of an experiment are numbered like production's: its own key
                     ds.cache_key = VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version)
             if old is not None and old.version == version and (
@@ -190,10 +191,10 @@ class Registry:
             raise ValidationError(f"{name!r} is not a store view of this connection")
         return info
 
-    def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]:
+    def _knn_hits(self, view: str, qs: np.ndarray, k: int, metric: str,
+                  use_index: bool, where: str | None = None) -> list[list[dict[str, Any]]]:
         info = self._view(view)
-        return _ranking.knn_hits(self.handle(info), info, q, k, metric, use_index, where)
+        return _ranking.knn_hits(self.handle(info), info, qs, k, metric, use_index, where)
 
     def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
                      text_weight: float, vector_weight: float) -> list[dict[str, Any]]:
@@ -226,9 +227,10 @@ class Registry:
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array:
         info = self._view(view)
-        if approximate and _ranking.index_serves(info, metric):
-            assert self.store is not None
-            return _ranking.ann_join(self.store, info, left, sql_keys, k, metric)
+        if approximate:
+            got = _ranking.ann_join(self.handle(info), info, left, sql_keys, k, metric)
+            if got is not None:
+                return got
         return _ranking.exact_join(self.matrix(info), left, sql_keys, k, metric, inv_cov)
 
 

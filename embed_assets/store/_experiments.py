@@ -444,7 +444,7 @@ class ExperimentsMixin:
         ``comparison`` (a :class:`Comparison`) is recorded in the version's provenance.
         """
         from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
-        from ._rollback import _index_keeper, _same_rows
+        from ._rollback import IndexKeeper, _same_rows
 
         started = time.perf_counter()
         run_id = run_id or f"promote-{uuid.uuid4().hex[:12]}"
@@ -465,6 +465,7 @@ class ExperimentsMixin:
                 raise ValidationError("resync=True needs the experiment's embedder")
             self.experiment(name, embedder=embedder, run_id=run_id)
             info = self.experiment_info(name)
+        keeper: IndexKeeper | None = getattr(self.store, "index_keeper", None)
         lost = vector_index_type(main)
         had_scalar = has_scalar_index(main)
         report = index_config(main, self._identity) or {}
@@ -515,14 +516,14 @@ class ExperimentsMixin:
         index_started = time.perf_counter()
         # Lance's Overwrite leaves no index: production's are rebuilt on the promoted rows
         # (maintenance versions after the promotion, as after a rollback).
-        if lost and _index_keeper is not None:
-            _index_keeper(self, report, lost)
+        if lost and keeper is not None:
+            keeper(self, report, lost)
         elif had_scalar:
             meta = TableMeta.infer(new.schema)
             ensure_scalar_indexes(self.refresh()._ds, meta.key, meta.partition_column)
         return PromotionResult(self.name, name, new.version, main.version, info.version,
                                new.count_rows(), seconds, written, referenced, len(linked),
-                               rewritten, lost if lost and _index_keeper is not None else None,
+                               rewritten, lost if lost and keeper is not None else None,
                                time.perf_counter() - index_started if lost else 0.0)
 
     def _holds_base(self, main: lance.LanceDataset, base: int, same_rows: Any) -> bool:

@@ -37,6 +37,7 @@ from lance.commit import CommitConflictError
 from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe
 from . import _filters as sqlx
 from ._arrow import as_arrow
+from ._cache import STATE
 from ._commits import MAX_ATTEMPTS, commit, fence, is_conflict, table_lock, with_retries
 from ._meta import (
     MAX_ROWS_PER_FILE,
@@ -288,6 +289,8 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
             raise CommitConflictError(f"table {req.name!r} was created concurrently",
                                       retryable=True) from None
         raise
+    if existing is not None:  # what the replaced versions cached is not read again soon
+        STATE.clear(uri, before=int(ds.version))
     return WriteResult(req.name, ds.version, existing.version if existing is not None else None,
                        req.mode, rows_inserted=tbl.num_rows,
                        rows_deleted=existing.count_rows() if existing is not None else 0,
