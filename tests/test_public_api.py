@@ -180,9 +180,8 @@ def test_store_layer_public_names_are_pinned() -> None:
         "Store", "EmbeddingTable", "TableInfo", "TableMeta", "VersionInfo", "WriteResult",
         "CleanupReport", "Plan", "Fusion", "VersionRef", "WriteMode", "IndexKeeper",
         "STATE", "StoreState", "default_store_uri", "index_config",
-        "DEFAULT_GRACE", "METRICS", "SEARCH_MODES", "VECTOR_COLUMN", "WRITE_MODES",
-        # experiments (issue 25): what compare / experiment / promote return
-        "Comparison", "ExperimentInfo", "ExperimentResult", "PromotionResult"}
+        "Comparison", "ExperimentInfo", "ExperimentResult", "PromotionResult",  # issue 25
+        "DEFAULT_GRACE", "METRICS", "SEARCH_MODES", "VECTOR_COLUMN", "WRITE_MODES"}
     for internal in ("CACHE", "take_rows", "set_index_keeper", "KeyIndex", "probe_kind"):
         assert internal not in store.__all__
     assert not hasattr(store, "set_index_keeper")  # rollback's rebuild is wired per store

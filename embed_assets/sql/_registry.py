@@ -110,12 +110,9 @@ class Registry:
                 ds = None
                 if branch is not None and not (old is not None and old.version == version):
                     ds = ScanDataset(uri, storage_options=opts)
-                    # (LanceDataset.checkout_version returns a plain LanceDataset: the
-                    # ScanDataset keeps its class with the branch's native handle)
-                    ds._ds = ds._ds.checkout_version(version)
-                    ds.__dict__.pop("_ea_schema", None)  # (ScanDataset keeps the schema it read)
                     # versions of an experiment are numbered like production's: its own key
-                    ds.cache_key = VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version)
+                    ds.at_branch((branch, target.version),
+                                 VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version))
             if old is not None and old.version == version and (
                     ds is None or getattr(old.dataset, "_ea_seen", None) == getattr(ds, "_ea_seen", None)):
                 return False
