@@ -136,6 +136,17 @@ class RespConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
 
+    # A client that pipelines commands and never reads its answers must not grow the
+    # write buffer without bound: stop reading from it until the buffer drains (asyncio's
+    # flow control; uvloop's transport calls these at its high/low water marks).
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     @property
     def idle(self) -> bool:
         return not self.buf
