@@ -45,8 +45,9 @@ def connect(
     extensions : iterable of str, optional
         DuckDB extensions to load from their PyPI wheels. The default loads ``lance`` where
         its wheel is installed (the ``duckdb-lance`` extra; the store's views do not need
-        it); ``()`` loads none; ``("lance", "vss")`` adds DuckDB's ``vss`` (the ``bench``
-        extra). Loading the lance extension takes about a second, once per process.
+        it) before the first statement that mentions ``lance`` (a ``'*.lance'`` path, a
+        ``lance_*`` function): loading it takes one to two seconds. ``()`` loads none;
+        ``("lance", "vss")`` loads both now (``vss`` is in the ``bench`` extra).
     database, config
         Passed to :func:`duckdb.connect`.
     storage_options : dict, optional
@@ -87,10 +88,15 @@ def connect(
     if not progress_bar:
         raw.execute("SET enable_progress_bar = false")
     native_loaded = ea_vec.load(raw)  # ...and off again right after it
+    # The default extensions (lance: a 254 MB binary, ~1-2 s to LOAD, most of connect()'s
+    # time; the store's views do not need it) load before the first statement that names
+    # them (SQLConnection.needs); extensions asked for by name load now.
+    deferred = default_extensions() if extensions is None and read_only_views else ()
     extensions = default_extensions() if extensions is None else tuple(extensions)
     for name in extensions:
-        raw.execute(f"LOAD '{extension_path(name)}'")
-    con = SQLConnection(raw, store)
+        if name not in deferred:
+            raw.execute(f"LOAD '{extension_path(name)}'")
+    con = SQLConnection(raw, store, deferred)
     _load_sql_layer(raw, con, native_loaded)
     if store is not None:
         con.refresh()  # a view per table, at its latest version
