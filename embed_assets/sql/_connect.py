@@ -88,14 +88,9 @@ def connect(
     if not progress_bar:
         raw.execute("SET enable_progress_bar = false")
     native_loaded = ea_vec.load(raw)  # ...and off again right after it
-    # The default extensions (lance: a 254 MB binary, ~1-2 s to LOAD, most of connect()'s
-    # time; the store's views do not need it) load before the first statement that names
-    # them (SQLConnection.needs); extensions asked for by name load now.
-    deferred = default_extensions() if extensions is None and read_only_views else ()
-    extensions = default_extensions() if extensions is None else tuple(extensions)
+    extensions, deferred = _extensions(extensions, read_only_views)
     for name in extensions:
-        if name not in deferred:
-            raw.execute(f"LOAD '{extension_path(name)}'")
+        raw.execute(f"LOAD '{extension_path(name)}'")
     con = SQLConnection(raw, store, deferred)
     _load_sql_layer(raw, con, native_loaded)
     if store is not None:
@@ -103,6 +98,19 @@ def connect(
         if not read_only_views:
             _attach_writable(raw, store, extensions)
     return con
+
+
+def _extensions(asked: Iterable[str] | None, read_only_views: bool,
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(extensions to load now, extensions to load before the first statement naming them).
+    The default ones (lance: a 254 MB binary, 1-2 s to LOAD, most of connect()'s time; the
+    store's views do not need it) wait (SQLConnection.needs); those asked for by name, and
+    lance for a writable catalog, load now."""
+    if asked is not None:
+        return tuple(asked), ()
+    if not read_only_views:
+        return default_extensions(), ()
+    return (), default_extensions()
 
 
 def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_loaded: bool) -> None:
