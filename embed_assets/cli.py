@@ -316,8 +316,14 @@ def cmd_search_image(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)
-    hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
-                                by_key=True if args.key else None)
+    try:
+        hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
+                                    by_key=True if args.key else None)
+    except ValidationError as exc:  # the library's advice in this command's words
+        raise ValidationError(str(exc).replace(
+            "pass that model as embedder= (or search by a stored key)",
+            "the command line embeds a query image with the default image model only: search by "
+            "a stored key (--key)")) from None
     extra = [c for c in (args.label,) if c and c in hits.column_names]
     rows = hits.select([meta.key, *extra, "distance", "rank"]).to_pylist()
     if args.png:

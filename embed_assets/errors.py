@@ -95,8 +95,10 @@ class QueryError(EmbedAssetsError):
     """A SQL statement failed or was refused (a bad ``k``, a NULL query vector, a filter
     that is not one predicate...), in the user's terms: the message of the function that
     failed, else DuckDB's first line. Raised through ``connect()`` it is also the
-    ``duckdb.Error`` subclass DuckDB raised. A statement may have had effects before it
-    failed (SQL can write), unlike a :class:`ValidationError`."""
+    ``duckdb.Error`` subclass DuckDB raised, and where the store failed under the statement
+    (``"t@nope"``) also the store's exception (:class:`VersionNotFoundError`...). A
+    statement may have had effects before it failed (SQL can write), unlike a
+    :class:`ValidationError`."""
 
 
 # Rust source locations Lance appends to its messages ("..., /home/runner/work/lance/lance/

@@ -66,6 +66,8 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         raise ValidationError("--resp-port must differ from --port")
     if args.poll < 0:
         raise ValidationError("--poll must be 0 or more seconds")
+    if not 0 <= args.port <= 65535:  # else the server kept running, listening nowhere
+        raise ValidationError(f"--port must be 0-65535, got {args.port}")
     return ServeConfig(store=args.store or default_store_uri(),
                        tables=[TableSpec.parse(t) for t in args.tables], poll_interval=args.poll,
                        token=token, max_body_bytes=args.max_body, max_k=args.max_k,

@@ -183,7 +183,8 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
         if isinstance(vectors, pa.ChunkedArray):
             vectors = vectors.combine_chunks()
         # A NULL outer vector is refused, as knn('t', NULL, k) and Table.search(None) are
-        # (it once gave no rows, silently); the same checks in the same words.
+        # (it once gave no rows, silently); every vector is checked in the words of the
+        # other forms of knn, so the chunk is one batch of one dimension.
         queries = [query_vector(v, dimension, spec.metric) for v in vectors.to_pylist()]
         counts = np.zeros(len(queries), np.int64)
         parts: list[pa.Table] = []
@@ -192,9 +193,8 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
             # gather), answering as one search per vector would.
             owner.searches += len(queries)
             owner.batches += 1
-            res = table.search_batch(np.stack(queries), k=spec.k, version=spec.version,
-                                     columns=scalar, metric=spec.metric, where=spec.where,
-                                     use_index=spec.use_index)
+            res = table.search_batch(np.stack(queries), k=spec.k, version=spec.version, columns=scalar,
+                                     metric=spec.metric, where=spec.where, use_index=spec.use_index)
             counts = np.bincount(res.column("query").to_numpy(), minlength=len(queries))
             parts.append(sql_distances(res.drop_columns(["query"])))
         offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()

@@ -18,7 +18,9 @@ visible to the next statement, tables created after connect after :meth:`refresh
 goes through the rewriter (:mod:`._rewrite`), which checks the arguments of its ``knn`` and
 ``similarity_join`` calls and lets the store answer the ``knn`` calls it can. A failure is
 a :class:`~embed_assets.QueryError` that is also the ``duckdb.Error`` subclass DuckDB
-raised. Statements run on the raw connection (``.con``) or a DuckDB cursor skip all this.
+raised (and the store's exception where the store failed: ``"t@nope"``), also one met while
+the rows of a lazy relation from ``sql()`` are fetched (:mod:`._relation`). Statements run
+on the raw connection (``.con``) or a DuckDB cursor skip all this.
 """
 
 from __future__ import annotations
