@@ -28,7 +28,7 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from ._app import App
@@ -287,7 +287,7 @@ class RespServer:
             rows = [rows_of.get(_int(k)) for k in keys]
         head = b"*%d\r\n:%d\r\n" % (len(keys) + 1, snap.version)
         if None not in rows:  # every key stored: one take of the framed rows
-            return 200, head + framed[rows].tobytes(), snap.version
+            return 200, head + framed[cast(list[int], rows)].tobytes(), snap.version
         parts = [head]
         for r in rows:
             parts.append(_NULL if r is None else framed[r].tobytes())
