@@ -28,10 +28,34 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
-    from ._app import App
+    from ._metrics import Metrics
+    from ._state import PinnedTable
+
+
+class _Limits(Protocol):
+    @property
+    def max_keys(self) -> int: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def access_log(self) -> bool: ...
+
+
+class App(Protocol):
+    """What this listener reads of the HTTP app that starts it (``_app.App``), named here
+    so that the two modules do not import each other."""
+
+    @property
+    def config(self) -> _Limits: ...
+    @property
+    def tables(self) -> dict[str, PinnedTable]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def _token(self) -> bytes | None: ...
 
 log = logging.getLogger("embed_assets.serve")
 access_log = logging.getLogger("embed_assets.serve.access")
