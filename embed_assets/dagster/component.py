@@ -120,13 +120,15 @@ class FreshnessSpec(Resolvable, Model):
     warn_after: str | None = None
 
 
-class ExperimentSpec(Resolvable, Model):
+@dataclass
+class ExperimentSpec(Resolvable):
     """A model to try on the table (docs/experiments.md): an asset
     ``<asset>/experiments/<name>`` embeds production's rows with it into a Lance branch and
     shows the comparison; the ``promote_<table>`` job makes it production."""
 
     name: str
-    # shadows Resolvable's `model` classmethod, unused here (as EmbeddingsComponent.model)
+    # shadows Resolvable's `model` classmethod, unused here (as EmbeddingsComponent.model;
+    # a dataclass, not a pydantic Model, which warned about the shadowing at import)
     model: str  # type: ignore[assignment]
     backend: str | None = None
     sample: int = 200
