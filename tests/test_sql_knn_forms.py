@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embed_assets import Store, build_index, connect
+from embed_assets import QueryError, Store, build_index, connect
 from embed_assets.sql._rewrite import find_knn_calls
 
 from .conftest import plain_duckdb
@@ -284,10 +284,16 @@ def test_lateral_knn_takes_filter_metric_and_every_column(store, con):
 
 def test_lateral_knn_null_vectors_wrong_dimensions_and_versions(store, con):
     con.execute("INSERT INTO queries VALUES ('none', NULL)")
-    rows = con.execute(LATERAL.format(opts="")).fetchall()
-    assert {s for s, *_ in rows} == {"a", "b", "c"}  # a NULL vector has no neighbours
+    # a NULL vector is refused, as knn('t', NULL, 3) and Table.search(None) are (issue 23:
+    # it gave no rows for it, silently); a filter on the outer rows leaves it out first
+    with pytest.raises(QueryError, match="knn: the query vector is NULL"):
+        con.execute(LATERAL.format(opts="")).fetchall()
+    rows = con.execute(LATERAL.format(opts="").replace("ORDER BY", "WHERE q.vector IS NOT NULL ORDER BY")
+                       ).fetchall()
+    assert {s for s, *_ in rows} == {"a", "b", "c"}
+    con.execute("DELETE FROM queries WHERE section = 'none'")
     con.execute("CREATE TABLE short AS SELECT 'x' AS section, [1.0, 2.0]::FLOAT[] AS vector")
-    with pytest.raises(duckdb.Error, match="dimension 2"):
+    with pytest.raises(duckdb.Error, match=r"knn: dimension mismatch \(query 2 vs table 24\)"):
         con.execute("SELECT k.id FROM short q, LATERAL knn('t', q.vector, 3) k").fetchall()
     # an earlier version by name, beside the latest one
     v = store.table("t").version
@@ -320,3 +326,37 @@ def test_sql_relations_take_the_fast_paths_too(store, con, method):
     q = np.asarray(con.execute("SELECT vector FROM queries WHERE section = 'a'").fetchone()[0])
     assert [r[0] for r in sub] == oracle(store, q, 5)
     assert [i for s, i, _, _ in lat if s == "a"] == oracle(store, q, 4)
+
+
+def _count_searches(monkeypatch) -> dict[str, int]:
+    from embed_assets.store import EmbeddingTable
+
+    calls = {"search": 0, "search_batch": 0}
+    for name in calls:
+        real = getattr(EmbeddingTable, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(EmbeddingTable, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_lateral_knn_is_one_batched_search_not_one_per_outer_row(store, con, monkeypatch, fast):
+    """Issue 29 (deliverable 7): LATERAL knn, through the store's row function and through
+    the macro, searched once per outer row; now the outer rows of a chunk are one
+    search_batch call (one plan, one graph call, one gather), with the same answers."""
+    con.execute("CREATE TABLE q40 AS SELECT id AS qid, vector::FLOAT[] AS vector FROM t "
+                "WHERE id < 40")
+    calls = _count_searches(monkeypatch)
+    con.fast_knn = fast
+    sql = ("SELECT q.qid, k.id, k.rank FROM q40 q, LATERAL knn('t', q.vector, 5) k "
+           "ORDER BY q.qid, k.rank")
+    got = con.execute(sql).fetchall()
+    con.fast_knn = True
+    assert calls["search"] == 0 and 1 <= calls["search_batch"] <= 2, calls
+    vecs = store.table("t").get(list(range(40)), columns=["vector"]).column("vector").to_pylist()
+    for qid in range(40):
+        assert [i for q, i, _ in got if q == qid] == oracle(store, np.asarray(vecs[qid]), 5)

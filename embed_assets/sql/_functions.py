@@ -33,8 +33,8 @@ class _Views(Protocol):
 
     def _view(self, name: str) -> Any: ...
 
-    def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]: ...
+    def _knn_hits(self, view: str, qs: np.ndarray, k: int, metric: str,
+                  use_index: bool, where: str | None = None) -> list[list[dict[str, Any]]]: ...
 
     def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
                      text_weight: float, vector_weight: float) -> list[dict[str, Any]]: ...
@@ -141,6 +141,8 @@ def _knn_rows(q: pa.Array, vs: pa.Array, k: pa.Array, inv: pa.Array) -> pa.Array
     hits as 1-based positions ``r`` in that list, whitened once (see mahalanobis_topk)."""
     cell = _combine(vs)[0]
     qc = _combine(q)[0]
+    if not qc.is_valid and len(vs):  # (the macro refuses it first)
+        raise ValueError("knn: the query vector is NULL")
     if not cell.is_valid or len(cell.values) == 0 or not qc.is_valid:
         return _repeat(udf.hits_array(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 1),
                        len(vs))
@@ -183,14 +185,14 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
     once per inv_cov)."""
     views, qs, ks = _combine(view), _combine(q), _combine(k)
     metrics, idx, wheres = _combine(metric), _combine(use_index), _combine(where)
-    out: list[list[dict[str, Any]]] = []
+    out: list[list[dict[str, Any]]] = [[] for _ in range(len(views))]
+    # rows asking the same search of the same view: answered by one batched search
+    batches: dict[tuple[Any, ...], list[tuple[int, np.ndarray]]] = {}
     for i in range(len(views)):
         if not ks[i].is_valid or ks[i].as_py() <= 0:  # the macro refused it; k = 0: another arm
-            out.append([])
             continue
-        if not qs[i].is_valid:  # a NULL query vector (a LATERAL row): no neighbours
-            out.append([])
-            continue
+        if not qs[i].is_valid:  # (the macro refuses it first, as Table.search(None) is)
+            raise ValueError("knn: the query vector is NULL")
         name = views[i].as_py()
         qv = qs[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
         dim = owner._view(name).meta.dimension
@@ -204,11 +206,15 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
         if str(metrics[i].as_py()).lower() == "mahalanobis":
             if flt is not None:
                 raise ValueError("knn: filter := is not supported with metric 'mahalanobis'")
-            out.append(_ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
-                                                 udf.matrix_value(inv, i)))
+            out[i] = _ranking.mahalanobis_hits(owner._view(name), qv, int(ks[i].as_py()),
+                                               udf.matrix_value(inv, i))
             continue
-        out.append(owner._knn_hits(name, qv, int(ks[i].as_py()), metrics[i].as_py(),
-                                   bool(idx[i].as_py()), flt))
+        batches.setdefault((name, int(ks[i].as_py()), metrics[i].as_py(), bool(idx[i].as_py()),
+                            flt), []).append((i, qv))
+    for (name, kk, m, use, flt), rows in batches.items():
+        hits = owner._knn_hits(name, np.stack([qv for _, qv in rows]), kk, m, use, flt)
+        for (i, _), h in zip(rows, hits, strict=True):
+            out[i] = h
     return pa.array(out, _KNN_HITS)
 
 
@@ -219,9 +225,11 @@ def _text_hits(owner: _Views, view: pa.Array, text: pa.Array, k: pa.Array, mode:
     out: list[list[dict[str, Any]]] = []
     for i in range(len(cols[0])):
         v, t, kk, m, w, tw, vw = (c[i].as_py() for c in cols)
-        if t is None or kk is None or kk <= 0:
+        if kk is None or kk <= 0:  # the macro refused it
             out.append([])
             continue
+        if t is None:  # refused, as a NULL knn query vector is (it gave no rows, silently)
+            raise ValueError("hybrid_search: the query text is NULL")
         out.append(owner._hybrid_hits(v, t, int(kk), m or "hybrid", w,
                                       1.0 if tw is None else float(tw),
                                       1.0 if vw is None else float(vw)))

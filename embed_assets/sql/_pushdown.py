@@ -82,6 +82,16 @@ class ScanDataset(lance.LanceDataset):
         # The store's key for this version: the library-wide cache is shared with search.
         self.cache_key = VersionKey(str(uri), table_identity(self), self.version)
 
+    def at_branch(self, version: tuple[str, int], cache_key: VersionKey) -> None:
+        """Point this scan at a version of a branch (an experiment's), under its own cache
+        key. ``LanceDataset.checkout_version`` returns a plain LanceDataset, so the native
+        handle is swapped instead; what was kept of the version opened first (its schema,
+        its TableMeta) is dropped with it."""
+        self._ds = self._ds.checkout_version(version)
+        self.cache_key = cache_key
+        for kept in ("_ea_schema", "_ea_meta"):
+            self.__dict__.pop(kept, None)
+
     @property
     def schema(self) -> pa.Schema:
         """The columns DuckDB sees. A picture column kept with Lance's blob encoding is left

@@ -1,24 +1,21 @@
 """How SQL's ``knn`` and ``similarity_join`` rank against store views: through the store's
 own search (tuned index or cached exact scan), the cached matrix of the view's version, or
-batched probes of its ANN index (``approximate := true``)."""
+one batched search of the store for every left row (``approximate := true``)."""
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..kernels import join_topk, mahalanobis_topk, pair_distances, whitening, whitening_key
-from ..store import CACHE, VECTOR_COLUMN, EmbeddingTable, Store, search_defaults
+from ..kernels import join_topk, mahalanobis_topk, whitening, whitening_key
+from ..store import CACHE, VECTOR_COLUMN, EmbeddingTable
 from . import _udf as udf
 from ._views import JoinSide, View
-
-# the metrics LanceDB's vector query takes (the store's own, checked before a search)
-DistanceType = Literal["l2", "cosine", "dot"]
 
 
 def join_side(info: View) -> tuple[np.ndarray, pa.Array]:
@@ -40,22 +37,29 @@ def join_side(info: View) -> tuple[np.ndarray, pa.Array]:
         side = build()
     return side.mat, side.keys
 
-def knn_hits(table: EmbeddingTable, info: View, q: np.ndarray, k: int, metric: str,
-             use_index: bool, where: str | None = None) -> list[dict[str, Any]]:
-    """The k nearest rows of a store view by the store's own search (its planner: tuned
-    index path, cached exact scan, or the rows ``where`` selects): key (``ki`` for integer
-    keys, ``ks`` for strings), distance and rank. The macro then fetches those rows by key."""
+def knn_hits(table: EmbeddingTable, info: View, qs: np.ndarray, k: int, metric: str,
+             use_index: bool, where: str | None = None) -> list[list[dict[str, Any]]]:
+    """The k nearest rows of a store view for each query vector (rows of ``qs``), by one
+    batched search of the store (its planner: tuned index path, cached exact scan, or the
+    rows ``where`` selects): key (``ki`` for integer keys, ``ks`` for strings), distance
+    and rank. The macro then fetches those rows by key."""
     if metric not in ("cosine", "dot", "l2"):
         raise ValueError(f"unknown metric {metric!r}; choose cosine, dot, l2 or mahalanobis")
     meta = info.meta
-    res = table.search(q, k=int(k), version=info.version, columns=[meta.key], metric=metric,
-                       where=where,
-                       use_index=None if use_index and metric == meta.metric else False)
+    res = table.search_batch(qs, k=int(k), version=info.version, columns=[meta.key],
+                             metric=metric, where=where,
+                             use_index=None if use_index and metric == meta.metric else False)
     keys = res.column(meta.key).to_pylist()
     dist = res.column("distance").to_pylist()
-    field = "ki" if pa.types.is_integer(res.schema.field(meta.key).type) else "ks"
-    return [{field: key if field == "ki" else str(key), "distance": d, "rank": i + 1}
-            for i, (key, d) in enumerate(zip(keys, dist, strict=True))]
+    rank = res.column("rank").to_pylist()
+    query = res.column("query").to_pylist()
+    integer = pa.types.is_integer(res.schema.field(meta.key).type)
+    out: list[list[dict[str, Any]]] = [[] for _ in range(len(qs))]
+    for qi, key, d, r in zip(query, keys, dist, rank, strict=True):
+        out[qi].append({"ki": key} if integer else {"ks": str(key)})
+        out[qi][-1].update(distance=d, rank=r)
+    return out
+
 
 @dataclass
 class _Whitened:
@@ -95,11 +99,6 @@ def mahalanobis_hits(info: View, q: np.ndarray, k: int, inv_cov: Any) -> list[di
             for i, (kv, dv) in enumerate(zip(hit_keys, dist, strict=True))]
 
 
-def index_serves(info: View, metric: str) -> bool:
-    """Whether the view's ANN index can answer an approximate join in ``metric``."""
-    return metric in ("cosine", "dot", "l2") and _index_metric(info.dataset) == metric
-
-
 def exact_join(side: tuple[np.ndarray, pa.Array], left: np.ndarray, sql_keys: pa.Array, k: int,
                metric: str, inv_cov: Any) -> pa.Array:
     """similarity_join against a store view's cached matrix, hits as SQL list positions."""
@@ -110,47 +109,26 @@ def exact_join(side: tuple[np.ndarray, pa.Array], left: np.ndarray, sql_keys: pa
     return udf.hits_array(li, pos[ri].astype(np.int64), dist, min(int(k), mat.shape[0]))
 
 
-def ann_join(store: Store, info: View, left: np.ndarray, sql_keys: pa.Array, k: int,
-             metric: str) -> pa.Array:
-    """Approximate join: batched index probes, then exact distances on the candidates."""
-    import lancedb  # only this path needs LanceDB's query builder; importing it costs ~0.3 s
-    from lancedb.query import LanceVectorQueryBuilder
-
+def ann_join(table: EmbeddingTable, info: View, left: np.ndarray, sql_keys: pa.Array, k: int,
+             metric: str) -> pa.Array | None:
+    """Approximate join: one batched search of the store for every left row, on the path
+    its index policy chose (the tuned HNSW graph answers all rows in one call; a version
+    with no tuned ANN path is searched exactly, so the approximate join is never slower
+    than the exact one). Before: LanceDB's IVF-PQ probed per block of 256 rows, 11x
+    slower than the exact join (benchmarks/RESULTS.md, issue 29). None when a left row
+    cannot be a query (NaN, or a zero vector for cosine): the exact join answers those."""
+    if metric not in ("cosine", "dot", "l2") or not len(left):
+        return None
+    if not np.isfinite(left).all() or (metric == "cosine" and not np.any(left, axis=1).all()):
+        return None
     key = info.meta.key
-    db = lancedb.connect(store.uri, storage_options=store.storage_options)
-    tbl = db.open_table(info.table)
-    tbl.checkout(info.version)
-    li_parts, ri_parts, d_parts = [], [], []
-    value_set = udf._combine(sql_keys)
-    params = _search_params(info.dataset)
-    for s in range(0, left.shape[0], 256):
-        block = left[s:s + 256]
-        query = tbl.search(list(block), vector_column_name=VECTOR_COLUMN)
-        assert isinstance(query, LanceVectorQueryBuilder)  # a query by vectors
-        search = (query.distance_type(cast(DistanceType, metric)).limit(int(k))
-                  .refine_factor(params["refine_factor"]))
-        if "nprobes" in params:
-            search = search.nprobes(params["nprobes"])
-        res = search.select([key, VECTOR_COLUMN]).to_arrow()
-        qi = res.column("query_index").to_numpy() + s
-        cand = udf.vectors_matrix(res.column(VECTOR_COLUMN))
-        d = pair_distances(left[qi], cand, metric)
-        pos = pc.index_in(pc.cast(res.column(key), pa.string()), value_set=value_set)
-        li_parts.append(qi)
-        ri_parts.append(pos.to_numpy(zero_copy_only=False))
-        d_parts.append(d)
-    li = np.concatenate(li_parts) if li_parts else np.zeros(0, np.int64)
-    ri = np.concatenate(ri_parts) if ri_parts else np.zeros(0, np.int64)
-    dist = np.concatenate(d_parts) if d_parts else np.zeros(0)
-    order = np.lexsort((dist, li))
-    li, ri, dist = li[order], ri[order], dist[order]
-    rank = np.ones(len(li), np.int64)
-    if len(li):
-        starts = np.r_[True, li[1:] != li[:-1]]
-        grp = np.cumsum(starts) - 1
-        first = np.flatnonzero(starts)
-        rank = np.arange(len(li)) - first[grp] + 1
-    return _hits_with_rank(li, ri, dist, rank)
+    res = table.search_batch(left, k=int(k), version=info.version, columns=[key], metric=metric,
+                             threads=os.cpu_count() or 1)
+    li = res.column("query").to_numpy().astype(np.int64)
+    pos = pc.index_in(pc.cast(res.column(key), pa.string()), value_set=udf._combine(sql_keys))
+    dist = res.column("distance").to_numpy().astype(np.float64)
+    return _hits_with_rank(li, pos.to_numpy(zero_copy_only=False), dist,
+                           res.column("rank").to_numpy())
 
 
 def _hits_with_rank(li: np.ndarray, ri: np.ndarray, dist: np.ndarray, rank: np.ndarray) -> pa.Array:
@@ -159,37 +137,3 @@ def _hits_with_rank(li: np.ndarray, ri: np.ndarray, dist: np.ndarray, rank: np.n
          pa.array(dist.astype(np.float64)), pa.array(rank, pa.int32())],
         fields=list(udf.HIT_TYPE.value_type))
     return pa.ListArray.from_arrays(pa.array([0, len(li)], pa.int32()), st)
-
-
-def _index_metric(ds: Any) -> str | None:
-    """Metric of the dataset's vector index, or None if it has none."""
-    try:
-        for idx in ds.describe_indices():
-            fields = getattr(idx, "field_names", None) or getattr(idx, "fields", [])
-            if VECTOR_COLUMN in fields:
-                details = getattr(idx, "details", None) or {}
-                if isinstance(details, str):
-                    try:
-                        details = json.loads(details)
-                    except ValueError:
-                        details = {}
-                m = str(details.get("metric_type") or details.get("distance_type") or "").lower()
-                return m or "l2"
-    except AttributeError:
-        for idx in ds.list_indices():
-            if VECTOR_COLUMN in idx.get("fields", []):
-                return str(idx.get("metric_type", "l2")).lower()
-    return None
-
-
-def _search_params(ds: Any) -> dict[str, Any]:
-    """ANN search parameters: those the index policy stored with the version when it tuned
-    the index to a recall target, else a refine step (PQ codes alone ranked poorly on MiniLM vectors:
-    recall@10 ~0.56 on MiniLM without refine)."""
-    params: dict[str, Any] = {"refine_factor": 4}
-    try:
-        tuned = search_defaults(ds, ds.cache_key.table_id) or {}
-    except Exception:  # an index built outside embed_assets has no stored policy
-        tuned = {}
-    params.update({k: v for k, v in tuned.items() if k in ("nprobes", "refine_factor") and v})
-    return params

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError, VersionNotFoundError
-from ..store import Fusion, Store, TableMeta, table_fingerprint, version_number
+from ..store import Fusion, Store, TableMeta, VersionKey, table_fingerprint, version_number
 from . import _ranking
 from ._pushdown import ScanDataset
 from ._views import View
@@ -75,6 +75,7 @@ class Registry:
         """(Re-)register one view; True if it changed. Raises for unknown versions/tags."""
         assert self.store is not None
         view = view or (table if ref is None else f"{table}@{ref}")
+        version: int | tuple[str, int]
         uri = self.store.table_uri(table)
         opts = self.store.storage_options
         with self.lock:
@@ -103,8 +104,15 @@ class Registry:
                     self.store.table(table).resolve(version)
                     raise
             else:
-                version = self.store.table(table).resolve(ref)
+                target = self.store.table(table).dataset(ref)  # a tag or an experiment
+                branch = getattr(target, "_ea_branch", None)
+                version = target.version if branch is None else (branch, target.version)
                 ds = None
+                if branch is not None and not (old is not None and old.version == version):
+                    ds = ScanDataset(uri, storage_options=opts)
+                    # versions of an experiment are numbered like production's: its own key
+                    ds.at_branch((branch, target.version),
+                                 VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version))
             if old is not None and old.version == version and (
                     ds is None or getattr(old.dataset, "_ea_seen", None) == getattr(ds, "_ea_seen", None)):
                 return False
@@ -180,10 +188,10 @@ class Registry:
             raise ValidationError(f"{name!r} is not a store view of this connection")
         return info
 
-    def _knn_hits(self, view: str, q: np.ndarray, k: int, metric: str,
-                  use_index: bool, where: str | None = None) -> list[dict[str, Any]]:
+    def _knn_hits(self, view: str, qs: np.ndarray, k: int, metric: str,
+                  use_index: bool, where: str | None = None) -> list[list[dict[str, Any]]]:
         info = self._view(view)
-        return _ranking.knn_hits(self.handle(info), info, q, k, metric, use_index, where)
+        return _ranking.knn_hits(self.handle(info), info, qs, k, metric, use_index, where)
 
     def _hybrid_hits(self, view: str, text: str, k: int, mode: str, where: str | None,
                      text_weight: float, vector_weight: float) -> list[dict[str, Any]]:
@@ -216,9 +224,10 @@ class Registry:
     def _topk_store(self, left: np.ndarray, view: str, sql_keys: pa.Array, k: int, metric: str,
                     inv_cov: Any, approximate: bool) -> pa.Array:
         info = self._view(view)
-        if approximate and _ranking.index_serves(info, metric):
-            assert self.store is not None
-            return _ranking.ann_join(self.store, info, left, sql_keys, k, metric)
+        if approximate:
+            got = _ranking.ann_join(self.handle(info), info, left, sql_keys, k, metric)
+            if got is not None:
+                return got
         return _ranking.exact_join(self.matrix(info), left, sql_keys, k, metric, inv_cov)
 
 

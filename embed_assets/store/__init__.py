@@ -23,6 +23,8 @@ from ._cache import VersionKey as VersionKey
 from ._cache import load_matrix as load_matrix
 from ._cache import probe_kind as probe_kind
 from ._cache import take_rows as take_rows
+from ._compare import Comparison
+from ._experiments import ExperimentInfo, ExperimentResult, PromotionResult
 from ._filters import quote_ident as quote_ident
 from ._hybrid import RRF_K as RRF_K
 from ._hybrid import SEARCH_MODES, Fusion
@@ -69,10 +71,14 @@ __all__ = [
     "VECTOR_COLUMN",
     "WRITE_MODES",
     "CleanupReport",
+    "Comparison",
     "EmbeddingTable",
+    "ExperimentInfo",
+    "ExperimentResult",
     "Fusion",
     "IndexKeeper",
     "Plan",
+    "PromotionResult",
     "Store",
     "StoreState",
     "TableInfo",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import lance
 from lance import LanceOperation
 
-from ..errors import VersionNotFoundError
+from ..errors import ValidationError, VersionNotFoundError
 from ._cache import STATE
 from ._commits import table_lock, with_retries
 from ._identity import fingerprint
@@ -66,6 +66,9 @@ class RollbackMixin:
         rebuild that may follow commits maintenance versions after it (``versions()``
         lists them under ``indexed_by``; :attr:`version` is the latest).
         """
+        if to is None:  # resolve() reads None as the latest: a rollback to it did nothing
+            raise ValidationError(f"rollback of {self.name!r} needs the version number or tag to "
+                                  "roll back to, got None")
         target = self.resolve(to)  # refuses unknown and partly removed versions
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
         what = repr(self.name)

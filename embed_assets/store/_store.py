@@ -118,7 +118,13 @@ class Store:
     def __init__(self, uri: str | os.PathLike[str] | None = None, *,
                  storage_options: dict[str, str] | None = None,
                  index_keeper: IndexKeeper | None = None) -> None:
-        self.uri = absolute_uri(str(uri) if uri is not None else default_store_uri())
+        if uri is not None and not isinstance(uri, str | os.PathLike):
+            raise ValidationError(f"a store is a folder or URI (str or path), got "
+                                  f"{type(uri).__name__} {uri!r}")
+        given = str(uri) if uri is not None else default_store_uri()
+        if not given.strip():  # absolute_uri would make it "/": a store in the root folder
+            raise ValidationError("the store URI is empty (check --store or $EMBED_ASSETS_STORE)")
+        self.uri = absolute_uri(given)
         self.storage_options = storage_options
         self.index_keeper = index_keeper
         if is_local(self.uri):

@@ -80,6 +80,12 @@ class WriteRequest:
 
     def check(self) -> WriteRequest:
         validate_table_name(self.name)
+        if self.partition is not None and (not isinstance(self.partition, tuple | list)
+                                           or len(self.partition) != 2):
+            raise ValidationError(f"partition must be (column, value), got {self.partition!r}")
+        if self.properties is not None and not isinstance(self.properties, Mapping):
+            raise ValidationError("properties must be a mapping of names to values, got "
+                                  f"{type(self.properties).__name__}")
         if self.mode not in WRITE_MODES:
             raise ValidationError(
                 f"unknown write mode {self.mode!r}; choose one of {', '.join(WRITE_MODES)}")
@@ -173,6 +179,10 @@ def _check_compatible(req: WriteRequest, meta: TableMeta | None, dim: int) -> No
         raise SchemaMismatchError(
             f"table {name!r} holds {meta.dimension}-dimensional vectors; "
             f"this write has dimension {dim}; {hint}")
+    if req.metric is not None and req.metric != meta.metric:  # else silently ignored
+        raise SchemaMismatchError(
+            f"table {name!r} ranks by metric {meta.metric!r}; this write asks for "
+            f"{req.metric!r}; {hint}")
     if req.model is not None and meta.model is not None and req.model != meta.model:
         raise SchemaMismatchError(
             f"table {name!r} holds vectors from model {meta.model!r}; "

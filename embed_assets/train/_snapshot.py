@@ -259,10 +259,16 @@ def _check(path: str, verify: Verify) -> dict[str, Any]:
     return man
 
 
+def _check_verify(verify: Any) -> None:
+    if verify not in ("full", "size"):
+        raise ValidationError(f"verify must be 'full' or 'size', got {verify!r}")
+
+
 def open_snapshot(path: str | os.PathLike[str], *, verify: Verify = "full") -> Snapshot:
     """Open a snapshot folder (another process's export, a copy on a training node),
     checking it first; :class:`StorageError` if it is incomplete or corrupt."""
     path = os.path.abspath(os.fspath(path))
+    _check_verify(verify)
     man = _check(path, verify)
     with contextlib.suppress(OSError), open(os.path.join(path, LAST_USED), "w") as f:
         f.write(dt.datetime.now(dt.UTC).isoformat())
@@ -304,6 +310,9 @@ def snapshot(table: EmbeddingTable, version: VersionRef = None, *, columns: Sequ
     >>> snap.vectors.shape, [b["id"].tolist() for b in snap.batches(2)]
     ((3, 4), [[1, 2], [3]])
     """
+    _check_verify(verify)
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValidationError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     cols = list(dict.fromkeys(columns or []))
     ds = table.dataset(version)  # VersionNotFoundError for an unknown version or tag
     meta = table.meta_at(ds.version)
@@ -448,6 +457,8 @@ def cleanup_snapshots(cache_dir: str | os.PathLike[str] | None = None, *, keep_l
     if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 0):
         raise ValidationError(f"keep_last must be >= 0, got {keep_last}")
     root = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None else default_cache_dir())
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValidationError(f"snapshot cache {root!r} exists and is not a directory")
     if not os.path.isdir(root):
         return []
     now = dt.datetime.now(dt.UTC)
