@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -268,9 +269,33 @@ def threshold() -> list[str]:
     return lines
 
 
+def training(n: int) -> list[str]:
+    """build_index with the project's k-means sampling (default_params) beside Lance's own
+    defaults (256 samples per centroid, 50 iterations), same rows, same run, alternating."""
+    import resource
+
+    vec = datasets.real_vectors(n)
+    vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float32)
+    out = [f"| build_index, {n:,} real rows, graph=True | CPU s | wall s | train s | recall "
+           "(graph) | Lance path recall / p50 ms | nprobes, refine |", "|---|---|---|---|---|---|---|"]
+    for label, kw in (("Lance's k-means defaults (256, 50)", {"sample_rate": 256, "max_iters": 50}),
+                      ("default_params (64, 10)", {})):
+        s = Store(tempfile.mkdtemp(prefix="bench_training_"))
+        s.write("t", _table(vec), key="id")
+        c0, t0 = time.process_time(), time.perf_counter()
+        rep = build_index(s.table("t"), recall=0.95, graph=True, **kw)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        out.append(f"| {label} | {cpu:.1f} | {wall:.1f} | {rep.build_seconds:.1f} | {rep.recall:.3f} | "
+                   f"{rep.lance_recall or 0:.3f} / {rep.lance_p50_ms or 0:.2f} | "
+                   f"{rep.params.get('nprobes')}, {rep.params.get('refine_factor')} |")
+        print(out[-1], f"(peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB)",
+              flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["real", "synth", "threshold"], default=None)
+    ap.add_argument("--only", choices=["real", "synth", "threshold", "training"], default=None)
     ap.add_argument("--real-rows", type=int, default=120_000)
     ap.add_argument("--synth-rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
@@ -293,6 +318,8 @@ def main() -> None:
                      hnsw=n <= 200_000, index_type=args.type, peers=not args.no_peers)
     if args.only in (None, "threshold"):
         out += threshold()
+    if args.only == "training":
+        out += training(args.real_rows)
     print("\n\n" + "\n".join(out))
 
 

@@ -73,10 +73,19 @@ def main() -> int:
     ap.add_argument("--percall", action="store_true",
                     help="only the per-call and batch cost of unfiltered search against the "
                          "same HNSW graph queried bare (issue 29)")
+    ap.add_argument("--coldstart", action="store_true",
+                    help="a fresh process's import, open, first search and first SQL knn, "
+                         "beside the same steps of --baseline-src (another checkout)")
+    ap.add_argument("--baseline-src", default=None,
+                    help="with --coldstart: a checkout whose embed_assets is the baseline")
+    ap.add_argument("--store", default=None,
+                    help="with --coldstart: reuse a store holding table 't' (built with an index)")
     args = ap.parse_args()
     if not datasets.available():
         print("skipped: ../shared/data is not here (a fresh clone)")
         return 0
+    if args.coldstart:
+        return coldstart(min(args.rows, 63_666), args.baseline_src, args.store)
     if args.percall:
         return percall(min(args.rows, 63_666))
     n = args.rows
@@ -340,7 +349,91 @@ def percall(n: int) -> int:
         t.search(q, k=10, columns=["id"])
     loop_wall = time.perf_counter() - loop_wall
     lines.append(f"| the same 1,000 through search() in a loop: {len(qs) / loop_wall:,.0f} QPS | | |")
+    # similarity_join of the 1,000 held-out queries against the table, exact and approximate
+    store.write("left", pa.table({"id": np.arange(len(qs)), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(qs.ravel()), qs.shape[1])}), key="id")
+    con = connect(store)
+    sql = "SELECT left_key, right_key FROM similarity_join('left', 't', 10{})"
+    pairs: dict[str, set] = {}
+    for form, opt in (("exact", ""), ("approximate", ", approximate := true")):
+        con.execute(sql.format(opt)).fetchall()  # warm: the matrix, the graph
+        best_wall, best_cpu = [], []
+        for _ in range(3):
+            c0, w0 = time.process_time(), time.perf_counter()
+            got = con.execute(sql.format(opt)).fetchall()
+            best_wall.append(time.perf_counter() - w0)
+            best_cpu.append(time.process_time() - c0)
+        pairs[form] = set(got)
+        lines.append(f"| similarity_join 1,000 x {len(base):,} k=10, {form} | "
+                     f"{min(best_cpu) * 1e3:.0f} CPU ms, {len(qs) / min(best_wall):,.0f} QPS (wall) | |")
+    lines.append(f"| approximate join recall@10 against the exact join: "
+                 f"{len(pairs['approximate'] & pairs['exact']) / len(pairs['exact']):.3f} | | |")
+    con.close()
     print("\n".join(lines))
+    return 0
+
+
+_COLD = r"""
+import sys, time
+t0 = time.perf_counter()
+c0 = time.process_time()
+import numpy as np
+import embed_assets
+t_import = time.perf_counter() - t0
+from embed_assets import Store
+q = np.load(sys.argv[2])
+t1 = time.perf_counter()
+t = Store(sys.argv[1]).table("t")
+t_open = time.perf_counter() - t1
+t2 = time.perf_counter()
+t.search(q[0], k=10, columns=["id"])
+t_first = time.perf_counter() - t2
+t3 = time.perf_counter()
+t.search(q[1], k=10, columns=["id"])
+t_second = time.perf_counter() - t3
+t4 = time.perf_counter()
+con = embed_assets.connect(Store(sys.argv[1]))
+t_connect = time.perf_counter() - t4
+t5 = time.perf_counter()
+con.execute("SELECT id FROM knn('t', ?::FLOAT[], 10)", [q[2].tolist()]).fetchall()
+t_knn = time.perf_counter() - t5
+print(t_import, t_open, t_first, t_second, t_connect, t_knn, time.process_time() - c0)
+"""
+
+
+def coldstart(n: int, baseline: str | None, store_dir: str | None, rounds: int = 3) -> int:
+    """Fresh processes, alternating this checkout and the baseline's: import, open, first
+    and second search (the first loads the graph), connect() and a first SQL knn."""
+    import os
+    import subprocess
+
+    if store_dir is None:
+        vec = datasets.real_vectors(n)
+        vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float32)
+        store_dir = tempfile.mkdtemp(prefix="bench_cold_")
+        store = Store(store_dir)
+        store.write("t", pa.table({"id": np.arange(n), "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(vec.ravel()), vec.shape[1])}), key="id")
+        print(build_index(store.table("t"), recall=0.95, graph=True).summary(), flush=True)
+    qpath = Path(tempfile.mkdtemp()) / "q.npy"
+    np.save(qpath, np.random.default_rng(3).normal(size=(3, 384)).astype(np.float32))
+    srcs = {"this": str(ROOT.parent)}
+    if baseline:
+        srcs["baseline"] = baseline
+    names = ("import", "open", "first search", "second search", "connect()", "first knn",
+             "CPU total")
+    got: dict[str, list[list[float]]] = {k: [] for k in srcs}
+    for _ in range(rounds):
+        for label, src in srcs.items():
+            env = dict(os.environ, PYTHONPATH=src)
+            out = subprocess.run([sys.executable, "-c", _COLD, store_dir, str(qpath)], env=env,
+                                 cwd=src, capture_output=True, text=True, check=True)
+            got[label].append([float(x) for x in out.stdout.split()[-7:]])
+    print(f"| fresh process, median of {rounds} (s) | {' | '.join(srcs)} |")
+    print("|---|" + "---|" * len(srcs))
+    for i, name in enumerate(names):
+        print(f"| {name} | " + " | ".join(f"{np.median([r[i] for r in got[k]]):.3f}"
+                                          for k in srcs) + " |")
     return 0
 
 

@@ -612,7 +612,8 @@ def main() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
             metrics = r.read().decode()
         stop(server)
-    swaps = [ln for ln in metrics.splitlines() if ln.startswith("embed_assets_swaps_total")]
+    swaps = [ln for ln in metrics.splitlines() if ln.startswith(("embed_assets_swaps_total",
+                                                                 "embed_assets_knn_batch"))]
     redis, rport = start_redis(pk, vec)
     try:
         for kind in ("redis1", "redis100"):

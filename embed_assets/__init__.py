@@ -15,7 +15,8 @@ this in CI, see ``.importlinter``)::
 This module is the composition root: the one place where the layers are wired together.
 Importing it changes nothing anywhere: the one upward call (a rollback to before a
 table's ANN index rebuilds the index through the index policy) is wired per store, by
-:class:`Store` below passing ``index_keeper=rebuild_after_rollback``.
+:class:`Store` below passing ``index_keeper`` (the index layer's
+``rebuild_after_rollback``, imported when a rollback first needs it).
 
 Examples
 --------
@@ -31,22 +32,6 @@ Examples
 import os
 
 from ._version import __version__
-from .embed import (
-    EfficientNetEmbedder,
-    Embedder,
-    EmbedResult,
-    HashEmbedder,
-    ImageEmbedder,
-    OnRay,
-    RayEmbedError,
-    SentenceTransformerEmbedder,
-    SentenceTransformerImageEmbedder,
-    Streamed,
-    TorchImageEmbedder,
-    default_embedder,
-    embed_table,
-    search_by_image,
-)
 from .errors import (
     ConflictError,
     EmbedAssetsError,
@@ -60,18 +45,15 @@ from .errors import (
     ValidationError,
     VersionNotFoundError,
 )
-from .index import (
-    build_index,
-    build_text_index,
-    freshness,
-    rebuild_after_rollback,
-    refresh_index,
-)
-from .serve import Client, ServeError
-from .sql import SQLConnection, UnknownColumnError, connect
 from .store import EmbeddingTable, Fusion, IndexKeeper
 from .store import Store as _LayerStore
-from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
+
+
+def _rebuild_after_rollback(*args: object, **kwargs: object) -> None:
+    # The index layer is imported when a rollback first needs it, not with the package.
+    from .index import rebuild_after_rollback
+
+    rebuild_after_rollback(*args, **kwargs)  # type: ignore[arg-type]
 
 
 class Store(_LayerStore):
@@ -79,9 +61,30 @@ class Store(_LayerStore):
 
     def __init__(self, uri: str | os.PathLike[str] | None = None, *,
                  storage_options: dict[str, str] | None = None,
-                 index_keeper: IndexKeeper | None = rebuild_after_rollback) -> None:
+                 index_keeper: IndexKeeper | None = _rebuild_after_rollback) -> None:
         super().__init__(uri, storage_options=storage_options, index_keeper=index_keeper)
 
+
+# The other public names load with their subpackage on first use (PEP 562): a process
+# that only searches a store never imports polars, DuckDB, the embedders, Dagster's
+# neighbours or the serving client. Importing them all up front cost ~1.2 of the 1.5 s
+# that `import embed_assets` took (benchmarks/RESULTS.md, cold start, issue 29).
+_LAZY = {
+    "EfficientNetEmbedder": "embed", "Embedder": "embed", "EmbedResult": "embed",
+    "HashEmbedder": "embed", "ImageEmbedder": "embed", "OnRay": "embed",
+    "RayEmbedError": "embed", "SentenceTransformerEmbedder": "embed",
+    "SentenceTransformerImageEmbedder": "embed", "Streamed": "embed",
+    "TorchImageEmbedder": "embed", "default_embedder": "embed", "embed_table": "embed",
+    "search_by_image": "embed",
+    "build_index": "index", "build_text_index": "index", "freshness": "index",
+    "refresh_index": "index",
+    "Client": "serve", "ServeError": "serve",
+    "SQLConnection": "sql", "UnknownColumnError": "sql", "connect": "sql",
+    "Snapshot": "train", "cleanup_snapshots": "train", "open_snapshot": "train",
+    "snapshot": "train",
+}
+_SUBPACKAGES = frozenset({"cli", "dagster", "embed", "index", "kernels", "recipes", "serve",
+                          "sql", "store", "train"})
 
 # The public names (tests/test_public_api.py pins them): what a user imports. Everything
 # else lives in its subpackage (embed_assets.store, .index, .sql, .embed, .recipes,
@@ -159,12 +162,24 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> object:
+    import importlib
+
+    sub = _LAZY.get(name)
+    if sub is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     home = _MOVED.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
     import warnings
 
     warnings.warn(f"embed_assets.{name} moved: import it from {home}", DeprecationWarning,
                   stacklevel=2)
     return getattr(importlib.import_module(home), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -351,8 +351,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if os.path.isdir(args.to):
         raise ValidationError(f"--to {args.to!r} is a directory")
     t = _store(args).table(args.name)
-    version = t.resolve(_version_arg(args.version))
-    tbl = t.read(version)
+    ref = _version_arg(args.version)
+    ds = t.dataset(ref)  # a production version, or an experiment's
+    branch = getattr(ds, "_ea_branch", None)
+    version: int | str = ds.version if branch is None else f"{branch}:{ds.version}"
+    tbl = t.read(ref if branch is None else (branch, ds.version))
     try:
         pq.write_table(tbl, args.to)
     except OSError as exc:

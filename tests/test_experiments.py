@@ -383,3 +383,40 @@ def test_production_index_untouched_then_rebuilt_on_promotion(store: Store) -> N
     assert p.index_rebuilt == kind and vector_index_type(t.dataset()) == kind
     assert [v.version for v in t.versions()][-1] == p.version
     assert t.dataset().schema.field("vector").type.list_size == 16
+
+
+def test_state_survives_a_run_killed_before_its_branch_metadata(store: Store, table: Any) -> None:
+    """The experiment's commit records its base and model with its rows: a run killed
+    after the commit and before the branch metadata is written loses nothing."""
+    res = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    table.dataset().branches.replace_metadata("small", {})  # as if killed in between
+    info = table.experiment_info("small")
+    assert (info.embedded, info.base_version, info.version) == (True, 1, res.version)
+    again = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    assert again.rows_embedded == 0 and not again.committed
+    assert table.promote("small").experiment_version == res.version
+
+
+def test_experiment_versions_are_never_taken_for_production_ones(store: Store, table: Any,
+                                                                 tmp_path: Path) -> None:
+    """An experiment's version numbers overlap production's: where a production version is
+    meant (rollback, tag, resolve), an experiment's is refused rather than read as the
+    production version of that number."""
+    from embed_assets.cli import main
+
+    res = table.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    embed_table(store, "t", _source(word="later"), key="id", text="text",
+                embedder=HashEmbedder(dimension=32))  # production version 2 exists too
+    for ref in ("small", ("small", res.version), f"small:{res.version}"):
+        with pytest.raises(ValidationError, match="experiment 'small'"):
+            table.resolve(ref)
+        with pytest.raises(ValidationError, match="experiment 'small'"):
+            table.rollback(ref)
+        with pytest.raises(ValidationError, match="experiment 'small'"):
+            table.tag("x", ref)
+    assert table.version == 2 and table.tags() == {}
+    out = tmp_path / "exp.parquet"
+    assert main(["--store", store.uri, "export", "t", "--version", "small", "--to", str(out)]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).schema.field("vector").type.list_size == 16

@@ -668,3 +668,37 @@ def test_a_resp_port_in_use_stops_the_server_at_startup_saying_so(tmp_path):
                              text=True, timeout=120)
     assert out.returncode != 0
     assert f"cannot listen for RESP on port {port}" in out.stderr and "address already in use" in out.stderr
+
+
+def test_a_resp_client_that_never_reads_cannot_grow_the_server_without_bound(tmp_path):
+    """Pipelined lookups with no reads: once the answers back up the server stops reading
+    from that connection (transport flow control) instead of holding every answer in
+    memory, and keeps answering everyone else."""
+    store = Store(tmp_path / "store")
+    a, _ = two_versions(store, "t")
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=None, extra=["--resp-port", str(rport)])
+    try:
+        hog = socket.create_connection(("127.0.0.1", rport))
+        hog.setblocking(False)
+        cmd = _resp_cmd("EA.GET", "t", *[f"p{i:03d}" for i in range(N)]) * 20  # 4x in answers
+
+        def push(seconds: float) -> int:
+            """Bytes of commands the server took in ``seconds`` (64 MB at most)."""
+            sent, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end and sent < 64 << 20:
+                try:
+                    sent += hog.send(cmd)
+                except BlockingIOError:
+                    time.sleep(0.02)
+            return sent
+
+        push(3.0)  # fills the kernel's buffers, and the server's if it keeps reading
+        later = push(3.0)
+        # nothing more is read from a connection whose answers are not read
+        assert later < 512 << 10, f"the server read {later} more bytes with no answer read"
+        ok = Resp(rport)
+        assert ok.call("EA.GET", "t", "p001")[0] == a  # others are still answered
+        hog.close()
+    finally:
+        srv.stop()

@@ -177,6 +177,9 @@ def test_concurrent_knn_requests_are_answered_in_one_batch_each_with_its_own_row
 
     got = asyncio.run(main())
     assert sizes == [12]  # one scan for the twelve valid queries
+    text = app.metrics.render({}, 0)
+    assert "embed_assets_knn_batches_total 1\n" in text
+    assert "embed_assets_knn_batched_queries_total 12\n" in text
     for i, (status, doc) in enumerate(got[:12]):
         alone = snap.probe.search(m[i], 3 + i % 4, snap.probe_nprobes)[0]
         assert status == 200 and doc["version"] == v

@@ -451,3 +451,28 @@ def test_approximate_similarity_join_is_one_batched_store_search(
                              (np.linalg.norm(m[lk].astype(np.float64)) * np.linalg.norm(m[rk])))
             assert abs(d - want) < 1e-5
     con.close()
+
+
+def test_the_lance_extension_loads_with_the_first_statement_that_names_it(store: Store) -> None:
+    """Issue 29 (cold start): connect() loaded DuckDB's lance extension (a 254 MB binary,
+    1-2 s, most of connect()'s time) though the store's views never need it. It now
+    loads before the first statement that mentions lance, and reads a .lance path then."""
+    from embed_assets.sql._files import default_extensions
+
+    if "lance" not in default_extensions():
+        pytest.skip("the duckdb-lance extra is not installed")
+    con = connect(store)
+
+    def loaded() -> set[str]:
+        return {r[0] for r in con.con.execute(
+            "SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
+
+    assert "lance" not in loaded()
+    assert con.sql("SELECT count(*) FROM docs").fetchone()[0] > 0
+    assert con.execute("SELECT id FROM knn('docs', (SELECT vector FROM docs LIMIT 1), 2)").fetchall()
+    assert "lance" not in loaded()
+    path = f"{store.uri}/docs.lance".removeprefix("file://")
+    n = con.sql(f"SELECT count(*) FROM '{path}'").fetchone()[0]
+    assert n == con.sql("SELECT count(*) FROM docs").fetchone()[0]
+    assert "lance" in loaded()
+    con.close()

@@ -120,14 +120,16 @@ class FreshnessSpec(Resolvable, Model):
     warn_after: str | None = None
 
 
-class ExperimentSpec(Resolvable, Model):
+@dataclass
+class ExperimentSpec(Resolvable):
     """A model to try on the table (docs/experiments.md): an asset
     ``<asset>/experiments/<name>`` embeds production's rows with it into a Lance branch and
     shows the comparison; the ``promote_<table>`` job makes it production."""
 
+    # A dataclass, as EmbeddingTableSpec: as a pydantic Model, the `model` field shadowing
+    # Resolvable's `model` classmethod made pydantic warn on every import of this module.
     name: str
-    # shadows Resolvable's `model` classmethod, unused here (as EmbeddingsComponent.model)
-    model: str  # type: ignore[assignment]
+    model: str  # type: ignore[assignment]  # (Resolvable.model: unused here)
     backend: str | None = None
     sample: int = 200
     k: int = 10

@@ -170,6 +170,28 @@ def projection_png(vectors: np.ndarray, labels: Sequence[Any] | None = None, *,
     return buf.getvalue()
 
 
+def histogram_png(values: np.ndarray, *, bins: int = 10, value_range: tuple[float, float] = (0.0, 1.0),
+                  xlabel: str = "", title: str = "") -> bytes:
+    """A PNG bar chart of ``values`` in ``bins`` equal bins (the Agg canvas, as
+    :func:`projection_png`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts, edges = np.histogram(np.asarray(values, float), bins=bins, range=value_range)
+    fig = Figure(figsize=(5.5, 3.0), dpi=72)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("queries", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def projection_markdown(png: bytes, alt: str = "2-D PCA projection") -> MetadataValue:
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 

@@ -110,7 +110,7 @@ class App:
                 resp=config.resp_port is not None)
         self.poller = Poller(list(self.tables.values()), config.poll_interval)
         self._token = config.token.encode() if config.token else None
-        self._batcher = Batcher()
+        self._batcher = Batcher(self.metrics)
         self._loader: threading.Thread | None = None
         self.load_error: str | None = None
         self.resp: Any = None
@@ -430,9 +430,10 @@ class Batcher:
     turn of the loop, after every request task that was ready in this one. A lone request
     is answered alone, one loop turn later (microseconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._pending: list[tuple[Snapshot, np.ndarray, int, asyncio.Future[Any]]] = []
         self._scheduled = False
+        self._metrics = metrics
 
     def submit(self, snap: Snapshot, q: np.ndarray, k: int) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -454,6 +455,9 @@ class Batcher:
             probe = snap.probe
             assert probe is not None
             kmax = max(k for _, _, k, _ in group)
+            if self._metrics is not None:
+                self._metrics.knn_batches += 1
+                self._metrics.knn_batched += len(group)
             try:
                 got = probe.search_batch(np.stack([q for _, q, _, _ in group]), kmax,
                                          snap.probe_nprobes)

@@ -28,10 +28,34 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
-    from ._app import App
+    from ._metrics import Metrics
+    from ._state import PinnedTable
+
+
+class _Limits(Protocol):
+    @property
+    def max_keys(self) -> int: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def access_log(self) -> bool: ...
+
+
+class App(Protocol):
+    """What this listener reads of the HTTP app that starts it (``_app.App``), named here
+    so that the two modules do not import each other."""
+
+    @property
+    def config(self) -> _Limits: ...
+    @property
+    def tables(self) -> dict[str, PinnedTable]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def _token(self) -> bytes | None: ...
 
 log = logging.getLogger("embed_assets.serve")
 access_log = logging.getLogger("embed_assets.serve.access")
@@ -135,6 +159,17 @@ class RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+
+    # A client that pipelines commands and never reads its answers must not grow the
+    # write buffer without bound: stop reading from it until the buffer drains (asyncio's
+    # flow control; uvloop's transport calls these at its high/low water marks).
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     @property
     def idle(self) -> bool:

@@ -46,8 +46,9 @@ def connect(
     extensions : iterable of str, optional
         DuckDB extensions to load from their PyPI wheels. The default loads ``lance`` where
         its wheel is installed (the ``duckdb-lance`` extra; the store's views do not need
-        it); ``()`` loads none; ``("lance", "vss")`` adds DuckDB's ``vss`` (the ``bench``
-        extra). Loading the lance extension takes about a second, once per process.
+        it) before the first statement that mentions ``lance`` (a ``'*.lance'`` path, a
+        ``lance_*`` function): loading it takes one to two seconds. ``()`` loads none;
+        ``("lance", "vss")`` loads both now (``vss`` is in the ``bench`` extra).
     database, config
         Passed to :func:`duckdb.connect`.
     storage_options : dict, optional
@@ -88,16 +89,29 @@ def connect(
     if not progress_bar:
         raw.execute("SET enable_progress_bar = false")
     native_loaded = ea_vec.load(raw)  # ...and off again right after it
-    extensions = default_extensions() if extensions is None else tuple(extensions)
+    extensions, deferred = _extensions(extensions, read_only_views)
     for name in extensions:
         raw.execute(f"LOAD '{extension_path(name)}'")
-    con = SQLConnection(raw, store)
+    con = SQLConnection(raw, store, deferred)
     _load_sql_layer(raw, con, native_loaded)
     if store is not None:
         con.refresh()  # a view per table, at its latest version
         if not read_only_views:
             _attach_writable(raw, store, extensions)
     return con
+
+
+def _extensions(asked: Iterable[str] | None, read_only_views: bool,
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(extensions to load now, extensions to load before the first statement naming them).
+    The default ones (lance: a 254 MB binary, 1-2 s to LOAD, most of connect()'s time; the
+    store's views do not need it) wait (SQLConnection.needs); those asked for by name, and
+    lance for a writable catalog, load now."""
+    if asked is not None:
+        return tuple(asked), ()
+    if not read_only_views:
+        return default_extensions(), ()
+    return (), default_extensions()
 
 
 def _load_sql_layer(raw: duckdb.DuckDBPyConnection, con: SQLConnection, native_loaded: bool) -> None:

@@ -53,9 +53,11 @@ class SQLConnection:
     the store views a statement names are registered and current.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, store: Store | None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, store: Store | None,
+                 deferred: tuple[str, ...] = ()) -> None:
         self.con = con
         self.store = store
+        self._deferred = list(deferred)  # extensions loaded by the first statement naming them
         self.registry = Registry(con, store)
         self.registry.matrix = lambda info: self._matrix(info)
         self.rewriter = Rewriter(self.registry)
@@ -104,6 +106,17 @@ class SQLConnection:
         return self.rewriter.rows
 
     # -- statements ------------------------------------------------------------------------
+    def needs(self, query: Any) -> None:
+        """Load the deferred extensions a statement names (its text mentions them: their
+        functions and paths carry the name, ``lance_vector_search``, ``'t.lance'``)."""
+        if self._deferred and isinstance(query, str):
+            text = query.lower()
+            for name in [n for n in self._deferred if n in text]:
+                from ._files import extension_path
+
+                self.con.execute(f"LOAD '{extension_path(name)}'")
+                self._deferred.remove(name)
+
     def execute(self, query: str, parameters: Any = None) -> SQLConnection:
         with self._statement(query, parameters) as st:
             self._drop_released(self._exec_names)
@@ -113,6 +126,7 @@ class SQLConnection:
 
     def executemany(self, query: str, parameters: Any = None) -> SQLConnection:
         with self._failures(None, query if isinstance(query, str) else None):
+            self.needs(query)
             self.registry.prepare(query)
             self.con.executemany(query, parameters)
         return self
@@ -163,6 +177,7 @@ class SQLConnection:
         become QueryErrors."""
         found = [Rewritten(query, params, [])]  # what the failure handler reads
         with self._failures(found, query if isinstance(query, str) else None):
+            self.needs(query)
             if isinstance(query, str):
                 if rewrite:
                     found[0] = self.rewriter.rewrite(query, params)

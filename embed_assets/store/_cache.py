@@ -107,9 +107,11 @@ class MatrixCache:
         k = (key, kind)
         item = self._items.get(k)  # one dict lookup under the GIL: safe without the lock
         if item is not None:
-            with self._lock:
-                if k in self._items:
-                    self._items.move_to_end(k)
+            try:  # noqa: SIM105 - suppress() costs a context manager per search
+                # one C call as well; the item may have been evicted meanwhile
+                self._items.move_to_end(k)
+            except KeyError:
+                pass
         return item
 
     def put(self, key: VersionKey, kind: str, item: Any, replace: bool = False) -> None:

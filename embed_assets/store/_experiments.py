@@ -27,8 +27,8 @@ the table's own rows, then promoted in one commit or discarded.
   to the previous production version is one step.
 * **Discard** marks the branch discarded (hidden, refused for reads); ``cleanup`` deletes
   it, and its files, once the grace period has passed (``grace=0``: at once). Lance's
-  cleanup of production never removes a file a live branch references; the store's
-  cleanup also keeps each branch's parent version (tested in tests/test_experiments.py).
+  cleanup of production never removes a file a live branch references, nor the version a
+  branch was created from (tested in tests/test_experiments.py), so the store adds nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from lance.fragment import DataFile, FragmentMetadata
 from ..errors import (
     ProductionMovedError,
     SchemaMismatchError,
+    StorageError,
     ValidationError,
     VersionNotFoundError,
     describe,
@@ -264,13 +265,14 @@ class ExperimentsMixin:
         meta = TableMeta.infer(ds.schema)
         props = _props(ds, ds.version)
         created = b.get("create_at")
+        base, model = _state(md, props)
         return ExperimentInfo(
             name=name, version=ds.version,
-            base_version=int(md.get(_MD_BASE, b.get("parent_version") or 0)),
+            base_version=base if base is not None else int(b.get("parent_version") or 0),
             model=meta.model, dimension=meta.dimension, metric=meta.metric,
             rows=ds.count_rows(),
             created_at=dt.datetime.fromtimestamp(created, dt.UTC) if created else None,
-            embedded=_MD_MODEL in md, properties=props)
+            embedded=model is not None, properties=props)
 
     # -- running one ----------------------------------------------------------------------
     def experiment(self, name: str, *, embedder: Any, metric: str | None = None,
@@ -306,14 +308,20 @@ class ExperimentsMixin:
             self._forget_branch(name)
             every.pop(name)
         if name not in every:
-            main.create_branch(name, base)
+            try:
+                main.create_branch(name, base)
+            except (OSError, ValueError) as exc:
+                if name not in self._branches():  # not a concurrent run creating it too
+                    raise StorageError(f"cannot create experiment {name!r} of {self.name!r}: "
+                                       f"{describe(exc)}") from None
             self.refresh()
         md = dict(self._branches()[name].get("metadata") or {})
         bds = self._branch_ds(name)
-        embedded = _MD_MODEL in md
-        if embedded and md[_MD_MODEL] != embedder.name:
+        state = _state(md, _props(bds, bds.version))
+        embedded = state[1] is not None
+        if embedded and state[1] != embedder.name:
             raise SchemaMismatchError(
-                f"experiment {name!r} of {self.name!r} holds vectors from {md[_MD_MODEL]!r}, "
+                f"experiment {name!r} of {self.name!r} holds vectors from {state[1]!r}, "
                 f"not {embedder.name!r}; discard it or name another experiment")
         cols = [c for c in names if c != VECTOR_COLUMN]
         prod = main.to_table(columns=cols)
@@ -436,7 +444,7 @@ class ExperimentsMixin:
         ``comparison`` (a :class:`Comparison`) is recorded in the version's provenance.
         """
         from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
-        from ._rollback import _same_rows
+        from ._rollback import IndexKeeper, _same_rows
 
         started = time.perf_counter()
         run_id = run_id or f"promote-{uuid.uuid4().hex[:12]}"
@@ -457,6 +465,7 @@ class ExperimentsMixin:
                 raise ValidationError("resync=True needs the experiment's embedder")
             self.experiment(name, embedder=embedder, run_id=run_id)
             info = self.experiment_info(name)
+        keeper: IndexKeeper | None = getattr(self.store, "index_keeper", None)
         lost = vector_index_type(main)
         had_scalar = has_scalar_index(main)
         report = index_config(main, self._identity) or {}
@@ -507,7 +516,6 @@ class ExperimentsMixin:
         index_started = time.perf_counter()
         # Lance's Overwrite leaves no index: production's are rebuilt on the promoted rows
         # (maintenance versions after the promotion, as after a rollback).
-        keeper = getattr(self.store, "index_keeper", None)  # the store's own (Store(index_keeper=...))
         if lost and keeper is not None:
             keeper(self, report, lost)
         elif had_scalar:
@@ -561,12 +569,6 @@ class ExperimentsMixin:
                     out.append(n)
         return out
 
-    def _branch_parents(self) -> set[int]:
-        """Production versions a branch was created from: its first version references
-        their files, so a cleanup keeps them."""
-        return {int(b["parent_version"]) for b in self._ds.branches.list().values()
-                if b.get("parent_branch") in (None, "main") and b.get("parent_version") is not None}
-
 
 # -- helpers -----------------------------------------------------------------------------------
 def _props(ds: lance.LanceDataset, version: int) -> dict[str, str]:
@@ -576,6 +578,16 @@ def _props(ds: lance.LanceDataset, version: int) -> dict[str, str]:
         return {}
     raw = getattr(txn, "transaction_properties", None) or {}
     return {k[len(PROP_PREFIX):]: v for k, v in sorted(raw.items()) if k.startswith(PROP_PREFIX)}
+
+
+def _state(md: dict[str, str], props: dict[str, str]) -> tuple[int | None, str | None]:
+    """(base version, model) of an experiment. Its latest commit records both atomically
+    with its rows; the branch metadata, written after each run, also moves the base when a
+    run found nothing to change. A run killed between the two leaves the older base in
+    the metadata: the newer of the two is the experiment's."""
+    bases = [int(b) for b in (md.get(_MD_BASE), props.get("experiment_base")) if b]
+    model = md.get(_MD_MODEL) or (props.get("model") if props.get("mode") == "experiment" else None)
+    return (max(bases) if bases else None), model
 
 
 def _revision(embedder: Any) -> str | None:

@@ -245,8 +245,6 @@ class RetentionMixin:
 
         def _open_raw(self, version: int) -> lance.LanceDataset: ...
 
-        def _branch_parents(self) -> set[int]: ...
-
         def _purge_discarded(self, grace: dt.timedelta) -> list[str]: ...
 
     def cleanup(self, *, keep_last: int | None = None,
@@ -290,9 +288,10 @@ class RetentionMixin:
                                                         include_maintenance=True)
                        if v.maintenance} if keep_last is not None else set()
         tagged = {int(d["version"]) for d in list_tags(ds).values()}
-        # An experiment's first version references the files of the production version it
-        # was branched from: that version stays while the experiment lives.
-        tagged |= self._branch_parents()
+        # Experiments (Lance branches) discarded more than `grace` ago go with their files.
+        # What a live branch references needs nothing of ours: Lance's cleanup keeps the
+        # version a branch was created from and the files it references (pylance 14.0.2;
+        # tests/test_experiments.py::test_cleanup_keeps_what_a_branch_references).
         self._purge_discarded(grace)
         remove = choose(listed, ds.version, tagged, keep_last=keep_last, older_than=older_than,
                         grace=grace, now=now, maintenance=maintenance)

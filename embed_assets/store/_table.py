@@ -221,10 +221,18 @@ class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
         return props
 
     def resolve(self, ref: VersionRef) -> int:
-        """Turn ``None`` (latest), a version number or a tag into a version number."""
+        """Turn ``None`` (latest), a version number or a tag into a version number of
+        production. An experiment's version is refused: its number names another
+        version of production (read it with ``read``/``search(version=...)``)."""
         if ref is None:
             return self.version
-        return self._at(ref).version
+        ds = self._at(ref)
+        branch = getattr(ds, "_ea_branch", None)
+        if branch is not None:
+            raise ValidationError(
+                f"{ref!r} is version {ds.version} of experiment {branch!r} of {self.name!r}, "
+                "not a version of production; read or search it with version=..., or promote it")
+        return ds.version
 
     def _at(self, ref: int | str | tuple[str, int | None]) -> lance.LanceDataset:
         """The dataset at a version number, tag or experiment version. Versions are

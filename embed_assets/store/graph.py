@@ -156,15 +156,24 @@ def save_graph(index: Any, home: GraphHome, fp: str, labels: np.ndarray | None =
                ) -> dict[str, Any]:
     """Write the graph (and its label map) under content-addressed names; the record of
     both (name, bytes, sha256) to keep in the index config. Each file is written
-    atomically and never rewritten: a name always holds the bytes its hash says."""
+    atomically and never rewritten: a name always holds the bytes its hash says. The
+    graph goes from hnswlib's file to its place (hashed as a stream, uploaded from the
+    file): reading it back as bytes held a second copy of the graph at the build's
+    peak (1.6 GB at 1M rows)."""
     home.dir.mkdir(parents=True, exist_ok=True)
     tmp = home.dir / f".tmp-{os.getpid()}-{threading.get_ident()}.hnsw"
-    index.save_index(str(tmp))
     try:
-        data = tmp.read_bytes()
+        index.save_index(str(tmp))
+        with open(tmp, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        rec: dict[str, Any] = {"name": f"{fp}-{sha[:16]}.hnsw", "bytes": tmp.stat().st_size,
+                               "sha256": sha}
+        os.replace(tmp, home.dir / rec["name"])
     finally:
         tmp.unlink(missing_ok=True)
-    files: dict[str, Any] = {"graph": _put(home, fp, ".hnsw", data)}
+    if not home.local:
+        _upload(home, rec["name"], home.dir / rec["name"])
+    files: dict[str, Any] = {"graph": rec}
     if labels is not None:
         buf = io.BytesIO()
         np.save(buf, np.asarray(labels, dtype=np.int64))
@@ -173,17 +182,20 @@ def save_graph(index: Any, home: GraphHome, fp: str, labels: np.ndarray | None =
     return files
 
 
+def _upload(home: GraphHome, name: str, data: bytes | Path) -> None:
+    import obstore as obs
+
+    from ._objstore import object_store
+
+    obs.put(object_store(home.store_uri, home.storage_options), f"{home.prefix}/{name}", data)
+
+
 def _put(home: GraphHome, fp: str, suffix: str, data: bytes) -> dict[str, Any]:
     sha = _sha256(data)
     rec: dict[str, Any] = {"name": f"{fp}-{sha[:16]}{suffix}", "bytes": len(data), "sha256": sha}
     _write_atomic(home.dir / rec["name"], data)
     if not home.local:
-        import obstore as obs
-
-        from ._objstore import object_store
-
-        obs.put(object_store(home.store_uri, home.storage_options), f"{home.prefix}/{rec['name']}",
-                data)
+        _upload(home, rec["name"], data)
     return rec
 
 
@@ -215,23 +227,27 @@ class Unusable(Exception):
     """A graph that must not be used; the message says why (the plan reports it)."""
 
 
-def _fetch(home: GraphHome, rec: dict[str, Any]) -> tuple[Path, bytes]:
-    """A recorded artefact's verified local file and its bytes; raises :class:`Unusable`
-    when it is missing, partial or not the bytes recorded."""
+def _fetch(home: GraphHome, rec: dict[str, Any], want_bytes: bool = True,
+           ) -> tuple[Path, bytes | None]:
+    """A recorded artefact's verified local file (and its bytes when ``want_bytes``);
+    raises :class:`Unusable` when it is missing, partial or not the bytes recorded.
+
+    A local file is hashed as a stream: the graph is read once more by hnswlib, and
+    holding its bytes as well doubled the memory of a load (1.6 GB more at 1M rows)."""
     if not isinstance(rec, dict) or not {"name", "bytes", "sha256"} <= set(rec):
         raise Unusable("its file record is malformed")
     path = home.dir / str(rec["name"])
     data: bytes | None = None
+    verified = False
     if path.exists() and path.stat().st_size == int(rec["bytes"]):
-        data = path.read_bytes()
-        if _sha256(data) != rec["sha256"]:
-            data = None
-            if home.local:
-                raise Unusable(f"{rec['name']} is not the file the build recorded (sha256 differs)")
+        with open(path, "rb") as f:
+            verified = hashlib.file_digest(f, "sha256").hexdigest() == rec["sha256"]
+        if not verified and home.local:
+            raise Unusable(f"{rec['name']} is not the file the build recorded (sha256 differs)")
     elif home.local:
         raise Unusable(f"{rec['name']} is missing" if not path.exists() else
                        f"{rec['name']} is partial ({path.stat().st_size} of {rec['bytes']} bytes)")
-    if data is None:  # an object store: the copy on the store
+    if not verified:  # an object store: the copy on the store
         import obstore as obs
 
         from ._objstore import object_store
@@ -245,6 +261,10 @@ def _fetch(home: GraphHome, rec: dict[str, Any]) -> tuple[Path, bytes]:
         if len(data) != int(rec["bytes"]) or _sha256(data) != rec["sha256"]:
             raise Unusable(f"{rec['name']} on the store is not the file the build recorded")
         _write_atomic(path, data)
+    if want_bytes and data is None:
+        data = path.read_bytes()
+        if _sha256(data) != rec["sha256"]:  # replaced between the check and the read
+            raise Unusable(f"{rec['name']} changed while it was read")
     return path, data
 
 
@@ -259,12 +279,12 @@ def _load_index(home: GraphHome, files: dict[str, Any], dim: int, metric: str, r
     if files.get("map") is not None:
         _, raw = _fetch(home, files["map"])
         try:
-            labels = np.load(io.BytesIO(raw), allow_pickle=False)
+            labels = np.load(io.BytesIO(raw or b""), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise Unusable(f"its label map cannot be read ({exc})") from None
         if labels.dtype != np.int64 or labels.shape != (rows,):
             raise Unusable(f"its label map holds {labels.shape} {labels.dtype}, not {rows} labels")
-    path, _ = _fetch(home, files["graph"])
+    path, _ = _fetch(home, files["graph"], want_bytes=False)
     try:
         index = hnswlib.Index(space=space(metric), dim=dim)
         index.load_index(str(path), max_elements=capacity or rows)
