@@ -3,7 +3,7 @@
 Loopback only, bounded in time. Run it under the shared benchmark lock:
 
     flock /work/bench.lock python benchmarks/bench_serve.py            # the full run
-    python benchmarks/bench_serve.py --protocols                      # HTTP vs Arrow Flight
+    python benchmarks/bench_serve.py --protocols       # HTTP vs Arrow Flight vs RESP vs Redis
 
 The data: the 63,666 real Debian MiniLM vectors (../shared/data/debian_minilm.npz) with
 section / priority / installed size from debian_packages.parquet, in a store cached under
@@ -18,10 +18,12 @@ They share the 2 cores with the server they measure. Every answer is checked: fo
 lookup, the vector bytes of the version its header names must be in the body (and not
 the other version's); for a search, the ``gen`` marker of that version and not the other.
 
-Phases (each ``--phase`` seconds, 15 by default: 4 x 15 = 60 s of serving):
-serve 1-key, serve 100-key, serve kNN k=10, serve filtered kNN (``section`` = a random
-section), with the ``prod`` tag moved between A and B every 60/``--moves`` seconds
-throughout; then Redis GET (1 key) and MGET (100 keys); then the library in process
+Phases (each ``--phase`` seconds, 15 by default: 6 x 15 = 90 s of serving), after both
+versions were loaded and warmed (the tag moved to B and back, see warm_both): serve 1-key
+over HTTP, 1-key over RESP (``EA.GET``, ``--resp-port``), 100-key over HTTP, 100-key over
+RESP, kNN k=10, filtered kNN (``section`` = a random section), with the ``prod`` tag
+moved between A and B every 90/``--moves`` seconds throughout; then Redis GET (1 key)
+and MGET (100 keys) with the same client code; then the library in process
 (16 threads calling ``t.get`` / ``t.search`` at the pinned version).
 """
 
@@ -186,9 +188,11 @@ class Redis:
             count = 1
         for _ in range(count):
             hdr = line()
-            if hdr[:1] == b"+":  # +OK
+            if hdr[:1] in (b"+", b":"):  # +OK, or EA.GET's :version
                 out.append(hdr[1:])
                 continue
+            if hdr[:1] == b"-":
+                raise ValueError(hdr.decode(errors="replace"))
             size = int(hdr[1:])
             if size < 0:
                 out.append(b"")
@@ -219,17 +223,19 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
     by_version = {d["versions"]["A"]: "A", d["versions"]["B"]: "B"}
     vec = {"A": d["vec"], "B": d["vec_b"]}  # made before the fork: shared, not copied
     try:
-        conn: Http | Redis = Redis(port) if kind.startswith("redis") else Http(port)
+        conn: Http | Redis = Redis(port) if kind.startswith(("redis", "resp")) else Http(port)
     except OSError as exc:
         out.put((kind, np.zeros(0), 0, 1, 0, {}, f"connect: {exc}"))
         return
     end = time.perf_counter() + seconds
     while True:
-        if kind in ("get1", "get100", "redis1", "redis100"):
+        if kind in ("get1", "get100", "redis1", "redis100", "resp1", "resp100"):
             rows = rng.integers(0, n, size=1 if kind.endswith("1") else 100)
             if kind.startswith("redis"):
                 keys = [pk[r].encode() for r in rows]
                 req = Redis.command(b"GET", keys[0]) if len(keys) == 1 else Redis.command(b"MGET", *keys)
+            elif kind.startswith("resp"):
+                req = Redis.command(b"EA.GET", TABLE.encode(), *[pk[r].encode() for r in rows])
             else:
                 req = Http.request(f"/v1/tables/{TABLE}/get", {"keys": [pk[r] for r in rows]})
         else:
@@ -244,6 +250,14 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
                 vals = conn.call(req, 0 if kind == "redis1" else 100)  # type: ignore[call-arg]
                 t1 = time.perf_counter()
                 if b"".join(vals) != vec["A"][rows].tobytes():
+                    mixed += 1
+            elif kind.startswith("resp"):
+                vals = conn.call(req, len(rows) + 1)  # type: ignore[call-arg]
+                t1 = time.perf_counter()
+                version = int(vals[0])
+                seen[version] = seen.get(version, 0) + 1
+                g = by_version.get(version)
+                if g is None or b"".join(vals[1:]) != vec[g][rows].tobytes():
                     mixed += 1
             else:
                 status, version, body = conn.call(req)  # type: ignore[call-arg]
@@ -267,7 +281,7 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
             errors += 1
             first_error = first_error or f"{type(exc).__name__}: {exc}"
             try:
-                conn = Redis(port) if kind.startswith("redis") else Http(port)
+                conn = Redis(port) if kind.startswith(("redis", "resp")) else Http(port)
             except OSError:
                 time.sleep(0.01)
         if count < len(lat):
@@ -381,7 +395,7 @@ def in_process(kind: str, seconds: float, threads: int, version: int) -> dict:
 
 
 # -- the servers ------------------------------------------------------------------------------
-def start_server(port: int, poll: float, workers: int = 1) -> subprocess.Popen:
+def start_server(port: int, poll: float, workers: int = 1, resp: int | None = None) -> subprocess.Popen:
     env = dict(os.environ, LANCE_LOG="error", HF_HUB_OFFLINE="1")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
@@ -390,10 +404,40 @@ def start_server(port: int, poll: float, workers: int = 1) -> subprocess.Popen:
     err = open(datasets.CACHE / f"serve-{port}.err", "wb")  # noqa: SIM115 (the server's lifetime)
     p = subprocess.Popen([sys.executable, "-m", "embed_assets.cli", "--store", str(STORE), "serve",
                           f"{TABLE}@prod", "--port", str(port), "--poll", str(poll), "--no-access-log",
-                          "--workers", str(workers)],
+                          "--workers", str(workers), *(["--resp-port", str(resp)] if resp else [])],
                          env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=err)
     wait_ready(port, p)
     return p
+
+
+def warm_both(port: int, a: int, b: int, workers: int, timeout: float = 300) -> dict:
+    """Move the tag to B and back to A, each time until every worker answers from it
+    (the warm-up: loading and, where the version's policy chose Lance, tuning the server's
+    in-memory probe); returns each version's unfiltered kNN path as the server reports it."""
+    import urllib.request
+
+    from embed_assets import Store
+
+    t = Store(str(STORE)).table(TABLE)
+    paths: dict = {}
+    for v in (b, a):
+        t.retag("prod", v)
+        deadline = time.monotonic() + timeout
+        streak = 0
+        # several workers answer in turn: wait for 4 * workers answers in a row from v
+        while streak < 4 * workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not swap to version {v} in {timeout} s")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tables/{TABLE}") as r:
+                doc = json.loads(r.read())
+            if doc["version"] == v:
+                streak += 1
+                paths[v] = doc.get("knn")
+            else:
+                streak = 0
+                time.sleep(0.2)
+    print(f"both versions warm; unfiltered kNN paths {paths}", file=sys.stderr, flush=True)
+    return paths
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -449,7 +493,8 @@ def stop(p: subprocess.Popen) -> None:
 # -- protocol choice ----------------------------------------------------------------------------
 def protocols(n: int) -> None:
     """One sequential client: a 1-key lookup and a kNN through the HTTP server and through an
-    Arrow Flight server over the same in-memory snapshot (pyarrow.flight, do_get)."""
+    Arrow Flight server over the same in-memory snapshot (pyarrow.flight, do_get); a 1-key
+    lookup over RESP (EA.GET) beside Redis GET."""
     import pyarrow.flight as fl
 
     from embed_assets import Store
@@ -474,7 +519,10 @@ def protocols(n: int) -> None:
     fs = Flight(f"grpc://127.0.0.1:{fport}")
     threading.Thread(target=fs.serve, daemon=True).start()
     hport = free_port()
-    hs = start_server(hport, 0)
+    rsport = free_port()
+    hs = start_server(hport, 0, resp=rsport)
+    redis, redport = start_redis(pk, vec)
+    rc, ec = Redis(redport), Redis(rsport)
     rng = np.random.default_rng(0)
     queries = [base64.b64encode(vec[i].tobytes()).decode() for i in rng.integers(0, len(pk), 200)]
     fc = fl.connect(f"grpc://127.0.0.1:{fport}")
@@ -484,6 +532,9 @@ def protocols(n: int) -> None:
         ("http get1", lambda i: hc.call(Http.request(f"/v1/tables/{TABLE}/get",
                                                      {"keys": [pk[i % len(pk)]]}))),
         ("flight get1", lambda i: fc.do_get(fl.Ticket(json.dumps({"keys": [pk[i % len(pk)]]}))).read_all()),
+        ("resp EA.GET 1", lambda i: ec.call(Redis.command(b"EA.GET", TABLE.encode(),
+                                                          pk[i % len(pk)].encode()), 2)),
+        ("redis GET 1", lambda i: rc.call(Redis.command(b"GET", pk[i % len(pk)].encode()))),
         ("http knn", lambda i: hc.call(Http.request(
             f"/v1/tables/{TABLE}/search", {"vector": queries[i % 200], "k": 10, "columns": ["gen"]}))),
         ("flight knn", lambda i: fc.do_get(fl.Ticket(json.dumps({"vector": queries[i % 200]}))).read_all()),
@@ -498,6 +549,7 @@ def protocols(n: int) -> None:
         out[name] = _pcts(np.asarray(ts) * 1e3)
         print(name, out[name], file=sys.stderr, flush=True)
     stop(hs)
+    stop(redis)
     fs.shutdown()
     print(json.dumps({"uptime": _uptime(), "protocols": out}, indent=1))
 
@@ -538,15 +590,20 @@ def main() -> None:
     from embed_assets import Store
 
     Store(str(STORE)).table(TABLE).retag("prod", a)
-    port = free_port()
-    server = start_server(port, args.poll, args.workers)
-    serve_seconds = 4 * args.phase
+    port, rport_ = free_port(), free_port()
+    server = start_server(port, args.poll, args.workers, rport_)
+    # Both versions loaded and warmed before the clock starts (a server holds the last
+    # --keep-versions loaded: a move between them swaps without reading anything).
+    knn_paths = warm_both(port, a, b, args.workers)
+    kinds = ("get1", "resp1", "get100", "resp100", "knn", "knn_where")
+    serve_seconds = len(kinds) * args.phase
     mover = Mover(a, b, serve_seconds / args.moves, args.moves)
     mover.start()
     mover.go.set()
     try:
-        for kind in ("get1", "get100", "knn", "knn_where"):
-            results.append(phase(kind, port, args.phase, args.clients))
+        for kind in kinds:
+            results.append(phase(kind, rport_ if kind.startswith("resp") else port, args.phase,
+                                 args.clients))
     finally:
         mover.stop.set()
         mover.join()
@@ -555,7 +612,8 @@ def main() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
             metrics = r.read().decode()
         stop(server)
-    swaps = [ln for ln in metrics.splitlines() if ln.startswith("embed_assets_swaps_total")]
+    swaps = [ln for ln in metrics.splitlines() if ln.startswith(("embed_assets_swaps_total",
+                                                                 "embed_assets_knn_batch"))]
     redis, rport = start_redis(pk, vec)
     try:
         for kind in ("redis1", "redis100"):
@@ -567,10 +625,12 @@ def main() -> None:
     doc = {"uptime_before": before, "uptime_after": _uptime(), "clients": args.clients,
            "workers": args.workers,
            "phase_seconds": args.phase, "tag_moves": mover.moves, "server_swaps": swaps,
-           "poll_seconds": args.poll, "results": results}
+           "poll_seconds": args.poll, "knn_paths": knn_paths, "results": results}
     by = {r["kind"]: r for r in results}
     doc["ratios_p99"] = {"get1/redis GET": round(by["get1"]["p99"] / by["redis1"]["p99"], 2),
-                         "get100/redis MGET": round(by["get100"]["p99"] / by["redis100"]["p99"], 2)}
+                         "resp1/redis GET": round(by["resp1"]["p99"] / by["redis1"]["p99"], 2),
+                         "get100/redis MGET": round(by["get100"]["p99"] / by["redis100"]["p99"], 2),
+                         "resp100/redis MGET": round(by["resp100"]["p99"] / by["redis100"]["p99"], 2)}
     print(json.dumps(doc, indent=1))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 
 
-def measure(code: str, store_dir: str, rows: int, reps: int) -> dict[str, float]:
+def measure(code: str, store_dir: str, rows: int, reps: int, only: str = "") -> dict[str, float]:
     sys.path.insert(0, code)
     sys.path.insert(0, str(HERE.parent))
     import datasets
@@ -80,6 +80,8 @@ def measure(code: str, store_dir: str, rows: int, reps: int) -> dict[str, float]
     }
     out: dict[str, float] = {}
     for name, (sql, params, n_outer) in forms.items():
+        if only and not any(o.strip() and o.strip() in name for o in only.split(",")):
+            continue
         con.execute(sql, params).fetchall()  # warm: caches, first registration
         times = []
         for _ in range(reps if n_outer == 1 and "join" not in name else max(5, reps // 4)):
@@ -97,10 +99,12 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=120_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=60)
+    ap.add_argument("--only", default="", help="comma-separated parts of form names to run")
     ap.add_argument("--measure", nargs=2, metavar=("CODE", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure[0], args.measure[1], args.rows, args.reps)))
+        print(json.dumps(measure(args.measure[0], args.measure[1], args.rows, args.reps,
+                                 args.only)))
         return 0
     sys.path.insert(0, str(HERE.parent))
     import datasets
@@ -114,8 +118,11 @@ def main() -> int:
     for _ in range(args.rounds):
         for label in ("before", "after"):
             cmd = [sys.executable, str(HERE), "--before", args.before, "--rows", str(args.rows),
-                   "--reps", str(args.reps), "--measure", codes[label], store_dir]
-            got = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                   "--reps", str(args.reps), "--only", args.only, "--measure", codes[label], store_dir]
+            got = subprocess.run(cmd, capture_output=True, text=True)
+            if got.returncode != 0:  # say why (a crash under load once said nothing)
+                print(f"{label} died ({got.returncode}):\n{got.stderr[-3000:]}", file=sys.stderr)
+                got.check_returncode()
             runs[label].append(json.loads(got.stdout.strip().splitlines()[-1]))
             print(label, runs[label][-1], flush=True)
     print(f"\n| SQL form ({args.rows:,} rows; p50 CPU ms, median of {args.rounds} rounds) "

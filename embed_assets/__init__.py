@@ -12,8 +12,11 @@ this in CI, see ``.importlinter``)::
     kernels               distances, normalising, top-k, the in-memory IVF probe
     errors, _config       the exception tree, settings read from the environment
 
-This module is the composition root: the one place where the layers are wired together
-(the store calls back into the index policy to rebuild a tuned index after a rollback).
+This module is the composition root: the one place where the layers are wired together.
+Importing it changes nothing anywhere: the one upward call (a rollback to before a
+table's ANN index rebuilds the index through the index policy) is wired per store, by
+:class:`Store` below passing ``index_keeper`` (the index layer's
+``rebuild_after_rollback``, imported when a rollback first needs it).
 
 Examples
 --------
@@ -26,12 +29,15 @@ Examples
 [1]
 """
 
+import os
+
 from ._version import __version__
 from .errors import (
     ConflictError,
     EmbedAssetsError,
     KeyNotFoundError,
     MissingExtraError,
+    ProductionMovedError,
     QueryError,
     SchemaMismatchError,
     StorageError,
@@ -39,7 +45,8 @@ from .errors import (
     ValidationError,
     VersionNotFoundError,
 )
-from .store import EmbeddingTable, Fusion, Store, set_index_keeper
+from .store import EmbeddingTable, Fusion, IndexKeeper
+from .store import Store as _LayerStore
 
 
 def _rebuild_after_rollback(*args: object, **kwargs: object) -> None:
@@ -49,7 +56,14 @@ def _rebuild_after_rollback(*args: object, **kwargs: object) -> None:
     rebuild_after_rollback(*args, **kwargs)  # type: ignore[arg-type]
 
 
-set_index_keeper(_rebuild_after_rollback)
+class Store(_LayerStore):
+    __doc__ = _LayerStore.__doc__
+
+    def __init__(self, uri: str | os.PathLike[str] | None = None, *,
+                 storage_options: dict[str, str] | None = None,
+                 index_keeper: IndexKeeper | None = _rebuild_after_rollback) -> None:
+        super().__init__(uri, storage_options=storage_options, index_keeper=index_keeper)
+
 
 # The other public names load with their subpackage on first use (PEP 562): a process
 # that only searches a store never imports polars, DuckDB, the embedders, Dagster's
@@ -89,6 +103,7 @@ __all__ = [
     "KeyNotFoundError",
     "MissingExtraError",
     "OnRay",
+    "ProductionMovedError",
     "QueryError",
     "RayEmbedError",
     "SQLConnection",

@@ -13,6 +13,7 @@ from importlib import resources
 import polars as pl
 
 from .embed import SentenceTransformerEmbedder, embed_table
+from .index import rebuild_after_rollback
 from .recipes._directions import debian_pairs
 from .recipes._history import simulate_history
 from .recipes._recommend import interactions_from_depends
@@ -33,7 +34,7 @@ def demo_source() -> pl.DataFrame:
 
 
 def run_demo(store_uri: str | None = None) -> int:
-    store = Store(store_uri)
+    store = Store(store_uri, index_keeper=rebuild_after_rollback)
     src = demo_source().select("package", "section", "priority", "installed_size_kb",
                                "version", "description")
     print(f"store: {store.uri}")

@@ -28,7 +28,7 @@ from .embed import (
 )
 from .embed._images import IMAGE_HASH_COLUMN
 from .errors import EmbedAssetsError, ValidationError, describe
-from .index import build_index, build_text_index, freshness, refresh_index
+from .index import build_index, build_text_index, freshness, rebuild_after_rollback, refresh_index
 from .serve import _cli as serve_cli
 from .sql import format_result, run_sql
 from .store import DEFAULT_GRACE, Store, as_duration, is_local, local_path, version_number
@@ -126,7 +126,7 @@ _CREATING_VERBS = frozenset({"embed", "embed-images", "demo"})
 
 
 def _store(args: argparse.Namespace) -> Store:
-    store = Store(args.store)
+    store = Store(args.store, index_keeper=rebuild_after_rollback)
     if args.verb not in _CREATING_VERBS and is_local(store.uri):
         path = local_path(store.uri)
         if not os.path.isdir(path):
@@ -316,8 +316,14 @@ def cmd_search_image(args: argparse.Namespace) -> int:
     t = _store(args).table(args.name)
     version = _version_arg(args.version)
     meta = t.meta_at(version)
-    hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
-                                by_key=True if args.key else None)
+    try:
+        hits, raw = search_by_image(t, args.query, k=args.k, version=version, where=args.where,
+                                    by_key=True if args.key else None)
+    except ValidationError as exc:  # the library's advice in this command's words
+        raise ValidationError(str(exc).replace(
+            "pass that model as embedder= (or search by a stored key)",
+            "the command line embeds a query image with the default image model only: search by "
+            "a stored key (--key)")) from None
     extra = [c for c in (args.label,) if c and c in hits.column_names]
     rows = hits.select([meta.key, *extra, "distance", "rank"]).to_pylist()
     if args.png:
@@ -345,8 +351,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if os.path.isdir(args.to):
         raise ValidationError(f"--to {args.to!r} is a directory")
     t = _store(args).table(args.name)
-    version = t.resolve(_version_arg(args.version))
-    tbl = t.read(version)
+    ref = _version_arg(args.version)
+    ds = t.dataset(ref)  # a production version, or an experiment's
+    branch = getattr(ds, "_ea_branch", None)
+    version: int | str = ds.version if branch is None else f"{branch}:{ds.version}"
+    tbl = t.read(ref if branch is None else (branch, ds.version))
     try:
         pq.write_table(tbl, args.to)
     except OSError as exc:
@@ -416,6 +425,72 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_embedder(model: str | None, backend: str | None) -> Any:
+    emb = default_embedder(model, backend=backend)
+    return _Announcing(emb) if isinstance(emb, SentenceTransformerEmbedder) else emb
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    t = _store(args).table(args.name)
+    if args.experiment is None:  # list them
+        rows = [e.to_dict() for e in t.experiments()]
+        if args.json:
+            _dump(rows)
+        elif rows:
+            _print_table(rows, ["name", "version", "base_version", "model", "dimension", "rows"])
+        else:
+            print(f"{args.name} has no experiments")
+        return 0
+    if not args.model:
+        raise ValidationError("experiment needs --model (the model to try), e.g. --model hash-bow:64")
+    res = t.experiment(args.experiment, embedder=_experiment_embedder(args.model, args.backend),
+                       metric=args.metric, batch_size=args.batch_size, run_id=args.run_id)
+    if args.json:
+        _dump(res.to_dict())
+    else:
+        print(res.summary())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    t = _store(args).table(args.name)
+    cmp = t.compare(args.experiment, production=_version_arg(args.version), sample=args.sample,
+                    k=args.k, label_column=args.label, seed=args.seed)
+    if args.json:
+        _dump({**cmp.figures(), "table": args.name, "experiment": args.experiment,
+               "production_model": cmp.production_model, "experiment_model": cmp.experiment_model})
+    else:
+        print(cmp.summary())
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    t = _store(args).table(args.name)
+    embedder = None
+    if args.resync:
+        embedder = _experiment_embedder(t.experiment_info(args.experiment).model, None)
+    res = t.promote(args.experiment, resync=args.resync, embedder=embedder, run_id=args.run_id)
+    if args.json:
+        _dump(res.to_dict())
+    else:
+        print(res.summary())
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    t = _store(args).table(args.name)
+    t.discard(args.experiment, grace=0 if args.now else None)
+    if args.json:
+        _dump({"table": args.name, "experiment": args.experiment, "action": "discarded",
+               "files_deleted": bool(args.now)})
+    elif args.now:
+        print(f"discarded experiment {args.experiment!r} of {args.name} and deleted its files")
+    else:
+        print(f"discarded experiment {args.experiment!r} of {args.name}; `cleanup` deletes its "
+              "files once the grace period (default 1h) has passed")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     print(format_result(run_sql(_store(args), args.query), as_json=args.json))
     return 0
@@ -462,6 +537,11 @@ EXAMPLES: dict[str, str] = {
     "sql": "embed-assets sql \"SELECT package, distance FROM knn('pkgs', "
            "(SELECT vector FROM pkgs LIMIT 1), 3)\"",
     "demo": "embed-assets --store /tmp/demo demo",
+    "experiment": "embed-assets experiment pkgs int8 --model all-MiniLM-L6-v2 --backend onnx-int8\n"
+                  "  embed-assets experiment pkgs --json",
+    "compare": "embed-assets compare pkgs int8 --label section --sample 500",
+    "promote": "embed-assets promote pkgs int8\n  embed-assets promote pkgs int8 --resync",
+    "discard": "embed-assets discard pkgs int8",
     "snapshot": "embed-assets snapshot pkgs --version prod --columns section --json",
     "serve": serve_cli.EXAMPLE,
 }
@@ -656,6 +736,47 @@ def build_parser() -> argparse.ArgumentParser:
                          "~/.cache/embed_assets/snapshots)")
     sp.add_argument("--keep-last", type=_positive_int, default=None, metavar="N",
                     help="then delete this table's snapshots beyond the N most recently used")
+    sp = verb("experiment", cmd_experiment, "try a model on a branch of a table (production "
+              "untouched); without EXP, list the table's experiments", "print the result as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("experiment", nargs="?", default=None, metavar="EXP",
+                    help="the experiment's name (read it as --version EXP or EXP:N, SQL \"NAME@EXP\")")
+    sp.add_argument("--model", default=None,
+                    help="the model to try: a sentence-transformers name or path, or hash-bow[:DIM]")
+    sp.add_argument("--backend", default=None, metavar="B",
+                    help="how the model runs (torch, onnx, onnx-int8, openvino...), as for embed")
+    sp.add_argument("--metric", default=None, choices=["cosine", "dot", "l2"],
+                    help="the experiment's distance metric (default production's)")
+    sp.add_argument("--batch-size", type=_positive_int, default=256,
+                    help="texts per model call (default 256)")
+    sp.add_argument("--run-id", default=None, help="recorded on the experiment's version")
+    sp = verb("compare", cmd_compare, "compare an experiment with production on the table's own rows",
+              "print the figures as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("experiment", metavar="EXP", help="the experiment")
+    sp.add_argument("--version", default=None, metavar="N|TAG",
+                    help="the production version to compare with (default: the latest)")
+    sp.add_argument("--sample", type=_positive_int, default=200,
+                    help="rows used as queries (default 200)")
+    sp.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (default 10)")
+    sp.add_argument("--label", default=None, metavar="COL",
+                    help="also report the share of the top-k with the query row's COL value "
+                         "(e.g. section)")
+    sp.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
+    sp = verb("promote", cmd_promote, "make an experiment production's next version (one commit, "
+              "no model call; rollback undoes it)", "print what was committed as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("experiment", metavar="EXP", help="the experiment")
+    sp.add_argument("--resync", action="store_true",
+                    help="if production changed since the experiment's base, re-embed the changed "
+                         "rows with the experiment's model first (else the promotion is refused)")
+    sp.add_argument("--run-id", default=None, help="recorded on the version written")
+    sp = verb("discard", cmd_discard, "throw an experiment away", "print what was done as JSON")
+    sp.add_argument("name", help="the table")
+    sp.add_argument("experiment", metavar="EXP", help="the experiment")
+    sp.add_argument("--now", action="store_true",
+                    help="delete its files now rather than at the next cleanup after the grace "
+                         "period (no reader may be using it)")
     verb("demo", cmd_demo, "embed the shipped Debian slice, tag it and search it")
     serve_cli.add_arguments(verb("serve", serve_cli.command, "serve tables over HTTP, pinned to a tag "
                                  "and following it (read-only; needs the serve extra)"))

@@ -11,6 +11,8 @@
     ├── StorageError (OSError)            the storage failed: I/O, permissions, credentials,
     │                                     a corrupt or unreadable table
     ├── ConflictError                     concurrent commits kept conflicting; nothing written
+    │   └── ProductionMovedError          a promotion found production changed since the
+    │                                     experiment's base; production left as it was
     └── QueryError                        a SQL statement failed or was refused; also the
                                           duckdb.Error subclass DuckDB raised
 
@@ -27,6 +29,7 @@ __all__ = [
     "EmbedAssetsError",
     "KeyNotFoundError",
     "MissingExtraError",
+    "ProductionMovedError",
     "QueryError",
     "SchemaMismatchError",
     "StorageError",
@@ -54,7 +57,7 @@ class TableNotFoundError(EmbedAssetsError, LookupError):
 
 
 class VersionNotFoundError(EmbedAssetsError, LookupError):
-    """The requested version or tag does not exist for the table."""
+    """The requested version, tag or experiment does not exist for the table."""
 
 
 class KeyNotFoundError(EmbedAssetsError, LookupError):
@@ -72,6 +75,17 @@ class ConflictError(EmbedAssetsError):
     can fix) and was given up; nothing of it was committed."""
 
 
+class ProductionMovedError(ConflictError):
+    """A promotion found that production changed since the experiment was based on it
+    (rows written, a rollback): promoting would drop those changes, so nothing was
+    committed. ``promote(..., resync=True)`` re-embeds the changed rows first."""
+
+    def __init__(self, message: str, *, base_version: int = 0, production_version: int = 0) -> None:
+        super().__init__(message)
+        self.base_version = base_version
+        self.production_version = production_version
+
+
 class MissingExtraError(EmbedAssetsError, ImportError):
     """A feature's optional dependency is not installed. The message names the extra that
     installs it: ``pip install 'embed_assets[dagster]'``."""
@@ -81,8 +95,10 @@ class QueryError(EmbedAssetsError):
     """A SQL statement failed or was refused (a bad ``k``, a NULL query vector, a filter
     that is not one predicate...), in the user's terms: the message of the function that
     failed, else DuckDB's first line. Raised through ``connect()`` it is also the
-    ``duckdb.Error`` subclass DuckDB raised. A statement may have had effects before it
-    failed (SQL can write), unlike a :class:`ValidationError`."""
+    ``duckdb.Error`` subclass DuckDB raised, and where the store failed under the statement
+    (``"t@nope"``) also the store's exception (:class:`VersionNotFoundError`...). A
+    statement may have had effects before it failed (SQL can write), unlike a
+    :class:`ValidationError`."""
 
 
 # Rust source locations Lance appends to its messages ("..., /home/runner/work/lance/lance/

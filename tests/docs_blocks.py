@@ -24,7 +24,11 @@ Cheaper forms, said here and nowhere hidden:
   this suite; tests/test_dagster_cli.py runs ``make demo``);
 - ``pip install ...`` checks what it would install (this checkout, by its path, with extras
   pyproject.toml declares; other packages pinned in constraints.txt) and installs nothing:
-  a fresh install takes minutes and is measured in benchmarks/RESULTS.md;
+  a fresh install takes minutes and is measured in benchmarks/RESULTS.md; ``pip install -e
+  .`` of a project a block made (``create-dagster project``) puts its ``src`` folder on the
+  ``PYTHONPATH`` of the later blocks, as the editable install would;
+- a server a ``sh`` block leaves running in the background is stopped (SIGTERM to the
+  block's process group) when the page ends;
 - in a block after ``<!-- docs-test: check-dg -->``, ``dg launch`` loads the definitions
   it names and checks that each ``--job`` exists there and each ``--config-json`` is JSON,
   without launching (the whole demo launch is tests/test_dagster_cli.py's).
@@ -61,16 +65,6 @@ OUTPUT_LANGS = ("text", "yaml")
 # them runnable or mark their output as text. test_docs.py checks every entry still
 # names a block, so the list only shrinks.
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("docs/serving.md", "pip install 'embed_assets[serve]'"):
-        "starts a server on s3:// with a mounted secret",
-    ("docs/serving.md", "from embed_assets import Client"):
-        "talks to a server at 10.0.0.5",
-    ("docs/serving.md", "checks = build_embedding_checks(embeddings.key)"):
-        "a fragment of a definitions file (embeddings, docs undefined)",
-    ("docs/dagster.md", "dg list components"):
-        "runs in a dg project made by create-dagster (tests/test_dagster_dg_project.py runs that path)",
-    ("docs/dagster.md", "dg launch --assets '*'"):
-        "runs in the dg project of the block above",
 }
 # what a fresh clone holds that the blocks use (linked into each page's folder)
 CLONE_ENTRIES = ("Makefile", "pyproject.toml", "constraints.txt", "setup.py", "dg.toml", "workspace.yaml",
@@ -133,6 +127,13 @@ for spec in specs:
     m = re.fullmatch(r"(?P<path>[^\\[]+?)(\\[(?P<extras>[^\\]]*)\\])?", spec)
     path = Path(m.group("path")).expanduser()
     if "/" in m.group("path") or path.exists():
+        own = (path / "pyproject.toml").is_file() and (path / "src").is_dir()
+        if own and path.resolve() != root.resolve():
+            # a user's own project (create-dagster's layout): importable in later blocks,
+            # as its editable install would make it (docs_blocks._projects)
+            with open(Path.home() / ".docs_projects", "a") as f:
+                f.write(str((path / "src").resolve()) + "\\n")
+            continue
         if not (path / "pyproject.toml").is_file() or path.resolve() != root.resolve():
             sys.exit(f"docs test: {{spec}}: not a path of this checkout")
         want = {{e.strip() for e in (m.group("extras") or "").split(",") if e.strip()}}
@@ -212,7 +213,7 @@ def shell_world(base: Path) -> tuple[Path, dict[str, str]]:
     env = {
         "PATH": os.pathsep.join([str(tools), str(real_bin), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LANCE_LOG": "error",
-        "NO_MKDOCS_2_WARNING": "1", "LANG": "C.UTF-8",
+        "NO_MKDOCS_2_WARNING": "1", "LANG": "C.UTF-8", "DAGSTER_DISABLE_TELEMETRY": "1",
     }
     return base / "clone", env
 
@@ -244,14 +245,42 @@ def run_sql(con: Any, code: str) -> int:
     return n
 
 
+# process groups of the page's sh blocks: a block may leave a server running in the
+# background for the next blocks (docs/serving.md); whatever is left at the page's end is
+# stopped, also when a block failed
+_GROUPS: list[int] = []
+
+
 def run_sh(block: Block, cwd: Path, env: dict[str, str]) -> str:
     env = dict(env)
     if block.marker == "check-dg":
         env["EA_DOCS_DG"] = "check"
-    p = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, f"{block.where()}: rc {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    return p.stdout + p.stderr
+    env["PYTHONPATH"] = os.pathsep.join([*_projects(env), env["PYTHONPATH"]])
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.code], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _GROUPS.append(proc.pid)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, f"{block.where()}: rc {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
+    return out + err
+
+
+def _projects(env: dict[str, str]) -> list[str]:
+    """The ``src`` folders of projects a block installed with ``pip install -e`` (the pip
+    shim records them): importable in later blocks, as the editable install makes them."""
+    f = Path(env["HOME"]) / ".docs_projects"
+    return f.read_text().split() if f.exists() else []
+
+
+def _stop_groups() -> None:
+    import signal
+
+    while _GROUPS:
+        pgid = _GROUPS.pop()
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def run_page(page: Path, base: Path, demo_dir: Callable[[], Path], *, real_model: bool = False,
@@ -319,6 +348,7 @@ def run_page(page: Path, base: Path, demo_dir: Callable[[], Path], *, real_model
             else:
                 os.environ[k] = v
         _forget_ray_auth()
+        _stop_groups()
     return {"ns": ns, "shell": shell, "cwd": cwd, "home": Path(env["HOME"])}
 
 

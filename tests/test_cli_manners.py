@@ -38,7 +38,7 @@ from .conftest import vectors_table
 
 VERBS = ["embed", "tables", "versions", "tag", "untag", "rollback", "search", "export",
          "cleanup", "index", "sql", "demo", "snapshot", "embed-images", "search-image",
-         "serve"]
+         "serve", "experiment", "compare", "promote", "discard"]
 
 
 def cli(store: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

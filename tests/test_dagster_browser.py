@@ -103,8 +103,23 @@ def test_dagster_dev_in_the_root_serves_both_code_locations(tmp_path: Path, how:
                 time.sleep(2)
             assert kinds == {"embed_assets_demo": "RepositoryLocation",
                              "embed_assets_by_section": "RepositoryLocation"}, kinds
+            # Ctrl-C in the terminal (SIGINT to the foreground group): the webserver, the
+            # daemon and both code servers end, none left to time out on its heartbeat
+            # (issue 23.8 saw 45 s of that). Bounded generously: a check, not a timing.
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+            deadline = time.monotonic() + 120
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not _group_alive(proc.pid), _group_alive(proc.pid)
         finally:
             _stop(proc)
+
+
+def _group_alive(pgid: int) -> list[str]:
+    """The processes of a group still running (zombies left out)."""
+    out = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.split()[0].startswith("Z")]
 
 
 def _stop(proc: subprocess.Popen) -> None:

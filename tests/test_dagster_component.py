@@ -356,3 +356,16 @@ def test_translation_renames_the_asset_and_its_table(env: dict[str, Any]) -> Non
             assert spec.group_name == "search"
             assert spec.metadata["table"] == "vectors_docs_embeddings"
             assert "restore_vectors_docs_embeddings" in {j.name for j in defs.jobs}
+
+
+def test_importing_the_dagster_integration_warns_nothing() -> None:
+    """Every warning made an error, in a fresh process: importing the integration and its
+    component prints nothing (an experiments spec as a pydantic Model made pydantic warn
+    that its `model` field shadows Resolvable.model, on every import; issue 23.6)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-W", "error", "-c",
+                        "import embed_assets.dagster, embed_assets.dagster.component"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]

@@ -503,6 +503,9 @@ def test_cli_embed_ray(cluster, source, tmp_path):
     )
     assert own.returncode == 0, own.stderr
     assert "on Ray: 2 task(s) over 2 worker(s)" in own.stdout and "version 2" in own.stdout
+    # nothing else on stderr: Ray's token-auth WARNING and lance's fork-safety UserWarning
+    # were printed by every local:N run (issue 23.6)
+    assert "WARNING" not in own.stderr and "Warning" not in own.stderr, own.stderr
     assert both.returncode == 2 and "--commit-every" in both.stderr
 
 

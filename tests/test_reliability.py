@@ -152,8 +152,6 @@ def test_versions_left_unreadable_by_a_foreign_cleanup_are_not_listed(tmp_path: 
 # -- 4. an interrupted rollback's index rebuild is visible and repairable --------------------
 def test_an_interrupted_rollback_reports_and_repairs_its_index(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from embed_assets.store import _rollback
-
     store = Store(tmp_path / "s")
     rng = np.random.default_rng(0)
     mat = rng.normal(size=(600, 16)).astype(np.float32)
@@ -167,7 +165,7 @@ def test_an_interrupted_rollback_reports_and_repairs_its_index(tmp_path: Path,
     def crash(*_a, **_k):
         raise KeyboardInterrupt  # the process dies between the Restore and the rebuild
 
-    monkeypatch.setattr(_rollback, "_index_keeper", crash)
+    monkeypatch.setattr(store, "index_keeper", crash)
     with pytest.raises(KeyboardInterrupt):
         t.rollback(1)
     monkeypatch.undo()

@@ -399,3 +399,24 @@ def test_training_snapshot_of_an_s3_table(s3_store, tmp_path):
     for k, row in zip(snap.keys().tolist(), snap.vectors, strict=True):
         assert np.array_equal(row, np.asarray(stored[k], np.float32))
     assert snapshot(t, 1, cache_dir=tmp_path / "snaps").reused
+
+
+def test_experiment_compare_promote_on_s3(s3_store):
+    """Experiments on an object store (issue 25): the branch lives under the table's prefix;
+    promotion rewrites the branch's files into production (no hard links there)."""
+    from embed_assets import HashEmbedder, embed_table
+
+    src = pa.table({"id": list(range(120)), "section": [f"s{i % 4}" for i in range(120)],
+                    "text": [f"package {i % 9} tool {i}" for i in range(120)]})
+    embed_table(s3_store, "t", src, key="id", text="text", embedder=HashEmbedder(dimension=32))
+    t = s3_store.table("t")
+    res = t.experiment("small", embedder=HashEmbedder(dimension=16, seed=1))
+    assert t.version == 1 and t.meta.dimension == 32
+    assert t.read(version=("small", res.version)).num_rows == 120
+    assert t.compare("small", sample=20, label_column="section").queries == 20
+    p = t.promote("small")
+    assert p.rows_rewritten == 120 and p.version == 2
+    fresh = Store(s3_store.uri, storage_options=s3_store.storage_options).table("t")
+    assert fresh.meta.dimension == 16 and fresh.read().num_rows == 120
+    t.discard("small", grace=0)
+    assert t.experiments() == [] and fresh.read().num_rows == 120

@@ -430,7 +430,9 @@ def test_base64_vector_round_trip(served):
 def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
     store = Store(tmp_path / "store")
     a, b = two_versions(store, "t")
-    srv = Server(store.uri, ["t@prod"], tmp_path, token=TOKEN, extra=["--workers", "2"])
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=TOKEN,
+                 extra=["--workers", "2", "--resp-port", str(rport)])
     try:
         c = Client(srv.url, token=TOKEN)
         assert Client.version_of(c.get("t", ["p001"])) == a
@@ -443,6 +445,13 @@ def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
             assert time.monotonic() < deadline, "a worker did not follow the tag"
             st, h, _ = http(srv.url + "/v1/tables/t/get", "POST", {"keys": ["p001"]})
             streak = streak + 1 if st == 200 and h["x-embed-assets-version"] == str(b) else 0
+        # both workers listen for RESP on the one port (SO_REUSEPORT): fresh connections
+        # land on either, and each answers from b
+        for _ in range(10):
+            r = Resp(rport)
+            assert r.call("AUTH", TOKEN) == "OK"
+            assert r.call("EA.GET", "t", "p001")[0] == b
+            r.call("QUIT")
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
 
@@ -455,6 +464,8 @@ def test_two_worker_processes_share_the_port_and_both_follow_the_tag(tmp_path):
     (["t", "--max-k", "0"], "--max-k must be at least 1"),
     (["t", "--poll", "-1"], "--poll must be 0 or more"),
     (["t", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+    (["t", "--resp-port", "0"], "--resp-port must be a port number"),
+    (["t", "--port", "7001", "--resp-port", "7001"], "--resp-port must differ from --port"),
 ])
 def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, words):
     from embed_assets.cli import main
@@ -503,3 +514,191 @@ def test_the_tag_poller_survives_any_failure_and_keeps_the_current_version(tmp_p
         poller.stop()
     assert poller.errors >= 3 and "RuntimeError" in (pinned.last_error or "")
     assert pinned.current is not None and pinned.current.version == a
+
+
+# -- key lookups over the Redis protocol (--resp-port) --------------------------------------------
+def _resp_cmd(*args: bytes | str) -> bytes:
+    bs = [a.encode() if isinstance(a, str) else a for a in args]
+    return b"*%d\r\n" % len(bs) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in bs)
+
+
+class Resp:
+    """A minimal RESP2 client: what any Redis client sends and reads."""
+
+    def __init__(self, port: int) -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.f = self.s.makefile("rb")
+
+    def read(self) -> Any:
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.f.read(n + 2)[:-2]
+        if kind == b"*":
+            return [self.read() for _ in range(int(rest))]
+        raise AssertionError(line)
+
+    def call(self, *args: bytes | str) -> Any:
+        self.s.sendall(_resp_cmd(*args))
+        return self.read()
+
+    def closed(self) -> bool:
+        try:
+            return self.s.recv(1) == b""
+        except OSError:
+            return True
+
+
+def test_resp_lookups_name_their_version_need_the_token_and_refuse_bad_commands(tmp_path):
+    store = Store(tmp_path / "store")
+    a, b = two_versions(store, "t")
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, extra=["--resp-port", str(rport)])
+    try:
+        c = Resp(rport)
+        no = c.call("EA.GET", "t", "p001")
+        assert isinstance(no, RuntimeError) and "NOAUTH" in str(no)
+        wrong = c.call("AUTH", "not-the-token")
+        assert isinstance(wrong, RuntimeError) and "not-the-token" not in str(wrong)
+        assert c.call("AUTH", TOKEN) == "OK" and c.call("PING") == "PONG"
+        base = rows(1.0).column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
+        got = c.call("EA.GET", "t", "p007", "missing", "p003")
+        assert got[0] == a and got[2] is None
+        assert np.frombuffer(got[1], "<f4").tolist() == base[7].tolist()
+        assert np.frombuffer(got[3], "<f4").tolist() == base[3].tolist()
+        many_keys = [f"p{i:03d}" for i in range(0, N, 3)]  # all stored: the one-take path
+        got = c.call("EA.GET", "t", *many_keys)
+        assert got[0] == a and np.array_equal(np.frombuffer(b"".join(got[1:]), "<f4").reshape(-1, DIM),
+                                              base[::3])
+        assert c.call("EA.GET", "t", "a\r\nb", "p001")[1] is None  # CRLF inside a key: parsed exactly
+        # the tag moves: answers follow, each naming its version with that version's bytes
+        store.table("t").retag("prod", b)
+        deadline = time.monotonic() + 10
+        while (got := c.call("EA.GET", "t", "p007"))[0] != b:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert np.frombuffer(got[1], "<f4").tolist() == (-base[7]).tolist()
+        for cmd, words in [(("EA.GET", "nope", "k"), "not served"), (("EA.GET", "t"), "EA.GET table key"),
+                           (("SET", "p001", "x"), "unknown command"), (("FLUSHALL",), "unknown command")]:
+            err = c.call(*cmd)
+            assert isinstance(err, RuntimeError) and words in str(err), (cmd, err)
+        assert c.call("PING") == "PONG"  # an error answer keeps the connection
+        text = Client(srv.url, token=TOKEN).metrics()
+        assert 'embed_assets_requests_total{endpoint="resp_get",status="200"}' in text
+        assert 'endpoint="resp_get",status="404"' in text
+        # more keys than --max-keys, a malformed command, an oversized argument
+        many = c.call("EA.GET", "t", *(["p001"] * 10_001))
+        assert isinstance(many, RuntimeError) and "at most" in str(many) and c.closed()
+        c = Resp(rport)
+        c.s.sendall(b"PING\r\n")  # an inline command: not RESP arrays
+        err = c.read()
+        assert isinstance(err, RuntimeError) and "protocol error" in str(err) and c.closed()
+        big = Resp(rport)
+        big.s.sendall(b"*3\r\n$6\r\nEA.GET\r\n$1\r\nt\r\n$999999999\r\n")
+        err = big.read()
+        assert isinstance(err, RuntimeError) and "at most" in str(err) and big.closed()
+        q = Resp(rport)
+        assert q.call("QUIT") == "OK" and q.closed()
+    finally:
+        srv.stop()
+    assert TOKEN not in srv.logs()
+
+
+def test_graceful_shutdown_answers_requests_in_flight_refuses_new_ones_and_exits(tmp_path):
+    """SIGTERM with an HTTP request and a RESP command half sent: no new connection is
+    accepted on either port, both are answered once their rest arrives, and the process
+    ends with the poller stopped."""
+    store = Store(tmp_path / "store")
+    a, _ = two_versions(store, "t")
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=None, extra=["--resp-port", str(rport)])
+    body = json.dumps({"keys": ["p004"]}).encode()
+    h = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    h.sendall(b"POST /v1/tables/t/get HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n" % len(body) + body[:5])
+    r = Resp(rport)
+    whole = _resp_cmd("EA.GET", "t", "p004")
+    r.s.sendall(whole[:12])
+    time.sleep(0.5)  # both servers have read what was sent
+    srv.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    refused = set()
+    while len(refused) < 2:  # the listeners close at the signal
+        assert time.monotonic() < deadline, f"still accepting after SIGTERM: {refused}"
+        for name, port in (("http", srv.port), ("resp", rport)):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                refused.add(name)
+        time.sleep(0.05)
+    assert srv.proc.poll() is None  # still up: two requests are in flight
+    h.sendall(body[5:])
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += h.recv(65536)
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"x-embed-assets-version: %d" % a in head
+    r.s.sendall(whole[12:])
+    got = r.read()
+    assert got[0] == a and len(got[1]) == 4 * DIM
+    assert r.closed()  # answered, then closed: the server is going away
+    assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+    assert "shut down: in-flight requests answered, tag poller stopped" in srv.logs()
+
+
+def test_a_resp_port_in_use_stops_the_server_at_startup_saying_so(tmp_path):
+    store = Store(tmp_path / "store")
+    two_versions(store, "t")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "embed_assets.cli", "--store", store.uri, "serve", "t",
+                              "--port", str(free_port()), "--resp-port", str(port)],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"cannot listen for RESP on port {port}" in out.stderr and "address already in use" in out.stderr
+
+
+def test_a_resp_client_that_never_reads_cannot_grow_the_server_without_bound(tmp_path):
+    """Pipelined lookups with no reads: once the answers back up the server stops reading
+    from that connection (transport flow control) instead of holding every answer in
+    memory, and keeps answering everyone else."""
+    store = Store(tmp_path / "store")
+    a, _ = two_versions(store, "t")
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=None, extra=["--resp-port", str(rport)])
+    try:
+        hog = socket.create_connection(("127.0.0.1", rport))
+        hog.setblocking(False)
+        cmd = _resp_cmd("EA.GET", "t", *[f"p{i:03d}" for i in range(N)]) * 20  # 4x in answers
+
+        def push(seconds: float) -> int:
+            """Bytes of commands the server took in ``seconds`` (64 MB at most)."""
+            sent, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end and sent < 64 << 20:
+                try:
+                    sent += hog.send(cmd)
+                except BlockingIOError:
+                    time.sleep(0.02)
+            return sent
+
+        push(3.0)  # fills the kernel's buffers, and the server's if it keeps reading
+        later = push(3.0)
+        # nothing more is read from a connection whose answers are not read
+        assert later < 512 << 10, f"the server read {later} more bytes with no answer read"
+        ok = Resp(rport)
+        assert ok.call("EA.GET", "t", "p001")[0] == a  # others are still answered
+        hog.close()
+    finally:
+        srv.stop()

@@ -31,6 +31,10 @@ from .._extras import require
 require("dagster", "the Dagster integration (embed_assets.dagster)", "dagster")
 # ruff: noqa: E402
 
+from ._quiet import quiet_dagster_internal_warnings
+
+quiet_dagster_internal_warnings()
+
 from .assets import EmbedConfig, build_embedding_asset
 from .checks import (
     INTEGRITY_CHECKS,
@@ -39,7 +43,14 @@ from .checks import (
     build_embedding_checks,
     evaluate_embedding_checks,
 )
-from .component import EmbeddingsComponent, EmbeddingTableSpec, model_identity
+from .component import EmbeddingsComponent, EmbeddingTableSpec, ExperimentSpec, model_identity
+from .experiments import (
+    PromoteConfig,
+    build_experiment_asset,
+    build_promotion_job,
+    comparison_metadata,
+    promote_job_name,
+)
 from .io_manager import (
     LanceArrowTypeHandler,
     LanceDbClient,
@@ -83,22 +94,28 @@ __all__ = [
     "EmbeddingCheckSettings",
     "EmbeddingTableSpec",
     "EmbeddingsComponent",
+    "ExperimentSpec",
     "LanceArrowTypeHandler",
     "LanceDBIOManager",
     "LanceDbClient",
     "LancePandasTypeHandler",
     "LancePolarsTypeHandler",
+    "PromoteConfig",
     "RollbackConfig",
     "TableRollbackConfig",
     "TagConfig",
     "build_embedding_asset",
     "build_embedding_checks",
+    "build_experiment_asset",
+    "build_promotion_job",
     "build_serving_promotion",
     "build_table_jobs",
     "build_version_jobs",
+    "comparison_metadata",
     "evaluate_embedding_checks",
     "lance_table_name",
     "model_identity",
+    "promote_job_name",
     "resolve_rollback_target",
     "rollback_job_name",
     "rollback_link",

@@ -53,6 +53,7 @@ from ..embed import DEFAULT_MODEL
 from ..errors import ValidationError
 from .assets import build_embedding_asset
 from .checks import INTEGRITY_CHECKS, WARN_CHECKS, build_embedding_checks
+from .experiments import build_experiment_asset, build_promotion_job
 from .io_manager import LanceDBIOManager
 from .jobs import build_table_jobs, rollback_link, sync_version_choices, version_choices_sensor
 from .metadata import lance_table_name, latest_version_markdown
@@ -120,6 +121,21 @@ class FreshnessSpec(Resolvable, Model):
 
 
 @dataclass
+class ExperimentSpec(Resolvable):
+    """A model to try on the table (docs/experiments.md): an asset
+    ``<asset>/experiments/<name>`` embeds production's rows with it into a Lance branch and
+    shows the comparison; the ``promote_<table>`` job makes it production."""
+
+    # A dataclass, as EmbeddingTableSpec: as a pydantic Model, the `model` field shadowing
+    # Resolvable's `model` classmethod made pydantic warn on every import of this module.
+    name: str
+    model: str  # type: ignore[assignment]  # (Resolvable.model: unused here)
+    backend: str | None = None
+    sample: int = 200
+    k: int = 10
+
+
+@dataclass
 class EmbeddingTableSpec(Resolvable):
     """One embedding table: its asset, its source, what to embed."""
 
@@ -152,6 +168,8 @@ class EmbeddingTableSpec(Resolvable):
     automation_condition: Annotated[
         AutomationCondition | None, Resolver.default(model_field_type=str | None)] = None
     freshness: FreshnessSpec | None = None
+    # models to try on this table, each an experiment asset; a promote_<table> job
+    experiments: list[ExperimentSpec] | None = None
 
 
 def _table_template_vars(t: EmbeddingTableSpec) -> Mapping[str, Any]:
@@ -219,6 +237,7 @@ class EmbeddingsComponent(Component, Resolvable):
         checks: list[Any] = []
         owners: dict[str, Any] = {}
         partitioned: dict[str, tuple[PartitionsDefinition, str]] = {}
+        promotions: list[Any] = []
         base = getattr(context, "path", None)
         for i, t in enumerate(self.tables):
             spec = self._asset_spec(t)
@@ -264,12 +283,20 @@ class EmbeddingsComponent(Component, Resolvable):
                     max_unindexed_share=cs.max_unindexed_share,
                     include=cs.enabled, severities={str(k): v for k, v in cs.severity.items()}))
             owners[name] = spec.key
+            for e in t.experiments or []:
+                assets.append(build_experiment_asset(
+                    name, e.name, model=e.model, backend=e.backend, production=spec.key,
+                    store_key=self.store_key, sample=e.sample, k=e.k,
+                    label_column=t.label_column or t.partition_column, group_name=spec.group_name))
+            if t.experiments:
+                promotions.append(build_promotion_job(name, production=spec.key, store_key=self.store_key,
+                                                      experiments=[e.name for e in t.experiments]))
             if t.partitions is not None and t.partition_column:
                 partitioned[name] = (t.partitions, t.partition_column)
-        jobs: list[Any] = []
+        jobs: list[Any] = list(promotions)
         sensors: list[Any] = []
         if self.version_jobs:
-            jobs = build_table_jobs(owners, checks=checks, store_key=self.store_key,
+            jobs += build_table_jobs(owners, checks=checks, store_key=self.store_key,
                                     partitioned=partitioned)
             sensors = [version_choices_sensor(_sensor_name(owners), owners, store_key=self.store_key)]
         io = LanceDBIOManager(store=store_res)

@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from ..embed import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, default_embedder
 from ..errors import ValidationError
+from ..index import rebuild_after_rollback
 from ..store import Store, default_store_uri
 
 # torch = sentence-transformers = PyTorch fp32; onnx / onnx-int8 run ONNX Runtime on the
@@ -49,7 +50,8 @@ class EmbedStoreResource(ConfigurableResource):
         The one place the Dagster integration makes a store: assets, checks, jobs and
         the IO manager all get theirs here.
         """
-        return Store(self.resolved_uri, storage_options=self.storage_options)
+        return Store(self.resolved_uri, storage_options=self.storage_options,
+                     index_keeper=rebuild_after_rollback)
 
 
 class EmbedderResource(ConfigurableResource):

@@ -41,11 +41,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import logging
 import math
 import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +157,28 @@ def _check_reachable(address: str) -> None:
 
 
 @contextlib.contextmanager
+def _quiet_local_start() -> Iterator[None]:
+    """Start a private cluster without two messages that say nothing a user can act on
+    (issue 23.6; both printed by every ``--ray local:N`` run, Ray 2.60, pylance 14):
+
+    - Ray's WARNING that token authentication is on for the new cluster: it is, and we
+      keep it on (the cluster is this run's alone); only the announcement is dropped;
+    - lance's "not fork-safe" UserWarning, raised by its at-fork hook when Ray starts its
+      GCS and raylet: those children exec a new program at once, so no Lance state is
+      carried into a forked Python.
+    """
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Ray, connected to ``address`` for the duration (see the module docstring); a
     process already connected keeps its connection, and a ``local:N`` cluster started
@@ -172,7 +196,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
     try:
         if where == "local":
             # "local": always a new cluster, even with RAY_ADDRESS set or one running here
-            ray.init(address="local", num_cpus=cpus, **kwargs)
+            with _quiet_local_start():
+                ray.init(address="local", num_cpus=cpus, **kwargs)
         else:
             _check_reachable(where)
             ray.init(address=where, **kwargs)

@@ -8,6 +8,7 @@ from ._build import rebuild_after_rollback as rebuild_after_rollback
 from ._refresh import freshness, needs_retrain, partition_freshness, refresh_index
 from ._report import INDEX_TYPES, IndexReport, default_params
 from ._text import build_text_index
+from ._tune import tune_memory_probe
 
 __all__ = [
     "EXACT_THRESHOLD_ROWS",
@@ -23,4 +24,5 @@ __all__ = [
     "partition_freshness",
     "rebuild_after_rollback",
     "refresh_index",
+    "tune_memory_probe",
 ]

@@ -200,9 +200,9 @@ def _check_args(recall: float, index_type: str, k: int) -> None:
     if index_type not in INDEX_TYPES:
         raise ValidationError(
             f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
-    if not 0 < recall <= 1:
-        raise ValidationError(f"recall target must be in (0, 1], got {recall}")
-    if k < 1:
+    if isinstance(recall, bool) or not isinstance(recall, int | float) or not 0 < recall <= 1:
+        raise ValidationError(f"recall target must be a number in (0, 1], got {recall!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValidationError(f"k must be >= 1, got {k}")
 
 

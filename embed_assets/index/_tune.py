@@ -144,3 +144,31 @@ def tune_probe(cents: np.ndarray, truth: Truth, metric: str, recall: float,
         if best is None or p50 < best[0]:
             best = (p50, npb, r, probe)
     return best, top
+
+
+def tune_memory_probe(mat: np.ndarray, cents: np.ndarray, metric: str, recall: float, *,
+                      k: int = 10, queries: int = 200, seed: int = 0,
+                      ) -> tuple[IvfProbe, int, float] | None:
+    """An in-memory probe of ``mat`` (normalised for cosine) over the index's centroids,
+    tuned to ``recall`` on held-out rows of ``mat``: (probe, nprobes, measured recall), or
+    None when no setting meets it.
+
+    For a process that holds a version in memory anyway (a server) where the version's
+    index policy chose Lance's own ANN search: the policy compared the two paths on one
+    query at a time in process, where Lance's per-query overhead is its whole cost; a
+    server answering concurrent requests on one event loop pays that overhead in latency
+    of every queued request (benchmarks/RESULTS.md, serving)."""
+    from ._truth import exact_truth
+
+    rows = mat.shape[0]
+    if rows < 2 or cents is None or not len(cents):
+        return None
+    rng = np.random.default_rng(seed)
+    nq = min(queries, max(10, rows // 40))
+    q_idx = rng.choice(rows, size=nq, replace=False)
+    truth = exact_truth(mat, mat[q_idx].astype(np.float32), q_idx, k, metric)
+    best, _ = tune_probe(cents, truth, metric, recall)
+    if best is None:
+        return None
+    _, nprobes, got, probe = best
+    return probe, nprobes, got

@@ -74,6 +74,11 @@ class Int8Rows:
         x = self._torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
         return self._torch.ops.quantized.linear_dynamic(x, self._packed)[0].numpy()
 
+    def times_rows(self, vs: np.ndarray) -> np.ndarray:
+        """(len(vs), rows): every row's product with each of ``vs``, one int8 GEMM."""
+        x = self._torch.from_numpy(np.ascontiguousarray(vs, dtype=np.float32))
+        return self._torch.ops.quantized.linear_dynamic(x, self._packed).numpy()
+
 
 def default_rank(dim: int) -> int:
     """The projection used when a stored index predates per-table ranks."""
@@ -200,6 +205,51 @@ class IvfProbe:
         pos = self._positions(spans, top) if pos is None else pos[top]
         best = s[top]
         # Lance conventions: cosine 1 - cos, dot 1 - dot, l2 squared Euclidean.
+        dist = float(q @ q) - 2 * best if self.metric == "l2" else 1.0 - best
+        return self.order[pos], dist.astype(np.float32)
+
+    def search_batch(self, qs: np.ndarray, k: int, nprobes: int,
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`search` of each row of ``qs``. When the probe scans
+        every row (``nprobes`` a quarter of the partitions or more), the pre-scan (or the
+        full-precision scan) of all queries is one matrix product: the scan is memory-bound,
+        so a batch of queries costs little more than one (a server batches the kNN requests
+        that arrive together). The same answers, except that the int8 pre-scan quantises
+        the batch's projected queries on one scale instead of each on its own, which can
+        move a borderline row in or out of a shortlist (the shortlist is re-ranked
+        exactly). Otherwise one :meth:`search` per query."""
+        qs = np.asarray(qs, dtype=np.float32)
+        if len(qs) <= 1 or k < 1 or not len(self.block) or 4 * nprobes < len(self.centroids):
+            return [self.search(q, k, nprobes) for q in qs]
+        if self.metric == "cosine":
+            qs = normalize_rows(qs)
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.low is not None and self.basis is not None and self.center is not None:
+            lqs = qs @ self.basis.T
+            low = self.low8.times_rows(lqs) if self.low8 is not None else lqs @ self.low.T
+            low += (qs @ self.center)[:, None]
+            if self.metric == "l2":
+                assert self.sq_norms is not None
+                low -= 0.5 * self.sq_norms[None, :]
+            for q, lowscore in zip(qs, low, strict=True):
+                short = self._shortlist(lowscore, max(self.candidates, 40 * k))
+                out.append(self._ranked(q, short, self._exact_scores(short, q), k))
+            return out
+        s_all = qs @ self.block.T
+        if self.metric == "l2":
+            assert self.sq_norms is not None
+            s_all -= 0.5 * self.sq_norms[None, :]
+        for q, s in zip(qs, s_all, strict=True):
+            out.append(self._ranked(q, None, s, k))
+        return out
+
+    def _ranked(self, q: np.ndarray, pos: np.ndarray | None, s: np.ndarray, k: int,
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of scores ``s`` (at block positions ``pos``, or all rows), as
+        :meth:`search` answers them."""
+        top = top_k(-s, min(k, len(s)))
+        best = s[top]
+        pos = top if pos is None else pos[top]
         dist = float(q @ q) - 2 * best if self.metric == "l2" else 1.0 - best
         return self.order[pos], dist.astype(np.float32)
 

@@ -24,7 +24,9 @@ schema metadata ``embed_assets.version``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import inspect
 import json
 import logging
 import math
@@ -69,6 +71,10 @@ class ServeConfig:
     access_log: bool = True
     keep_versions: int = 2  # loaded versions held per table (a rollback swaps instantly)
     storage_options: dict[str, str] | None = None
+    resp_port: int | None = None  # key lookups over the Redis protocol too (see _resp)
+    resp_host: str = "127.0.0.1"
+    resp_reuse_port: bool = False  # several worker processes bind the RESP port
+    graceful_timeout: float = 10.0
 
 
 class HTTPError(Exception):
@@ -100,11 +106,14 @@ class App:
 
         for spec in config.tables:
             self.tables[spec.name] = PinnedTable(
-                self.store, spec, text=config.text, keep=config.keep_versions, on_swap=on_swap)
+                self.store, spec, text=config.text, keep=config.keep_versions, on_swap=on_swap,
+                resp=config.resp_port is not None)
         self.poller = Poller(list(self.tables.values()), config.poll_interval)
         self._token = config.token.encode() if config.token else None
+        self._batcher = Batcher(self.metrics)
         self._loader: threading.Thread | None = None
         self.load_error: str | None = None
+        self.resp: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -148,7 +157,10 @@ class App:
             if endpoint not in ("health", "ready"):
                 self._authorise(scope)
             body = await self._body(scope, receive) if scope["method"] == "POST" else b""
-            status, headers, payload, version = handler(scope, body, table)
+            got = handler(scope, body, table)
+            if inspect.isawaitable(got):  # an unfiltered kNN, answered in a batch
+                got = await got
+            status, headers, payload, version = got
         except HTTPError as e:
             status, headers, payload = e.status, [(b"content-type", b"application/json")], \
                 json.dumps({"error": {"type": e.kind, "message": e.message}}).encode()
@@ -182,11 +194,49 @@ class App:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                try:
+                    await self._start_resp()
+                except OSError as exc:
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"cannot listen for RESP on port {self.config.resp_port}: "
+                                           f"{exc.strerror}"})
+                    return
                 self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                if self.resp is not None:
+                    await self.resp.drain(self.config.graceful_timeout)
                 self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _start_resp(self) -> None:
+        if self.config.resp_port is None:
+            return
+        from ._resp import RespServer
+
+        self.resp = RespServer(self, self.config.resp_host, self.config.resp_port,
+                               self.config.resp_reuse_port)
+        await self.resp.start()
+        # uvicorn stops accepting HTTP on SIGINT/SIGTERM and tells the app only after its
+        # connections drained (lifespan shutdown): chain its handlers so the RESP listener
+        # stops accepting at the signal too, not seconds later
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(sig)
+            if not callable(prev):
+                continue
+
+            def chained(signum: int, frame: Any, prev: Any = prev) -> None:
+                loop.call_soon_threadsafe(self.resp.stop_accepting)
+                prev(signum, frame)
+
+            try:
+                signal.signal(sig, chained)
+            except ValueError:  # not the main thread (an embedding server): its own handlers
                 return
 
     def _route(self, method: str, path: str) -> tuple[str, Any, str | None]:
@@ -269,7 +319,8 @@ class App:
                              "version": s.version if s else None, "swaps": t.swaps}
         if s is not None:
             d.update(rows=s.rows, dimension=s.dimension, key=s.meta.key, metric=s.meta.metric,
-                     model=s.meta.model, columns=s.columns, text=s.embedder is not None)
+                     model=s.meta.model, columns=s.columns, text=s.embedder is not None,
+                     knn=s.knn_path)
         if t.last_error:
             d["follow_error"] = t.last_error
         return d
@@ -330,9 +381,22 @@ class App:
                 if not isinstance(req["text"], str) or not req["text"].strip():
                     raise ValidationError("text must be a non-empty string")
                 q = snap.embed_text(req["text"])
+            if where is None and snap.probe is not None:
+                snap.check_probe_query(q)
+                return self._batched(scope, snap, name, q, k, exclude, columns, vectors)
             tbl = snap.search(q, k, where, columns, vectors)
         except ValidationError as e:
             raise HTTPError(400, "ValidationError", str(e)) from None
+        return self._hits(scope, snap, name, tbl, exclude, k)
+
+    async def _batched(self, scope: Scope, snap: Snapshot, name: str, q: np.ndarray, k: int,
+                       exclude: Any, columns: list[str], vectors: bool) -> Any:
+        idx, dist = await self._batcher.submit(snap, q, k)
+        tbl = snap.hits_table(idx, dist, columns, vectors)
+        return self._hits(scope, snap, name, tbl, exclude, k)
+
+    def _hits(self, scope: Scope, snap: Snapshot, name: str, tbl: pa.Table, exclude: Any,
+              k: int) -> Any:
         if exclude is not None:  # "more like this": not the item itself
             keep = np.asarray(tbl.column(snap.meta.key).to_pylist(), dtype=object) != exclude
             tbl = tbl.filter(pa.array(keep))[: k - 1]
@@ -345,7 +409,7 @@ class App:
     def _answer(self, scope: Scope, snap: Snapshot, name: str, tbl: pa.Table,
                 extra: dict[str, Any]) -> Any:
         if _wants_arrow(scope):
-            payload = _ipc(tbl, snap.version, name)
+            payload = _ipc(tbl, snap, name)
             headers = [(b"content-type", ARROW.encode())]
             if extra.get("missing"):
                 headers.append((b"x-embed-assets-missing", str(len(extra["missing"])).encode()))
@@ -356,17 +420,71 @@ class App:
         return 200, headers, payload, snap.version
 
 
-def _ipc(tbl: pa.Table, version: int, name: str) -> bytes:
-    schema = tbl.schema.with_metadata({"embed_assets.version": str(version), "embed_assets.table": name})
-    batches = tbl.to_batches()
+class Batcher:
+    """Unfiltered kNN requests that are ready on the event loop together are answered by
+    one batched probe scan per snapshot (:meth:`IvfProbe.search_batch`).
+
+    Why: the probe's scan of every row is memory-bound, so 16 queries cost little more than
+    one; answered one by one, each of 16 concurrent clients waits for the 15 scans queued
+    before its own. A request submits its query and awaits; the flush runs on the next
+    turn of the loop, after every request task that was ready in this one. A lone request
+    is answered alone, one loop turn later (microseconds)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._pending: list[tuple[Snapshot, np.ndarray, int, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._metrics = metrics
+
+    def submit(self, snap: Snapshot, q: np.ndarray, k: int) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((snap, q, k, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        items, self._pending = self._pending, []
+        groups: dict[int, list[tuple[Snapshot, np.ndarray, int, asyncio.Future[Any]]]] = {}
+        for it in items:  # one scan per snapshot (a swap can split a batch in two)
+            groups.setdefault(id(it[0]), []).append(it)
+        for group in groups.values():
+            snap = group[0][0]
+            probe = snap.probe
+            assert probe is not None
+            kmax = max(k for _, _, k, _ in group)
+            if self._metrics is not None:
+                self._metrics.knn_batches += 1
+                self._metrics.knn_batched += len(group)
+            try:
+                got = probe.search_batch(np.stack([q for _, q, _, _ in group]), kmax,
+                                         snap.probe_nprobes)
+            except Exception as exc:  # every waiting request answers it (500)
+                for *_, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, _, k, fut), (idx, dist) in zip(group, got, strict=True):
+                if not fut.done():  # a client that went away cancelled its future
+                    fut.set_result((idx[:k], dist[:k]))
+
+
+def _ipc(tbl: pa.Table, snap: Snapshot, name: str) -> bytes:
     # schema message + batches + end-of-stream marker: the stream format without a writer
-    # object per answer (a writer costs more than encoding a 1-row batch)
-    parts = [schema.serialize().to_pybytes()]
+    # object per answer (a writer costs more than encoding a 1-row batch); the schema
+    # message, with the version in its metadata, is encoded once per snapshot and shape
+    key = (name, *tbl.schema.names)
+    head = snap.ipc_heads.get(key)
+    if head is None:
+        head = tbl.schema.with_metadata({"embed_assets.version": str(snap.version),
+                                         "embed_assets.table": name}).serialize().to_pybytes()
+        snap.ipc_heads[key] = head
+    batches = tbl.to_batches()
     if not batches:
         batches = [pa.RecordBatch.from_pylist([], schema=tbl.schema)]
-    parts += [b.serialize().to_pybytes() for b in batches]
-    parts.append(_EOS)
-    return b"".join(parts)
+    return b"".join([head, *(b.serialize().to_pybytes() for b in batches), _EOS])
 
 
 def _rows(tbl: pa.Table) -> list[dict[str, Any]]:

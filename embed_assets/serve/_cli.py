@@ -39,6 +39,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="server processes sharing the port, each holding its own copy of the "
                          "pinned versions (default 1; about one per core)")
+    sp.add_argument("--resp-port", type=int, default=None, metavar="PORT",
+                    help="also answer key lookups over the Redis protocol on this port "
+                         "(EA.GET table key...; AUTH with the token when one is set)")
     sp.add_argument("--no-access-log", action="store_true",
                     help="no JSON access-log line per request on stdout")
 
@@ -57,13 +60,20 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
                  ("--keep-versions", args.keep_versions), ("--workers", args.workers)):
         if v < 1:
             raise ValidationError(f"{n} must be at least 1")
+    if args.resp_port is not None and not 0 < args.resp_port < 65536:
+        raise ValidationError("--resp-port must be a port number from 1 to 65535")
+    if args.resp_port is not None and args.resp_port == args.port:
+        raise ValidationError("--resp-port must differ from --port")
     if args.poll < 0:
         raise ValidationError("--poll must be 0 or more seconds")
+    if not 0 <= args.port <= 65535:  # else the server kept running, listening nowhere
+        raise ValidationError(f"--port must be 0-65535, got {args.port}")
     return ServeConfig(store=args.store or default_store_uri(),
                        tables=[TableSpec.parse(t) for t in args.tables], poll_interval=args.poll,
                        token=token, max_body_bytes=args.max_body, max_k=args.max_k,
                        max_keys=args.max_keys, text=args.text, access_log=not args.no_access_log,
-                       keep_versions=args.keep_versions)
+                       keep_versions=args.keep_versions, resp_port=args.resp_port,
+                       resp_host=args.host)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ class Metrics:
         self.hist: dict[str, list[int]] = {}
         self.sums: dict[str, float] = defaultdict(float)
         self.swaps: dict[str, int] = defaultdict(int)
+        self.knn_batches = 0  # batched probe scans, and the queries they answered
+        self.knn_batched = 0
         self._lock = threading.Lock()  # swaps come from the poller thread
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
@@ -60,6 +62,12 @@ class Metrics:
             swaps = dict(self.swaps)
         for t in sorted(versions):
             out.append(f'embed_assets_swaps_total{{table="{t}"}} {swaps.get(t, 0)}')
+        out += ["# HELP embed_assets_knn_batches_total Batched probe scans answering unfiltered kNN.",
+                "# TYPE embed_assets_knn_batches_total counter",
+                f"embed_assets_knn_batches_total {self.knn_batches}",
+                "# HELP embed_assets_knn_batched_queries_total Queries those scans answered.",
+                "# TYPE embed_assets_knn_batched_queries_total counter",
+                f"embed_assets_knn_batched_queries_total {self.knn_batched}"]
         out += ["# HELP embed_assets_tag_poll_errors_total Tag polls that failed (serving went on).",
                 "# TYPE embed_assets_tag_poll_errors_total counter",
                 f"embed_assets_tag_poll_errors_total {poll_errors}"]

@@ -4,6 +4,7 @@ so ``import embed_assets`` never loads a server library."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8765,
         import uvicorn
     except ImportError:  # the extra is not installed
         raise ValidationError("serving needs uvicorn: pip install 'embed_assets[serve]'") from None
+    config = dataclasses.replace(config, graceful_timeout=graceful_timeout,
+                                 resp_reuse_port=workers > 1)
     common: dict[str, Any] = dict(
         host=host, port=port, lifespan="on", log_level="warning",
         access_log=False,  # ours is structured, and never holds a header
@@ -58,16 +61,27 @@ def _build(config: ServeConfig) -> App:
 
 
 def _one_blas_thread() -> None:
-    """Single-threaded BLAS in a server process. Warming a new version builds its in-memory
-    IVF probe (an SVD of the whole matrix); with a BLAS thread per core that build took
-    every core from the event loop: measured with 2 workers at load 30, a swap's warm-up
-    ran for minutes and throughput fell 5x. One BLAS thread leaves the other core to the
-    requests (a single query's matmul gains nothing from more threads)."""
+    """Single-threaded BLAS, OpenMP and torch kernels in a server process (parallelism is
+    ``--workers``), called on the thread that answers requests.
+
+    Warming a new version builds its in-memory IVF probe (an SVD of the whole matrix);
+    with a BLAS thread per core that build took every core from the event loop: measured
+    with 2 workers at load 30, a swap's warm-up ran for minutes and throughput fell 5x.
+    The probe's int8 pre-scan runs in torch, whose intra-op pool spins a thread per core:
+    measured at load 10 on 2 cores, a kNN of the bench's version took 7.5 ms p50 / 95 ms
+    p99 with torch's 2 threads and 0.37 / 26 ms with one (a single query's scan gains
+    nothing from a second core that 16 clients are already using)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for libraries loaded after this
     try:
         from threadpoolctl import threadpool_limits  # comes with scikit-learn, a dependency
     except ImportError:  # then the default threading stays
-        return
-    threadpool_limits(limits=1, user_api="blas")
+        pass
+    else:
+        threadpool_limits(limits=1, user_api="blas")
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _spec(o: Any) -> Any:

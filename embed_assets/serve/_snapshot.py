@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError
+from ..index import tune_memory_probe
+from ..kernels import IvfProbe, normalize_rows
 from ..store import (
     CACHE,
     OFFSET_COLUMN,
@@ -24,7 +26,10 @@ from ..store import (
     EmbeddingTable,
     Store,
     TableMeta,
+    centroids,
+    index_config,
     quote_ident,
+    search_defaults,
     sql_literal,
 )
 from ..store import filter_in as _in_list
@@ -49,6 +54,23 @@ class Snapshot:
     loaded_s: float = 0.0
     embedder: Any = None
     schemas: dict[tuple[str, ...], pa.Schema] = field(default_factory=dict)
+    ipc_heads: dict[tuple[str, ...], bytes] = field(default_factory=dict)
+    arrays: dict[tuple[str, ...], list[pa.Array]] = field(default_factory=dict)
+    # Unfiltered kNN: "graph" / "probe" (the store's in-memory paths the index policy
+    # chose), "server-probe" (an in-memory probe this server tuned at load, see
+    # memory_knn), or whatever else the store's plan is ("exact", "lance").
+    knn_path: str = ""
+    # Each row as a RESP bulk string ($len CRLF vector CRLF), for --resp-port only: a
+    # lookup of 100 keys is then one numpy take and one copy (~20 us) instead of 100
+    # sliced rows (~60 us). Costs a second copy of the vectors.
+    resp_rows: np.ndarray | None = field(default=None, repr=False)
+    probe: IvfProbe | None = None
+    probe_nprobes: int = 0
+    probe_recall: float | None = None
+
+    @property
+    def str_keys(self) -> bool:
+        return pa.types.is_string(self.key_type) or pa.types.is_large_string(self.key_type)
 
     @property
     def rows(self) -> int:
@@ -167,8 +189,12 @@ class Snapshot:
     def rows_table(self, rows: np.ndarray, columns: list[str], vectors: bool) -> pa.Table:
         """Key, the asked columns and (if asked) the vectors of the given rows."""
         names = [self.meta.key, *columns]
-        sub = self.scalars.select(names)
-        arrays = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in sub.columns]
+        cols = self.arrays.get(tuple(names))
+        if cols is None:  # one contiguous array per column, made once per snapshot
+            sub = self.scalars.select(names)
+            cols = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in sub.columns]
+            self.arrays[tuple(names)] = cols
+        arrays = cols
         if len(rows) == 1:  # a slice costs nothing; take() copies through a kernel
             r = int(rows[0])
             arrays = [a.slice(r, 1) for a in arrays]
@@ -194,8 +220,27 @@ class Snapshot:
 
     def search(self, q: np.ndarray, k: int, where: str | None, columns: list[str],
                vectors: bool) -> pa.Table:
+        if where is None and self.probe is not None:
+            self.check_probe_query(q)
+            idx, dist = self.probe.search(q, k, self.probe_nprobes)
+            return self.hits_table(idx, dist, columns, vectors)
         cols = [self.meta.key, *columns] + ([VECTOR_COLUMN] if vectors else [])
         return self.table.search(q, k=k, where=where, version=self.version, columns=cols)
+
+    def check_probe_query(self, q: np.ndarray) -> None:
+        """What the store's search refuses before its probe runs (see store._search)."""
+        if self.meta.metric == "cosine" and not q.any():
+            raise ValidationError("query vector is all zeros: it has no cosine distance to any row")
+
+    def hits_table(self, idx: np.ndarray, dist: np.ndarray, columns: list[str],
+                   vectors: bool) -> pa.Table:
+        """The store's search answer (key, columns, vector, ``distance``, ``rank``) for
+        rows found by this snapshot's own probe."""
+        tbl = self.rows_table(np.asarray(idx, np.int64), columns, vectors)
+        if self.meta.metric == "l2":  # Lance ranks by squared L2; the store answers Euclidean
+            dist = np.sqrt(np.maximum(dist, 0))
+        tbl = tbl.append_column(_DISTANCE, pa.array(np.asarray(dist, np.float32)))
+        return tbl.append_column(_RANK, pa.array(np.arange(1, len(idx) + 1, dtype=np.int32)))
 
     def embed_text(self, text: str) -> np.ndarray:
         if self.embedder is None:
@@ -206,6 +251,10 @@ class Snapshot:
         return q
 
 
+_DISTANCE = pa.field("distance", pa.float32())
+_RANK = pa.field("rank", pa.int32())
+
+
 def _scalar(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         raise ValidationError("a filter value is NaN or infinite")
@@ -214,8 +263,56 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+def _policy_probe(snap: Snapshot, ds: Any, key: Any) -> None:
+    """Hold the store's own cached probe of the version (the one its searches use, not a
+    copy), with the recorded settings, so unfiltered kNN requests that arrive together
+    are answered by one batched scan (:meth:`IvfProbe.search_batch`)."""
+    d = search_defaults(ds, key.table_id) or {}
+    if "probe_rank" not in d or "probe_nprobes" not in d:
+        return  # recorded before per-table settings: the store's path keeps them
+    probe = CACHE.probe(key, ds, snap.meta.metric, lambda: centroids(ds), int(d["probe_rank"]),
+                        int(d.get("probe_candidates", 0)))
+    if probe is not None:
+        snap.probe, snap.probe_nprobes = probe, int(d["probe_nprobes"])
+
+
+def memory_knn(snap: Snapshot, ds: Any) -> None:
+    """Give ``snap`` an in-memory probe for unfiltered kNN where the version's index
+    policy chose Lance's own ANN search, tuned to the version's recall target on its own
+    rows, before the snapshot is swapped in.
+
+    Why: Lance's search costs ~3 ms of per-query overhead on one core (planning, the async
+    bridge, decoding) against ~0.2 ms for the probe over the same centroids, and a server
+    answers on one event loop, so every queued request waits for it: measured with 16
+    clients at 63k rows, p99 368 ms with one version on Lance's path (benchmarks/RESULTS.md).
+    The tuner compares the paths on one query at a time in process, where Lance's
+    overhead is smaller (and noisier under load) than in a server's queue."""
+    cents = centroids(ds)
+    if cents is None:
+        return
+    metric = snap.meta.metric
+    target = float((index_config(ds) or {}).get("target_recall") or 0.95)
+    mat = normalize_rows(snap.matrix) if metric == "cosine" else snap.matrix
+    got = tune_memory_probe(mat, cents, metric, target)
+    if got is None:
+        return
+    snap.probe, snap.probe_nprobes, snap.probe_recall = got
+    snap.knn_path = "server-probe"
+
+
+def resp_rows(matrix: np.ndarray) -> np.ndarray:
+    """(rows, len) uint8: each vector framed as a RESP bulk string."""
+    n, d = matrix.shape
+    head = np.frombuffer(b"$%d\r\n" % (d * 4), np.uint8)
+    out = np.empty((n, len(head) + d * 4 + 2), np.uint8)
+    out[:, :len(head)] = head
+    out[:, len(head):-2] = np.ascontiguousarray(matrix, dtype="<f4").view(np.uint8).reshape(n, d * 4)
+    out[:, -2:] = (13, 10)
+    return out
+
+
 def load(store: Store, name: str, version: int, *, text: bool = False,
-         warm_query: bool = True) -> Snapshot:
+         warm_query: bool = True, resp: bool = False) -> Snapshot:
     """Read one version into memory and run one lookup and one search on it, so the first
     request after a swap finds every cache (Lance handles, the store's search structures)
     already built."""
@@ -236,6 +333,8 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
     keys = scalars.column(meta.key).to_pylist()
     snap = Snapshot(table=table, version=version, meta=meta, rows_of={k: i for i, k in enumerate(keys)},
                     matrix=matrix, scalars=scalars, key_type=scalars.schema.field(meta.key).type)
+    if resp:
+        snap.resp_rows = resp_rows(matrix)
     if text and meta.model:  # a table of vectors written by hand records no model
         from ..embed import default_embedder
 
@@ -245,6 +344,12 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
         except Exception:  # the model is not installed here: text queries answer 400
             snap.embedder = None
     if warm_query and snap.rows:
+        _, plan = table.search(matrix[0], k=10, version=version, columns=[meta.key], explain=True)
+        snap.knn_path = plan.path
+        if plan.path == "probe":
+            _policy_probe(snap, ds, key)
+        elif plan.path == "lance" and plan.ann:
+            memory_knn(snap, ds)
         snap.search(matrix[0], 10, None, [], False)
         snap.rows_table(np.zeros(1, np.int64), [], True)
     snap.loaded_s = time.perf_counter() - t0

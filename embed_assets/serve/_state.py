@@ -57,10 +57,11 @@ class PinnedTable:
     """The current snapshot of one table and the swap machinery."""
 
     def __init__(self, store: Store, spec: TableSpec, *, text: bool = False, keep: int = 2,
-                 on_swap: Any = None) -> None:
+                 on_swap: Any = None, resp: bool = False) -> None:
         self.store = store
         self.spec = spec
         self.text = text
+        self.resp = resp
         self.keep = max(1, keep)
         self.current: Snapshot | None = None
         self.swaps = 0
@@ -87,7 +88,7 @@ class PinnedTable:
             return False
         snap = self._held.get(want)
         if snap is None:
-            snap = load(self.store, self.name, want, text=self.text)
+            snap = load(self.store, self.name, want, text=self.text, resp=self.resp)
         self._held[want] = snap
         self._held.move_to_end(want)
         while len(self._held) > self.keep:

@@ -101,7 +101,7 @@ def result_table(table: Any, info: View, q: np.ndarray, k: int, how: StoreSearch
 @dataclass(frozen=True)
 class _Spec:
     view: str
-    version: int
+    version: int | tuple[str, int]  # (experiment, version) for an experiment's version
     k: int
     metric: str
     use_index: bool | None
@@ -151,7 +151,8 @@ class RowFunctions:
         self._n += 1
         name = f"__ea_knn_rows_{self._n}"
         self.con.create_function(
-            name, _rows_function(self, table, spec, out, info.meta.key), [duckdb.sqltype("FLOAT[]")],
+            name, _rows_function(self, table, spec, out, info.meta.key, info.meta.dimension),
+            [duckdb.sqltype("FLOAT[]")],
             duckdb.list_type(duckdb.struct_type(fields)), type=ARROW, null_handling=SPECIAL,
             side_effects=False)
         self._fns[spec] = name
@@ -162,7 +163,7 @@ class RowFunctions:
 
 
 def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
-                   key: str) -> Callable[[Any], pa.Array]:
+                   key: str, dimension: int) -> Callable[[Any], pa.Array]:
     columns = [f.name for f in out if f.name not in _RESULT_COLUMNS]
     # The vectors of all the chunk's result rows come from one fetch by key after the
     # searches (a Lance take per search cost ~1 ms per outer row).
@@ -181,31 +182,21 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
     def search_rows(vectors: Any) -> pa.Array:
         if isinstance(vectors, pa.ChunkedArray):
             vectors = vectors.combine_chunks()
-        # A NULL outer vector has no neighbours, as a join on a NULL key has no match.
-        given = vectors.to_pylist()
-        valid = [v is not None for v in given]
-        queries = [v for v in given if v is not None]
-        counts = np.zeros(len(given), np.int64)
+        # A NULL outer vector is refused, as knn('t', NULL, k) and Table.search(None) are
+        # (it once gave no rows, silently); every vector is checked in the words of the
+        # other forms of knn, so the chunk is one batch of one dimension.
+        queries = [query_vector(v, dimension, spec.metric) for v in vectors.to_pylist()]
+        counts = np.zeros(len(queries), np.int64)
         parts: list[pa.Table] = []
-        if queries and len({len(v) for v in queries}) == 1:
+        if queries:
             # One batched search for the whole chunk (one plan, one graph call, one
             # gather), answering as one search per vector would.
             owner.searches += len(queries)
             owner.batches += 1
-            res = table.search_batch(np.asarray(queries, dtype=np.float32), k=spec.k,
-                                     version=spec.version, columns=scalar, metric=spec.metric,
-                                     where=spec.where, use_index=spec.use_index)
-            per = np.bincount(res.column("query").to_numpy(), minlength=len(queries))
-            counts[np.flatnonzero(valid)] = per
+            res = table.search_batch(np.stack(queries), k=spec.k, version=spec.version, columns=scalar,
+                                     metric=spec.metric, where=spec.where, use_index=spec.use_index)
+            counts = np.bincount(res.column("query").to_numpy(), minlength=len(queries))
             parts.append(sql_distances(res.drop_columns(["query"])))
-        else:  # vectors of several lengths: each search says which one is wrong
-            for v in queries:
-                owner.searches += 1
-                res = table.search(np.asarray(v, dtype=np.float32), k=spec.k, version=spec.version,
-                                   columns=scalar, metric=spec.metric, where=spec.where,
-                                   use_index=spec.use_index)
-                parts.append(sql_distances(res))
-            counts[np.flatnonzero(valid)] = [p.num_rows for p in parts]
         offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
         got = pa.concat_tables(parts).combine_chunks() if parts else out.empty_table()
         if parts and with_vectors:
@@ -215,7 +206,6 @@ def _rows_function(owner: RowFunctions, table: Any, spec: _Spec, out: pa.Schema,
         values = pa.StructArray.from_arrays(
             [pa.concat_arrays(got.column(f.name).chunks) if got.column(f.name).num_chunks
              else pa.array([], f.type) for f in out], fields=list(out))
-        mask = None if all(valid) else pa.array([not ok for ok in valid])
-        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, mask=mask)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
     return rows

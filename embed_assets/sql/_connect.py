@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from .._extras import missing
 from ..errors import ValidationError
+from ..index import rebuild_after_rollback
 from ..store import Store, is_local
 from . import _native
 from ._connection import SQLConnection
@@ -81,7 +82,7 @@ def connect(
     2
     """
     if store is not None and not isinstance(store, Store):
-        store = Store(store, storage_options=storage_options)
+        store = Store(store, storage_options=storage_options, index_keeper=rebuild_after_rollback)
     cfg = dict(config or {})
     ea_vec = _native.prepare(cfg, native)  # allow_unsigned_extensions on only to LOAD our file
     raw = duckdb.connect(database, config=cfg)

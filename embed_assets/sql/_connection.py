@@ -18,12 +18,15 @@ visible to the next statement, tables created after connect after :meth:`refresh
 goes through the rewriter (:mod:`._rewrite`), which checks the arguments of its ``knn`` and
 ``similarity_join`` calls and lets the store answer the ``knn`` calls it can. A failure is
 a :class:`~embed_assets.QueryError` that is also the ``duckdb.Error`` subclass DuckDB
-raised. Statements run on the raw connection (``.con``) or a DuckDB cursor skip all this.
+raised (and the store's exception where the store failed: ``"t@nope"``), also one met while
+the rows of a lazy relation from ``sql()`` are fetched (:mod:`._relation`). Statements run
+on the raw connection (``.con``) or a DuckDB cursor skip all this.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -31,12 +34,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ..errors import QueryError, ValidationError
+from ..errors import EmbedAssetsError, QueryError, ValidationError
 from ..store import Store
 from . import _ranking
-from ._errors import UnknownColumnError, from_duckdb
+from ._errors import UnknownColumnError, error_type, from_duckdb, from_store
 from ._registry import Registry
-from ._rewrite import Rewriter, Rewritten, unknown_column
+from ._relation import Relation
+from ._rewrite import Rewriter, Rewritten, correlated_k, unknown_column
 
 __all__ = ["SQLConnection", "UnknownColumnError"]
 
@@ -121,7 +125,7 @@ class SQLConnection:
         return self
 
     def executemany(self, query: str, parameters: Any = None) -> SQLConnection:
-        with self._failures(None):
+        with self._failures(None, query if isinstance(query, str) else None):
             self.needs(query)
             self.registry.prepare(query)
             self.con.executemany(query, parameters)
@@ -137,19 +141,21 @@ class SQLConnection:
         return self._relation(self.con.from_query, query, args, kwargs)
 
     def _relation(self, method: Any, query: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """sql/query/from_query: the statement rewritten as in execute()."""
+        """sql/query/from_query: the statement rewritten as in execute(); the relation's
+        failures, which a lazy relation meets when its rows are fetched, are QueryErrors."""
         params = kwargs.get("params")
         with self._statement(query, params, rewrite=not args) as st:
             self._drop_released()
             if st.params is not None or "params" in kwargs:
                 kwargs["params"] = st.params
             rel = method(st.query, *args, **kwargs)
-        if st.names:
-            if rel is None:
-                self._released.extend(st.names)
-            else:  # the result tables live as long as the relation that reads them
-                weakref.finalize(rel, self._released.extend, st.names)
-        return rel
+        if rel is None:
+            self._released.extend(st.names)
+            return None
+        out = Relation(rel, functools.partial(self._failures, [st], query))
+        if st.names:  # the result tables live as long as the relation that reads them
+            weakref.finalize(out, self._released.extend, st.names)
+        return out
 
     def run(self, query: str) -> pa.Table:
         """Run one or more statements; the last one's result as an Arrow table (empty if
@@ -170,7 +176,7 @@ class SQLConnection:
         """The statement rewritten for DuckDB (see _rewrite); failures inside the block
         become QueryErrors."""
         found = [Rewritten(query, params, [])]  # what the failure handler reads
-        with self._failures(found):
+        with self._failures(found, query if isinstance(query, str) else None):
             self.needs(query)
             if isinstance(query, str):
                 if rewrite:
@@ -180,21 +186,28 @@ class SQLConnection:
             yield found[0]
 
     @contextlib.contextmanager
-    def _failures(self, found: list[Rewritten] | None) -> Iterator[None]:
+    def _failures(self, found: list[Rewritten] | None, query: str | None = None) -> Iterator[None]:
         """DuckDB's failures as QueryErrors in the user's terms (see _errors); ``found``
-        holds the statement as rewritten, whose calls name the columns they need."""
+        holds the statement as rewritten, whose calls name the columns they need, and
+        ``query`` the statement as written. A failure of the store (``"t@nope"``) is a
+        QueryError that is also the store's exception."""
         self.registry.udf_error = None
         try:
             yield
         except QueryError:
             raise
+        except EmbedAssetsError as exc:
+            raise from_store(exc) from None
         except duckdb.Error as exc:
             udf_error, self.registry.udf_error = self.registry.udf_error, None
             if isinstance(exc, duckdb.BinderException) and found and found[0].calls:
                 msg = unknown_column(found[0].calls, self._columns_of)
                 if msg is not None:
                     raise UnknownColumnError(msg) from None
-            raise from_duckdb(exc, udf_error) from None
+                msg = correlated_k(found[0].calls, str(exc))
+                if msg is not None:
+                    raise error_type(type(exc))(msg) from None
+            raise from_duckdb(exc, udf_error, query) from None
 
     def _columns_of(self, name: str) -> list[str] | None:
         try:
@@ -214,7 +227,8 @@ class SQLConnection:
     def table(self, name: str) -> Any:
         with self._failures(None):
             self.registry.ensure(name)
-            return self.con.table(name)
+            rel = self.con.table(name)
+        return Relation(rel, functools.partial(self._failures, None, None))
 
     # -- store views -----------------------------------------------------------------------
     def views(self) -> list[str]:

@@ -141,6 +141,8 @@ def _knn_rows(q: pa.Array, vs: pa.Array, k: pa.Array, inv: pa.Array) -> pa.Array
     hits as 1-based positions ``r`` in that list, whitened once (see mahalanobis_topk)."""
     cell = _combine(vs)[0]
     qc = _combine(q)[0]
+    if not qc.is_valid and len(vs):  # (the macro refuses it first)
+        raise ValueError("knn: the query vector is NULL")
     if not cell.is_valid or len(cell.values) == 0 or not qc.is_valid:
         return _repeat(udf.hits_array(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 1),
                        len(vs))
@@ -189,8 +191,8 @@ def _knn_hits(owner: _Views, view: pa.Array, q: pa.Array, k: pa.Array, metric: p
     for i in range(len(views)):
         if not ks[i].is_valid or ks[i].as_py() <= 0:  # the macro refused it; k = 0: another arm
             continue
-        if not qs[i].is_valid:  # a NULL query vector (a LATERAL row): no neighbours
-            continue
+        if not qs[i].is_valid:  # (the macro refuses it first, as Table.search(None) is)
+            raise ValueError("knn: the query vector is NULL")
         name = views[i].as_py()
         qv = qs[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
         dim = owner._view(name).meta.dimension
@@ -223,9 +225,11 @@ def _text_hits(owner: _Views, view: pa.Array, text: pa.Array, k: pa.Array, mode:
     out: list[list[dict[str, Any]]] = []
     for i in range(len(cols[0])):
         v, t, kk, m, w, tw, vw = (c[i].as_py() for c in cols)
-        if t is None or kk is None or kk <= 0:
+        if kk is None or kk <= 0:  # the macro refused it
             out.append([])
             continue
+        if t is None:  # refused, as a NULL knn query vector is (it gave no rows, silently)
+            raise ValueError("hybrid_search: the query text is NULL")
         out.append(owner._hybrid_hits(v, t, int(kk), m or "hybrid", w,
                                       1.0 if tw is None else float(tw),
                                       1.0 if vw is None else float(vw)))

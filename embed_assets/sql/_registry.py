@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ValidationError, VersionNotFoundError
-from ..store import Fusion, Store, TableMeta, table_fingerprint, version_number
+from ..store import Fusion, Store, TableMeta, VersionKey, table_fingerprint, version_number
 from . import _ranking
 from ._pushdown import ScanDataset
 from ._views import View
@@ -75,6 +75,7 @@ class Registry:
         """(Re-)register one view; True if it changed. Raises for unknown versions/tags."""
         assert self.store is not None
         view = view or (table if ref is None else f"{table}@{ref}")
+        version: int | tuple[str, int]
         uri = self.store.table_uri(table)
         opts = self.store.storage_options
         with self.lock:
@@ -103,8 +104,15 @@ class Registry:
                     self.store.table(table).resolve(version)
                     raise
             else:
-                version = self.store.table(table).resolve(ref)
+                target = self.store.table(table).dataset(ref)  # a tag or an experiment
+                branch = getattr(target, "_ea_branch", None)
+                version = target.version if branch is None else (branch, target.version)
                 ds = None
+                if branch is not None and not (old is not None and old.version == version):
+                    ds = ScanDataset(uri, storage_options=opts)
+                    # versions of an experiment are numbered like production's: its own key
+                    ds.at_branch((branch, target.version),
+                                 VersionKey(f"{uri}#{branch}", ds.cache_key.table_id, target.version))
             if old is not None and old.version == version and (
                     ds is None or getattr(old.dataset, "_ea_seen", None) == getattr(ds, "_ea_seen", None)):
                 return False

@@ -127,6 +127,13 @@ def check_call(call: Call) -> None:
             raise refused("knn: the query vector is NULL")
         if isinstance(q, str | bytes) or not hasattr(q, "__len__"):
             raise refused(f"knn: the query vector must be a list of numbers, got {_shown(q)}")
+    metric = call.values.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise refused(f"{call.fn}: metric := must be the name of a metric (cosine, dot, l2 or "
+                      f"mahalanobis), got {_shown(metric)}")
+    for name in ("use_index", "approximate"):
+        if call.values.get(name, False) is not None and not isinstance(call.values.get(name, False), bool):
+            raise refused(f"{call.fn}: {name} := must be true or false, got {_shown(call.values[name])}")
     for name in _FILTERS:
         text = call.values.get(name)
         if text is None:
@@ -407,6 +414,19 @@ def _source(query: str, vec: Node, call: Call) -> str:
     tree = _tree.template("SELECT NULL")
     tree[0]["node"]["select_list"][0] = vec
     return _tree.unparse(tree).removeprefix("SELECT ")
+
+
+def correlated_k(calls: tuple[Call, ...], message: str) -> str | None:
+    """For DuckDB's "Correlated columns not supported in LIMIT/OFFSET": the call whose
+    ``k`` comes from the statement around it, in the user's terms."""
+    if "LIMIT/OFFSET" not in message:
+        return None
+    for call in calls:
+        expr = call.args.get("k")
+        if expr is not None and "k" not in call.values and _tree.refers_outside(expr):
+            return (f"{call.fn}: k must be the same positive integer for every row, not a column "
+                    "of the statement around the call")
+    return None
 
 
 Columns = Callable[[str], "list[str] | None"]

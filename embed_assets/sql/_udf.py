@@ -136,7 +136,11 @@ def mat_inverse(ms: pa.Array) -> pa.Array:
         if not cell.is_valid:
             out.append(None)
             continue
-        m = np.array(cell.as_py(), dtype=np.float64)
+        try:
+            m = np.array(cell.as_py(), dtype=np.float64)
+        except (TypeError, ValueError):  # rows of different lengths, NULL elements
+            raise ValueError("mat_inverse: the matrix must be square, its rows numbers of one "
+                             "length") from None
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise ValueError(f"mat_inverse: matrix must be square, got shape {m.shape}")
         # Embedding covariances are often rank-deficient (n <= d, collinear dims): there
@@ -180,7 +184,9 @@ def pair_distance(vs: pa.Array, qs: pa.Array, metrics: pa.Array, invs: pa.Array)
         a = vectors_matrix(vs.take(idx), "knn", np.float64)
         b = vectors_matrix(qs.take(idx), "knn", np.float64)
         if a.shape[1] != b.shape[1]:
-            raise ValueError(f"knn: dimension mismatch ({a.shape[1]} vs {b.shape[1]})")
+            raise ValueError(f"knn: dimension mismatch (query {b.shape[1]} vs table {a.shape[1]})")
+        if not np.isfinite(b).all():  # else every distance is NaN: rows ranked by nothing
+            raise ValueError("knn: the query vector has NULL or NaN elements")
         d = pair_distances(a, b, metric, matrix_value(invs) if metric == "mahalanobis" else None)
         out[idx] = d
     return pa.array(out, pa.float64(), mask=~np.isfinite(out))

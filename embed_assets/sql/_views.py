@@ -24,7 +24,7 @@ class JoinSide:
 @dataclass
 class View:
     table: str
-    ref: str | None  # None = latest; "3" or "prod" for name@3 / name@prod
-    version: int
+    ref: str | None  # None = latest; "3", "prod", "exp" or "exp:3" for name@3 / name@prod...
+    version: int | tuple[str, int]  # (experiment, version) for an experiment's version
     dataset: Any
     meta: TableMeta  # the facts of this version (an overwrite may change key or dimension)

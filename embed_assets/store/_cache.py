@@ -1,20 +1,34 @@
-"""One in-memory cache for the whole library: decoded vectors, key indexes, scalar columns
-and in-memory probes of immutable table versions.
+"""The library's in-memory state, in one object: :data:`STATE` (a :class:`StoreState`).
+
+What it holds, and how each part is bounded:
+
+- ``matrices`` (:class:`MatrixCache`, also reachable as :data:`CACHE`): decoded vectors,
+  in-memory IVF probes, HNSW graphs, key indexes, scalar columns and row addresses of
+  immutable table versions; bounded by bytes (``EMBED_ASSETS_CACHE_BYTES``, 4 GiB by
+  default), least recently used out first.
+- ``facts`` (:class:`Facts`): small facts of versions (schema, TableMeta, row count,
+  index report, fragment fingerprint, partition epochs, graphs found unusable); bounded
+  by count, least recently used out first.
+- ``clients``: object-store clients, one per (store URI, options); bounded by count.
+- ``locks``: one thread lock per table lock file (writers of one process take turns);
+  held weakly, so an entry lives only while a writer holds its lock. Never cleared.
 
 Keys are :class:`VersionKey` (the table's absolute URI, its identity, the version number)
 plus a kind. A Lance version never changes, and the identity changes when a table is
 dropped and created again under the same name (whose versions start again at 1), so a
-cached entry can never describe rows that are not there. Search, SQL, asset checks and
-the index tuner all read through :data:`CACHE`; it is bounded by bytes, least recently
-used out first.
+cached entry can never describe rows that are not there. Entries are still dropped per
+table when they stop being useful (:meth:`StoreState.clear`): every entry of a table when
+it is dropped, those of the versions before an overwrite or a rollback when one commits.
+Search, SQL, asset checks and the index tuner all read through :data:`STATE`.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import lance
 import numpy as np
@@ -110,10 +124,11 @@ class MatrixCache:
                     self._bytes -= int(old.nbytes)
         self.get_or_build(key, kind, lambda: int(item.nbytes), lambda: item)
 
-    def forget(self, uri: str) -> None:
-        """Drop every entry of one table URI (it was dropped)."""
+    def forget(self, uri: str, before: int | None = None) -> None:
+        """Drop the entries of one table URI: all of them, or those of versions before
+        ``before``."""
         with self._lock:
-            for k in [k for k in self._items if k[0].uri == uri]:
+            for k in [k for k in self._items if _of(k[0], uri, before)]:
                 self._bytes -= int(self._items.pop(k).nbytes)
 
     def clear(self) -> None:
@@ -260,23 +275,149 @@ def _exact_keys(wanted: list[Any], typ: pa.DataType) -> np.ndarray | None:
     return arr.to_numpy(zero_copy_only=False)
 
 
-CACHE = MatrixCache()
+def _of(key: VersionKey, uri: str, before: int | None) -> bool:
+    return key.uri == uri and (before is None or key.version < before)
+
+
+class Facts:
+    """Small facts of immutable versions, computed once each: a count-bounded LRU of
+    ``(VersionKey, kind) -> value``. Each fact costs Lance or JSON work otherwise
+    (``LanceDataset.schema`` builds the schema anew on every call, ~30-50 us;
+    ``describe_indices`` and ``config()`` ~0.1 ms), several times per search."""
+
+    def __init__(self, max_items: int = 16_384) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[VersionKey, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def get(self, key: VersionKey, kind: str, build: Callable[[], Any]) -> Any:
+        """The fact, else ``build()``'s (then kept)."""
+        k = (key, kind)
+        with self._lock:
+            if k in self._items:
+                self._items.move_to_end(k)
+                return self._items[k]
+        got = build()
+        self.put(key, kind, got)
+        return got
+
+    def peek(self, key: VersionKey, kind: str) -> Any | None:
+        """The fact if known (None otherwise); builds nothing."""
+        with self._lock:
+            return self._items.get((key, kind))
+
+    def put(self, key: VersionKey, kind: str, value: Any) -> None:
+        with self._lock:
+            self._items[(key, kind)] = value
+            self._items.move_to_end((key, kind))
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def forget(self, uri: str, before: int | None = None, kind_prefix: str = "") -> None:
+        """Drop the facts of one table URI (all, or of versions before ``before``), or
+        with ``uri=""`` the facts of every table whose kind starts with ``kind_prefix``."""
+        with self._lock:
+            for k in [k for k in self._items
+                      if (not uri or _of(k[0], uri, before)) and k[1].startswith(kind_prefix)]:
+                del self._items[k]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class StoreState:
+    """Everything embed_assets keeps in memory between calls, in one object (the module
+    docstring lists its parts and their bounds). One per process: tables are keyed by
+    their URI, so every :class:`~embed_assets.store.Store` opened on one folder, every
+    SQL connection and the serving tier share what one of them loaded.
+
+    Parameters
+    ----------
+    max_bytes : int, optional
+        The bound of ``matrices`` (default: ``EMBED_ASSETS_CACHE_BYTES``, 4 GiB).
+    max_facts, max_clients : int
+        The bounds of ``facts`` and ``clients`` (entries).
+    """
+
+    def __init__(self, max_bytes: int | None = None, max_facts: int = 16_384,
+                 max_clients: int = 32) -> None:
+        self.matrices = MatrixCache(max_bytes)
+        self.facts = Facts(max_facts)
+        self.max_clients = max_clients
+        self._clients: OrderedDict[Any, Any] = OrderedDict()
+        self._locks: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (f"StoreState(matrices={s['matrices']} items/{s['matrix_bytes']:,} of "
+                f"{s['max_bytes']:,} bytes, facts={s['facts']}, clients={s['clients']})")
+
+    def clear(self, table: str | _HasUri | None = None, *, before: int | None = None) -> None:
+        """Drop what is held for one table (a table URI, or anything with ``.uri``, such as
+        an :class:`~embed_assets.store.EmbeddingTable`): all its versions, or those before
+        version ``before``. Without a table: everything but the locks (a fresh process)."""
+        if table is None:
+            self.matrices.clear()
+            self.facts.clear()
+            with self._guard:
+                self._clients.clear()
+            return
+        uri = table if isinstance(table, str) else table.uri
+        self.matrices.forget(uri, before)
+        self.facts.forget(uri, before)
+
+    def stats(self) -> dict[str, int]:
+        """What is held now, and the bounds."""
+        with self._guard:
+            clients = len(self._clients)
+        return {"matrices": len(self.matrices), "matrix_bytes": self.matrices.nbytes,
+                "max_bytes": self.matrices.max_bytes, "facts": len(self.facts),
+                "max_facts": self.facts.max_items, "clients": clients,
+                "max_clients": self.max_clients}
+
+    def client(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The object-store client for ``key`` (made once; the least recently used out)."""
+        with self._guard:
+            got = self._clients.get(key)
+            if got is not None:
+                self._clients.move_to_end(key)
+                return got
+        made = make()
+        with self._guard:
+            got = self._clients.setdefault(key, made)
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)
+        return got
+
+    def thread_lock(self, path: str) -> Any:
+        """The thread lock of one lock file: fcntl locks belong to a process, so threads of
+        one process need their own exclusion. Held weakly: while a writer holds the lock
+        (and so a reference to it) every other writer gets the same one."""
+        with self._guard:
+            lock = self._locks.get(path)
+            if lock is None:
+                lock = self._locks[path] = threading.Lock()
+            return lock
+
+
+class _HasUri(Protocol):
+    @property
+    def uri(self) -> str: ...
+
+
+STATE = StoreState()
+CACHE = STATE.matrices  # the byte-bounded part, by the name search, SQL and checks read
+
 
 def version_fact(key: VersionKey, kind: str, build: Callable[[], Any]) -> Any:
-    """A small fact of one immutable version (its schema, TableMeta, row count, fragment
-    fingerprint), computed once: each costs Lance or JSON work (``LanceDataset.schema``
-    builds the schema anew on every call, ~30-50 us) several times per search otherwise.
-    Bounded by count, not bytes: the facts are tiny."""
-    k = (key, kind)
-    got = _VERSION_FACTS.get(k)
-    if got is None:
-        if len(_VERSION_FACTS) > 16_384:
-            _VERSION_FACTS.clear()
-        got = _VERSION_FACTS[k] = build()
-    return got
-
-
-_VERSION_FACTS: dict[tuple[VersionKey, str], Any] = {}
+    """A small fact of one immutable version, computed once (:class:`Facts`)."""
+    return STATE.facts.get(key, kind, build)
 
 
 def meta_of(key: VersionKey, ds: lance.LanceDataset) -> TableMeta:
@@ -302,7 +443,7 @@ def take_rows(key: VersionKey, ds: lance.LanceDataset, offsets: np.ndarray,
     """
     names = tuple(columns) if columns else None
     out_schema, small, want_vec = version_fact(
-        key, ("take", names, tuple(f.name for f, _ in extra)),
+        key, "take:" + repr((names, tuple(f.name for f, _ in extra))),  # str: forget() matches prefixes
         lambda: _take_plan(schema_of(key, ds), names, extra))
     names = out_schema.names[:len(out_schema) - len(extra)]
     mem = CACHE.scalar_columns(key, ds) if small else None

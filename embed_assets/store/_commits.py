@@ -41,7 +41,6 @@ import hashlib
 import os
 import random
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -51,6 +50,7 @@ from lance import LanceOperation
 from lance.commit import CommitConflictError
 
 from ..errors import StorageError
+from ._cache import STATE
 from ._meta import StoreLocation
 
 T = TypeVar("T")
@@ -62,16 +62,6 @@ _BACKOFF_S = 0.01
 _BACKOFF_MAX_S = 0.5
 LOCK_DIR = ".embed_assets/locks"
 LOCK_ENV = "EMBED_ASSETS_WRITER_LOCK"
-
-# fcntl locks belong to a process: threads of one process need their own exclusion.
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
-def _thread_lock(path: str) -> threading.Lock:
-    with _thread_locks_guard:
-        return _thread_locks.setdefault(path, threading.Lock())
-
 
 def lock_enabled() -> bool:
     return os.environ.get(LOCK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -94,7 +84,7 @@ def table_lock(store: StoreLocation, name: str) -> Iterator[None]:
         digest = hashlib.sha1(store.uri.encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "embed_assets-locks", digest)
     path = os.path.join(folder, f"{name}.lock")
-    with _thread_lock(path):
+    with STATE.thread_lock(path):
         try:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

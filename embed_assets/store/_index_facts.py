@@ -8,12 +8,12 @@ only needs these facts to plan a search and to keep an index through a rollback.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import lance
 import numpy as np
 
+from ._cache import STATE, VersionKey
 from ._meta import VECTOR_COLUMN
 
 # The table config entry holding the index report (JSON), and the index's name.
@@ -23,32 +23,18 @@ SEARCH_KEYS = ("nprobes", "refine_factor", "ef", "probe_nprobes", "probe_rank",
                "probe_candidates", "probe_two_stage", "graph_ef", "graph_m", "graph_rows",
                "graph_fingerprint", "graph_files")
 
-# Versions are immutable, so what a version says about its indexes never changes: keep it
-# (describe_indices and config() cost ~0.1 ms each, on every search otherwise). Keyed by
-# (table uri, table identity, version), like the matrix cache.
-_FACTS: dict[tuple[str, str, int], tuple[dict[str, Any] | None, bool]] = {}
-_LOCK = threading.Lock()
-
 
 def _facts(ds: lance.LanceDataset, table_id: str) -> tuple[dict[str, Any] | None, bool]:
-    key = (ds.uri, table_id, ds.version)
-    got = _FACTS.get(key)
-    if got is None:
+    """What a version says about its indexes (describe_indices and config() cost ~0.1 ms
+    each, on every search otherwise): a fact of the version, kept in STATE.facts."""
+
+    def read() -> tuple[dict[str, Any] | None, bool]:
         raw = ds.config().get(CONFIG_KEY)
         has = any(i.name == VECTOR_INDEX_NAME or "Vector" in i.type_url
                   for i in ds.describe_indices())
-        got = (json.loads(raw) if raw else None, has)
-        with _LOCK:
-            if len(_FACTS) > 4096:
-                _FACTS.clear()
-            _FACTS[key] = got
-    return got
+        return (json.loads(raw) if raw else None, has)
 
-
-def forget_facts(uri: str) -> None:
-    with _LOCK:
-        for key in [k for k in _FACTS if k[0] == uri]:
-            _FACTS.pop(key, None)
+    return STATE.facts.get(VersionKey(ds.uri, table_id, ds.version), "index", read)
 
 
 def index_config(ds: lance.LanceDataset, table_id: str = "") -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ WriteMode = Literal["overwrite", "append", "upsert", "replace_partition"]
 WRITE_MODES: tuple[str, ...] = ("overwrite", "append", "upsert", "replace_partition")
 METRICS: tuple[str, ...] = ("cosine", "dot", "l2")
 VECTOR_COLUMN = "vector"
-# A version number, a tag name, or None for the latest version.
-VersionRef = int | str | None
+# A version number, a tag name, an experiment's version ((name, number), "name:number", or
+# its name for its latest), or None for the latest version.
+VersionRef = int | str | tuple[str, int | None] | None
 # Schema metadata key holding the table's facts (JSON of TableMeta).
 META_KEY = b"embed_assets"
 # Field metadata declaring a column as Lance's unenforced primary key.

@@ -17,14 +17,11 @@ listing a table's files for the cleanup report.
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
 
 from .._extras import require
 from ..errors import StorageError, describe
-
-_stores: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
-_stores_guard = threading.Lock()
+from ._cache import STATE
 
 
 def _unknown_key(exc: BaseException) -> str | None:
@@ -45,10 +42,11 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
     those are dropped here, since they only tune Lance's own reads.
     """
     opts = {str(k).lower(): str(v) for k, v in (storage_options or {}).items()}
-    cache_key = (uri, tuple(sorted(opts.items())))
-    with _stores_guard:
-        if cache_key in _stores:
-            return _stores[cache_key]
+    return STATE.client(("obstore", uri, tuple(sorted(opts.items()))),
+                        lambda: _make(uri, opts))
+
+
+def _make(uri: str, opts: dict[str, str]) -> Any:
     from_url = require("obstore.store", "writing to an object store", "s3").from_url
     scheme, _, rest = uri.partition("://")
     if scheme == "s3+ddb":  # Lance's DynamoDB-locked S3: the objects are plain S3 ones
@@ -69,8 +67,6 @@ def object_store(uri: str, storage_options: dict[str, str] | None) -> Any:
             if key is None or key not in config:
                 raise StorageError(f"cannot configure object store {uri}: {explain(exc, uri)}") from None
             config.pop(key)
-    with _stores_guard:
-        _stores[cache_key] = store
     return store
 
 

@@ -18,18 +18,13 @@ from __future__ import annotations
 
 import ast
 import re
-import threading
 from collections.abc import Callable
 
-from ._cache import VersionKey
+from ._cache import STATE, VersionKey
 from ._filters import eq as filter_eq
 from ._results import is_maintenance
 
 _SIMPLE_EQ = re.compile(r"""^\s*`?([A-Za-z_][A-Za-z0-9_]*)`?\s*=\s*'((?:[^']|'')*)'\s*$""")
-
-# (table uri, table id, version, column, value) -> epoch; versions are immutable.
-_EPOCHS: dict[tuple[str, str, int, str, str], int] = {}
-_LOCK = threading.Lock()
 
 
 def partition_value(where: str, column: str | None) -> str | None:
@@ -65,11 +60,12 @@ def touches(props: dict[str, str], column: str, value: str) -> bool:
 
 def epoch(key: VersionKey, column: str, value: str,
           properties: Callable[[int], dict[str, str]]) -> int:
-    """The partition's epoch at version ``key.version`` (see the module docstring)."""
-    k = (key.uri, key.table_id, key.version, column, value)
-    got = _EPOCHS.get(k)
+    """The partition's epoch at version ``key.version`` (see the module docstring); a fact
+    of the version, kept in STATE.facts (versions are immutable)."""
+    kind = f"epoch\x1f{column}\x1f{value}"
+    got = STATE.facts.peek(key, kind)
     if got is not None:
-        return got
+        return int(got)
     found = 1
     for v in range(key.version, 0, -1):
         try:
@@ -80,17 +76,8 @@ def epoch(key: VersionKey, column: str, value: str,
         if touches(props, column, value):
             found = v
             break
-    with _LOCK:
-        if len(_EPOCHS) > 8192:
-            _EPOCHS.clear()
-        _EPOCHS[k] = found
+    STATE.facts.put(key, kind, found)
     return found
 
 
-def forget_epochs(uri: str) -> None:
-    with _LOCK:
-        for k in [k for k in _EPOCHS if k[0] == uri]:
-            _EPOCHS.pop(k, None)
-
-
-__all__ = ["canonical", "epoch", "forget_epochs", "partition_value", "touches"]
+__all__ = ["canonical", "epoch", "partition_value", "touches"]

@@ -245,6 +245,8 @@ class RetentionMixin:
 
         def _open_raw(self, version: int) -> lance.LanceDataset: ...
 
+        def _purge_discarded(self, grace: dt.timedelta) -> list[str]: ...
+
     def cleanup(self, *, keep_last: int | None = None,
                 older_than: dt.timedelta | float | str | None = None,
                 grace: dt.timedelta | float | str = DEFAULT_GRACE) -> CleanupReport:
@@ -261,7 +263,8 @@ class RetentionMixin:
         """
         if keep_last is None and older_than is None:
             raise ValidationError("cleanup needs keep_last and/or older_than")
-        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)
+                                      or keep_last < 1):
             raise ValidationError(f"keep_last must be >= 1, got {keep_last}")
         # durations as a timedelta, seconds (grace=0) or text ("7d"), as the CLI takes them
         grace = as_duration(grace, "grace")
@@ -285,6 +288,11 @@ class RetentionMixin:
                                                         include_maintenance=True)
                        if v.maintenance} if keep_last is not None else set()
         tagged = {int(d["version"]) for d in list_tags(ds).values()}
+        # Experiments (Lance branches) discarded more than `grace` ago go with their files.
+        # What a live branch references needs nothing of ours: Lance's cleanup keeps the
+        # version a branch was created from and the files it references (pylance 14.0.2;
+        # tests/test_experiments.py::test_cleanup_keeps_what_a_branch_references).
+        self._purge_discarded(grace)
         remove = choose(listed, ds.version, tagged, keep_last=keep_last, older_than=older_than,
                         grace=grace, now=now, maintenance=maintenance)
         of_removed: set[str] = set()

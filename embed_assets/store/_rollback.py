@@ -11,25 +11,21 @@ from typing import TYPE_CHECKING, Any
 import lance
 from lance import LanceOperation
 
-from ..errors import VersionNotFoundError
+from ..errors import ValidationError, VersionNotFoundError
+from ._cache import STATE
 from ._commits import table_lock, with_retries
+from ._identity import fingerprint
 from ._index_facts import ensure_scalar_indexes, has_scalar_index, index_config, vector_index_type
 from ._meta import PROP_PREFIX, VersionRef
 from ._retention import guarded, version_whole, wait_for_cleanups
-from .graph import fingerprint
 
-# Rebuilds a tuned vector index on the latest version, given the report of the index that
-# a rollback lost. The index policy lives above the store (embed_assets.index), so the
-# package root installs it here (see embed_assets/__init__.py); without it a rollback
-# keeps the scalar indexes and the table is searched exactly.
+# Rebuilds a tuned vector index on the latest version, given (the table, the report of the
+# index that a rollback lost, its index type). The index policy lives above the store
+# (embed_assets.index), so each Store is given one (``Store(index_keeper=...)``;
+# ``embed_assets.Store`` passes the index policy's ``rebuild_after_rollback``). Without
+# one a rollback keeps the scalar indexes, records the pending rebuild (``index_pending``,
+# which ``refresh_index`` finishes) and the table is searched exactly meanwhile.
 IndexKeeper = Callable[[Any, dict[str, Any], str], None]
-_index_keeper: IndexKeeper | None = None
-
-
-def set_index_keeper(keeper: IndexKeeper | None) -> None:
-    global _index_keeper
-    _index_keeper = keeper
-
 
 
 class RollbackMixin:
@@ -70,6 +66,9 @@ class RollbackMixin:
         rebuild that may follow commits maintenance versions after it (``versions()``
         lists them under ``indexed_by``; :attr:`version` is the latest).
         """
+        if to is None:  # resolve() reads None as the latest: a rollback to it did nothing
+            raise ValidationError(f"rollback of {self.name!r} needs the version number or tag to "
+                                  "roll back to, got None")
         target = self.resolve(to)  # refuses unknown and partly removed versions
         run_id = run_id or f"manual-{uuid.uuid4().hex[:12]}"
         what = repr(self.name)
@@ -83,10 +82,13 @@ class RollbackMixin:
                     f"version {target} of {what} was removed by a cleanup running at the same "
                     "time: it cannot be rolled back to")
             with table_lock(self.store, self.name):
-                (ds, report, lost, had_scalar), _ = with_retries(
+                (ds, report, lost, had_scalar, committed), _ = with_retries(
                     lambda n: self._restore(target, run_id, n))
-        if lost and not vector_index_type(ds) and _index_keeper is not None:
-            _index_keeper(self.refresh(), report, lost)
+        if committed:  # what the versions before the Restore cached is not read again soon
+            STATE.clear(self.uri, before=int(ds.version))
+        keeper: IndexKeeper | None = getattr(self.store, "index_keeper", None)
+        if lost and not vector_index_type(ds) and keeper is not None:
+            keeper(self.refresh(), report, lost)
         elif had_scalar:
             meta = self.meta
             if ensure_scalar_indexes(self.refresh()._ds, meta.key, meta.partition_column):
@@ -94,14 +96,14 @@ class RollbackMixin:
         return int(ds.version)
 
     def _restore(self, target: int, run_id: str, retries: int = 0
-                 ) -> tuple[Any, dict[str, Any], str | None, bool]:
+                 ) -> tuple[Any, dict[str, Any], str | None, bool, bool]:
         latest = self.refresh()._ds
         lost = vector_index_type(latest)
         report = index_config(latest, self._identity) or {}
         if _same_rows(latest, self._at(target)):
             # Rolling back to what is already current (the latest version, or one that only
             # index bookkeeping followed) changes nothing: no version, and the index stays.
-            return latest, report, None, False
+            return latest, report, None, False, False
         txn = lance.Transaction(read_version=latest.version,
                                 operation=LanceOperation.Restore(target))
         props = {
@@ -117,7 +119,7 @@ class RollbackMixin:
             props[f"{PROP_PREFIX}index_pending"] = json.dumps({**report, "index_type": lost})
         txn.transaction_properties = props
         ds = lance.LanceDataset.commit(latest, txn)
-        return ds, report, lost, has_scalar_index(latest)
+        return ds, report, lost, has_scalar_index(latest), True
 
     def index_pending(self) -> dict[str, Any] | None:
         """The index a rollback set out to rebuild and no later commit built (a crash in

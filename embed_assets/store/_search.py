@@ -43,10 +43,11 @@ from ._cache import CACHE, VersionKey, take_rows, version_fact
 from ._filters import conjunction
 from ._filters import eq as filter_eq
 from ._filters import in_list as filter_in
+from ._identity import fingerprint
 from ._index_facts import centroids, has_vector_index, search_defaults
 from ._meta import METRICS, VECTOR_COLUMN, TableMeta
 from ._subsets import RowSubset, subset
-from .graph import Graph, GraphHome, fingerprint
+from .graph import Graph, GraphHome
 from .graph import load as load_graph
 
 
@@ -221,6 +222,9 @@ def _embed(name: str, meta: TableMeta, texts: list[str], embedder: Any) -> Any:
     if embedder is None:
         raise ValidationError(
             f"searching {name!r} by text needs an embedder (its model is {meta.model!r})")
+    if not callable(getattr(embedder, "embed", None)) or not isinstance(getattr(embedder, "name", None), str):
+        raise ValidationError(f"embedder must be an Embedder (with .name and .embed()), got "
+                              f"{type(embedder).__name__} {embedder!r}")
     if meta.model and embedder.name != meta.model:
         raise SchemaMismatchError(
             f"this version of {name!r} was embedded with {meta.model!r}; "

@@ -21,11 +21,11 @@ import lance
 from .._config import settings
 from ..errors import StorageError, TableNotFoundError, ValidationError, describe
 from . import _writes
-from ._cache import CACHE
-from ._index_facts import forget_facts
+from ._cache import STATE
 from ._meta import WriteMode, is_local, local_path
 from ._objstore import explain
 from ._results import WriteResult
+from ._rollback import IndexKeeper
 from ._table import EmbeddingTable
 from ._validation import validate_table_name
 
@@ -99,6 +99,12 @@ class Store:
         ``./.embed_store``. A relative path is resolved when the store is opened.
     storage_options : dict, optional
         Passed to Lance for object stores (credentials, endpoint, region...).
+    index_keeper : callable, optional
+        What a rollback to a version older than the table's ANN index calls to rebuild
+        it: ``index_keeper(table, lost_index_report, index_type)``. This layer's default
+        is None (the rollback records the pending rebuild, ``refresh_index`` finishes it);
+        :class:`embed_assets.Store` passes :func:`embed_assets.index.rebuild_after_rollback`,
+        which re-tunes the index to the recall target it had.
 
     Examples
     --------
@@ -110,9 +116,17 @@ class Store:
     """
 
     def __init__(self, uri: str | os.PathLike[str] | None = None, *,
-                 storage_options: dict[str, str] | None = None) -> None:
-        self.uri = absolute_uri(str(uri) if uri is not None else default_store_uri())
+                 storage_options: dict[str, str] | None = None,
+                 index_keeper: IndexKeeper | None = None) -> None:
+        if uri is not None and not isinstance(uri, str | os.PathLike):
+            raise ValidationError(f"a store is a folder or URI (str or path), got "
+                                  f"{type(uri).__name__} {uri!r}")
+        given = str(uri) if uri is not None else default_store_uri()
+        if not given.strip():  # absolute_uri would make it "/": a store in the root folder
+            raise ValidationError("the store URI is empty (check --store or $EMBED_ASSETS_STORE)")
+        self.uri = absolute_uri(given)
         self.storage_options = storage_options
+        self.index_keeper = index_keeper
         if is_local(self.uri):
             path = local_path(self.uri)
             if os.path.exists(path) and not os.path.isdir(path):
@@ -202,8 +216,7 @@ class Store:
         """Delete a table and all its versions (and its HNSW graphs)."""
         t = self.table(name)
         uri = t.uri
-        CACHE.forget(uri)
-        forget_facts(uri)
+        STATE.clear(uri)
         t.graph_home().drop()
         if is_local(self.uri):
             shutil.rmtree(local_path(uri))

@@ -19,6 +19,7 @@ from ..errors import KeyNotFoundError, StorageError, ValidationError, VersionNot
 from . import _filters as sqlx
 from . import _hybrid, _partitions, _retention, _search
 from ._cache import CACHE, VersionKey, meta_of, take_rows
+from ._experiments import ExperimentsMixin, branch_ref
 from ._latest import VersionsWatch
 from ._meta import (
     PROP_PREFIX,
@@ -33,12 +34,13 @@ from ._meta import (
 from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
-from ._validation import validate_tag, validate_where
+from ._validation import as_list, validate_columns, validate_tag, validate_where
 from .graph import GraphHome
 
 
-class EmbeddingTable(RollbackMixin, RetentionMixin):
-    """A handle on one table; every read can pin a version number or a tag."""
+class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
+    """A handle on one table; every read can pin a version number, a tag, or a version of
+    an experiment (``("name", 3)``, ``"name:3"``, ``"name"`` for its latest)."""
 
     def __init__(self, store: StoreLocation, name: str, ds: lance.LanceDataset) -> None:
         self.store = store
@@ -82,6 +84,13 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
 
     def cache_key(self, version: int) -> VersionKey:
         return VersionKey(self.uri, self._identity, version)
+
+    def _key(self, ds: lance.LanceDataset) -> VersionKey:
+        """The cache key of an opened version: an experiment's versions are numbered
+        like production's, so its key names the branch."""
+        branch = getattr(ds, "_ea_branch", None)
+        uri = self.uri if branch is None else f"{self.uri}#{branch}"
+        return VersionKey(uri, self._identity, ds.version)
 
     def _fingerprint(self) -> tuple[int, int] | None:
         return table_fingerprint(self.uri)
@@ -192,6 +201,12 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
 
     def properties(self, version: VersionRef = None) -> dict[str, str]:
         """Provenance of one version: run id, mode, model, row counts (transaction properties)."""
+        br = branch_ref(version)
+        if br is not None:
+            from ._experiments import _props
+
+            ds = self._branch_ds(*br)
+            return _props(ds, ds.version)
         return self._properties(self.resolve(version))
 
     def _properties(self, version: int) -> dict[str, str]:
@@ -206,24 +221,41 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         return props
 
     def resolve(self, ref: VersionRef) -> int:
-        """Turn ``None`` (latest), a version number or a tag into a version number."""
+        """Turn ``None`` (latest), a version number or a tag into a version number of
+        production. An experiment's version is refused: its number names another
+        version of production (read it with ``read``/``search(version=...)``)."""
         if ref is None:
             return self.version
-        return self._at(ref).version
+        ds = self._at(ref)
+        branch = getattr(ds, "_ea_branch", None)
+        if branch is not None:
+            raise ValidationError(
+                f"{ref!r} is version {ds.version} of experiment {branch!r} of {self.name!r}, "
+                "not a version of production; read or search it with version=..., or promote it")
+        return ds.version
 
-    def _at(self, ref: int | str) -> lance.LanceDataset:
-        """The dataset at a version number or tag. Versions are immutable, so handles are
-        kept; listing every version (one manifest read each) happens only for the error."""
+    def _at(self, ref: int | str | tuple[str, int | None]) -> lance.LanceDataset:
+        """The dataset at a version number, tag or experiment version. Versions are
+        immutable, so handles are kept; listing every version (one manifest read each)
+        happens only for the error."""
+        br = branch_ref(ref)
+        if br is not None:
+            return self._branch_ds(*br)
         if isinstance(ref, bool) or not isinstance(ref, int | str):
-            raise ValidationError(f"a version must be an int or a tag name, got {type(ref).__name__}")
+            raise ValidationError(f"a version must be an int or a tag name, got "
+                                  f"{type(ref).__name__} {ref!r}")
         if isinstance(ref, str) and version_number(ref) is None:
             tags = self.tags()
+            branches = self._branches() if ref not in tags else {}
+            if ref in branches:
+                return self._branch_ds(ref)  # an experiment's name: its latest version
             if ref not in tags:
                 numbers = [int(v["version"]) for v in self._ds.versions()]
                 raise VersionNotFoundError(
                     f"table {self.name!r} has no tag {ref!r}; "
                     + (f"tags: {', '.join(sorted(tags))}" if tags else "it has no tags")
-                    + f"; versions: {_ranges(numbers)}")
+                    + f"; versions: {_ranges(numbers)}"
+                    + (f"; experiments: {', '.join(sorted(branches))}" if branches else ""))
             n = tags[ref]
         else:
             n = int(ref)
@@ -357,8 +389,9 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         """Read the table at a version (or tag) as Arrow."""
         validate_where(where)
         ds = self.dataset(version)
+        cols = validate_columns(columns, ds.schema.names, self.name)
         try:
-            return ds.to_table(columns=list(columns) if columns else None,
+            return ds.to_table(columns=cols,
                                filter=where if where is not None else SCAN_ALL)
         except (ValueError, OSError) as exc:
             self._raise_if_vanished(ds.version, exc)
@@ -407,12 +440,12 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         of the key column on first use; the rows come from the version's cached scalar
         columns and, if asked for, a Lance ``take`` of the vectors.
         """
-        keys = list(keys)
+        keys = as_list(keys, "keys", "key")
         ds = self.dataset(version)
-        key = self.cache_key(ds.version)
+        key = self._key(ds)
         meta = TableMeta.infer(ds.schema)
         idx = CACHE.key_index(key, ds, meta.key)
-        cols = list(columns) if columns else None
+        cols = validate_columns(columns, ds.schema.names, self.name)
         if missing not in ("skip", "error"):
             raise ValidationError(f"missing must be 'skip' or 'error', got {missing!r}")
         if idx is not None:
@@ -512,7 +545,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
             raise ValidationError(f"mode must be one of {', '.join(map(repr, _hybrid.SEARCH_MODES))}, "
                                   f"got {mode!r}")
         ds = self._searched(version)
-        key = self.cache_key(ds.version)
+        key = self._key(ds)
         meta = meta_of(key, ds)
         parts: tuple[str, ...] = ()
         if where is not None or partition is not None:
@@ -582,7 +615,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValidationError(f"threads must be a positive integer, got {threads!r}")
         ds = self._searched(version)
-        key = self.cache_key(ds.version)
+        key = self._key(ds)
         meta = meta_of(key, ds)
         where, parts = _search.combine_filters(
             validate_where(where), _search.partition_filter(self.name, meta, ds, partition))
@@ -624,7 +657,7 @@ class EmbeddingTable(RollbackMixin, RetentionMixin):
         column = meta.partition_column
         if column is None or column not in ds.schema.names:
             return []
-        key = self.cache_key(ds.version)
+        key = self._key(ds)
         by_value: dict[Any, dict[str, Any]] = {}
         for frag in ds.get_fragments():
             col = frag.to_table(columns=[column]).column(column)

@@ -130,6 +130,9 @@ def to_vector_array(values: Any, *, column: str = "vector") -> pa.FixedSizeListA
         for i, r in enumerate(rows):
             if r is None:
                 raise ValidationError(f"column {column!r} has a null vector at row {i}")
+            if isinstance(r, str | bytes) or not hasattr(r, "__len__"):
+                raise ValidationError(f"column {column!r} holds {type(r).__name__} {r!r} at row {i}, "
+                                      "not a vector (a list of numbers)")
             lengths.add(len(r))
         if len(lengths) > 1:
             raise ValidationError(
@@ -167,6 +170,31 @@ def validate_column_names(names: Sequence[str]) -> None:
             raise ValidationError(f"column name {_describe(name)} contains a backtick")
         if any(unicodedata.category(c).startswith("C") for c in name):
             raise ValidationError(f"column name {_describe(name)} contains control characters")
+
+
+def as_list(values: Any, what: str, single: str) -> list[Any]:
+    """Keys or column names given as a list (any iterable): a lone string, which would be
+    taken letter by letter, and what cannot be iterated are refused."""
+    if isinstance(values, str | bytes):
+        raise ValidationError(f"{what} must be a list of {single}s, got the string {values!r} "
+                              f"(write [{values!r}] for one {single})")
+    try:
+        return list(values)
+    except TypeError:
+        raise ValidationError(f"{what} must be a list of {single}s, got "
+                              f"{type(values).__name__} {values!r}") from None
+
+
+def validate_columns(columns: Any, have: Sequence[str], table: str) -> list[str] | None:
+    """``columns=`` of a read: None (all), or a list of the table's columns."""
+    if columns is None:
+        return None
+    cols = as_list(columns, "columns", "column name")
+    missing = [c for c in cols if c not in have]
+    if missing:
+        raise ValidationError(f"no column {missing[0]!r} in {table!r}; its columns are "
+                              f"{', '.join(have)}")
+    return cols or None
 
 
 def validate_where(where: Any) -> str | None:

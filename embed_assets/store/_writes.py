@@ -37,6 +37,7 @@ from lance.commit import CommitConflictError
 from ..errors import ConflictError, SchemaMismatchError, ValidationError, describe
 from . import _filters as sqlx
 from ._arrow import as_arrow
+from ._cache import STATE
 from ._commits import MAX_ATTEMPTS, commit, fence, is_conflict, table_lock, with_retries
 from ._meta import (
     MAX_ROWS_PER_FILE,
@@ -79,6 +80,12 @@ class WriteRequest:
 
     def check(self) -> WriteRequest:
         validate_table_name(self.name)
+        if self.partition is not None and (not isinstance(self.partition, tuple | list)
+                                           or len(self.partition) != 2):
+            raise ValidationError(f"partition must be (column, value), got {self.partition!r}")
+        if self.properties is not None and not isinstance(self.properties, Mapping):
+            raise ValidationError("properties must be a mapping of names to values, got "
+                                  f"{type(self.properties).__name__}")
         if self.mode not in WRITE_MODES:
             raise ValidationError(
                 f"unknown write mode {self.mode!r}; choose one of {', '.join(WRITE_MODES)}")
@@ -172,6 +179,10 @@ def _check_compatible(req: WriteRequest, meta: TableMeta | None, dim: int) -> No
         raise SchemaMismatchError(
             f"table {name!r} holds {meta.dimension}-dimensional vectors; "
             f"this write has dimension {dim}; {hint}")
+    if req.metric is not None and req.metric != meta.metric:  # else silently ignored
+        raise SchemaMismatchError(
+            f"table {name!r} ranks by metric {meta.metric!r}; this write asks for "
+            f"{req.metric!r}; {hint}")
     if req.model is not None and meta.model is not None and req.model != meta.model:
         raise SchemaMismatchError(
             f"table {name!r} holds vectors from model {meta.model!r}; "
@@ -288,6 +299,8 @@ def _create_or_overwrite(store: StoreLocation, req: WriteRequest, uri: str, tbl:
             raise CommitConflictError(f"table {req.name!r} was created concurrently",
                                       retryable=True) from None
         raise
+    if existing is not None:  # what the replaced versions cached is not read again soon
+        STATE.clear(uri, before=int(ds.version))
     return WriteResult(req.name, ds.version, existing.version if existing is not None else None,
                        req.mode, rows_inserted=tbl.num_rows,
                        rows_deleted=existing.count_rows() if existing is not None else 0,

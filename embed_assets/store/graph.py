@@ -14,7 +14,7 @@ Identity
 --------
 A graph's labels are row offsets of the version it was built from, so it may only serve
 a version whose rows are exactly those, in the same order. :func:`fingerprint` hashes
-what fixes them: every fragment's id, its data files (Lance names them by UUID) and its
+what fixes them (:mod:`._identity`): every fragment's id, its data files (Lance names them by UUID) and its
 deletion file (its random id and read version: *which* rows were deleted, not how many;
 two histories that each delete three different rows get different fingerprints).
 Index and config commits keep the fragments, so the graph of version N also serves the
@@ -55,7 +55,8 @@ from typing import Any
 import lance
 import numpy as np
 
-from ._cache import CACHE, VersionKey, load_matrix
+from ._cache import CACHE, STATE, VersionKey, load_matrix
+from ._identity import fingerprint as fingerprint  # (where the index policy reads it)
 from ._meta import VECTOR_COLUMN, is_local, local_path
 
 GRAPH_DIR = ".embed_assets/graphs"
@@ -81,18 +82,6 @@ def space(metric: str) -> str:
     # unit rows) with every added row and every query normalised in C++: the same graph
     # file either way, and no Python normalisation per search (~1.5 us of a ~35 us query).
     return {"l2": "l2", "cosine": "cosine"}.get(metric, "ip")
-
-
-def fingerprint(ds: lance.LanceDataset) -> str:
-    """The identity of a version's rows and their order (see the module docstring)."""
-    h = hashlib.sha256(b"rows/2;")
-    for frag in ds.get_fragments():
-        md = frag.metadata
-        files = ",".join(f.path for f in md.files)
-        d = md.deletion_file
-        dele = "-" if d is None else f"{d.read_version}:{d.id}:{d.num_deleted_rows}"
-        h.update(f"{frag.fragment_id}|{md.physical_rows}|{files}|{dele};".encode())
-    return h.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -344,7 +333,7 @@ class Graph:
         return (got if self.labels is None else self.labels[got]), dist
 
 
-_UNUSABLE: dict[tuple[VersionKey, str], str] = {}
+_UNUSABLE = "unusable:"  # the kind prefix, in STATE.facts, of a graph found unusable
 
 
 def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[str, Any],
@@ -363,7 +352,7 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     got = CACHE.get(key, kind)  # the hit, before any closure is made: every search
     if got is not None:
         return got, ""
-    why = _UNUSABLE.get((key, kind))
+    why = STATE.facts.peek(key, _UNUSABLE + kind)
     if why is not None:
         return None, why
 
@@ -383,9 +372,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
     try:
         got = CACHE.get_or_build(key, kind, lambda: int(files["graph"].get("bytes", 0)), build)
     except Unusable as exc:
-        if len(_UNUSABLE) > 4096:
-            _UNUSABLE.clear()
-        _UNUSABLE[(key, kind)] = why = f"graph unusable: {exc}"
+        why = f"graph unusable: {exc}"
+        STATE.facts.put(key, _UNUSABLE + kind, why)
         return None, why
     if got is None:
         return None, "the graph does not fit in the cache"
@@ -393,8 +381,8 @@ def load(key: VersionKey, home: GraphHome, dim: int, metric: str, params: dict[s
 
 
 def forget_unusable() -> None:
-    """Forget the graphs found unusable (tests that repair a file)."""
-    _UNUSABLE.clear()
+    """Forget the graphs found unusable, in every table (tests that repair a file)."""
+    STATE.facts.forget("", kind_prefix=_UNUSABLE)
 
 
 # -- refreshing -----------------------------------------------------------------------

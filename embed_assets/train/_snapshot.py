@@ -53,9 +53,18 @@ MANIFEST = "manifest.json"
 LAST_USED = ".last_used"
 TMP_PREFIX = ".tmp-"
 _CHUNK = 8 << 20
-# Checksums verified in this process: (path, manifest mtime) -> True.
-_verified: set[tuple[str, float]] = set()
+# Checksums verified in this process, by (path, manifest mtime); the oldest forgotten past
+# _VERIFIED_MAX (forgetting one costs a checksum of that snapshot when it is opened again).
+_verified: dict[tuple[str, float], None] = {}
 _verified_guard = threading.Lock()
+_VERIFIED_MAX = 4096
+
+
+def _remember(stamp: tuple[str, float]) -> None:
+    with _verified_guard:
+        _verified[stamp] = None
+        while len(_verified) > _VERIFIED_MAX:
+            del _verified[next(iter(_verified))]
 
 Verify = Literal["full", "size"]
 
@@ -246,15 +255,20 @@ def _check(path: str, verify: Verify) -> dict[str, Any]:
             for name in (VECTORS, ROWS):
                 if _sha256(os.path.join(path, name)) != man["files"][name]["sha256"]:
                     raise StorageError(f"snapshot {path}: {name} does not match its checksum")
-            with _verified_guard:
-                _verified.add(stamp)
+            _remember(stamp)
     return man
+
+
+def _check_verify(verify: Any) -> None:
+    if verify not in ("full", "size"):
+        raise ValidationError(f"verify must be 'full' or 'size', got {verify!r}")
 
 
 def open_snapshot(path: str | os.PathLike[str], *, verify: Verify = "full") -> Snapshot:
     """Open a snapshot folder (another process's export, a copy on a training node),
     checking it first; :class:`StorageError` if it is incomplete or corrupt."""
     path = os.path.abspath(os.fspath(path))
+    _check_verify(verify)
     man = _check(path, verify)
     with contextlib.suppress(OSError), open(os.path.join(path, LAST_USED), "w") as f:
         f.write(dt.datetime.now(dt.UTC).isoformat())
@@ -296,6 +310,9 @@ def snapshot(table: EmbeddingTable, version: VersionRef = None, *, columns: Sequ
     >>> snap.vectors.shape, [b["id"].tolist() for b in snap.batches(2)]
     ((3, 4), [[1, 2], [3]])
     """
+    _check_verify(verify)
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValidationError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     cols = list(dict.fromkeys(columns or []))
     ds = table.dataset(version)  # VersionNotFoundError for an unknown version or tag
     meta = table.meta_at(ds.version)
@@ -329,8 +346,7 @@ def snapshot(table: EmbeddingTable, version: VersionRef = None, *, columns: Sequ
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    with _verified_guard:
-        _verified.add((final, os.path.getmtime(os.path.join(final, MANIFEST))))
+    _remember((final, os.path.getmtime(os.path.join(final, MANIFEST))))
     return Snapshot(path=final, manifest=man, reused=False)
 
 
@@ -441,6 +457,8 @@ def cleanup_snapshots(cache_dir: str | os.PathLike[str] | None = None, *, keep_l
     if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 0):
         raise ValidationError(f"keep_last must be >= 0, got {keep_last}")
     root = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None else default_cache_dir())
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValidationError(f"snapshot cache {root!r} exists and is not a directory")
     if not os.path.isdir(root):
         return []
     now = dt.datetime.now(dt.UTC)

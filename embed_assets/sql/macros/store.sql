@@ -63,8 +63,10 @@ CREATE OR REPLACE MACRO __ea_maha_scan(t, metric, vector) AS
 
 CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := NULL, vector := 'vector',
                             inv_cov := NULL, use_index := true, filter := NULL) AS TABLE
-    -- (__ea_k refuses a bad k here, where every arm reads the query vector.)
-    WITH __q AS MATERIALIZED (SELECT CASE WHEN __ea_k('knn', k) > 0 THEN query_vector END AS __qv),
+    -- (__ea_k refuses a bad k and __ea_qv a NULL vector here, where every arm reads the
+    -- query vector.)
+    WITH __q AS MATERIALIZED (SELECT CASE WHEN __ea_k('knn', k) > 0 THEN __ea_qv('knn', query_vector) END
+                              AS __qv),
     -- Store views: the store's search ranks (k = 0 elsewhere, since DuckDB evaluates
     -- this CTE whichever branch below survives).
     __h AS MATERIALIZED (

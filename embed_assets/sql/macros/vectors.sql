@@ -203,6 +203,11 @@ CREATE OR REPLACE MACRO __ea_k(fn, k) AS
                     || CASE WHEN k IS NULL THEN 'NULL'
                             WHEN typeof(k) = 'VARCHAR' THEN '' || CAST(k AS VARCHAR) || ''
                             ELSE CAST(k AS VARCHAR) END) END;
+-- The query vector of knn: a NULL one (a NULL literal or parameter, a scalar subquery
+-- with no row or a NULL value, a LATERAL row's NULL vector) is refused, as in Python
+-- (Table.search(None)), rather than ranked as no rows.
+CREATE OR REPLACE MACRO __ea_qv(fn, q) AS
+    CASE WHEN q IS NULL THEN error(fn || ': the query vector is NULL') ELSE q END;
 -- k as a LIMIT takes it: a constant DuckDB folds while binding (a correlated LATERAL call
 -- needs one), whatever was given; __ea_k refuses a bad k where the rows are computed.
 CREATE OR REPLACE MACRO __ea_limit(k) AS greatest(coalesce(TRY_CAST(k AS BIGINT), 0), 0);
@@ -222,7 +227,7 @@ CREATE OR REPLACE MACRO knn(table_name, query_vector, k, metric := 'cosine', vec
                             inv_cov := NULL, filter := NULL) AS TABLE
     SELECT *, CAST(row_number() OVER (ORDER BY distance) AS INTEGER) AS rank
     FROM (SELECT *, vec_distance(COLUMNS(c -> c = vector),
-                                 CASE WHEN __ea_k('knn', k) > 0 THEN query_vector END,
+                                 CASE WHEN __ea_k('knn', k) > 0 THEN __ea_qv('knn', query_vector) END,
                                  metric, inv_cov) AS distance
           FROM __ea_rows(table_name, filter)
           ORDER BY distance
