@@ -313,7 +313,15 @@ if which == "build_index":
     c0, t0 = time.process_time(), time.perf_counter()
     rep = build_index(s.table("t"), recall=0.95, graph=True)
     out = {"recall": rep.recall, "p50_ms": rep.p50_ms, "train_s": rep.build_seconds,
-           "tune_s": rep.tune_seconds, "path": "graph" if "graph_ef" in rep.params else rep.kind}
+           "tune_s": rep.tune_seconds, "path": "graph" if "graph_ef" in rep.params else rep.kind,
+           "store": s.uri}
+elif which == "load":  # a fresh reader: open the store built above, first search
+    from embed_assets import Store
+    del mat
+    t = Store(sys.argv[4]).table("t")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    c0, t0 = time.process_time(), time.perf_counter()
+    t.search(np.ones(384, np.float32), k=10, columns=["id"])
 elif which == "faiss-ivfpq":
     import faiss
     x = np.ascontiguousarray(mat, dtype=np.float32)
@@ -330,7 +338,8 @@ print(json.dumps({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter
 
 def scale(n: int) -> list[str]:
     """build_index on n synthetic 384-d rows beside FAISS IVF-PQ train+add of the same
-    rows, each in a fresh process (its own peak RSS), one after the other."""
+    rows, each in a fresh process (its own peak RSS), one after the other; then a fresh
+    reader's first search of the built store (``load``: the graph and what it reads)."""
     import json
     import subprocess
 
@@ -341,15 +350,17 @@ def scale(n: int) -> list[str]:
            "peak RSS GB (over the process before the build) | recall@10 / p50 |",
            "|---|---|---|---|---|"]
     del mat
-    for which in ("faiss-ivfpq", "build_index"):
+    built = ""
+    for which in ("faiss-ivfpq", "build_index", "load"):
         src = str(Path(__file__).resolve().parents[1])
-        got = subprocess.run([sys.executable, "-c", _SCALE, str(path), which, src],
+        got = subprocess.run([sys.executable, "-c", _SCALE, str(path), which, src, built],
                              capture_output=True, text=True)
         if got.returncode != 0:
             out.append(f"| {which} | failed: {got.stderr.strip().splitlines()[-1:]} | | | |")
             print(out[-1], flush=True)
             continue
         r = json.loads(got.stdout.strip().splitlines()[-1])
+        built = r.get("store", built)
         extra = (f"{r['recall']:.3f} / {r['p50_ms']:.2f} ms ({r['path']}; train {r['train_s']:.0f} s, "
                  f"tune {r['tune_s']:.0f} s)" if "recall" in r else "")
         out.append(f"| {which} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_gb']:.2f} "
