@@ -293,9 +293,100 @@ def training(n: int) -> list[str]:
     return out
 
 
+_SCALE = r"""
+import json, sys, time, tempfile
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+
+
+def status(field):  # bytes; VmHWM is this process's own peak (ru_maxrss keeps the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
+def mark():  # the resident set now; the peak restarts from it
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status("VmRSS")
+
+
+mat = np.load(sys.argv[1], mmap_mode="r")
+which = sys.argv[2]
+base = mark()
+c0, t0 = time.process_time(), time.perf_counter()
+out = {}
+if which == "build_index":
+    import pyarrow as pa
+    from embed_assets import Store, build_index
+    s = Store(tempfile.mkdtemp(prefix="bench_scale_"))
+    s.write("t", pa.table({"id": np.arange(len(mat)), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(mat).reshape(-1)), mat.shape[1])}), key="id")
+    del mat
+    base = mark()
+    c0, t0 = time.process_time(), time.perf_counter()
+    rep = build_index(s.table("t"), recall=0.95, graph=True)
+    out = {"recall": rep.recall, "p50_ms": rep.p50_ms, "train_s": rep.build_seconds,
+           "tune_s": rep.tune_seconds, "path": "graph" if "graph_ef" in rep.params else rep.kind,
+           "store": s.uri}
+elif which == "load":  # a fresh reader: open the store built above, first search
+    from embed_assets import Store
+    del mat
+    t = Store(sys.argv[4]).table("t")
+    base = mark()
+    c0, t0 = time.process_time(), time.perf_counter()
+    t.search(np.ones(384, np.float32), k=10, columns=["id"])
+elif which == "faiss-ivfpq":
+    import faiss
+    x = np.ascontiguousarray(mat, dtype=np.float32)
+    nlist = int(round(len(x) ** 0.5))
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(x.shape[1]), x.shape[1], nlist, x.shape[1] // 4, 8,
+                             faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+print(json.dumps({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
+                  "peak_gb": status("VmHWM") / 1e9,
+                  "base_gb": base / 1e9, **out}))
+"""
+
+
+def scale(n: int) -> list[str]:
+    """build_index on n synthetic 384-d rows beside FAISS IVF-PQ train+add of the same
+    rows, each in a fresh process (its own peak RSS), one after the other; then a fresh
+    reader's first search of the built store (``load``: the graph and what it reads)."""
+    import json
+    import subprocess
+
+    mat = datasets.clustered_vectors(n)
+    path = Path(tempfile.mkdtemp(prefix="bench_scale_")) / "mat.npy"
+    np.save(path, mat)
+    out = [f"| {n:,} x 384 synthetic (matrix {mat.nbytes / 1e9:.2f} GB) | wall s | CPU s | "
+           "peak RSS GB (over the resident set before the step) | recall@10 / p50 |",
+           "|---|---|---|---|---|"]
+    del mat
+    built = ""
+    for which in ("faiss-ivfpq", "build_index", "load"):
+        src = str(Path(__file__).resolve().parents[1])
+        got = subprocess.run([sys.executable, "-c", _SCALE, str(path), which, src, built],
+                             capture_output=True, text=True)
+        if got.returncode != 0:
+            out.append(f"| {which} | failed: {got.stderr.strip().splitlines()[-1:]} | | | |")
+            print(out[-1], flush=True)
+            continue
+        r = json.loads(got.stdout.strip().splitlines()[-1])
+        built = r.get("store", built)
+        extra = (f"{r['recall']:.3f} / {r['p50_ms']:.2f} ms ({r['path']}; train {r['train_s']:.0f} s, "
+                 f"tune {r['tune_s']:.0f} s)" if "recall" in r else "")
+        out.append(f"| {which} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_gb']:.2f} "
+                   f"({r['peak_gb'] - r['base_gb']:.2f}) | {extra} |")
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["real", "synth", "threshold", "training"], default=None)
+    ap.add_argument("--only", choices=["real", "synth", "threshold", "training", "scale"],
+                    default=None)
     ap.add_argument("--real-rows", type=int, default=120_000)
     ap.add_argument("--synth-rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
@@ -320,6 +411,8 @@ def main() -> None:
         out += threshold()
     if args.only == "training":
         out += training(args.real_rows)
+    if args.only == "scale":
+        out += scale(args.synth_rows)
     print("\n\n" + "\n".join(out))
 
 

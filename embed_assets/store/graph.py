@@ -64,6 +64,8 @@ GRAPH_M = 16
 # ef_construction=200 rather than hnswlib's suggested 100: on 120k real MiniLM vectors it
 # reaches recall 0.96 at ef 48 where 100 needs ef 64 (benchmarks/RESULTS.md).
 EF_CONSTRUCTION = 200
+# Rows handed to hnswlib per call when a graph is built (25 MB of 384-d vectors).
+ADD_BLOCK = 16_384
 # Past this share of rows changed (deleted + added) since the graph was built, a refresh
 # rebuilds it: marked-deleted nodes still route searches, and recall drifts.
 MAX_UPDATE_SHARE = 0.3
@@ -138,7 +140,11 @@ def build_graph(mat: np.ndarray, metric: str, rows: np.ndarray, m: int = GRAPH_M
     index = hnswlib.Index(space=space(metric), dim=mat.shape[1])
     index.init_index(max_elements=capacity or len(mat), M=m, ef_construction=EF_CONSTRUCTION,
                      random_seed=seed)
-    add_items(index, mat[rows], rows)
+    # Rows go in blocks: ``mat[rows]`` in one call was a copy of the whole matrix at the
+    # build's peak (0.38 GB at 250k rows; build_index peaked at 4.2x the matrix there).
+    for s in range(0, len(rows), ADD_BLOCK):
+        block = rows[s:s + ADD_BLOCK]
+        add_items(index, mat[block], block)
     return index
 
 
