@@ -30,6 +30,7 @@ Examples
 """
 
 import os
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import (
@@ -83,6 +84,28 @@ _LAZY = {
     "Snapshot": "train", "cleanup_snapshots": "train", "open_snapshot": "train",
     "snapshot": "train",
 }
+if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs (griffe reads these)
+    from .embed import (
+        EfficientNetEmbedder,
+        Embedder,
+        EmbedResult,
+        HashEmbedder,
+        ImageEmbedder,
+        OnRay,
+        RayEmbedError,
+        SentenceTransformerEmbedder,
+        SentenceTransformerImageEmbedder,
+        Streamed,
+        TorchImageEmbedder,
+        default_embedder,
+        embed_table,
+        search_by_image,
+    )
+    from .index import build_index, build_text_index, freshness, refresh_index
+    from .serve import Client, ServeError
+    from .sql import SQLConnection, UnknownColumnError, connect
+    from .train import Snapshot, cleanup_snapshots, open_snapshot, snapshot
+
 _SUBPACKAGES = frozenset({"cli", "dagster", "embed", "index", "kernels", "recipes", "serve",
                           "sql", "store", "train"})
 
