@@ -65,6 +65,12 @@ def test_experiment_asset_and_promotion_job(env: dict[str, Any]) -> None:
             assert {r.data["metric"] for r in md["comparison"].records} >= {"overlap_at_k", "same_label_at_k"}
             assert "Top-10 overlap per query" in md["comparison_report"]
             assert promote_job_name(TABLE) in md["comparison_report"]
+            # the plot is a picture (a PNG in the markdown, as the projection), not text only
+            import base64
+            import re
+
+            png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", md["overlap_plot"])
+            assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG")
             job = defs.get_job_def(promote_job_name(TABLE))
             run = job.execute_in_process(instance=inst, resources=defs.resources)  # default: small
             assert run.success

@@ -360,3 +360,21 @@ def test_lateral_knn_is_one_batched_search_not_one_per_outer_row(store, con, mon
     vecs = store.table("t").get(list(range(40)), columns=["vector"]).column("vector").to_pylist()
     for qid in range(40):
         assert [i for q, i, _ in got if q == qid] == oracle(store, np.asarray(vecs[qid]), 5)
+
+
+def test_lateral_mahalanobis_on_a_duckdb_table_ranks_each_outer_row(tmp_path):
+    """Every outer row's own query vector (issue 23's sweep: the first row's neighbours
+    were returned for every row of a chunk)."""
+    rng = np.random.default_rng(3)
+    mat = rng.normal(size=(40, 6)).astype(np.float32)
+    s = Store(tmp_path / "s")
+    s.write("m", {"id": list(range(40)), "vector": mat}, key="id")
+    c = connect(s, extensions=())
+    c.execute("CREATE TABLE plain AS SELECT * FROM m")
+    c.execute("CREATE TABLE qs AS SELECT id AS qid, vector FROM m WHERE id < 8")
+    eye = "[" + ", ".join("[" + ", ".join("1.0" if i == j else "0.0" for j in range(6)) + "]"
+                          for i in range(6)) + "]"
+    for table in ("plain", "m"):
+        got = c.execute(f"SELECT q.qid, k.id FROM qs q, LATERAL knn('{table}', q.vector, 1, "
+                        f"metric := 'mahalanobis', inv_cov := {eye}) k ORDER BY q.qid").fetchall()
+        assert got == [(i, i) for i in range(8)], table  # identity inv_cov: each row is its own nearest

@@ -202,3 +202,26 @@ def test_importing_embed_assets_registers_nothing() -> None:
     assert got["stats"]["matrices"] == got["stats"]["facts"] == got["stats"]["clients"] == 0
     assert got["keeper"] == "None"  # the store layer's own Store: no hook unless given one
     assert got["root_keeper"] == "_rebuild_after_rollback"  # embed_assets.Store wires it (lazily: issue 29)
+
+
+def test_threads_of_one_process_take_turns_through_the_weakly_held_lock(tmp_path: Path) -> None:
+    """Writers on threads of one process share one lock per table while any holds it (the
+    registry holds locks weakly): eight concurrent upserts all land, none had to re-plan."""
+    import threading
+
+    store = Store(tmp_path / "s")
+    store.write("t", vectors_table([0]), key="id")
+    results: list[object] = []
+
+    def write(i: int) -> None:
+        results.append(store.write("t", vectors_table([i * 10 + j for j in range(1, 4)], seed=i),
+                                   key="id"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) == 8 and all(r.retries == 0 for r in results)  # type: ignore[attr-defined]
+    assert store.table("t").read(columns=["id"]).num_rows == 1 + 8 * 3
+    assert store.table("t").version == 9

@@ -35,7 +35,7 @@ from ..embed import default_embedder
 from ..errors import EmbedAssetsError
 from ..store import Comparison
 from ._compat import CoercibleToAssetKey
-from .metadata import record_run_version, table_metadata
+from .metadata import histogram_png, projection_markdown, record_run_version, table_metadata
 
 
 def promote_job_name(table: str) -> str:
@@ -66,7 +66,18 @@ def comparison_metadata(cmp: Comparison) -> dict[str, Any]:
                                     TableColumn("production", "float"),
                                     TableColumn("experiment", "float")]))
     md["comparison_report"] = MetadataValue.md(comparison_markdown(cmp))
+    # the plot as a picture on the materialisation (a markdown image, as the projection of
+    # the embedding assets: what Dagster's UI shows without a click)
+    md["overlap_plot"] = projection_markdown(overlap_png(cmp), alt=f"top-{cmp.k} overlap per query")
     return md
+
+
+def overlap_png(cmp: Comparison) -> bytes:
+    """A histogram of the per-query top-k overlap between production and the experiment."""
+    overlaps = np.asarray(cmp.per_query.column("overlap").to_pylist(), float)
+    return histogram_png(overlaps, xlabel=f"top-{cmp.k} neighbours shared with production",
+                         title=f"{cmp.experiment} vs production: {cmp.queries} queries, "
+                               f"mean overlap {float(np.mean(overlaps)) if len(overlaps) else 0:.2f}")
 
 
 def comparison_markdown(cmp: Comparison) -> str:

@@ -145,13 +145,8 @@ def projection_png(vectors: np.ndarray, labels: Sequence[Any] | None = None, *,
     Draws on its own Agg canvas: no pyplot, no display, and the process's matplotlib
     backend is left as it was.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     xy = pca_2d(vectors)
-    fig = Figure(figsize=(5.5, 4.0), dpi=72)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _canvas(4.0)
     if labels is not None and len(set(labels)) <= 20:
         lab = np.asarray([str(v) for v in labels])
         for name in sorted(set(lab.tolist())):
@@ -160,8 +155,33 @@ def projection_png(vectors: np.ndarray, labels: Sequence[Any] | None = None, *,
         ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2, frameon=False)
     else:
         ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+    return _png(fig, ax, "PC 1", "PC 2", title)
+
+
+def histogram_png(values: np.ndarray, *, bins: int = 10, value_range: tuple[float, float] = (0.0, 1.0),
+                  xlabel: str = "", title: str = "") -> bytes:
+    """A PNG bar chart of ``values`` in ``bins`` equal bins (the Agg canvas, as
+    :func:`projection_png`)."""
+    counts, edges = np.histogram(np.asarray(values, float), bins=bins, range=value_range)
+    fig, ax = _canvas(3.0)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+    return _png(fig, ax, xlabel, "queries", title)
+
+
+def _canvas(height: float) -> tuple[Any, Any]:
+    """A figure on its own Agg canvas: no pyplot, no display, and the process's
+    matplotlib backend is left as it was."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, height), dpi=72)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _png(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> bytes:
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     fig.tight_layout()

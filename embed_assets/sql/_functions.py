@@ -137,25 +137,36 @@ def _agg(vs: pa.Array, how: pa.Array) -> pa.Array:
 
 
 def _knn_rows(q: pa.Array, vs: pa.Array, k: pa.Array, inv: pa.Array) -> pa.Array:
-    """Mahalanobis knn over one list of vectors (a table that is not a store view):
-    hits as 1-based positions ``r`` in that list, whitened once (see mahalanobis_topk)."""
-    cell = _combine(vs)[0]
-    qc = _combine(q)[0]
-    if not qc.is_valid and len(vs):  # (the macro refuses it first)
-        raise ValueError("knn: the query vector is NULL")
-    if not cell.is_valid or len(cell.values) == 0 or not qc.is_valid:
-        return _repeat(udf.hits_array(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 1),
-                       len(vs))
-    mat = udf.vectors_matrix(cell.values, "knn", np.float64)
-    qv = qc.values.to_numpy(zero_copy_only=False).astype(np.float64)
-    if qv.shape[0] != mat.shape[1]:
-        raise ValueError(f"knn: dimension mismatch ({mat.shape[1]} vs {qv.shape[0]})")
-    if np.isnan(qv).any():
-        raise ValueError("knn: the query vector has NULL or NaN elements")
-    w = whitening(udf.matrix_value(inv), mat.shape[1])
+    """Mahalanobis knn over one list of vectors (a table that is not a store view), for
+    each row's own query vector (a LATERAL call has one per outer row; the first one was
+    answered for all of them): hits as 1-based positions ``r`` in that list, the list
+    whitened once per chunk (see mahalanobis_topk)."""
+    qs, cells, invs = _combine(q), _combine(vs), _combine(inv)
     kk = int(udf._scalar(k))
-    idx, dist = mahalanobis_topk(mat, qv, kk, w)
-    return _repeat(udf.hits_array(np.zeros(len(idx), np.int64), idx, dist, max(len(idx), 1)), len(vs))
+    out: list[pa.Array] = []
+    seen: tuple[Any, Any] | None = None  # (list, inv_cov) whitened last
+    mat = w = None
+    for i in range(len(cells)):
+        qc, cell = qs[min(i, len(qs) - 1)], cells[i]
+        if not qc.is_valid:  # (the macro refuses it first)
+            raise ValueError("knn: the query vector is NULL")
+        if not cell.is_valid or len(cell.values) == 0:
+            out.append(udf.hits_array(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 1))
+            continue
+        inv_i = invs[min(i, len(invs) - 1)] if len(invs) else None
+        if seen is None or not (cell.values.equals(seen[0]) and inv_i == seen[1]):
+            mat = udf.vectors_matrix(cell.values, "knn", np.float64)
+            w = whitening(udf.matrix_value(invs, min(i, len(invs) - 1)), mat.shape[1])
+            seen = (cell.values, inv_i)
+        assert mat is not None and w is not None
+        qv = qc.values.to_numpy(zero_copy_only=False).astype(np.float64)
+        if qv.shape[0] != mat.shape[1]:
+            raise ValueError(f"knn: dimension mismatch (query {qv.shape[0]} vs table {mat.shape[1]})")
+        if np.isnan(qv).any():
+            raise ValueError("knn: the query vector has NULL or NaN elements")
+        idx, dist = mahalanobis_topk(mat, qv, kk, w)
+        out.append(udf.hits_array(np.zeros(len(idx), np.int64), idx, dist, max(len(idx), 1)))
+    return pa.concat_arrays(out) if out else pa.array([], udf.HIT_TYPE)
 
 
 def _topk(matrix: Callable[[pa.Array], np.ndarray], lv: pa.Array, rv: pa.Array, k: pa.Array,

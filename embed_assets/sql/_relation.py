@@ -29,7 +29,8 @@ class Relation:
 
     Every method and property of DuckDB's relation is available (``fetchall``, ``df``,
     ``arrow``, ``pl``, ``filter``, ``limit``, ``show``...); relations it returns are
-    wrapped the same way; :attr:`relation` is DuckDB's own object.
+    wrapped the same way; :attr:`relation` is DuckDB's own object, for what needs DuckDB's
+    type itself (``pa.table(rel.relation)``, a query on ``con.con`` naming it).
     """
 
     __slots__ = ("__weakref__", "_failures", "_parent", "relation")
@@ -52,6 +53,11 @@ class Relation:
         return out
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            # Not DuckDB's special methods: DuckDB's replacement scan would read this object
+            # as an Arrow stream (__arrow_c_stream__) and, on the connection it belongs to,
+            # wait forever for the lock of the statement scanning it.
+            raise AttributeError(name)
         with self._failures():
             attr = getattr(self.relation, name)
         if isinstance(attr, duckdb.DuckDBPyRelation):
@@ -78,6 +84,3 @@ class Relation:
 
     def __contains__(self, item: Any) -> bool:
         return bool(self._call(self.relation.__contains__, item))
-
-    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self._call(self.relation.__arrow_c_stream__, requested_schema)
