@@ -72,7 +72,14 @@ def _dagster_dev(port: int, env: dict[str, str], log: Any, how: str = "make ui")
     else:
         cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    # A test run started in the background of a shell without job control inherits SIGINT
+    # ignored (POSIX), and Python keeps an ignored SIGINT ignored: Ctrl-C in a terminal
+    # reaches a process whose SIGINT is at its default, as here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("how", ["make ui", "dagster dev"])
