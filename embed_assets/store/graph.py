@@ -132,19 +132,22 @@ def _cache_root() -> Path:
 
 # -- building -------------------------------------------------------------------------
 def build_graph(mat: np.ndarray, metric: str, rows: np.ndarray, m: int = GRAPH_M,
-                seed: int = 0, capacity: int | None = None) -> Any:
-    """A graph over ``mat[rows]`` (labels: the row offsets), with room for ``capacity``
-    (default every row of ``mat``)."""
+                seed: int = 0, capacity: int | None = None,
+                where: np.ndarray | None = None) -> Any:
+    """A graph over rows ``rows`` (labels: the row offsets), with room for ``capacity``
+    (default every row of ``mat``); row ``r`` is ``mat[r]``, or ``mat[where[r]]`` where
+    ``mat`` holds the rows in another order (an index build reads them in partition order)."""
     import hnswlib
 
     index = hnswlib.Index(space=space(metric), dim=mat.shape[1])
     index.init_index(max_elements=capacity or len(mat), M=m, ef_construction=EF_CONSTRUCTION,
                      random_seed=seed)
-    # Rows go in blocks: ``mat[rows]`` in one call was a copy of the whole matrix at the
-    # build's peak (0.38 GB at 250k rows; build_index peaked at 4.2x the matrix there).
+    # Rows go in blocks, in offset order whatever order ``mat`` holds them in: ``mat[rows]``
+    # in one call was a copy of the whole matrix at the build's peak (0.38 GB at 250k rows;
+    # build_index peaked at 4.2x the matrix there).
     for s in range(0, len(rows), ADD_BLOCK):
         block = rows[s:s + ADD_BLOCK]
-        add_items(index, mat[block], block)
+        add_items(index, mat[block if where is None else where[block]], block)
     return index
 
 
