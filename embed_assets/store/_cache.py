@@ -4,8 +4,8 @@ What it holds, and how each part is bounded:
 
 - ``matrices`` (:class:`MatrixCache`, also reachable as :data:`CACHE`): decoded vectors,
   in-memory IVF probes, HNSW graphs, key indexes, scalar columns and row addresses of
-  immutable table versions; bounded by bytes (``EMBED_ASSETS_CACHE_BYTES``, 4 GiB by
-  default), least recently used out first.
+  immutable table versions; bounded by bytes (``EMBED_ASSETS_CACHE_BYTES``, half the
+  machine's memory by default), least recently used out first.
 - ``facts`` (:class:`Facts`): small facts of versions (schema, TableMeta, row count,
   index report, fragment fingerprint, partition epochs, graphs found unusable); bounded
   by count, least recently used out first.
@@ -342,7 +342,8 @@ class StoreState:
     Parameters
     ----------
     max_bytes : int, optional
-        The bound of ``matrices`` (default: ``EMBED_ASSETS_CACHE_BYTES``, 4 GiB).
+        The bound of ``matrices`` (default: ``EMBED_ASSETS_CACHE_BYTES``, half the
+        machine's memory).
     max_facts, max_clients : int
         The bounds of ``facts`` and ``clients`` (entries).
     """
