@@ -395,6 +395,8 @@ class RespServer:
         else:
             rows = [rows_of.get(_int(k)) for k in keys]
         head = b"*%d\r\n:%d\r\n" % (len(keys) + 1, snap.version)
+        if len(rows) == 1 and rows[0] is not None:  # a row view, not a take (~1 us of ~6)
+            return 200, head + framed[rows[0]].tobytes(), snap.version
         if None not in rows:  # every key stored: one take of the framed rows
             return 200, head + framed[cast(list[int], rows)].tobytes(), snap.version
         parts = [head]
