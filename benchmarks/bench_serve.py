@@ -12,8 +12,8 @@ benchmarks/.cache/serve_store_v3. Two versions serve as the tag's two targets: A
 ``gen-B-marker``), each with its own tuned index (``build_index``, recall 0.95).
 
 Clients: ``--clients`` (16) OS processes, forked before any server starts, each one
-closed-loop synchronous connection over a raw socket (pre-built requests, no client
-library on either side), so the HTTP server and Redis pay the same, minimal, client cost.
+closed-loop synchronous connection over a raw socket (requests built before the fork,
+no client library on either side), so the HTTP server and Redis pay the same, minimal, client cost.
 They share the 2 cores with the server they measure. Every answer is checked: for a
 lookup, the vector bytes of the version its header names must be in the body (and not
 the other version's); for a search over HTTP, the ``gen`` marker of that version and not
@@ -240,8 +240,6 @@ SHARED: dict = {}  # set before forking: data the client processes read
 def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> None:
     d = SHARED
     rng = np.random.default_rng(seed)
-    pk: list[str] = d["pk"]
-    n = len(pk)
     lat = np.empty(2_000_000, dtype=np.float64)
     count = errors = mixed = 0
     seen: dict[int, int] = {}
@@ -252,28 +250,15 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
     try:
         conn: Http | Redis = Redis(port) if kind.startswith(("redis", "resp")) else Http(port)
     except OSError as exc:
-        out.put((kind, np.zeros(0), 0, 1, 0, {}, f"connect: {exc}"))
+        out.put((kind, np.zeros(0), 0, 1, 0, {}, f"connect: {exc}", 0, 0))
         return
     end = time.perf_counter() + seconds
+    reqs: list[tuple[np.ndarray, bytes]] = d["requests"]
     while True:
-        if kind in ("get1", "get100", "redis1", "redis100", "resp1", "resp100"):
-            rows = rng.integers(0, n, size=1 if kind.endswith("1") else 100)
-            if kind.startswith("redis"):
-                keys = [pk[r].encode() for r in rows]
-                req = Redis.command(b"GET", keys[0]) if len(keys) == 1 else Redis.command(b"MGET", *keys)
-            elif kind.startswith("resp"):
-                req = Redis.command(b"EA.GET", TABLE.encode(), *[pk[r].encode() for r in rows])
-            else:
-                req = Http.request(f"/v1/tables/{TABLE}/get", {"keys": [pk[r] for r in rows]})
-        elif kind == "resp_knn":
-            qi = rng.integers(len(d["queries"]))
-            req = Redis.command(b"EA.KNN", TABLE.encode(), b"10", d["query_bytes"][qi])
-        else:
-            q = d["queries"][rng.integers(len(d["queries"]))]
-            doc = {"vector": q, "k": 10, "columns": ["gen"]}
-            if kind == "knn_where":
-                doc["where"] = {"section": d["sections"][rng.integers(len(d["sections"]))]}
-            req = Http.request(f"/v1/tables/{TABLE}/search", doc)
+        # requests made before the fork (see build_requests): the clients spend the
+        # cores they share with the server on sending, reading and checking only
+        rows, req = reqs[rng.integers(len(reqs))]
+        qi = int(rows[0])  # kNN kinds: the query's index
         t0 = time.perf_counter()
         try:
             if kind.startswith("redis"):
@@ -343,7 +328,45 @@ def _client(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
              hits, answered))
 
 
+def build_requests(kind: str, n_sets: int = 4000) -> list[tuple[np.ndarray, bytes]]:
+    """(rows or [query index], request bytes) for every request a phase's clients may send:
+    every key for a 1-key kind, ``n_sets`` random sets of 100 keys, every query (and for a
+    filtered kNN, ``n_sets`` query and section pairs). Made once, before the clients fork:
+    made per request in the clients (a JSON document with a base64 vector per kNN), they
+    took client CPU from the 2 cores the server runs on."""
+    d = SHARED
+    pk: list[str] = d["pk"]
+    rng = np.random.default_rng(11)
+    n = len(pk)
+    out: list[tuple[np.ndarray, bytes]] = []
+    if kind in ("get1", "get100", "redis1", "redis100", "resp1", "resp100"):
+        sets = np.arange(n)[:, None] if kind.endswith("1") else rng.integers(0, n, (n_sets, 100))
+        for rows in sets:
+            if kind.startswith("redis"):
+                keys = [pk[r].encode() for r in rows]
+                req = Redis.command(b"GET", keys[0]) if len(keys) == 1 else Redis.command(b"MGET", *keys)
+            elif kind.startswith("resp"):
+                req = Redis.command(b"EA.GET", TABLE.encode(), *[pk[r].encode() for r in rows])
+            else:
+                req = Http.request(f"/v1/tables/{TABLE}/get", {"keys": [pk[r] for r in rows]})
+            out.append((rows, req))
+        return out
+    nq = len(d["queries"])
+    for i in range(nq if kind != "knn_where" else n_sets):
+        qi = i % nq
+        if kind == "resp_knn":
+            req = Redis.command(b"EA.KNN", TABLE.encode(), b"10", d["query_bytes"][qi])
+        else:
+            doc = {"vector": d["queries"][qi], "k": 10, "columns": ["gen"]}
+            if kind == "knn_where":
+                doc["where"] = {"section": d["sections"][rng.integers(len(d["sections"]))]}
+            req = Http.request(f"/v1/tables/{TABLE}/search", doc)
+        out.append((np.array([qi]), req))
+    return out
+
+
 def phase(kind: str, port: int, seconds: float, clients: int) -> dict:
+    SHARED["requests"] = build_requests(kind)
     q: mp.Queue = mp.Queue()
     procs = [mp.Process(target=_client, args=(kind, port, seconds, 1000 + i, q)) for i in range(clients)]
     for p in procs:
