@@ -404,7 +404,6 @@ class RespServer:
             parts.append(_NULL if r is None else framed[r].tobytes())
         return 200, b"".join(parts), snap.version
 
-
     def knn(self, conn: RespConnection, by_key: bool, table: str, k_arg: bytes, q_arg: bytes,
             t0: float) -> tuple[int, bytes | _Pending, int | None]:
         """EA.KNN / EA.KNNKEY: checked as the HTTP API checks a search, then answered at
