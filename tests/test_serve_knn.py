@@ -408,3 +408,39 @@ def test_resp_knn_names_its_version_answers_as_the_store_and_refuses_bad_queries
 def _cmd(*args: bytes | str) -> bytes:
     bs = [x.encode() if isinstance(x, str) else x for x in args]
     return b"*%d\r\n" % len(bs) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in bs)
+
+
+def test_a_resp_knn_in_flight_at_sigterm_is_answered_then_the_connection_closes(tmp_path):
+    """Graceful shutdown with a kNN command half received: the listener stops accepting
+    at the signal, the command is answered through the batcher once its rest arrives, then
+    the connection closes and the process exits."""
+    import signal
+    import socket
+
+    from .test_serve import Resp, Server, free_port
+
+    store = Store(tmp_path / "s")
+    m = _clustered(10)
+    a = _graph_version(store, "t", m)
+    store.table("t").retag("prod", a)
+    rport = free_port()
+    srv = Server(store.uri, ["t@prod"], tmp_path, token=None, extra=["--resp-port", str(rport)])
+    r = Resp(rport)
+    whole = _cmd("EA.KNN", "t", "3", m[5].tobytes())
+    r.s.sendall(whole[:20])
+    time.sleep(0.5)
+    srv.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while True:  # the RESP listener closes at the signal
+        assert time.monotonic() < deadline, "still accepting after SIGTERM"
+        try:
+            socket.create_connection(("127.0.0.1", rport), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        time.sleep(0.05)
+    assert srv.proc.poll() is None  # a command is in flight
+    r.s.sendall(whole[20:])
+    got = r.read()
+    assert got[0] == a and b"k5" in got[1::2] and len(got) == 7
+    assert r.closed()
+    assert srv.proc.wait(30) in (0, -signal.SIGTERM)
