@@ -2,7 +2,8 @@
 
 =============================  =========================================================
 ``EMBED_ASSETS_STORE``         default store URI (else ``./.embed_store``)
-``EMBED_ASSETS_CACHE_BYTES``   memory for decoded vectors of immutable versions (4 GiB)
+``EMBED_ASSETS_CACHE_BYTES``   memory for decoded vectors, probes and graphs of immutable
+                               versions (half the machine's memory; 4 GiB where unknown)
 ``EMBED_ASSETS_EXACT_THRESHOLD``  rows below which build_index keeps exact search (15000)
 ``EMBED_ASSETS_NATIVE``        ``0`` keeps the Python SQL aggregates instead of ea_vec
 ``EMBED_ASSETS_DEBUG``         the CLI shows tracebacks for unexpected errors
@@ -30,6 +31,17 @@ class Settings:
     snapshot_dir: str = "~/.cache/embed_assets/snapshots"
 
 
+def default_cache_bytes() -> int:
+    """Half the machine's physical memory (4 GiB where it cannot be read). A fixed 4 GiB
+    dropped a 2.5M-row table's graph (issue 29) on a 24 GB machine, whose searches then
+    fell to Lance's IVF-PQ, 10-13x slower; half leaves room for an index build beside the
+    cache (its peak is 2.2x the rows, benchmarks/RESULTS.md)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -46,7 +58,7 @@ def settings() -> Settings:
     env = os.environ
     return Settings(
         store_uri=env.get("EMBED_ASSETS_STORE") or DEFAULT_STORE,
-        cache_bytes=_int("EMBED_ASSETS_CACHE_BYTES", 4 << 30),
+        cache_bytes=_int("EMBED_ASSETS_CACHE_BYTES", default_cache_bytes()),
         exact_threshold_rows=_int("EMBED_ASSETS_EXACT_THRESHOLD", 15_000),
         native=env.get("EMBED_ASSETS_NATIVE", "1") != "0",
         debug=bool(env.get("EMBED_ASSETS_DEBUG")),

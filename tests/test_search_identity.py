@@ -510,3 +510,48 @@ def test_the_matrix_is_read_batch_by_batch_into_one_array(tmp_path, monkeypatch,
         want = want / np.linalg.norm(want, axis=1, keepdims=True)
     assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_build_tunes_its_probe_on_the_rows_it_read_without_a_copy(base, monkeypatch):
+    """build_index held the version's matrix and the probe's partition-ordered copy of it
+    at once, beside what Lance's training left (3.9x the matrix at 250k rows, floor
+    2.5x). The rows are now read in partition order and the tuned probe scans them in
+    place; it is the probe a search would build from the version's matrix."""
+    from embed_assets.kernels import IvfProbe
+    from embed_assets.store import centroids, load_matrix
+
+    store, _mat = base
+    seen: dict = {}
+    real = _build.tune_probe
+
+    def spy(cents, truth, metric, recall, *a, **k):
+        best, top = real(cents, truth, metric, recall, *a, **k)
+        seen.update(mat=truth.mat, best=best)
+        return best, top
+
+    monkeypatch.setattr(_build, "tune_probe", spy)
+    rep = build_index(store.table("g"), recall=0.95, force_ann=True, graph=False)
+    probe = seen["best"][3]
+    assert np.shares_memory(probe.block, seen["mat"])
+    ds = store.table("g").dataset(rep.version)
+    ref = IvfProbe.build(load_matrix(ds, "cosine"), centroids(ds), "cosine", rank=0)
+    assert np.array_equal(probe.order, ref.order) and np.array_equal(probe.bounds, ref.bounds)
+    assert np.array_equal(probe.block, ref.block)
+    CACHE.clear()
+    check_answers(store.table("g"), clustered(20, dim=DIM, clusters=50, seed=5))
+
+
+def test_a_partitioned_read_is_the_probe_of_the_version_matrix(base):
+    """load_partitioned (two reads of the column, one copy of the rows) gives the layout
+    IvfProbe.build gives over the version's matrix, for every metric."""
+    from embed_assets.kernels import IvfProbe
+    from embed_assets.store import load_matrix, load_partitioned
+
+    store, _mat = base
+    ds = store.table("g").dataset()
+    cents = clustered(40, dim=DIM, clusters=40, seed=9)
+    for metric in ("cosine", "l2", "dot"):
+        block, order, bounds = load_partitioned(ds, metric, cents)
+        ref = IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=0)
+        assert np.array_equal(order, ref.order) and np.array_equal(bounds, ref.bounds)
+        assert np.allclose(block, ref.block)

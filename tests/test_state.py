@@ -225,3 +225,23 @@ def test_threads_of_one_process_take_turns_through_the_weakly_held_lock(tmp_path
     assert len(results) == 8 and all(r.retries == 0 for r in results)  # type: ignore[attr-defined]
     assert store.table("t").read(columns=["id"]).num_rows == 1 + 8 * 3
     assert store.table("t").version == 9
+
+
+def test_the_default_cache_holds_the_graph_of_a_3m_row_table(monkeypatch):
+    """A fixed 4 GiB dropped the graph of a 2.5M-row table (issue 29: searches fell to
+    Lance's IVF-PQ, 10-13x slower, on a 24 GB machine). The default is now half the
+    machine's memory, which holds a 3M x 384 graph where the machine has 16 GB or more."""
+    import os
+
+    from embed_assets._config import settings
+    from embed_assets.store import StoreState
+
+    monkeypatch.delenv("EMBED_ASSETS_CACHE_BYTES", raising=False)
+    phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert settings().cache_bytes == phys // 2
+    assert StoreState().matrices.max_bytes == phys // 2
+    graph_3m = 3_000_000 * (384 * 4 + 2 * 16 * 4 + 8)  # hnswlib level 0: vector, links, label
+    if phys >= 16 << 30:
+        assert StoreState().matrices.max_bytes > graph_3m
+    monkeypatch.setenv("EMBED_ASSETS_CACHE_BYTES", "1000")
+    assert StoreState().matrices.max_bytes == 1000

@@ -30,6 +30,15 @@ fingerprint`). A write that lands during the build moves the table on: the repor
 and answers through the probe or exactly, and :func:`refresh_index` folds the write in.
 Before, the graph was tuned on the rows read first and recorded under the fingerprint of
 the latest version: an upsert during a build left searches at recall 0.16 (issue 29).
+
+Memory
+------
+One copy of the rows at a time, where a build held three (issue 29's floor: a peak of
+2.5x the float32 rows): Lance trains first, before any row is read; the rows are then
+read in IVF partition order (:func:`embed_assets.store.load_partitioned`), and the tuned
+probe, the exact truth and the graph all read that one block; large allocations get
+pages of their own for the build (:func:`embed_assets.store.large_allocations_unpooled`).
+At 250k rows the peak went from 3.9x to 2.2x the rows (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -58,8 +67,11 @@ from ..store import (
     centroids,
     ensure_scalar_indexes,
     index_config,
+    large_allocations_unpooled,
     load_matrix,
+    load_partitioned,
     probe_kind,
+    release_freed_memory,
 )
 from ..store.graph import GRAPH_M, fingerprint, save_graph, tagged_files
 from ._graph_tuning import graph_recall, tune_graph
@@ -85,12 +97,14 @@ MIN_ANN_ROWS = 256
 
 @dataclass
 class _Sample:
-    """The held-out queries: one set to choose settings, one to report their recall."""
+    """The version's rows and the held-out queries: one set to choose settings, one to
+    report their recall."""
 
-    mat: np.ndarray
+    mat: np.ndarray  # the rows, in partition order where ``bounds`` is set (see Truth)
     choose: Truth
     check: Truth
     queries: np.ndarray
+    bounds: np.ndarray | None = None  # where each IVF partition starts in ``mat``
 
 
 def build_index(
@@ -134,6 +148,14 @@ def build_index(
     'exact'
     """
     _check_args(recall, index_type, k)
+    with large_allocations_unpooled():
+        return _build(table, recall, index_type, k, sample_queries, force_ann, seed, graph,
+                      overrides)
+
+
+def _build(table: EmbeddingTable, recall: float, index_type: str, k: int, sample_queries: int,
+           force_ann: bool, seed: int, graph: bool | None, overrides: dict[str, Any],
+           ) -> IndexReport:
     made_scalar = ensure_scalar_indexes(table.dataset(), table.meta.key, table.meta.partition_column)
     if made_scalar:
         table.refresh()
@@ -156,14 +178,19 @@ def build_index(
             return report
         return _record(table, report)
     pinned_fp = fingerprint(pinned)
-    sample = _held_out(table, pinned, meta.metric, k, sample_queries, seed)
     params = {**default_params(rows, meta.dimension, index_type), **overrides}
-    hook("read")
-    # create_index moves the handle it is called on to the version it commits: train on
-    # a handle of its own, so `pinned` stays the version read.
-    ds = _train(pinned.checkout_version(pinned.version), index_type, meta.metric, params, report,
-                sample)
+    # Lance trains before the rows are read: create_index peaks at 1.7x the float32 rows
+    # (IVF shuffle, PQ codes of every row), which stacked on the held rows made 3.1x at
+    # 250k rows (issue 29's floor is 2.5x). create_index moves the handle it is called on
+    # to the version it commits: train on a handle of its own, so `pinned` stays the
+    # version read.
+    ds = _train(pinned.checkout_version(pinned.version), index_type, meta.metric, params, report)
+    release_freed_memory()
     hook("trained")
+    sample = _held_out(pinned, meta.metric, k, sample_queries, seed, centroids(ds))
+    report.trained_rows = sample.mat.shape[0]
+    report.queries = len(sample.choose.queries)
+    hook("read")
     probe_best, lance_best = _tune(ds, sample, meta.metric, recall, index_type, params, report)
     if lance_best is None and probe_best is None:
         _drop_vector_index(table.refresh().dataset())
@@ -211,12 +238,16 @@ def _check_args(recall: float, index_type: str, k: int) -> None:
         raise ValidationError(f"k must be >= 1, got {k}")
 
 
-def _held_out(table: EmbeddingTable, ds: lance.LanceDataset, metric: str, k: int,
-              sample_queries: int, seed: int) -> _Sample:
-    """The version's matrix (unit rows for cosine, shared with the cache) and two disjoint
-    sets of held-out queries with their exact neighbours."""
-    mat = CACHE.matrix(table.cache_key(ds.version), ds, metric)
-    if mat is None:  # larger than the cache: read it once for the build
+def _held_out(ds: lance.LanceDataset, metric: str, k: int, sample_queries: int, seed: int,
+              cents: np.ndarray | None) -> _Sample:
+    """The version's rows (unit rows for cosine) and two disjoint sets of held-out queries
+    with their exact neighbours. With the index's centroids the rows are read in partition
+    order (:func:`load_partitioned`), which the probe tuned on them keeps as they are:
+    one copy of the rows, not a matrix and the probe's reordered copy of it."""
+    bounds = order = None
+    if cents is not None:
+        mat, order, bounds = load_partitioned(ds, metric, cents)
+    else:
         mat = load_matrix(ds, metric)
     rows = mat.shape[0]
     rng = np.random.default_rng(seed)
@@ -224,20 +255,24 @@ def _held_out(table: EmbeddingTable, ds: lance.LanceDataset, metric: str, k: int
     # queries keep the build inside its time budget.
     nq = min(sample_queries if rows < 500_000 else sample_queries // 2, max(10, rows // 40))
     q_idx = rng.choice(rows, size=2 * nq, replace=False)
-    queries = mat[q_idx].astype(np.float32)
-    both = exact_truth(mat, queries, q_idx, k, metric)
-    return _Sample(mat, both[:nq], both[nq:], queries)
+    if order is not None:
+        where = np.empty(rows, np.int64)
+        where[order] = np.arange(rows)
+        queries = mat[where[q_idx]].astype(np.float32)
+        del where
+    else:
+        queries = mat[q_idx].astype(np.float32)
+    both = exact_truth(mat, queries, q_idx, k, metric, order=order)
+    return _Sample(mat, both[:nq], both[nq:], queries, bounds)
 
 
 def _train(ds: lance.LanceDataset, index_type: str, metric: str, params: dict[str, Any],
-           report: IndexReport, sample: _Sample) -> lance.LanceDataset:
+           report: IndexReport) -> lance.LanceDataset:
     t0 = time.perf_counter()
     ds = ds.create_index(VECTOR_COLUMN, index_type, name=VECTOR_INDEX_NAME, metric=metric,
                          replace=True, **params)
     report.build_seconds = time.perf_counter() - t0
     report.index_type = index_type
-    report.trained_rows = sample.mat.shape[0]
-    report.queries = len(sample.choose.queries)
     return ds
 
 
@@ -246,8 +281,8 @@ def _tune(ds: lance.LanceDataset, sample: _Sample, metric: str, recall: float, i
     """The best probe setting and the best Lance setting (either may be None)."""
     t1 = time.perf_counter()
     cents = centroids(ds)
-    probe_best, probe_top = tune_probe(cents, sample.choose, metric, recall) if cents is not None \
-        else (None, 0.0)
+    probe_best, probe_top = tune_probe(cents, sample.choose, metric, recall, sample.bounds) \
+        if cents is not None else (None, 0.0)
     # When the in-memory probe already serves unfiltered queries, Lance's own path only
     # serves filtered ones: tune it on fewer queries and one refine level (batched Lance
     # queries dominated build time at 300k+ rows otherwise).

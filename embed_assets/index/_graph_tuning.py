@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..store.graph import add_items, available, build_graph
-from ._truth import Truth, exact_truth
+from ._truth import Truth
 
 # Steps of ~15-25%: a coarse step (64 -> 96) costs a third more time per query than needed.
 EF_LADDER = (10, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512)
@@ -28,15 +28,15 @@ def tune_graph(truth: Truth, metric: str, recall: float, held_out: np.ndarray, r
     The graph is tuned without the ``held_out`` query rows (a query that is a node of the
     graph finds its neighbours more easily than a new vector: recall measured that way
     read 0.95+ where fresh queries got 0.93), which are then added for serving."""
-    if not available() or len(truth.mat) < 2:
+    if not available() or truth.rows < 2:
         return None, 0.0
     t0 = time.perf_counter()
     held = np.unique(held_out)
-    rest = np.setdiff1d(np.arange(len(truth.mat)), held)
-    index = build_graph(truth.mat, metric, rest)
+    rest = np.setdiff1d(np.arange(truth.rows), held)
+    index = build_graph(truth.mat, metric, rest, where=truth.where)
     built = time.perf_counter() - t0
     # The answers the tuning graph can give: the exact neighbours among its own rows.
-    truth = exact_truth(truth.mat, truth.queries, truth.exclude, truth.k, metric, without=held)
+    truth = truth.without(held)
     k = truth.k
     top = 0.0
     for ef in EF_LADDER:
@@ -51,7 +51,7 @@ def tune_graph(truth: Truth, metric: str, recall: float, held_out: np.ndarray, r
                 index.knn_query(q, k=k)
                 times.append(time.perf_counter() - t1)
             t2 = time.perf_counter()
-            add_items(index, truth.mat[held], held)
+            add_items(index, truth.vectors(held), held)
             built += time.perf_counter() - t2
             return (float(np.median(times) * 1e3), max(ef, k + 1), index, built, got), top
     return None, top

@@ -11,7 +11,7 @@ from typing import Any
 import lance
 import numpy as np
 
-from ..kernels import IvfProbe
+from ..kernels import IvfProbe, prepare_centroids
 from ._truth import Truth
 
 _NPROBES_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -95,16 +95,24 @@ _GOOD_ENOUGH_MS = 0.5
 
 
 def tune_probe(cents: np.ndarray, truth: Truth, metric: str, recall: float,
-                ) -> tuple[tuple[float, int, float, Any] | None, float]:
+               bounds: np.ndarray | None = None,
+               ) -> tuple[tuple[float, int, float, Any] | None, float]:
     """Fastest setting of the in-memory probe (:mod:`._ivf`) meeting ``recall``: for each
     (projection, shortlist) pair the smallest ``nprobes`` that meets it, timed on single
     queries; full-precision scans (no projection) are one of the pairs, which is what wins
     on data whose inner products do not concentrate in a few directions (isotropic noise).
+
+    ``bounds``: where each partition starts in ``truth.mat`` when its rows are already in
+    partition order (``truth.order`` their offsets): the probe then scans them in place.
     """
     k = truth.k
     d = truth.mat.shape[1]
     ranks = sorted({max(16, d // r) for r in _RANK_DIVISORS})
-    built = IvfProbe.build(truth.mat, cents, metric, rank=0)
+    if bounds is not None and truth.order is not None:
+        built = IvfProbe.from_sorted(truth.mat, truth.order, bounds,
+                                     prepare_centroids(cents, metric), metric, rank=0)
+    else:
+        built = IvfProbe.build(truth.mat, cents, metric, rank=0)
     options: list[tuple[int, int]] = [(0, 0)]
     options += [(r, c * k) for r in ranks for c in _SHORTLIST_LADDER]
     best: tuple[float, int, float, Any] | None = None

@@ -1,6 +1,6 @@
 """Numerical kernels shared by every layer: distances, normalising, top-k, the in-memory IVF probe."""
 
-from ._ivf import Int8Rows, IvfProbe, default_rank
+from ._ivf import Int8Rows, IvfProbe, assign_rows, default_rank, partition_bounds, prepare_centroids
 from ._topk import (
     batch_distances,
     exact_topk,
@@ -21,6 +21,7 @@ from ._topk import (
 __all__ = [
     "Int8Rows",
     "IvfProbe",
+    "assign_rows",
     "batch_distances",
     "default_rank",
     "exact_topk",
@@ -30,6 +31,8 @@ __all__ = [
     "normalize",
     "normalize_rows",
     "pair_distances",
+    "partition_bounds",
+    "prepare_centroids",
     "scan_distances",
     "smallest_k",
     "top_k",

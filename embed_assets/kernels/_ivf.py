@@ -85,6 +85,28 @@ def default_rank(dim: int) -> int:
     return max(16, dim // 3)
 
 
+def prepare_centroids(centroids: np.ndarray, metric: str) -> np.ndarray:
+    """The centroids as the probe compares rows with them (unit rows for cosine)."""
+    return normalize_rows(centroids) if metric == "cosine" else np.asarray(centroids, np.float32)
+
+
+def assign_rows(mat: np.ndarray, cents: np.ndarray, step: int = 65_536) -> np.ndarray:
+    """Each row's nearest centroid (``cents`` from :func:`prepare_centroids`, rows
+    normalised for cosine): argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2), the same
+    partitions as Lance's L2 IVF."""
+    assign = np.empty(len(mat), dtype=np.int32)
+    half_sq = 0.5 * (cents * cents).sum(1)
+    for i in range(0, len(mat), step):
+        assign[i : i + step] = np.argmax(mat[i : i + step] @ cents.T - half_sq, axis=1)
+    return assign
+
+
+def partition_bounds(assign: np.ndarray, partitions: int) -> np.ndarray:
+    """Where each partition starts in partition order (``partitions + 1`` offsets)."""
+    counts = np.bincount(assign, minlength=partitions)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 @dataclass
 class IvfProbe:
     centroids: np.ndarray  # (P, d), normalised for cosine
@@ -117,25 +139,34 @@ class IvfProbe:
         ``rank`` is the pre-scan's projection size: None picks ``dim / 3``, 0 disables it
         (it is also disabled for small or low-dimensional data, where it saves nothing).
         """
-        cents = normalize_rows(centroids) if metric == "cosine" else np.asarray(centroids, np.float32)
-        assign = np.empty(len(mat), dtype=np.int32)
-        c_sq = (cents * cents).sum(1)
-        step = 65_536
-        for i in range(0, len(mat), step):
-            chunk = mat[i : i + step]
-            # argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2); same partitions as Lance's L2 IVF.
-            assign[i : i + step] = np.argmax(chunk @ cents.T - 0.5 * c_sq, axis=1)
+        cents = prepare_centroids(centroids, metric)
+        assign = assign_rows(mat, cents)
         order = np.argsort(assign, kind="stable").astype(np.int64)
-        counts = np.bincount(assign, minlength=len(cents))
-        bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        block = np.ascontiguousarray(mat[order])
+        # Rows already in partition order (an index build reads them so, see
+        # store.load_partitioned) are used as they are: a copy doubled the build's peak.
+        in_order = bool((np.diff(order) > 0).all())
+        block = np.ascontiguousarray(mat if in_order else mat[order])
+        return cls.from_sorted(block, order, partition_bounds(assign, len(cents)), cents, metric,
+                               rank, candidates)
+
+    @classmethod
+    def from_sorted(cls, block: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+                    cents: np.ndarray, metric: str, rank: int | None = None,
+                    candidates: int = 0) -> IvfProbe:
+        """A probe over rows already in partition order: ``block[i]`` is row ``order[i]``,
+        partition ``p`` spans ``bounds[p]:bounds[p + 1]``; ``cents`` as
+        :func:`prepare_centroids` gives them."""
         sq = (block * block).sum(1) if metric == "l2" else None
         probe = cls(cents, order, bounds, block, sq, metric, candidates=candidates)
-        d = block.shape[1]
-        rank = default_rank(d) if rank is None else rank
+        rank = default_rank(block.shape[1]) if rank is None else rank
         if rank:
             probe.project(rank)
         return probe
+
+    def with_order(self, order: np.ndarray) -> IvfProbe:
+        """The same probe answering with other row labels (``order[i]`` for ``block[i]``)."""
+        return IvfProbe(self.centroids, order, self.bounds, self.block, self.sq_norms,
+                        self.metric, self.basis, self.center, self.low, self.candidates, self.low8)
 
     def project(self, rank: int) -> None:
         """Add the pre-scan projection (skipped for small or low-dimensional data, where

@@ -20,8 +20,11 @@ from ._cache import Facts as Facts
 from ._cache import KeyIndex as KeyIndex
 from ._cache import MatrixCache as MatrixCache
 from ._cache import VersionKey as VersionKey
+from ._cache import large_allocations_unpooled as large_allocations_unpooled
 from ._cache import load_matrix as load_matrix
+from ._cache import load_partitioned as load_partitioned
 from ._cache import probe_kind as probe_kind
+from ._cache import release_freed_memory as release_freed_memory
 from ._cache import take_rows as take_rows
 from ._compare import Comparison
 from ._experiments import ExperimentInfo, ExperimentResult, PromotionResult

@@ -4,8 +4,8 @@ What it holds, and how each part is bounded:
 
 - ``matrices`` (:class:`MatrixCache`, also reachable as :data:`CACHE`): decoded vectors,
   in-memory IVF probes, HNSW graphs, key indexes, scalar columns and row addresses of
-  immutable table versions; bounded by bytes (``EMBED_ASSETS_CACHE_BYTES``, 4 GiB by
-  default), least recently used out first.
+  immutable table versions; bounded by bytes (``EMBED_ASSETS_CACHE_BYTES``, half the
+  machine's memory by default), least recently used out first.
 - ``facts`` (:class:`Facts`): small facts of versions (schema, TableMeta, row count,
   index report, fragment fingerprint, partition epochs, graphs found unusable); bounded
   by count, least recently used out first.
@@ -24,10 +24,11 @@ Search, SQL, asset checks and the index tuner all read through :data:`STATE`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import lance
@@ -36,7 +37,7 @@ import pyarrow as pa
 
 from .._config import settings
 from ..errors import ValidationError
-from ..kernels import IvfProbe, normalize_rows
+from ..kernels import IvfProbe, assign_rows, normalize_rows, partition_bounds, prepare_centroids
 from ._meta import SCAN_ALL, VECTOR_COLUMN, TableMeta
 
 OFFSET_COLUMN = "__ea_offset"
@@ -154,10 +155,12 @@ class MatrixCache:
             cents = centroids()
             if cents is None:
                 return None
-            # Not through matrix(): the probe keeps its own partition-ordered copy, and an
-            # indexed table is searched through the probe, so a cached matrix would be idle.
-            return IvfProbe.build(load_matrix(ds, metric), cents, metric, rank=rank,
-                                  candidates=candidates)
+            # Not through matrix(): the probe keeps its own partition-ordered copy (read in
+            # that order), and an indexed table is searched through the probe, so a cached
+            # matrix would be idle.
+            block, order, bounds = load_partitioned(ds, metric, cents)
+            return IvfProbe.from_sorted(block, order, bounds, prepare_centroids(cents, metric),
+                                        metric, rank=rank, candidates=candidates)
 
         return self.get_or_build(key, probe_kind(metric, rank, candidates),
                                  lambda: _vector_bytes(ds), build)
@@ -339,7 +342,8 @@ class StoreState:
     Parameters
     ----------
     max_bytes : int, optional
-        The bound of ``matrices`` (default: ``EMBED_ASSETS_CACHE_BYTES``, 4 GiB).
+        The bound of ``matrices`` (default: ``EMBED_ASSETS_CACHE_BYTES``, half the
+        machine's memory).
     max_facts, max_clients : int
         The bounds of ``facts`` and ``clients`` (entries).
     """
@@ -490,16 +494,11 @@ def _take_plan(schema: pa.Schema, columns: tuple[str, ...] | None,
     return out, any(c != VECTOR_COLUMN for c in names), VECTOR_COLUMN in names
 
 
-def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
-    """The version's vectors as one float32 matrix (unit rows for ``"cosine"``, as stored
-    otherwise)."""
-    rows = ds.count_rows()
+def _vector_blocks(ds: lance.LanceDataset, metric: str, rows: int,
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset of its first row, rows) of each batch of the version's vectors, unit rows
+    for ``"cosine"``; raises when the version holds another number of rows than ``rows``."""
     dim = ds.schema.field(VECTOR_COLUMN).type.list_size
-    # Filled batch by batch into one matrix: reading the whole column, combining its
-    # chunks, casting and normalising held up to four copies of the rows at once
-    # (build_index at 250k rows peaked at 4.2x the matrix; issue 29 measured a 1M load
-    # at 3.9x, floor 1.5x).
-    out = np.empty((rows, dim), np.float32)
     pos = 0
     for batch in ds.to_batches(columns=[VECTOR_COLUMN], filter=SCAN_ALL):
         n = batch.num_rows
@@ -508,8 +507,100 @@ def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
         if pos + n > rows:
             raise ValueError(f"version {ds.version} holds more vector rows than its {rows} rows")
         block = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(n, dim)
-        out[pos:pos + n] = normalize_rows(block) if metric == "cosine" else block
+        yield pos, normalize_rows(block) if metric == "cosine" else block
         pos += n
     if pos != rows:
         raise ValueError(f"version {ds.version} holds {pos} vector rows, not {rows}")
+
+
+def load_matrix(ds: lance.LanceDataset, metric: str) -> np.ndarray:
+    """The version's vectors as one float32 matrix (unit rows for ``"cosine"``, as stored
+    otherwise)."""
+    rows = ds.count_rows()
+    # Filled batch by batch into one matrix: reading the whole column, combining its
+    # chunks, casting and normalising held up to four copies of the rows at once
+    # (build_index at 250k rows peaked at 4.2x the matrix; issue 29 measured a 1M load
+    # at 3.9x, floor 1.5x).
+    out = np.empty((rows, ds.schema.field(VECTOR_COLUMN).type.list_size), np.float32)
+    for pos, block in _vector_blocks(ds, metric, rows):
+        out[pos:pos + len(block)] = block
+    release_freed_memory()
     return out
+
+
+def load_partitioned(ds: lance.LanceDataset, metric: str, centroids: np.ndarray,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The version's vectors grouped by nearest centroid, for an IVF probe: (``block``,
+    ``order``, ``bounds``) as :meth:`IvfProbe.from_sorted` takes them.
+
+    Two reads of the column (one to assign the rows, one to place them) instead of a
+    matrix and its partition-ordered copy: one copy of the rows at the peak, not two
+    (a probe's load and an index build held both; build_index peaked at 3.9x the matrix
+    at 250k rows, issue 29's floor is 2.5x)."""
+    rows = ds.count_rows()
+    cents = prepare_centroids(centroids, metric)
+    assign = np.empty(rows, np.int32)
+    for pos, block in _vector_blocks(ds, metric, rows):
+        assign[pos:pos + len(block)] = assign_rows(block, cents)
+    order = np.argsort(assign, kind="stable").astype(np.int64)
+    bounds = partition_bounds(assign, len(cents))
+    del assign
+    where = np.empty(rows, np.int64)
+    where[order] = np.arange(rows)
+    out = np.empty((rows, ds.schema.field(VECTOR_COLUMN).type.list_size), np.float32)
+    for pos, block in _vector_blocks(ds, metric, rows):
+        out[where[pos:pos + len(block)]] = block
+    release_freed_memory()
+    return out, order, bounds
+
+
+def _libc() -> Any:
+    """glibc, or None (another C library: the calls below are glibc's)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
+
+
+_LIBC: Any = None
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by Lance's reads and index builds back to the system (glibc's
+    ``malloc_trim``; a no-op elsewhere): at 250k rows `create_index` left 0.19 GB
+    resident that this returned, which would otherwise sit under the next step's peak."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def large_allocations_unpooled(threshold: int = 4 << 20) -> Iterator[None]:
+    """Within the block, allocations from ``threshold`` bytes up get pages of their own
+    (glibc's ``M_MMAP_THRESHOLD``), returned to the system when freed.
+
+    Kept for index builds, by measurement: glibc raises its threshold to the size of
+    each large block freed (up to 32 MiB), after which Lance's decode buffers, score
+    blocks and batches were carved from its heap, interleaved with live data, and held
+    after their release: build_index at 250k rows kept 1.05x the rows' size resident
+    after Lance's training, untouched by ``malloc_trim``, and peaked at 2.9x them; with
+    the threshold held at 4 MiB the same build peaked at 2.0x (benchmarks/RESULTS.md).
+    Afterwards the threshold is set to glibc's own ceiling, where a long-running process
+    ends up anyway, so searches keep reusing their buffers."""
+    lib = _libc()
+    if lib is None:
+        yield
+        return
+    lib.mallopt(_M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        lib.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        lib.malloc_trim(0)

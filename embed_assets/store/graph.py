@@ -64,6 +64,17 @@ GRAPH_M = 16
 # ef_construction=200 rather than hnswlib's suggested 100: on 120k real MiniLM vectors it
 # reaches recall 0.96 at ef 48 where 100 needs ef 64 (benchmarks/RESULTS.md).
 EF_CONSTRUCTION = 200
+# From this many rows on, 100: the graph is most of a large build's time, and at 250k
+# synthetic rows 100 built in 47 CPU s where 200 took 102, for 0.092 ms a query at
+# recall 0.95 on fresh queries where 200 gave 0.077 (issue 29: a 1M build within 3x of
+# FAISS IVF-PQ's train+add).
+LARGE_GRAPH_ROWS = 200_000
+EF_CONSTRUCTION_LARGE = 100
+
+
+def ef_construction(rows: int) -> int:
+    """hnswlib's build width for a graph of ``rows`` rows."""
+    return EF_CONSTRUCTION_LARGE if rows >= LARGE_GRAPH_ROWS else EF_CONSTRUCTION
 # Rows handed to hnswlib per call when a graph is built (25 MB of 384-d vectors).
 ADD_BLOCK = 16_384
 # Past this share of rows changed (deleted + added) since the graph was built, a refresh
@@ -132,19 +143,22 @@ def _cache_root() -> Path:
 
 # -- building -------------------------------------------------------------------------
 def build_graph(mat: np.ndarray, metric: str, rows: np.ndarray, m: int = GRAPH_M,
-                seed: int = 0, capacity: int | None = None) -> Any:
-    """A graph over ``mat[rows]`` (labels: the row offsets), with room for ``capacity``
-    (default every row of ``mat``)."""
+                seed: int = 0, capacity: int | None = None,
+                where: np.ndarray | None = None) -> Any:
+    """A graph over rows ``rows`` (labels: the row offsets), with room for ``capacity``
+    (default every row of ``mat``); row ``r`` is ``mat[r]``, or ``mat[where[r]]`` where
+    ``mat`` holds the rows in another order (an index build reads them in partition order)."""
     import hnswlib
 
     index = hnswlib.Index(space=space(metric), dim=mat.shape[1])
-    index.init_index(max_elements=capacity or len(mat), M=m, ef_construction=EF_CONSTRUCTION,
-                     random_seed=seed)
-    # Rows go in blocks: ``mat[rows]`` in one call was a copy of the whole matrix at the
-    # build's peak (0.38 GB at 250k rows; build_index peaked at 4.2x the matrix there).
+    index.init_index(max_elements=capacity or len(mat), M=m,
+                     ef_construction=ef_construction(capacity or len(mat)), random_seed=seed)
+    # Rows go in blocks, in offset order whatever order ``mat`` holds them in: ``mat[rows]``
+    # in one call was a copy of the whole matrix at the build's peak (0.38 GB at 250k rows;
+    # build_index peaked at 4.2x the matrix there).
     for s in range(0, len(rows), ADD_BLOCK):
         block = rows[s:s + ADD_BLOCK]
-        add_items(index, mat[block], block)
+        add_items(index, mat[block if where is None else where[block]], block)
     return index
 
 
