@@ -73,7 +73,7 @@ from ..store import (
     probe_kind,
     release_freed_memory,
 )
-from ..store.graph import GRAPH_M, fingerprint, save_graph
+from ..store.graph import GRAPH_M, fingerprint, save_graph, tagged_files
 from ._graph_tuning import graph_recall, tune_graph
 from ._report import INDEX_TYPES, IndexReport, default_params
 from ._truth import Truth, exact_truth
@@ -336,7 +336,7 @@ def _add_graph(table: EmbeddingTable, pinned: lance.LanceDataset, fp: str, sampl
     if best is None or (not prefer and report.p50_ms and best[0] >= report.p50_ms):
         return
     p50, ef, index, built, best_recall = best
-    files = save_graph(index, table.graph_home(), fp)
+    files = save_graph(index, table.graph_home(), fp, keep=tagged_files(pinned))
     # The check set was held out of tuning, but its rows are nodes of the final graph:
     # the figure of record is the tuned recall on queries the graph never held.
     report.recall = min(graph_recall(index, sample.check, ef), best_recall)

@@ -23,7 +23,7 @@ from ..store import (
     index_config,
     row_addresses,
 )
-from ..store.graph import fingerprint, update_graph
+from ..store.graph import fingerprint, tagged_files, update_graph
 from ._build import build_index, mean_centroid_distance, record_config
 
 
@@ -182,7 +182,8 @@ def refresh_graph(table: EmbeddingTable) -> dict[str, Any] | None:
         return {"action": "stale", "reason": "the version the graph was built from is gone "
                 "(cleaned up); build_index rebuilds it"}
     got = update_graph(old, ds, table.cache_key(old.version), table.cache_key(ds.version),
-                       table.graph_home(), p, table.meta_at(ds.version).metric, row_addresses)
+                       table.graph_home(), p, table.meta_at(ds.version).metric, row_addresses,
+                       tagged_files(ds))
     if isinstance(got, str):
         return {"action": "stale", "reason": f"{got}: build_index rebuilds it"}
     files, labels, deleted, added = got

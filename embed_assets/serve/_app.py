@@ -42,7 +42,7 @@ import pyarrow as pa
 from ..errors import EmbedAssetsError, ValidationError, describe
 from ..store import Store
 from ._metrics import Metrics
-from ._snapshot import Snapshot
+from ._snapshot import Snapshot, check_k
 from ._state import PinnedTable, Poller, TableSpec
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -357,10 +357,7 @@ class App:
         snap = self._snapshot(name)
         req = _json(body)
         try:
-            k = req.get("k", 10)
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
-                raise ValidationError(f"k must be an integer from 1 to {self.config.max_k}, "
-                                      f"got {str(k)[:20]}")
+            k = check_k(req.get("k", 10), self.config.max_k)
             given = [f for f in ("vector", "key", "text") if req.get(f) is not None]
             if len(given) != 1:
                 raise ValidationError("give exactly one of vector, key or text")
@@ -381,7 +378,7 @@ class App:
                 if not isinstance(req["text"], str) or not req["text"].strip():
                     raise ValidationError("text must be a non-empty string")
                 q = snap.embed_text(req["text"])
-            if where is None and snap.probe is not None:
+            if where is None and snap.batched_knn:
                 snap.check_probe_query(q)
                 return self._batched(scope, snap, name, q, k, exclude, columns, vectors)
             tbl = snap.search(q, k, where, columns, vectors)
@@ -391,7 +388,7 @@ class App:
 
     async def _batched(self, scope: Scope, snap: Snapshot, name: str, q: np.ndarray, k: int,
                        exclude: Any, columns: list[str], vectors: bool) -> Any:
-        idx, dist = await self._batcher.submit(snap, q, k)
+        idx, dist = await self._batcher.future(snap, q, k)
         tbl = snap.hits_table(idx, dist, columns, vectors)
         return self._hits(scope, snap, name, tbl, exclude, k)
 
@@ -420,55 +417,71 @@ class App:
         return 200, headers, payload, snap.version
 
 
-class Batcher:
-    """Unfiltered kNN requests that are ready on the event loop together are answered by
-    one batched probe scan per snapshot (:meth:`IvfProbe.search_batch`).
+Answered = Callable[[Any, BaseException | None], None]
 
-    Why: the probe's scan of every row is memory-bound, so 16 queries cost little more than
-    one; answered one by one, each of 16 concurrent clients waits for the 15 scans queued
-    before its own. A request submits its query and awaits; the flush runs on the next
-    turn of the loop, after every request task that was ready in this one. A lone request
-    is answered alone, one loop turn later (microseconds)."""
+
+class Batcher:
+    """Unfiltered kNN requests that are ready on the event loop together (over HTTP and
+    RESP alike) are answered by one call per snapshot: the HNSW graph's ``knn_query`` of
+    all their queries, or one batched probe scan (:meth:`Snapshot.knn_batch`).
+
+    Why: one request at a time, each of 16 concurrent clients waits behind the Python
+    around 15 queries queued before its own; in one call the per-query cost is the C++
+    search alone (the probe's scan of every row is memory-bound, so 16 queries cost little
+    more than one). A request submits its query; the flush runs on the next turn of the
+    loop, after every request that was ready in this one. A lone request is answered
+    alone, one loop turn later (microseconds)."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self._pending: list[tuple[Snapshot, np.ndarray, int, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Snapshot, np.ndarray, int, Answered]] = []
         self._scheduled = False
         self._metrics = metrics
 
-    def submit(self, snap: Snapshot, q: np.ndarray, k: int) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((snap, q, k, fut))
+    def submit(self, snap: Snapshot, q: np.ndarray, k: int, done: Answered) -> None:
+        """``done((rows, distances), None)`` or ``done(None, error)`` from the flush."""
+        self._pending.append((snap, q, k, done))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def future(self, snap: Snapshot, q: np.ndarray, k: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(got: Any, exc: BaseException | None) -> None:
+            if fut.done():  # a client that went away cancelled its future
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(got)
+
+        self.submit(snap, q, k, done)
         return fut
 
     def _flush(self) -> None:
         self._scheduled = False
         items, self._pending = self._pending, []
-        groups: dict[int, list[tuple[Snapshot, np.ndarray, int, asyncio.Future[Any]]]] = {}
-        for it in items:  # one scan per snapshot (a swap can split a batch in two)
+        groups: dict[int, list[tuple[Snapshot, np.ndarray, int, Answered]]] = {}
+        for it in items:  # one call per snapshot (a swap can split a batch in two)
             groups.setdefault(id(it[0]), []).append(it)
         for group in groups.values():
             snap = group[0][0]
-            probe = snap.probe
-            assert probe is not None
             kmax = max(k for _, _, k, _ in group)
             if self._metrics is not None:
                 self._metrics.knn_batches += 1
                 self._metrics.knn_batched += len(group)
             try:
-                got = probe.search_batch(np.stack([q for _, q, _, _ in group]), kmax,
-                                         snap.probe_nprobes)
+                got = snap.knn_batch(np.stack([q for _, q, _, _ in group]), kmax)
             except Exception as exc:  # every waiting request answers it (500)
-                for *_, fut in group:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                for *_, done in group:
+                    done(None, exc)
                 continue
-            for (_, _, k, fut), (idx, dist) in zip(group, got, strict=True):
-                if not fut.done():  # a client that went away cancelled its future
-                    fut.set_result((idx[:k], dist[:k]))
+            for (_, _, k, done), (idx, dist) in zip(group, got, strict=True):
+                try:
+                    done((idx[:k], dist[:k]), None)
+                except Exception:  # one answer's failure is not the others'
+                    log.exception("answering a batched kNN request")
+
 
 
 def _ipc(tbl: pa.Table, snap: Snapshot, name: str) -> bytes:

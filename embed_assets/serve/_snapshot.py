@@ -7,6 +7,7 @@ swap that happens meanwhile (a new snapshot assigned) cannot touch it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from ..store import (
     sql_literal,
 )
 from ..store import filter_in as _in_list
+from ..store.graph import Graph
 
 # Filter operators a request may use; the value is always rendered by the store's literal()
 # and the column always checked against the version's schema, so a request can only ever
@@ -60,16 +62,28 @@ class Snapshot:
     # chose), "server-probe" (an in-memory probe this server tuned at load, see
     # memory_knn), or whatever else the store's plan is ("exact", "lance").
     knn_path: str = ""
+    # The version's verified HNSW graph, as the store's own searches load it, when its
+    # policy chose the graph: the server answers the unfiltered kNN requests that are
+    # ready together in one knn_query call (see _app.Batcher).
+    graph: Graph | None = field(default=None, repr=False)
     # Each row as a RESP bulk string ($len CRLF vector CRLF), for --resp-port only: a
     # lookup of 100 keys is then one numpy take and one copy (~20 us) instead of 100
     # sliced rows (~60 us). Costs a second copy of the vectors.
     resp_rows: np.ndarray | None = field(default=None, repr=False)
+    # Each key as its RESP frame (a bulk string, or an integer for an integer key), for
+    # EA.KNN's answers: a 10-hit answer is 21 joined frames (a few us).
+    resp_keys: list[bytes] | None = field(default=None, repr=False)
     probe: IvfProbe | None = None
     probe_nprobes: int = 0
     probe_recall: float | None = None
 
     @property
-    def str_keys(self) -> bool:
+    def batched_knn(self) -> bool:
+        """Unfiltered kNN runs on an in-memory structure that answers many queries at once."""
+        return self.graph is not None or self.probe is not None
+
+    @functools.cached_property
+    def str_keys(self) -> bool:  # read by every RESP command: computed once
         return pa.types.is_string(self.key_type) or pa.types.is_large_string(self.key_type)
 
     @property
@@ -113,17 +127,21 @@ class Snapshot:
         return keys
 
     def query_vector(self, value: Any) -> np.ndarray:
-        """A query vector from a list of numbers or base64 little-endian float32."""
-        if isinstance(value, str):
-            import base64
-            import binascii
+        """A query vector from a list of numbers, base64 little-endian float32 (JSON) or
+        the float32 bytes themselves (RESP)."""
+        if isinstance(value, str | bytes):
+            raw: bytes = value if isinstance(value, bytes) else b""
+            if isinstance(value, str):
+                import base64
+                import binascii
 
-            try:
-                raw = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValidationError("vector is not valid base64") from None
+                try:
+                    raw = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ValidationError("vector is not valid base64") from None
             if len(raw) % 4:
-                raise ValidationError("a base64 vector must hold float32 values (a multiple of 4 bytes)")
+                raise ValidationError(f"a vector must be float32 values (a multiple of 4 bytes), "
+                                      f"got {len(raw)} bytes")
             q = np.frombuffer(raw, dtype="<f4")
         elif isinstance(value, list):
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
@@ -188,6 +206,11 @@ class Snapshot:
 
     def rows_table(self, rows: np.ndarray, columns: list[str], vectors: bool) -> pa.Table:
         """Key, the asked columns and (if asked) the vectors of the given rows."""
+        names, arrays = self._row_arrays(rows, columns, vectors)
+        return pa.Table.from_arrays(arrays, schema=self.schema(tuple(names)))
+
+    def _row_arrays(self, rows: np.ndarray, columns: list[str], vectors: bool,
+                    ) -> tuple[list[str], list[pa.Array]]:
         names = [self.meta.key, *columns]
         cols = self.arrays.get(tuple(names))
         if cols is None:  # one contiguous array per column, made once per snapshot
@@ -205,27 +228,42 @@ class Snapshot:
             m = self.matrix[rows]
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), self.dimension))
             names.append(VECTOR_COLUMN)
-        return pa.Table.from_arrays(arrays, schema=self.schema(tuple(names)))
+        return names, arrays
 
     def schema(self, names: tuple[str, ...]) -> pa.Schema:
         """The answer's schema (cached: the IPC encoder reuses its bytes)."""
         s = self.schemas.get(names)
         if s is None:
-            fields = [self.scalars.schema.field(n) for n in names if n != VECTOR_COLUMN]
+            hits = names[-1:] == (_HITS,)  # a search's answer (hits_table)
+            fields = [self.scalars.schema.field(n) for n in names
+                      if n not in (VECTOR_COLUMN, _HITS)]
             if VECTOR_COLUMN in names:
                 fields.append(pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), self.dimension)))
+            if hits:
+                fields += [_DISTANCE, _RANK]
             s = pa.schema(fields)
             self.schemas[names] = s
         return s
 
     def search(self, q: np.ndarray, k: int, where: str | None, columns: list[str],
                vectors: bool) -> pa.Table:
-        if where is None and self.probe is not None:
+        if where is None and self.batched_knn:
             self.check_probe_query(q)
-            idx, dist = self.probe.search(q, k, self.probe_nprobes)
+            ((idx, dist),) = self.knn_batch(q[None, :], k)
             return self.hits_table(idx, dist, columns, vectors)
         cols = [self.meta.key, *columns] + ([VECTOR_COLUMN] if vectors else [])
         return self.table.search(q, k=k, where=where, version=self.version, columns=cols)
+
+    def knn_batch(self, qs: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The unfiltered k nearest rows of each query (row offsets, distances in the
+        store's conventions before :meth:`hits_table`): the graph answers all of them in
+        one hnswlib call (C++, one thread: the event loop's), the probe in one batched
+        scan."""
+        if self.graph is not None:
+            idx, dist = self.graph.search_batch(qs, k)
+            return list(zip(idx, dist, strict=True))
+        assert self.probe is not None
+        return self.probe.search_batch(qs, k, self.probe_nprobes)
 
     def check_probe_query(self, q: np.ndarray) -> None:
         """What the store's search refuses before its probe runs (see store._search)."""
@@ -236,11 +274,13 @@ class Snapshot:
                    vectors: bool) -> pa.Table:
         """The store's search answer (key, columns, vector, ``distance``, ``rank``) for
         rows found by this snapshot's own probe."""
-        tbl = self.rows_table(np.asarray(idx, np.int64), columns, vectors)
+        names, arrays = self._row_arrays(np.asarray(idx, np.int64), columns, vectors)
         if self.meta.metric == "l2":  # Lance ranks by squared L2; the store answers Euclidean
             dist = np.sqrt(np.maximum(dist, 0))
-        tbl = tbl.append_column(_DISTANCE, pa.array(np.asarray(dist, np.float32)))
-        return tbl.append_column(_RANK, pa.array(np.arange(1, len(idx) + 1, dtype=np.int32)))
+        # one table of every column under a cached schema: two append_column calls made two
+        # tables and schemas per answer (~10 us of a kNN's ~60 us in Python)
+        arrays += [pa.array(np.asarray(dist, np.float32)), _ranks(len(idx))]
+        return pa.Table.from_arrays(arrays, schema=self.schema((*names, _HITS)))
 
     def embed_text(self, text: str) -> np.ndarray:
         if self.embedder is None:
@@ -253,6 +293,20 @@ class Snapshot:
 
 _DISTANCE = pa.field("distance", pa.float32())
 _RANK = pa.field("rank", pa.int32())
+_HITS = "\x00hits"  # the schema cache's mark of a search answer (no column has this name)
+
+
+@functools.lru_cache(maxsize=64)
+def _ranks(n: int) -> pa.Array:
+    """1..n (immutable: one per k, shared by every answer)."""
+    return pa.array(np.arange(1, n + 1, dtype=np.int32))
+
+
+def check_k(k: Any, max_k: int) -> int:
+    """A request's ``k`` (HTTP and RESP alike)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise ValidationError(f"k must be an integer from 1 to {max_k}, got {str(k)[:20]}")
+    return k
 
 
 def _scalar(v: Any) -> Any:
@@ -311,6 +365,17 @@ def resp_rows(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
+def resp_keys(keys: list[Any]) -> list[bytes]:
+    out = []
+    for k in keys:
+        if isinstance(k, str):
+            b = k.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        else:
+            out.append(b":%d\r\n" % k)
+    return out
+
+
 def load(store: Store, name: str, version: int, *, text: bool = False,
          warm_query: bool = True, resp: bool = False) -> Snapshot:
     """Read one version into memory and run one lookup and one search on it, so the first
@@ -335,6 +400,7 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
                     matrix=matrix, scalars=scalars, key_type=scalars.schema.field(meta.key).type)
     if resp:
         snap.resp_rows = resp_rows(matrix)
+        snap.resp_keys = resp_keys(keys)
     if text and meta.model:  # a table of vectors written by hand records no model
         from ..embed import default_embedder
 
@@ -346,7 +412,9 @@ def load(store: Store, name: str, version: int, *, text: bool = False,
     if warm_query and snap.rows:
         _, plan = table.search(matrix[0], k=10, version=version, columns=[meta.key], explain=True)
         snap.knn_path = plan.path
-        if plan.path == "probe":
+        if plan.path == "graph":
+            snap.graph, _ = table.unfiltered_graph(version)
+        elif plan.path == "probe":
             _policy_probe(snap, ds, key)
         elif plan.path == "lance" and plan.ann:
             memory_knn(snap, ds)

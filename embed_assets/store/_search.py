@@ -420,6 +420,17 @@ def run_batch(ctx: VersionContext, qs: np.ndarray, req: SearchRequest, metric: s
     return take_rows(key, ds, idx.reshape(-1), req.columns, extra)
 
 
+def unfiltered_graph(ctx: VersionContext) -> tuple[Graph | None, str]:
+    """The graph an unfiltered search of this version in the table's metric runs on (the
+    plan's ``graph`` path: the index policy chose it, it indexes exactly these rows and
+    its files are the ones recorded), for a caller that batches queries itself (a
+    server); else (None, why)."""
+    p = plan(ctx, SearchRequest(None, 1), ctx.meta.metric)
+    if p.path != "graph":
+        return None, p.reason
+    return _graph_of(ctx, ctx.meta.metric, p.params)
+
+
 def _graph_of(ctx: VersionContext, metric: str, params: dict[str, Any]) -> tuple[Graph | None, str]:
     """The graph recorded for this version, when it indexes exactly this version's rows
     and its files are the ones recorded; else (None, why)."""

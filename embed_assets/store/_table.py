@@ -35,7 +35,7 @@ from ._results import VersionInfo, is_maintenance
 from ._retention import RetentionMixin
 from ._rollback import RollbackMixin
 from ._validation import as_list, validate_columns, validate_tag, validate_where
-from .graph import GraphHome
+from .graph import Graph, GraphHome
 
 
 class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
@@ -672,6 +672,15 @@ class EmbeddingTable(RollbackMixin, RetentionMixin, ExperimentsMixin):
             entry["last_written"] = _partitions.epoch(key, column, str(v), self._properties)
             out.append(entry)
         return out
+
+    def unfiltered_graph(self, version: VersionRef = None) -> tuple[Graph | None, str]:
+        """The verified HNSW graph that unfiltered searches of ``version`` in the table's
+        metric run on, or (None, why) when they take another path (the store's own
+        loader and checks, :func:`embed_assets.store.graph.load`; never a graph of other
+        rows). For a server that answers many queries in one ``knn_query`` call."""
+        ds = self._searched(version)
+        key = self._key(ds)
+        return _search.unfiltered_graph(self._context(ds, key, meta_of(key, ds)))
 
     def _context(self, ds: lance.LanceDataset, key: VersionKey, meta: TableMeta,
                  ) -> _search.VersionContext:
