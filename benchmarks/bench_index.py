@@ -357,7 +357,7 @@ base = mark()
 c0, t0 = time.process_time(), time.perf_counter()
 out = {}
 search = set_ef = None
-if which == "build_index":
+if which.startswith("build_index"):
     import pyarrow as pa
     from embed_assets import Store, build_index
     s = Store(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -365,10 +365,13 @@ if which == "build_index":
         pa.array(np.ascontiguousarray(mat).reshape(-1)), mat.shape[1])}), key="id")
     base = mark()
     c0, t0 = time.process_time(), time.perf_counter()
-    rep = build_index(s.table("t"), recall=0.95, graph=True)
+    rep = build_index(s.table("t"), recall=0.95, graph=which == "build_index")
     out = {"built_recall": rep.recall, "train_s": rep.build_seconds,
            "tune_s": rep.tune_seconds, "path": "graph" if "graph_ef" in rep.params else rep.kind,
-           "store": s.uri}
+           **({"store": s.uri} if which == "build_index" else {})}
+    if which == "build_index-ivf":
+        t = s.table("t")
+        search = lambda q: t.search(q, k=10, columns=["id"]).column("id").to_numpy()
 elif which == "load":  # a fresh reader: open the store built above, first search
     from embed_assets import Store
     t = Store(sys.argv[4]).table("t")
@@ -386,9 +389,10 @@ elif which == "faiss-ivfpq":
     index.add(x)
 elif which == "faiss-hnsw":  # M and efConstruction as the project's graph (hnswlib)
     import faiss
+    from embed_assets.store.graph import ef_construction
     x = np.ascontiguousarray(mat, dtype=np.float32)
     index = faiss.IndexHNSWFlat(x.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 200
+    index.hnsw.efConstruction = ef_construction(len(x))
     index.add(x)
     def search(q):
         return index.search(q[None], 10)[1][0]
@@ -396,8 +400,9 @@ elif which == "faiss-hnsw":  # M and efConstruction as the project's graph (hnsw
         index.hnsw.efSearch = ef
 elif which.startswith("usearch"):
     from usearch.index import Index
+    from embed_assets.store.graph import ef_construction
     index = Index(ndim=mat.shape[1], metric="cos", dtype=which.split("-")[1], connectivity=16,
-                  expansion_add=200)
+                  expansion_add=ef_construction(len(mat)))
     for s in range(0, len(mat), 100_000):
         index.add(np.arange(s, min(s + 100_000, len(mat))), np.asarray(mat[s:s + 100_000]), threads=2)
     def search(q):
@@ -423,7 +428,9 @@ def scale(n: int, peers: tuple[str, ...]) -> list[str]:
     """build_index on n synthetic 384-d rows beside FAISS (IVF-PQ train+add, HNSW) and
     usearch building the same rows, each in a fresh process (its own peak RSS), one after
     the other; then a fresh reader's first search of the built store (``load``: the graph
-    and what it reads). Recall and single-query p50 are measured on 200 fresh queries
+    and what it reads). ``build_index-ivf`` is the same build with ``graph=False`` (Lance's
+    IVF-PQ and the in-memory probe only), searched in the building process. Recall and
+    single-query p50 are measured on 200 fresh queries
     from the same mixture (never rows of the table, never seen by the tuner): the graph
     peers at the smallest search width reaching recall 0.95, ours as the build tuned it."""
     import json
@@ -440,7 +447,7 @@ def scale(n: int, peers: tuple[str, ...]) -> list[str]:
            "|---|---|---|---|---|"]
     del allv
     built = ""
-    for which in (*peers, "build_index", "load"):
+    for which in (*peers, "build_index-ivf", "build_index", "load"):
         src = str(Path(__file__).resolve().parents[1])
         got = subprocess.run([sys.executable, "-c", _SCALE, str(path), which, src, built, str(qpath)],
                              capture_output=True, text=True)
@@ -455,8 +462,9 @@ def scale(n: int, peers: tuple[str, ...]) -> list[str]:
             extra = f"{r['recall']:.3f} / {r['p50_ms']:.2f} ms ({r['path']})" if "path" in r else \
                 f"{r['recall']:.3f} / {r['p50_ms']:.2f} ms"
         if "built_recall" in r:
-            extra = (f"(recall at build {r['built_recall']:.3f}, {r['path']}; train+graph "
-                     f"{r['train_s']:.0f} s, tune {r['tune_s']:.0f} s)")
+            extra = (f"{extra} " if extra else "") + (
+                f"(recall at build {r['built_recall']:.3f}, {r['path']}; train+graph "
+                f"{r['train_s']:.0f} s, tune {r['tune_s']:.0f} s)")
         out.append(f"| {which} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_gb']:.2f} "
                    f"({r['peak_gb'] - r['base_gb']:.2f}) | {extra} |")
         print(out[-1], flush=True)
