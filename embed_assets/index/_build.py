@@ -77,7 +77,7 @@ from ..store.graph import GRAPH_M, fingerprint, save_graph, tagged_files
 from ._graph_tuning import graph_recall, tune_graph
 from ._report import INDEX_TYPES, IndexReport, default_params
 from ._truth import Truth, exact_truth
-from ._tune import ann_recall, tune_lance, tune_probe
+from ._tune import GOOD_ENOUGH_MS, ann_recall, tune_lance, tune_probe
 
 # The default of $EMBED_ASSETS_EXACT_THRESHOLD (see exact_threshold_rows).
 EXACT_THRESHOLD_ROWS = 15_000
@@ -130,7 +130,9 @@ def build_index(
         Build an index even below the exact threshold.
     graph : bool, optional
         Also build an HNSW graph of the version (hnswlib) and let unfiltered searches use
-        it: by default when it meets the target faster than the IVF probe, with ``True``
+        it: by default when it meets the target faster than the IVF probe (from
+        ``GRAPH_OPTIONAL_ROWS``, 500k rows, only tried where the probe is slower than
+        0.5 ms a query: a graph then takes most of the build's time), with ``True``
         whenever it meets the target, with ``False`` never. The graph serves the
         version's rows until the next write; the Lance IVF index stays the persistent one.
     **overrides
@@ -197,11 +199,10 @@ def _build(table: EmbeddingTable, recall: float, index_type: str, k: int, sample
         report.params = params
         return _record(table, report)
     _choose(ds, sample, report, params, probe_best, lance_best)
-    if graph is not False:
-        # The tuned probe holds its own partition-ordered copy of the rows: building the
-        # graph beside it held three (matrix, probe, graph; build_index peaked at 3.3x the
-        # matrix at 250k rows, floor 2.5x). It is let go; the first search that needs the
-        # probe builds it again from the version's rows.
+    if _wants_graph(graph, rows, report):
+        # The tuned probe scans the build's rows in place, but its projections are copies:
+        # it is let go before the graph is built; the first search that needs the probe
+        # builds it again from the version's rows.
         probe_best = None
         _add_graph(table, pinned, pinned_fp, sample, report, recall, prefer=graph is True)
     hook("tuned")
@@ -216,6 +217,21 @@ def _build(table: EmbeddingTable, recall: float, index_type: str, k: int, sample
         CACHE.put(table.cache_key(report.version or 0),
                   probe_kind(meta.metric, probe.rank, probe.candidates), probe)
     return report
+
+
+# From this many rows a default build (``graph=None``) adds a graph only where the path
+# tuned so far is slower than GOOD_ENOUGH_MS a query. At 1M synthetic 384-d rows the
+# in-memory probe answered fresh queries at 0.29 ms p50 (recall 0.997), and building a
+# graph (hnswlib, 130 s; FAISS HNSW took 124 s, usearch f16 261 s) took build_index
+# from 57 s, 2.2x FAISS IVF-PQ's train+add, to 184 s (benchmarks/RESULTS.md, issue 29).
+# Below it a graph builds in about a minute or less and answers 2x faster than the probe.
+GRAPH_OPTIONAL_ROWS = 500_000
+
+
+def _wants_graph(graph: bool | None, rows: int, report: IndexReport) -> bool:
+    if graph is not None:
+        return graph
+    return rows < GRAPH_OPTIONAL_ROWS or not report.p50_ms or report.p50_ms > GOOD_ENOUGH_MS
 
 
 # Test seam: called with a stage name ("read", "trained", "tuned") between a build's steps, so a

@@ -91,7 +91,7 @@ _RANK_DIVISORS = (6, 4, 3)
 _SHORTLIST_LADDER = (20, 50, 200)
 # A probe setting this fast (median single query, inside the tuner) is not worth beating:
 # the rest of a search (opening the version, fetching the k rows) costs more.
-_GOOD_ENOUGH_MS = 0.5
+GOOD_ENOUGH_MS = 0.5
 
 
 def tune_probe(cents: np.ndarray, truth: Truth, metric: str, recall: float,
@@ -120,7 +120,7 @@ def tune_probe(cents: np.ndarray, truth: Truth, metric: str, recall: float,
     # From a quarter of the partitions on, the probe scans every row (see _ivf).
     rungs = [p for p in ladder(len(cents)) if 4 * p < len(cents)] + [len(cents)]
     for rank, cand in options:
-        if rank and best is not None and best[0] <= _GOOD_ENOUGH_MS:
+        if rank and best is not None and best[0] <= GOOD_ENOUGH_MS:
             break  # full precision on a few partitions already: a projection saves nothing
         if rank and built.low is None:
             built.project(ranks[-1])  # once, and only when full precision was not enough
