@@ -424,7 +424,7 @@ print(json.dumps(res))
 """
 
 
-def scale(n: int, peers: tuple[str, ...]) -> list[str]:
+def scale(n: int, peers: tuple[str, ...], ivf: bool = True) -> list[str]:
     """build_index on n synthetic 384-d rows beside FAISS (IVF-PQ train+add, HNSW) and
     usearch building the same rows, each in a fresh process (its own peak RSS), one after
     the other; then a fresh reader's first search of the built store (``load``: the graph
@@ -447,7 +447,7 @@ def scale(n: int, peers: tuple[str, ...]) -> list[str]:
            "|---|---|---|---|---|"]
     del allv
     built = ""
-    for which in (*peers, "build_index-ivf", "build_index", "load"):
+    for which in (*peers, *(("build_index-ivf",) if ivf else ()), "build_index", "load"):
         src = str(Path(__file__).resolve().parents[1])
         got = subprocess.run([sys.executable, "-c", _SCALE, str(path), which, src, built, str(qpath)],
                              capture_output=True, text=True)
@@ -480,6 +480,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--type", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-ivf", action="store_true", help="--only scale without the graph=False build")
     ap.add_argument("--scale-peers", default="faiss-ivfpq,faiss-hnsw,usearch-f16,usearch-i8",
                     help="the peers of --only scale, comma-separated (faiss-ivfpq, faiss-hnsw, "
                          "usearch-f32|f16|i8)")
@@ -503,7 +504,8 @@ def main() -> None:
     if args.only == "training":
         out += training(args.real_rows)
     if args.only == "scale":
-        out += scale(args.synth_rows, tuple(p for p in args.scale_peers.split(",") if p))
+        out += scale(args.synth_rows, tuple(p for p in args.scale_peers.split(",") if p),
+                     ivf=not args.no_ivf)
     print("\n\n" + "\n".join(out))
 
 
