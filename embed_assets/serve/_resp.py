@@ -28,7 +28,7 @@ snapshot. Read-only, like the HTTP API; no other Redis command exists here. Erro
 malformed or oversized command closes the connection.
 
 kNN commands that arrive together, from any connections and over HTTP too, are answered
-by one batched search (``_app.Batcher``: one hnswlib ``knn_query`` of all their queries
+by one batched search (``_batch.Batcher``: one hnswlib ``knn_query`` of all their queries
 where the version has its HNSW graph); a connection's later commands wait for its
 answer, so answers keep the order of the commands.
 """
@@ -48,7 +48,7 @@ from ..errors import ValidationError
 from ._snapshot import check_k
 
 if TYPE_CHECKING:
-    from ._app import Batcher
+    from ._batch import Batcher
     from ._metrics import Metrics
     from ._snapshot import Snapshot
     from ._state import PinnedTable

@@ -64,7 +64,7 @@ class Snapshot:
     knn_path: str = ""
     # The version's verified HNSW graph, as the store's own searches load it, when its
     # policy chose the graph: the server answers the unfiltered kNN requests that are
-    # ready together in one knn_query call (see _app.Batcher).
+    # ready together in one knn_query call (see _batch.Batcher).
     graph: Graph | None = field(default=None, repr=False)
     # Each row as a RESP bulk string ($len CRLF vector CRLF), for --resp-port only: a
     # lookup of 100 keys is then one numpy take and one copy (~20 us) instead of 100
