@@ -4,6 +4,7 @@ Lance's ANN path took the kNN p99 from sub-millisecond to 368 ms under 16 client
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -140,7 +141,6 @@ def test_concurrent_knn_requests_are_answered_in_one_batch_each_with_its_own_row
     """The server's batcher: requests ready together share one scan; each answer is the
     one its own query gets alone, k and columns its own; a zero vector is still refused."""
     import asyncio
-    import json
 
     from embed_assets.serve._app import App, ServeConfig
     from embed_assets.serve._state import TableSpec
@@ -160,18 +160,7 @@ def test_concurrent_knn_requests_are_answered_in_one_batch_each_with_its_own_row
     snap.probe_nprobes = max(snap.probe_nprobes, 4)  # a full scan: the batched GEMM path
 
     async def call(doc: dict) -> tuple[int, dict]:
-        body = json.dumps(doc).encode()
-        out: list[dict] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(msg: dict) -> None:
-            out.append(msg)
-
-        scope = {"type": "http", "method": "POST", "path": "/v1/tables/t/search", "headers": []}
-        await app(scope, receive, send)
-        return out[0]["status"], json.loads(out[1]["body"])
+        return await _post_search(app, doc)
 
     async def main() -> list[tuple[int, dict]]:
         docs = [{"vector": m[i].tolist(), "k": 3 + i % 4, "columns": ["grp"]} for i in range(12)]
@@ -268,7 +257,6 @@ def test_concurrent_knn_requests_on_a_graph_version_are_one_knn_query(tmp_path):
     search (planning, a row gather, an Arrow table each) on the event loop; now the
     requests ready together are one hnswlib call, each answer its own rows."""
     import asyncio
-    import json
 
     from embed_assets.serve._app import App, ServeConfig
     from embed_assets.serve._state import TableSpec
@@ -295,18 +283,7 @@ def test_concurrent_knn_requests_on_a_graph_version_are_one_knn_query(tmp_path):
     snap.graph.index = Spy()
 
     async def call(doc: dict) -> tuple[int, dict]:
-        body = json.dumps(doc).encode()
-        out: list[dict] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(msg: dict) -> None:
-            out.append(msg)
-
-        scope = {"type": "http", "method": "POST", "path": "/v1/tables/t/search", "headers": []}
-        await app(scope, receive, send)
-        return out[0]["status"], json.loads(out[1]["body"])
+        return await _post_search(app, doc)
 
     async def main() -> list[tuple[int, dict]]:
         docs: list[dict] = [{"vector": m[i].tolist(), "k": 3 + i % 4, "columns": ["grp"]}
@@ -444,3 +421,19 @@ def test_a_resp_knn_in_flight_at_sigterm_is_answered_then_the_connection_closes(
     assert got[0] == a and b"k5" in got[1::2] and len(got) == 7
     assert r.closed()
     assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+async def _post_search(app, doc: dict) -> tuple[int, dict]:
+    """POST ``doc`` to the app's /v1/tables/t/search in process (ASGI): (status, body)."""
+    body = json.dumps(doc).encode()
+    out: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(msg: dict) -> None:
+        out.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/tables/t/search", "headers": []}
+    await app(scope, receive, send)
+    return out[0]["status"], json.loads(out[1]["body"])
