@@ -142,17 +142,11 @@ def test_concurrent_knn_requests_are_answered_in_one_batch_each_with_its_own_row
     one its own query gets alone, k and columns its own; a zero vector is still refused."""
     import asyncio
 
-    from embed_assets.serve._app import App, ServeConfig
-    from embed_assets.serve._state import TableSpec
-
     store = Store(tmp_path / "s")
     m = _clustered(5)
     store.write("t", _table(m), key="id")
     v = _lance_chosen(store, "t")
-    store.table("t").retag("prod", v)
-    app = App(ServeConfig(store=store.uri, tables=[TableSpec("t")], poll_interval=0, access_log=False))
-    app._load_all()
-    snap = app.tables["t"].current
+    app, snap = _app_serving(store, v)
     assert snap is not None and snap.probe is not None
     sizes: list[int] = []
     real = snap.probe.search_batch
@@ -258,16 +252,10 @@ def test_concurrent_knn_requests_on_a_graph_version_are_one_knn_query(tmp_path):
     requests ready together are one hnswlib call, each answer its own rows."""
     import asyncio
 
-    from embed_assets.serve._app import App, ServeConfig
-    from embed_assets.serve._state import TableSpec
-
     store = Store(tmp_path / "s")
     m = _clustered(8)
     v = _graph_version(store, "t", m)
-    store.table("t").retag("prod", v)
-    app = App(ServeConfig(store=store.uri, tables=[TableSpec("t")], poll_interval=0, access_log=False))
-    app._load_all()
-    snap = app.tables["t"].current
+    app, snap = _app_serving(store, v)
     assert snap is not None and snap.graph is not None
     sizes: list[int] = []
     real = snap.graph.index.knn_query
@@ -437,3 +425,15 @@ async def _post_search(app, doc: dict) -> tuple[int, dict]:
     scope = {"type": "http", "method": "POST", "path": "/v1/tables/t/search", "headers": []}
     await app(scope, receive, send)
     return out[0]["status"], json.loads(out[1]["body"])
+
+
+def _app_serving(store: Store, version: int):
+    """An in-process server app with table ``t`` pinned to ``prod`` at ``version``, loaded;
+    (app, its snapshot)."""
+    from embed_assets.serve._app import App, ServeConfig
+    from embed_assets.serve._state import TableSpec
+
+    store.table("t").retag("prod", version)
+    app = App(ServeConfig(store=store.uri, tables=[TableSpec("t")], poll_interval=0, access_log=False))
+    app._load_all()
+    return app, app.tables["t"].current

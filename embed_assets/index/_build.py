@@ -189,11 +189,13 @@ def _build(table: EmbeddingTable, recall: float, index_type: str, k: int, sample
     ds = _train(pinned.checkout_version(pinned.version), index_type, meta.metric, params, report)
     release_freed_memory()
     hook("trained")
-    sample = _held_out(pinned, meta.metric, k, sample_queries, seed, centroids(ds))
+    cents = centroids(ds)
+    sample = _held_out(pinned, meta.metric, k, sample_queries, seed, cents)
     report.trained_rows = sample.mat.shape[0]
     report.queries = len(sample.choose.queries)
     hook("read")
-    probe_best, lance_best = _tune(ds, sample, meta.metric, recall, index_type, params, report)
+    probe_best, lance_best = _tune(ds, cents, sample, meta.metric, recall, index_type, params,
+                                   report)
     if lance_best is None and probe_best is None:
         _drop_vector_index(table.refresh().dataset())
         report.params = params
@@ -270,15 +272,9 @@ def _held_out(ds: lance.LanceDataset, metric: str, k: int, sample_queries: int, 
     # Exact truth is a (queries x rows) GEMM plus a partial sort; above 500k rows half the
     # queries keep the build inside its time budget.
     nq = min(sample_queries if rows < 500_000 else sample_queries // 2, max(10, rows // 40))
-    q_idx = rng.choice(rows, size=2 * nq, replace=False)
-    if order is not None:
-        where = np.empty(rows, np.int64)
-        where[order] = np.arange(rows)
-        queries = mat[where[q_idx]].astype(np.float32)
-        del where
-    else:
-        queries = mat[q_idx].astype(np.float32)
-    both = exact_truth(mat, queries, q_idx, k, metric, order=order)
+    q_idx = rng.choice(rows, size=2 * nq, replace=False)  # row offsets
+    both = exact_truth(mat, None, q_idx, k, metric, order=order)
+    queries = both.queries
     return _Sample(mat, both[:nq], both[nq:], queries, bounds)
 
 
@@ -292,11 +288,12 @@ def _train(ds: lance.LanceDataset, index_type: str, metric: str, params: dict[st
     return ds
 
 
-def _tune(ds: lance.LanceDataset, sample: _Sample, metric: str, recall: float, index_type: str,
-          params: dict[str, Any], report: IndexReport) -> tuple[Any, Any]:
-    """The best probe setting and the best Lance setting (either may be None)."""
+def _tune(ds: lance.LanceDataset, cents: np.ndarray | None, sample: _Sample, metric: str,
+          recall: float, index_type: str, params: dict[str, Any], report: IndexReport,
+          ) -> tuple[Any, Any]:
+    """The best probe setting and the best Lance setting (either may be None); ``cents``:
+    the index's IVF centroids."""
     t1 = time.perf_counter()
-    cents = centroids(ds)
     probe_best, probe_top = tune_probe(cents, sample.choose, metric, recall, sample.bounds) \
         if cents is not None else (None, 0.0)
     # When the in-memory probe already serves unfiltered queries, Lance's own path only

@@ -68,10 +68,8 @@ def default_params(rows: int, dim: int, index_type: str = "IVF_PQ") -> dict[str,
     # 64 samples and 10 iterations: the tuned paths still met 0.95 (Lance path 0.968-0.982
     # against 0.986), and the build took half the CPU (benchmarks/RESULTS.md, issue 29).
     # The tuner measures recall on held-out queries either way: a coarser codebook costs
-    # probes, never the promise.
-    params: dict[str, Any] = {"num_partitions": partitions, "num_sub_vectors": sub, "num_bits": 8,
-                              "sample_rate": 64, "max_iters": 10}
-    # The same at 1M rows (it was 128 samples and 20 iterations from 500k, 66 s of Lance
-    # training at 1M x 384): the graph serves unfiltered searches there, and the build has
-    # to stay within 3x of FAISS IVF-PQ's train+add (issue 29).
-    return params
+    # probes, never the promise. The same at 1M rows (it was 128 samples and 20 iterations
+    # from 500k, 66 s of Lance training at 1M x 384), where a build has to stay within 3x
+    # of FAISS IVF-PQ's train+add (issue 29).
+    return {"num_partitions": partitions, "num_sub_vectors": sub, "num_bits": 8,
+            "sample_rate": 64, "max_iters": 10}

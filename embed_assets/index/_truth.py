@@ -79,12 +79,13 @@ class Truth:
                            without=rows, order=self.order)
 
 
-def exact_truth(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int,
+def exact_truth(data: np.ndarray, queries: np.ndarray | None, exclude: np.ndarray, k: int,
                 metric: str, without: np.ndarray | None = None,
                 order: np.ndarray | None = None) -> Truth:
     """Exact top-k for each query, its own row excluded (``data`` and ``queries`` already
-    normalised for cosine); ``without``: rows that are no answer for any query; ``order``:
-    the row offset of each row of ``data`` when they are not in offset order."""
+    normalised for cosine; ``queries`` None: the rows ``exclude`` themselves); ``without``:
+    rows that are no answer for any query; ``order``: the row offset of each row of
+    ``data`` when they are not in offset order."""
     where = None
     if order is not None:
         where = np.empty(len(order), np.int64)
@@ -92,6 +93,9 @@ def exact_truth(data: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: i
 
     def pos(offsets: np.ndarray) -> np.ndarray:
         return offsets if where is None else where[offsets]
+
+    if queries is None:
+        queries = data[pos(exclude)].astype(np.float32)
 
     ids = np.empty((len(queries), k), dtype=np.int64)
     kth = np.empty(len(queries), dtype=np.float32)

@@ -142,12 +142,9 @@ class IvfProbe:
         cents = prepare_centroids(centroids, metric)
         assign = assign_rows(mat, cents)
         order = np.argsort(assign, kind="stable").astype(np.int64)
-        # Rows already in partition order (an index build reads them so, see
-        # store.load_partitioned) are used as they are: a copy doubled the build's peak.
-        in_order = bool((np.diff(order) > 0).all())
-        block = np.ascontiguousarray(mat if in_order else mat[order])
-        return cls.from_sorted(block, order, partition_bounds(assign, len(cents)), cents, metric,
-                               rank, candidates)
+        return cls.from_sorted(np.ascontiguousarray(mat[order]), order,
+                               partition_bounds(assign, len(cents)), cents, metric, rank,
+                               candidates)
 
     @classmethod
     def from_sorted(cls, block: np.ndarray, order: np.ndarray, bounds: np.ndarray,
@@ -162,11 +159,6 @@ class IvfProbe:
         if rank:
             probe.project(rank)
         return probe
-
-    def with_order(self, order: np.ndarray) -> IvfProbe:
-        """The same probe answering with other row labels (``order[i]`` for ``block[i]``)."""
-        return IvfProbe(self.centroids, order, self.bounds, self.block, self.sq_norms,
-                        self.metric, self.basis, self.center, self.low, self.candidates, self.low8)
 
     def project(self, rank: int) -> None:
         """Add the pre-scan projection (skipped for small or low-dimensional data, where

@@ -461,8 +461,8 @@ def knn_reply(snap: Snapshot, rows: np.ndarray, dist: np.ndarray, k: int, exclud
     if exclude >= 0:
         keep = rows != exclude
         rows, dist = rows[keep][:k], dist[keep][:k]
-    if snap.meta.metric == "l2" and not raw:
-        dist = np.sqrt(np.maximum(dist, 0))
+    if not raw:
+        dist = snap.store_distances(dist)
     frames = snap.resp_keys
     assert frames is not None
     parts = [b"*%d\r\n:%d\r\n" % (2 * len(rows) + 1, snap.version)]

@@ -265,6 +265,11 @@ class Snapshot:
         assert self.probe is not None
         return self.probe.search_batch(qs, k, self.probe_nprobes)
 
+    def store_distances(self, dist: np.ndarray) -> np.ndarray:
+        """Distances of the in-memory paths (:meth:`knn_batch`) as the store answers them:
+        Lance ranks by squared L2, the store answers Euclidean."""
+        return np.sqrt(np.maximum(dist, 0)) if self.meta.metric == "l2" else dist
+
     def check_probe_query(self, q: np.ndarray) -> None:
         """What the store's search refuses before its probe runs (see store._search)."""
         if self.meta.metric == "cosine" and not q.any():
@@ -275,8 +280,7 @@ class Snapshot:
         """The store's search answer (key, columns, vector, ``distance``, ``rank``) for
         rows found by this snapshot's own probe."""
         names, arrays = self._row_arrays(np.asarray(idx, np.int64), columns, vectors)
-        if self.meta.metric == "l2":  # Lance ranks by squared L2; the store answers Euclidean
-            dist = np.sqrt(np.maximum(dist, 0))
+        dist = self.store_distances(dist)
         # one table of every column under a cached schema: two append_column calls made two
         # tables and schemas per answer (~10 us of a kNN's ~60 us in Python)
         arrays += [pa.array(np.asarray(dist, np.float32)), _ranks(len(idx))]

@@ -70,16 +70,16 @@ EF_CONSTRUCTION = 200
 # FAISS IVF-PQ's train+add).
 LARGE_GRAPH_ROWS = 200_000
 EF_CONSTRUCTION_LARGE = 100
-
-
-def ef_construction(rows: int) -> int:
-    """hnswlib's build width for a graph of ``rows`` rows."""
-    return EF_CONSTRUCTION_LARGE if rows >= LARGE_GRAPH_ROWS else EF_CONSTRUCTION
 # Rows handed to hnswlib per call when a graph is built (25 MB of 384-d vectors).
 ADD_BLOCK = 16_384
 # Past this share of rows changed (deleted + added) since the graph was built, a refresh
 # rebuilds it: marked-deleted nodes still route searches, and recall drifts.
 MAX_UPDATE_SHARE = 0.3
+
+
+def ef_construction(rows: int) -> int:
+    """hnswlib's build width for a graph of ``rows`` rows."""
+    return EF_CONSTRUCTION_LARGE if rows >= LARGE_GRAPH_ROWS else EF_CONSTRUCTION
 
 
 def available() -> bool:
